@@ -1,0 +1,957 @@
+//! Configuration: `agent-sts.toml` exactly as DESIGN.md gives it, plus the `[limits]`
+//! section the README documents.
+//!
+//! Loading is two steps. First the file is read into raw structs that mirror it
+//! one-to-one (`#[serde(deny_unknown_fields)]`, so a typo is an error, not a silently
+//! ignored key), with every `AGENT_STS_<SECTION>_<KEY>` environment variable applied on
+//! top. Then `validate()` turns the raw structs into runtime types (`Duration`s,
+//! `SocketAddr`s, enums), checking every cross-field rule. Every error names the file
+//! (or the environment variable) and the key. The environment is read through the
+//! [`Environment`] trait so tests never call `set_var`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where environment variables come from.
+pub trait Environment {
+    /// All variables whose name starts with `prefix`.
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "AGENT_STS_";
+
+/// Sections an environment variable may override (`[[trust]]` is a list and cannot be).
+const ENV_SECTIONS: &[&str] = &[
+    "server", "tokens", "keys", "secrets", "vault", "audit", "limits",
+];
+
+/// A configuration error: always names where (file or variable) and which key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------
+// Raw structs: the file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    secrets: RawSecrets,
+    vault: Option<RawVault>,
+    #[serde(default)]
+    trust: Vec<RawTrust>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    issuer: String,
+    scopes_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    algorithm: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    store: Option<String>,
+    dir: Option<String>,
+    vault_path: Option<String>,
+    refresh_interval: Option<String>,
+    publish_lead: Option<String>,
+    jwks_max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    store: Option<String>,
+    file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: String,
+    kv_mount: Option<String>,
+    kv_version: Option<i64>,
+    auth: Option<String>,
+    token_file: Option<String>,
+    role_id_file: Option<String>,
+    secret_id_file: Option<String>,
+    approle_mount: Option<String>,
+    kubernetes_role: Option<String>,
+    kubernetes_token_file: Option<String>,
+    kubernetes_mount: Option<String>,
+    timeout: Option<String>,
+    max_stale: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    name: String,
+    issuer: String,
+    jwks_uri: Option<String>,
+    jwks_file: Option<String>,
+    algorithms: Vec<String>,
+    #[serde(default)]
+    spiffe_trust_domains: Vec<String>,
+    max_token_lifetime: Option<String>,
+    leeway: Option<String>,
+    jwks_refresh: Option<String>,
+    jwks_max_stale: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<i64>,
+    max_token_bytes: Option<i64>,
+    request_timeout: Option<String>,
+    max_concurrency: Option<i64>,
+    rate_per_second: Option<i64>,
+    rate_burst: Option<i64>,
+    subject_cache_capacity: Option<i64>,
+    jwks_fetch_timeout: Option<String>,
+    jwks_max_bytes: Option<i64>,
+    jwks_refetch_cooldown: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------
+// Runtime types.
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or `<embedded default>`), for messages.
+    pub source: String,
+    pub server: ServerConfig,
+    pub tokens: TokensConfig,
+    pub keys: KeysConfig,
+    pub secrets: SecretsConfig,
+    pub vault: Option<VaultConfig>,
+    pub trusts: Vec<TrustConfig>,
+    pub audit: AuditConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `iss` of minted tokens and the audience incoming workload tokens must carry.
+    pub issuer: String,
+    pub scopes_dir: PathBuf,
+}
+
+/// Algorithms the STS signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    ES256,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeyStoreKind {
+    File { dir: PathBuf },
+    Vault { path: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub store: KeyStoreKind,
+    pub refresh_interval: Duration,
+    pub publish_lead: Duration,
+    pub jwks_max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretsConfig {
+    File { path: PathBuf },
+    Vault,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    /// `VAULT_TOKEN`, or the token in `token_file`.
+    Token { token_file: Option<PathBuf> },
+    AppRole {
+        mount: String,
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    pub address: String,
+    pub kv_mount: String,
+    pub kv_version: u8,
+    pub auth: VaultAuth,
+    pub timeout: Duration,
+    pub max_stale: Duration,
+}
+
+/// JWT algorithms a workload issuer may use. Symmetric algorithms and `none` can never
+/// be configured: a public JWKS cannot key an HMAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IssuerAlgorithm {
+    ES256,
+    ES384,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    EdDSA,
+}
+
+impl IssuerAlgorithm {
+    pub fn parse(s: &str) -> Option<Self> {
+        use IssuerAlgorithm::*;
+        Some(match s {
+            "ES256" => ES256,
+            "ES384" => ES384,
+            "RS256" => RS256,
+            "RS384" => RS384,
+            "RS512" => RS512,
+            "PS256" => PS256,
+            "PS384" => PS384,
+            "PS512" => PS512,
+            "EdDSA" => EdDSA,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use IssuerAlgorithm::*;
+        match self {
+            ES256 => "ES256",
+            ES384 => "ES384",
+            RS256 => "RS256",
+            RS384 => "RS384",
+            RS512 => "RS512",
+            PS256 => "PS256",
+            PS384 => "PS384",
+            PS512 => "PS512",
+            EdDSA => "EdDSA",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Uri(reqwest::Url),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub name: String,
+    pub issuer: String,
+    pub jwks: JwksSource,
+    pub algorithms: Vec<IssuerAlgorithm>,
+    pub spiffe_trust_domains: Vec<String>,
+    /// Longest `exp - iat` a subject token may have.
+    pub max_token_lifetime: Duration,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// How long fetched keys are used before a background refetch.
+    pub jwks_refresh: Duration,
+    /// How long the last good keys keep serving when the JWKS endpoint fails.
+    pub jwks_max_stale: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_token_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    pub subject_cache_capacity: u64,
+    pub jwks_fetch_timeout: Duration,
+    pub jwks_max_bytes: usize,
+    pub jwks_refetch_cooldown: Duration,
+}
+
+/// Upper bound on minted token lifetime: tokens live minutes, not hours.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+
+impl Config {
+    /// Reads, overrides from the environment, and validates `path`.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file, env)
+    }
+
+    /// Parses `text` (named `file` in messages), applies the environment, validates.
+    pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+        // Parse once from the text so syntax and unknown-key errors carry line numbers.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        let overrides = env.vars_with_prefix(ENV_PREFIX);
+        let raw = if overrides.is_empty() {
+            raw
+        } else {
+            apply_env(text, file, &overrides)?
+        };
+        validate(raw, file)
+    }
+}
+
+/// Applies `AGENT_STS_<SECTION>_<KEY>` overrides to the document and re-reads it.
+fn apply_env(text: &str, file: &str, vars: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut names = Vec::new();
+    for (name, value) in vars {
+        let rest = &name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|k| (*s, k))
+        }) else {
+            continue; // not a configuration override (e.g. AGENT_STS_LOG)
+        };
+        let table = doc
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            return Err(ConfigError::Invalid {
+                file: name.clone(),
+                key: section.to_string(),
+                message: "is not a table".into(),
+            });
+        };
+        table.insert(key.to_string(), env_value(value));
+        names.push(name.clone());
+    }
+    let merged = toml::to_string(&doc).map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&merged).map_err(|e| ConfigError::Parse {
+        file: format!("{file} with environment overrides {}", names.join(", ")),
+        message: e.message().to_string(),
+    })
+}
+
+/// An override's value: a TOML scalar or array when it parses as one, else a string.
+fn env_value(value: &str) -> toml::Value {
+    let probe = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+struct Check<'a> {
+    file: &'a str,
+}
+
+impl Check<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        let text = value.unwrap_or(default);
+        let d = humantime::parse_duration(text).map_err(|_| {
+            self.err(
+                key,
+                format!("not a duration: {text:?} (use e.g. \"30s\", \"5m\")"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn positive(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        default: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        let v = value.unwrap_or(default);
+        if v <= 0 || v > max {
+            return Err(self.err(key, format!("must be between 1 and {max}")));
+        }
+        Ok(v)
+    }
+}
+
+fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
+    let c = Check { file };
+
+    // [server]
+    let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| c.err("server.listen", "not an address:port"))?;
+    let issuer = raw.server.issuer;
+    if issuer.is_empty() || issuer.chars().any(char::is_whitespace) {
+        return Err(c.err("server.issuer", "must be a non-empty URL without spaces"));
+    }
+    let scopes_dir = PathBuf::from(raw.server.scopes_dir.as_deref().unwrap_or("scopes"));
+
+    // [tokens]
+    let default_ttl = c.duration(
+        "tokens.default_ttl",
+        raw.tokens.default_ttl.as_deref(),
+        "5m",
+    )?;
+    let max_ttl = c.duration("tokens.max_ttl", raw.tokens.max_ttl.as_deref(), "15m")?;
+    if max_ttl > MAX_TOKEN_TTL {
+        return Err(c.err(
+            "tokens.max_ttl",
+            "must be at most 1h: minted tokens live minutes",
+        ));
+    }
+    if default_ttl > max_ttl {
+        return Err(c.err("tokens.default_ttl", "must not exceed tokens.max_ttl"));
+    }
+    let algorithm = match raw.tokens.algorithm.as_deref().unwrap_or("ES256") {
+        "ES256" => SigningAlgorithm::ES256,
+        "EdDSA" => SigningAlgorithm::EdDSA,
+        _ => return Err(c.err("tokens.algorithm", "must be \"ES256\" or \"EdDSA\"")),
+    };
+
+    // [keys]
+    let key_store = match raw.keys.store.as_deref().unwrap_or("file") {
+        "file" => KeyStoreKind::File {
+            dir: PathBuf::from(raw.keys.dir.as_deref().unwrap_or("keys")),
+        },
+        "vault" => KeyStoreKind::Vault {
+            path: raw
+                .keys
+                .vault_path
+                .clone()
+                .unwrap_or_else(|| "agent-sts/signing-keys".into()),
+        },
+        _ => return Err(c.err("keys.store", "must be \"file\" or \"vault\"")),
+    };
+    let refresh_interval = c.duration(
+        "keys.refresh_interval",
+        raw.keys.refresh_interval.as_deref(),
+        "30s",
+    )?;
+    let publish_lead = c.duration("keys.publish_lead", raw.keys.publish_lead.as_deref(), "10m")?;
+    let jwks_max_age = c.duration("keys.jwks_max_age", raw.keys.jwks_max_age.as_deref(), "5m")?;
+    if jwks_max_age > publish_lead {
+        return Err(c.err(
+            "keys.jwks_max_age",
+            "must not exceed keys.publish_lead (a verifier's cached JWKS must list a key before it signs)",
+        ));
+    }
+    if refresh_interval >= publish_lead {
+        return Err(c.err(
+            "keys.refresh_interval",
+            "must be shorter than keys.publish_lead (every replica must load a key before it signs)",
+        ));
+    }
+
+    // [secrets]
+    let secrets = match raw.secrets.store.as_deref().unwrap_or("file") {
+        "file" => SecretsConfig::File {
+            path: PathBuf::from(
+                raw.secrets
+                    .file
+                    .as_deref()
+                    .unwrap_or("keys/dev-secrets.toml"),
+            ),
+        },
+        "vault" => SecretsConfig::Vault,
+        _ => return Err(c.err("secrets.store", "must be \"file\" or \"vault\"")),
+    };
+
+    // [vault]
+    let vault = raw.vault.map(|v| validate_vault(&c, v)).transpose()?;
+    let needs_vault =
+        matches!(key_store, KeyStoreKind::Vault { .. }) || matches!(secrets, SecretsConfig::Vault);
+    if needs_vault && vault.is_none() {
+        return Err(c.err(
+            "vault",
+            "a [vault] section is required when a store is \"vault\"",
+        ));
+    }
+
+    // [[trust]]
+    let mut trusts = Vec::with_capacity(raw.trust.len());
+    let mut names = HashSet::new();
+    let mut issuers = HashSet::new();
+    for (i, t) in raw.trust.into_iter().enumerate() {
+        let key = |k: &str| format!("trust[{i}].{k}");
+        if t.name.is_empty()
+            || !t
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+        {
+            return Err(c.err(&key("name"), "must be non-empty [a-z0-9_-] (no ':')"));
+        }
+        if !names.insert(t.name.clone()) {
+            return Err(c.err(&key("name"), format!("duplicate trust name {:?}", t.name)));
+        }
+        if t.issuer.is_empty() {
+            return Err(c.err(&key("issuer"), "must not be empty"));
+        }
+        if t.issuer == issuer {
+            return Err(c.err(
+                &key("issuer"),
+                "must differ from server.issuer: this STS's own tokens are never subject tokens",
+            ));
+        }
+        if !issuers.insert(t.issuer.clone()) {
+            return Err(c.err(&key("issuer"), "another trust has the same issuer"));
+        }
+        let jwks = match (t.jwks_uri, t.jwks_file) {
+            (Some(uri), None) => JwksSource::Uri(validate_jwks_uri(&c, &key("jwks_uri"), &uri)?),
+            (None, Some(path)) => JwksSource::File(PathBuf::from(path)),
+            _ => {
+                return Err(c.err(
+                    &key("jwks_uri"),
+                    "set exactly one of jwks_uri and jwks_file",
+                ));
+            }
+        };
+        if t.algorithms.is_empty() {
+            return Err(c.err(&key("algorithms"), "must list at least one algorithm"));
+        }
+        let mut algorithms = Vec::new();
+        for a in &t.algorithms {
+            match IssuerAlgorithm::parse(a) {
+                Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Some(_) => {}
+                None => {
+                    return Err(c.err(
+                        &key("algorithms"),
+                        format!(
+                            "unsupported algorithm {a:?} (allowed: ES256 ES384 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA; never HS* or none)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for d in &t.spiffe_trust_domains {
+            if d.is_empty() || d.contains(['/', ':', '*']) || d.chars().any(char::is_whitespace) {
+                return Err(c.err(
+                    &key("spiffe_trust_domains"),
+                    format!("not a trust domain: {d:?}"),
+                ));
+            }
+        }
+        let max_token_lifetime = c.duration(
+            &key("max_token_lifetime"),
+            t.max_token_lifetime.as_deref(),
+            "24h",
+        )?;
+        let leeway = humantime::parse_duration(t.leeway.as_deref().unwrap_or("30s"))
+            .map_err(|_| c.err(&key("leeway"), "not a duration"))?;
+        if leeway > Duration::from_secs(300) {
+            return Err(c.err(&key("leeway"), "must be at most 5m"));
+        }
+        let jwks_refresh = c.duration(&key("jwks_refresh"), t.jwks_refresh.as_deref(), "5m")?;
+        let jwks_max_stale =
+            c.duration(&key("jwks_max_stale"), t.jwks_max_stale.as_deref(), "1h")?;
+        trusts.push(TrustConfig {
+            name: t.name,
+            issuer: t.issuer,
+            jwks,
+            algorithms,
+            spiffe_trust_domains: t.spiffe_trust_domains,
+            max_token_lifetime,
+            leeway,
+            jwks_refresh,
+            jwks_max_stale,
+        });
+    }
+
+    // [audit]
+    let audit = AuditConfig {
+        path: PathBuf::from(raw.audit.path.as_deref().unwrap_or("audit.log")),
+    };
+
+    // [limits]
+    let l = raw.limits;
+    let limits = LimitsConfig {
+        max_body_bytes: c.positive(
+            "limits.max_body_bytes",
+            l.max_body_bytes,
+            64 * 1024,
+            1 << 20,
+        )? as usize,
+        max_token_bytes: c.positive(
+            "limits.max_token_bytes",
+            l.max_token_bytes,
+            16 * 1024,
+            64 * 1024,
+        )? as usize,
+        request_timeout: c.duration(
+            "limits.request_timeout",
+            l.request_timeout.as_deref(),
+            "5s",
+        )?,
+        max_concurrency: c.positive("limits.max_concurrency", l.max_concurrency, 1024, 1 << 20)?
+            as usize,
+        rate_per_second: c.positive("limits.rate_per_second", l.rate_per_second, 100, 1_000_000)?
+            as u32,
+        rate_burst: c.positive("limits.rate_burst", l.rate_burst, 200, 1_000_000)? as u32,
+        subject_cache_capacity: c.positive(
+            "limits.subject_cache_capacity",
+            l.subject_cache_capacity,
+            100_000,
+            10_000_000,
+        )? as u64,
+        jwks_fetch_timeout: c.duration(
+            "limits.jwks_fetch_timeout",
+            l.jwks_fetch_timeout.as_deref(),
+            "3s",
+        )?,
+        jwks_max_bytes: c.positive(
+            "limits.jwks_max_bytes",
+            l.jwks_max_bytes,
+            256 * 1024,
+            4 << 20,
+        )? as usize,
+        jwks_refetch_cooldown: c.duration(
+            "limits.jwks_refetch_cooldown",
+            l.jwks_refetch_cooldown.as_deref(),
+            "30s",
+        )?,
+    };
+
+    Ok(Config {
+        source: file.to_string(),
+        server: ServerConfig {
+            listen,
+            issuer,
+            scopes_dir,
+        },
+        tokens: TokensConfig {
+            default_ttl,
+            max_ttl,
+            algorithm,
+        },
+        keys: KeysConfig {
+            store: key_store,
+            refresh_interval,
+            publish_lead,
+            jwks_max_age,
+        },
+        secrets,
+        vault,
+        trusts,
+        audit,
+        limits,
+    })
+}
+
+fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(uri).map_err(|_| c.err(key, "not a URL"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err(c.err(key, "must be https (plain http only for a loopback host)")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(c.err(key, "must not carry credentials"));
+    }
+    Ok(url)
+}
+
+fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
+    let address = v.address;
+    match reqwest::Url::parse(&address) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        _ => return Err(c.err("vault.address", "must be an http(s) URL")),
+    }
+    let kv_version = match v.kv_version.unwrap_or(2) {
+        1 => 1,
+        2 => 2,
+        _ => return Err(c.err("vault.kv_version", "must be 1 or 2")),
+    };
+    let need = |key: &str, value: Option<String>| {
+        value.ok_or_else(|| c.err(key, "is required for this vault.auth"))
+    };
+    let auth =
+        match v.auth.as_deref().unwrap_or("token") {
+            "token" => VaultAuth::Token {
+                token_file: v.token_file.map(PathBuf::from),
+            },
+            "approle" => VaultAuth::AppRole {
+                mount: v.approle_mount.unwrap_or_else(|| "approle".into()),
+                role_id_file: PathBuf::from(need("vault.role_id_file", v.role_id_file)?),
+                secret_id_file: PathBuf::from(need("vault.secret_id_file", v.secret_id_file)?),
+            },
+            "kubernetes" => VaultAuth::Kubernetes {
+                mount: v.kubernetes_mount.unwrap_or_else(|| "kubernetes".into()),
+                role: need("vault.kubernetes_role", v.kubernetes_role)?,
+                token_file: PathBuf::from(v.kubernetes_token_file.unwrap_or_else(|| {
+                    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+                })),
+            },
+            _ => {
+                return Err(c.err(
+                    "vault.auth",
+                    "must be \"token\", \"approle\" or \"kubernetes\"",
+                ));
+            }
+        };
+    Ok(VaultConfig {
+        address,
+        kv_mount: v.kv_mount.unwrap_or_else(|| "secret".into()),
+        kv_version,
+        auth,
+        timeout: c.duration("vault.timeout", v.timeout.as_deref(), "2s")?,
+        max_stale: c.duration("vault.max_stale", v.max_stale.as_deref(), "60s")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+issuer = "https://sts.example.org"
+
+[[trust]]
+name = "k8s-prod"
+issuer = "https://kubernetes.default.svc"
+jwks_uri = "https://kubernetes.default.svc/openid/v1/jwks"
+algorithms = ["ES256", "RS256"]
+"#;
+
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "sts.toml", &no_env())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+issuer = "https://sts.example.org"
+scopes_dir = "scopes"
+[tokens]
+default_ttl = "5m"
+max_ttl = "15m"
+algorithm = "ES256"
+[keys]
+store = "vault"
+dir = "keys"
+vault_path = "agent-sts/signing-keys"
+refresh_interval = "30s"
+publish_lead = "10m"
+jwks_max_age = "5m"
+[secrets]
+store = "vault"
+file = "keys/dev-secrets.toml"
+[vault]
+address = "http://127.0.0.1:8200"
+kv_mount = "secret"
+kv_version = 2
+auth = "approle"
+role_id_file = "/run/secrets/role-id"
+secret_id_file = "/run/secrets/secret-id"
+timeout = "2s"
+max_stale = "60s"
+[[trust]]
+name = "k8s-prod"
+issuer = "https://kubernetes.default.svc"
+jwks_uri = "https://kubernetes.default.svc/openid/v1/jwks"
+algorithms = ["ES256", "RS256"]
+spiffe_trust_domains = []
+[audit]
+path = "audit.log"
+"#;
+        let c = Config::from_toml(text, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.tokens.max_ttl, Duration::from_secs(900));
+        assert!(matches!(c.keys.store, KeyStoreKind::Vault { .. }));
+        assert_eq!(c.vault.unwrap().kv_version, 2);
+        assert_eq!(
+            c.trusts[0].algorithms,
+            vec![IssuerAlgorithm::ES256, IssuerAlgorithm::RS256]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = err(&format!("{MINIMAL}\n[audit]\npaht = \"x\"\n"));
+        assert!(e.starts_with("sts.toml"), "{e}");
+        assert!(e.contains("paht"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let bad_ttl = MINIMAL.replace("[[trust]]", "[tokens]\nmax_ttl = \"2h\"\n[[trust]]");
+        assert!(err(&bad_ttl).contains("tokens.max_ttl"));
+        let hs = MINIMAL.replace("\"ES256\", \"RS256\"", "\"HS256\"");
+        assert!(err(&hs).contains("trust[0].algorithms"));
+        let none = MINIMAL.replace("\"ES256\", \"RS256\"", "\"none\"");
+        assert!(err(&none).contains("trust[0].algorithms"));
+        let http = MINIMAL.replace(
+            "https://kubernetes.default.svc/openid",
+            "http://kubernetes.default.svc/openid",
+        );
+        assert!(err(&http).contains("trust[0].jwks_uri"));
+        let own = MINIMAL.replace(
+            "issuer = \"https://kubernetes.default.svc\"",
+            "issuer = \"https://sts.example.org\"",
+        );
+        assert!(err(&own).contains("trust[0].issuer"));
+        let lead = MINIMAL.replace("[[trust]]", "[keys]\npublish_lead = \"1m\"\n[[trust]]");
+        assert!(err(&lead).contains("keys.jwks_max_age"));
+        let vault = MINIMAL.replace("[[trust]]", "[secrets]\nstore = \"vault\"\n[[trust]]");
+        assert!(err(&vault).contains("vault"));
+    }
+
+    #[test]
+    fn environment_overrides_win_and_name_the_variable() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "AGENT_STS_SERVER_LISTEN".to_string(),
+            "127.0.0.1:9999".to_string(),
+        );
+        env.insert("AGENT_STS_TOKENS_MAX_TTL".to_string(), "10m".to_string());
+        env.insert("AGENT_STS_LIMITS_RATE_BURST".to_string(), "7".to_string());
+        env.insert("AGENT_STS_LOG".to_string(), "debug".to_string());
+        let c = Config::from_toml(MINIMAL, "sts.toml", &env).unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.tokens.max_ttl, Duration::from_secs(600));
+        assert_eq!(c.limits.rate_burst, 7);
+
+        let mut bad = BTreeMap::new();
+        bad.insert("AGENT_STS_SERVER_LISTN".to_string(), "x".to_string());
+        let e = Config::from_toml(MINIMAL, "sts.toml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AGENT_STS_SERVER_LISTN"), "{e}");
+        assert!(e.contains("listn"), "{e}");
+    }
+}

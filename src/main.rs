@@ -1,0 +1,236 @@
+//! The `agent-sts` command line (DESIGN.md, "Command line"): parses arguments, sets up
+//! logging, runs one command, and maps its outcome to the exit codes 0 (success),
+//! 1 (runtime failure) and 2 (bad usage or invalid configuration).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use agent_sts::app::{self, StartError};
+use agent_sts::config::{Config, ProcessEnv};
+use agent_sts::{audit, catalogue, dev, keys, trust};
+
+#[derive(Parser)]
+#[command(
+    name = "agent-sts",
+    version,
+    about = "A security token service for AI agents: RFC 8693 token exchange from workload identity to one-action, minutes-lived JWTs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the STS.
+    Serve {
+        /// Configuration file (agent-sts.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the STS on the embedded default: no Vault, no configuration; dev keys and
+    /// secrets under keys/, a dev workload issuer, and a ready-to-paste example.
+    Dev(dev::DevArgs),
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Work with the scope catalogue.
+    Scopes {
+        #[command(subcommand)]
+        command: ScopesCommand,
+    },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the next signing key (published before it signs; active at once on an
+    /// empty keyring).
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List kid, algorithm, state and dates; never key material.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScopesCommand {
+    /// Validate a catalogue and print one line per action.
+    Check {
+        /// Catalogue directory.
+        #[arg(default_value = "scopes")]
+        dir: PathBuf,
+        /// Configuration whose [[trust]] names the catalogue may use (default: the
+        /// embedded `agent-sts dev` trusts).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain; fails at the first broken link.
+    Verify {
+        /// Audit log file.
+        file: PathBuf,
+    },
+}
+
+/// Logs go to stderr; `AGENT_STS_LOG` (or `RUST_LOG`) sets the filter, by default
+/// `info` for the servers and `warn` for one-shot commands.
+fn init_logging(default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_STS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
+    Config::load(path, &ProcessEnv).map_err(|e| StartError::Config(e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Serve { .. } | Command::Dev(_));
+    init_logging(if server { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent-sts: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-sts: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), StartError> {
+    match command {
+        Command::Serve { config } => {
+            let config = load_config(&config)?;
+            let app = app::build(&config).await?;
+            let listener = app::bind(config.server.listen).await?;
+            tracing::info!(listen = %config.server.listen, issuer = %config.server.issuer, "agent-sts serving");
+            app.serve(listener, None).await
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Keys { command } => match command {
+            KeysCommand::Rotate { config } => {
+                let config = load_config(&config)?;
+                let store = app::key_store(&config)?;
+                let (kid, state) = keys::rotate(
+                    store.as_ref(),
+                    config.tokens.algorithm,
+                    trust::unix_now(),
+                    config.keys.publish_lead,
+                    config.tokens.max_ttl,
+                )
+                .await
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+                println!(
+                    "created {kid} ({}, {})",
+                    config.tokens.algorithm.as_str(),
+                    state.as_str()
+                );
+                Ok(())
+            }
+            KeysCommand::List { config } => {
+                let config = load_config(&config)?;
+                let store = app::key_store(&config)?;
+                let (ring, _) = store
+                    .load()
+                    .await
+                    .map_err(|e| StartError::Runtime(e.to_string()))?;
+                println!(
+                    "{:<44} {:<6} {:<9} {:<21} activates_at",
+                    "kid", "alg", "state", "created_at"
+                );
+                for row in keys::list(&ring, trust::unix_now(), config.tokens.max_ttl) {
+                    println!(
+                        "{:<44} {:<6} {:<9} {:<21} {}",
+                        row.kid,
+                        row.alg.as_str(),
+                        row.state.as_str(),
+                        rfc3339(row.created_at),
+                        rfc3339(row.activates_at)
+                    );
+                }
+                Ok(())
+            }
+        },
+        Command::Scopes {
+            command: ScopesCommand::Check { dir, config },
+        } => {
+            let directory = match config {
+                Some(path) => app::trust_directory(&load_config(&path)?),
+                None => dev::trust_directory(),
+            };
+            let catalogue =
+                catalogue::Catalogue::check_dir(&dir, &directory).map_err(|errors| {
+                    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    StartError::Config(format!("{} error(s):\n{}", lines.len(), lines.join("\n")))
+                })?;
+            for action in catalogue.actions() {
+                println!("{}", describe(action));
+            }
+            println!("{}: {} actions ok", dir.display(), catalogue.len());
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let report = audit::verify(&file).map_err(|e| StartError::Runtime(e.to_string()))?;
+            println!("{}: {} lines, chain intact", file.display(), report.lines);
+            Ok(())
+        }
+    }
+}
+
+/// One line of `scopes check`.
+fn describe(a: &catalogue::Action) -> String {
+    let agents: Vec<String> = a.agents.iter().map(ToString::to_string).collect();
+    format!(
+        "{}: {} {} ttl={} delegation={} agents=[{}]{}",
+        a.source,
+        a.name,
+        a.audience,
+        humantime::format_duration(a.ttl),
+        a.delegation,
+        agents.join(", "),
+        a.credential
+            .as_deref()
+            .map(|c| format!(" credential={c}"))
+            .unwrap_or_default()
+    )
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format).
+//!
+//! Every label value comes from a closed set known before any request arrives: action
+//! names from the catalogue (anything else is counted as `other`), reason codes from
+//! [`crate::oauth_error::Rejection::reason`], trust names from the configuration and
+//! fixed outcome words. No label is ever built from unverified input, so a client
+//! cannot grow the metric families (SECURITY.md property 7) or plant a secret in them
+//! (property 1).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub action: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub trust: String,
+    pub outcome: &'static str,
+}
+
+/// The STS's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    pub tokens_issued: Family<ActionLabels, Counter>,
+    pub tokens_denied: Family<DenialLabels, Counter>,
+    pub token_latency: Histogram,
+    pub jwks_fetches: Family<FetchLabels, Counter>,
+    pub signing_keys: Gauge,
+    pub keyring_refresh_failures: Counter,
+}
+
+/// Label value for an action name that is not in the catalogue.
+pub const OTHER_ACTION: &str = "other";
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent_sts");
+        let tokens_issued = Family::<ActionLabels, Counter>::default();
+        let tokens_denied = Family::<DenialLabels, Counter>::default();
+        let token_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let jwks_fetches = Family::<FetchLabels, Counter>::default();
+        let signing_keys = Gauge::default();
+        let keyring_refresh_failures = Counter::default();
+        registry.register(
+            "tokens_issued",
+            "Tokens minted, by action",
+            tokens_issued.clone(),
+        );
+        registry.register(
+            "tokens_denied",
+            "Token requests refused, by action and reason",
+            tokens_denied.clone(),
+        );
+        registry.register(
+            "token_request_duration_seconds",
+            "Time to answer POST /token",
+            token_latency.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Workload issuer JWKS fetches, by trust and outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "signing_keys_published",
+            "Signing keys currently in the JWKS",
+            signing_keys.clone(),
+        );
+        registry.register(
+            "keyring_refresh_failures",
+            "Keyring reads that failed or held a malformed ring (the last good ring is kept)",
+            keyring_refresh_failures.clone(),
+        );
+        Metrics {
+            registry,
+            tokens_issued,
+            tokens_denied,
+            token_latency,
+            jwks_fetches,
+            signing_keys,
+            keyring_refresh_failures,
+        }
+    }
+
+    /// Counts a JWKS fetch of a configured trust.
+    pub fn jwks_fetch(&self, trust: &str, outcome: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&FetchLabels {
+                trust: trust.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}

@@ -1,0 +1,196 @@
+//! Minting: the RFC 9068 JWT access token for one action.
+//!
+//! Header `{"alg", "kid", "typ": "at+jwt"}` (RFC 9068 §2.1); claims `iss`, `sub`,
+//! `aud` (one audience), `exp`, `iat`, `nbf`, `jti` (128 random bits), `client_id`,
+//! `scope` (the one action) and, when delegated, `act` (RFC 8693 §4.1). Reserved
+//! claims are computed here and nowhere else; nothing from the request reaches a claim
+//! except the verified identities and the catalogue's own action and audience.
+//!
+//! Time is passed in (`now`), so lifetimes are testable: `exp = min(now + ttl,
+//! subject_exp)` and a token never outlives the token it was exchanged for.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use crate::keys::LoadedKey;
+use crate::signing_key::KeyMaterialError;
+
+/// Seconds `iat`/`nbf` are not backdated: verifiers apply their own leeway.
+pub const ISSUED_AT_BACKDATE: u64 = 0;
+
+/// The actor of a delegated token (RFC 8693 §4.1).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Actor {
+    pub sub: String,
+    pub iss: String,
+}
+
+/// What a token is minted for; every field already checked.
+#[derive(Debug)]
+pub struct Grant<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub client_id: &'a str,
+    pub audience: &'a str,
+    pub action: &'a str,
+    pub actor: Option<&'a Actor>,
+    /// Lifetime asked for (action ttl capped by `max_ttl`).
+    pub ttl_secs: u64,
+    /// The subject token's `exp` (and the actor token's, whichever is sooner).
+    pub not_after: u64,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'static str,
+    kid: &'a str,
+    typ: &'static str,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: u64,
+    iat: u64,
+    nbf: u64,
+    jti: &'a str,
+    client_id: &'a str,
+    scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Actor>,
+}
+
+/// A minted token.
+#[derive(Debug)]
+pub struct Minted {
+    pub access_token: String,
+    pub jti: String,
+    pub kid: String,
+    pub expires_at: u64,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MintError {
+    #[error("the subject token expires too soon to mint a token")]
+    SubjectExpiring,
+    #[error("no randomness for jti")]
+    Random,
+    #[error("cannot encode the token")]
+    Encode,
+    #[error(transparent)]
+    Key(#[from] KeyMaterialError),
+}
+
+/// A fresh `jti`: 128 random bits, base64url.
+fn new_jti() -> Result<String, MintError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| MintError::Random)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Signs the token for `grant` with `key` at `now`.
+pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintError> {
+    let exp = now.saturating_add(grant.ttl_secs).min(grant.not_after);
+    if exp <= now {
+        return Err(MintError::SubjectExpiring);
+    }
+    let jti = new_jti()?;
+    let iat = now - ISSUED_AT_BACKDATE;
+    let header = Header {
+        alg: key.key.algorithm.as_str(),
+        kid: &key.key.kid,
+        typ: "at+jwt",
+    };
+    let claims = Claims {
+        iss: grant.issuer,
+        sub: grant.subject,
+        aud: grant.audience,
+        exp,
+        iat,
+        nbf: iat,
+        jti: &jti,
+        client_id: grant.client_id,
+        scope: grant.action,
+        act: grant.actor,
+    };
+    let header = serde_json::to_vec(&header).map_err(|_| MintError::Encode)?;
+    let claims = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
+    let access_token = key.key.sign_compact(&header, &claims)?;
+    Ok(Minted {
+        access_token,
+        jti,
+        kid: key.key.kid.clone(),
+        expires_at: exp,
+        expires_in: exp - now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::SigningAlgorithm;
+    use crate::signing_key::SigningKey;
+
+    #[test]
+    fn minted_token_verifies_with_jsonwebtoken_and_is_capped() {
+        for alg in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+            let (key, _) = SigningKey::generate(alg).unwrap();
+            let jwk: jsonwebtoken::jwk::Jwk =
+                serde_json::from_value(key.public_jwk.clone()).unwrap();
+            let loaded = LoadedKey {
+                key,
+                created_at: 0,
+                activates_at: 0,
+            };
+            let actor = Actor {
+                sub: "spiffe://example.org/agent/triage".into(),
+                iss: "https://spire".into(),
+            };
+            let now = jsonwebtoken::get_current_timestamp();
+            let grant = Grant {
+                issuer: "https://sts",
+                subject: "alice@example.org",
+                client_id: "spire:spiffe://example.org/agent/triage",
+                audience: "https://github-shim",
+                action: "github.issues.create",
+                actor: Some(&actor),
+                ttl_secs: 300,
+                not_after: now + 120,
+            };
+            let m = mint(&loaded, &grant, now).unwrap();
+            assert_eq!(m.expires_in, 120, "never outlives the subject token");
+            let header = jsonwebtoken::decode_header(&m.access_token).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+            assert_eq!(header.kid.as_deref(), Some(loaded.key.kid.as_str()));
+            let mut v = jsonwebtoken::Validation::new(header.alg);
+            v.set_audience(&["https://github-shim"]);
+            v.set_issuer(&["https://sts"]);
+            let data = jsonwebtoken::decode::<serde_json::Value>(
+                &m.access_token,
+                &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+                &v,
+            )
+            .unwrap();
+            assert_eq!(data.claims["scope"], "github.issues.create");
+            assert_eq!(
+                data.claims["act"]["sub"],
+                "spiffe://example.org/agent/triage"
+            );
+            assert_eq!(data.claims["jti"].as_str().unwrap().len(), 22);
+
+            let expired = Grant {
+                not_after: now,
+                ..grant
+            };
+            assert_eq!(
+                mint(&loaded, &expired, now).unwrap_err(),
+                MintError::SubjectExpiring
+            );
+        }
+    }
+}

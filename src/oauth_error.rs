@@ -1,0 +1,238 @@
+//! The one OAuth error type of the token endpoint.
+//!
+//! RFC 6749 §5.2 defines the error response: a JSON object with `error` (a code from a
+//! short list, extended by RFC 8693 §2.2.2 with `invalid_target`) and an optional
+//! human-readable `error_description`. A client learns the standard code and a
+//! description taken from the fixed table below, never an echo of its input, a token, a
+//! key or a secret (SECURITY.md properties 1 and 10). What actually went wrong is a
+//! component error (`TrustError`, `KeyError`, ...) that the handler logs before it is
+//! reduced to a [`Rejection`] here: clients get the safe message, logs get the detail.
+//!
+//! Every variant also names a stable `reason` code, used in the audit log and as the
+//! `reason` label of the denial metric, so the label set is fixed at compile time.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Why a token request was refused. The variant chooses the HTTP status, the RFC error
+/// code, a fixed description and the audit/metric reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `GET /token`, or any method but POST.
+    MethodNotAllowed,
+    /// Parameters in the URL query string: tokens are never read from URLs.
+    ParametersInUrl,
+    /// A body that is not `application/x-www-form-urlencoded`.
+    UnsupportedMediaType,
+    /// A body over the configured cap.
+    BodyTooLarge,
+    /// A body that does not parse as a form.
+    MalformedBody,
+    /// A parameter sent more than once (never "last value wins").
+    RepeatedParameter,
+    /// `grant_type` absent.
+    MissingGrantType,
+    /// A grant type other than token exchange.
+    UnsupportedGrantType,
+    /// `subject_token` absent.
+    MissingSubjectToken,
+    /// `subject_token_type` absent or not a JWT type.
+    UnsupportedSubjectTokenType,
+    /// `actor_token` without `actor_token_type` or the reverse.
+    ActorTokenWithoutType,
+    /// `actor_token_type` not a JWT type.
+    UnsupportedActorTokenType,
+    /// `requested_token_type` other than an access token.
+    UnsupportedRequestedTokenType,
+    /// A token over the size cap.
+    TokenTooLarge,
+    /// The subject token failed verification (signature, claims, issuer, ...).
+    InvalidSubjectToken,
+    /// The actor token failed verification.
+    InvalidActorToken,
+    /// `scope` absent, empty, or naming more than one action.
+    ScopeNotOneAction,
+    /// An action that is unknown or not granted to this caller (indistinguishable on
+    /// purpose: the catalogue is not enumerable from outside).
+    ActionNotPermitted,
+    /// The action requires delegation but no `actor_token` was sent.
+    DelegationRequired,
+    /// The action forbids delegation but an `actor_token` was sent.
+    DelegationForbidden,
+    /// The action's integration credential is missing or disabled at the source.
+    CredentialUnavailable,
+    /// `audience` or `resource` is not the action's audience.
+    InvalidTarget,
+    /// The client tried to authenticate (HTTP Basic, `client_secret`): not supported.
+    ClientAuthentication,
+    /// The caller's identity is over its rate limit.
+    RateLimited,
+    /// No signing key can be used right now.
+    SigningKeyUnavailable,
+    /// The secret store cannot be read right now.
+    SecretStoreUnavailable,
+    /// The audit log cannot be written: no record, no token.
+    AuditUnavailable,
+    /// The request did not finish within the server's deadline.
+    RequestTimeout,
+    /// A bug or an unexpected failure on our side.
+    Internal,
+}
+
+/// Seconds a client should wait after a 429 or 503.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+impl Rejection {
+    /// The HTTP status (RFC 6749 §5.2 uses 400 for all client errors but
+    /// `invalid_client`).
+    pub fn status(self) -> StatusCode {
+        use Rejection::*;
+        match self {
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ClientAuthentication => StatusCode::UNAUTHORIZED,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SigningKeyUnavailable | SecretStoreUnavailable | AuditUnavailable | RequestTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The RFC 6749 §5.2 / RFC 8693 §2.2.2 error code.
+    pub fn code(self) -> &'static str {
+        use Rejection::*;
+        match self {
+            UnsupportedGrantType => "unsupported_grant_type",
+            ScopeNotOneAction | ActionNotPermitted | CredentialUnavailable => "invalid_scope",
+            InvalidTarget => "invalid_target",
+            ClientAuthentication => "invalid_client",
+            RateLimited
+            | SigningKeyUnavailable
+            | SecretStoreUnavailable
+            | AuditUnavailable
+            | RequestTimeout => "temporarily_unavailable",
+            Internal => "server_error",
+            _ => "invalid_request",
+        }
+    }
+
+    /// The fixed, safe description shown to the client.
+    pub fn description(self) -> &'static str {
+        use Rejection::*;
+        match self {
+            MethodNotAllowed => "the token endpoint accepts only POST",
+            ParametersInUrl => "parameters must be sent in the request body, never in the URL",
+            UnsupportedMediaType => "the body must be application/x-www-form-urlencoded",
+            BodyTooLarge => "the request body is too large",
+            MalformedBody => "the request body is not a valid form",
+            RepeatedParameter => "a request parameter is repeated",
+            MissingGrantType => "grant_type is missing",
+            UnsupportedGrantType => {
+                "only urn:ietf:params:oauth:grant-type:token-exchange is supported"
+            }
+            MissingSubjectToken => "subject_token is missing",
+            UnsupportedSubjectTokenType => {
+                "subject_token_type must be urn:ietf:params:oauth:token-type:jwt"
+            }
+            ActorTokenWithoutType => "actor_token and actor_token_type must be sent together",
+            UnsupportedActorTokenType => {
+                "actor_token_type must be urn:ietf:params:oauth:token-type:jwt"
+            }
+            UnsupportedRequestedTokenType => {
+                "requested_token_type must be urn:ietf:params:oauth:token-type:access_token"
+            }
+            TokenTooLarge => "a token exceeds the size limit",
+            InvalidSubjectToken => "the subject_token is invalid",
+            InvalidActorToken => "the actor_token is invalid",
+            ScopeNotOneAction => "scope must name exactly one action",
+            ActionNotPermitted => "the requested action is not permitted",
+            DelegationRequired => "the requested action requires an actor_token (delegation)",
+            DelegationForbidden => "the requested action does not allow delegation",
+            CredentialUnavailable => "the requested action's credential is unavailable",
+            InvalidTarget => "audience or resource does not match the requested action",
+            ClientAuthentication => {
+                "client authentication is not supported: authenticate with the subject_token"
+            }
+            RateLimited => "too many requests for this identity; retry later",
+            SigningKeyUnavailable => "no signing key is available; retry later",
+            SecretStoreUnavailable => "the secret store is unavailable; retry later",
+            AuditUnavailable => "the audit log is unavailable; no token was issued",
+            RequestTimeout => "the request took too long; retry later",
+            Internal => "internal error",
+        }
+    }
+
+    /// Stable reason code for the audit log and the `reason` metric label.
+    pub fn reason(self) -> &'static str {
+        use Rejection::*;
+        match self {
+            MethodNotAllowed => "method_not_allowed",
+            ParametersInUrl => "parameters_in_url",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTooLarge => "body_too_large",
+            MalformedBody => "malformed_body",
+            RepeatedParameter => "repeated_parameter",
+            MissingGrantType => "missing_grant_type",
+            UnsupportedGrantType => "unsupported_grant_type",
+            MissingSubjectToken => "missing_subject_token",
+            UnsupportedSubjectTokenType => "unsupported_subject_token_type",
+            ActorTokenWithoutType => "actor_token_without_type",
+            UnsupportedActorTokenType => "unsupported_actor_token_type",
+            UnsupportedRequestedTokenType => "unsupported_requested_token_type",
+            TokenTooLarge => "token_too_large",
+            InvalidSubjectToken => "invalid_subject_token",
+            InvalidActorToken => "invalid_actor_token",
+            ScopeNotOneAction => "scope_not_one_action",
+            ActionNotPermitted => "action_not_permitted",
+            DelegationRequired => "delegation_required",
+            DelegationForbidden => "delegation_forbidden",
+            CredentialUnavailable => "credential_unavailable",
+            InvalidTarget => "invalid_target",
+            ClientAuthentication => "client_authentication",
+            RateLimited => "rate_limited",
+            SigningKeyUnavailable => "signing_key_unavailable",
+            SecretStoreUnavailable => "secret_store_unavailable",
+            AuditUnavailable => "audit_unavailable",
+            RequestTimeout => "request_timeout",
+            Internal => "internal",
+        }
+    }
+}
+
+/// Headers every token endpoint response carries (RFC 6749 §5.1).
+pub fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.description(),
+        });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        no_store(&mut response);
+        let headers = response.headers_mut();
+        match self.status() {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"agent-sts\""),
+                );
+            }
+            StatusCode::METHOD_NOT_ALLOWED => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

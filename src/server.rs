@@ -1,0 +1,242 @@
+//! HTTP: the router, thin handlers and the protective layers.
+//!
+//! Handlers only extract, call and convert: `POST /token` checks the transport rules
+//! (no query string, no client authentication header, a form content type, the body
+//! cap), hands the body to [`crate::token_exchange::parse`] and the result to
+//! [`crate::sts::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2 response.
+//! Every refusal, even one decided before the form is read, goes through
+//! [`Sts::refuse`] so it is audited and counted like any other decision.
+//!
+//! Layers (tower-http and tower): a request body cap (413), a request deadline (503),
+//! a global concurrency cap, and a trace span that records the method and path only:
+//! never the query string, which is where a misguided client would put a token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::oauth_error::{Rejection, no_store};
+use crate::sts::Sts;
+use crate::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
+use crate::trust::unix_now;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub sts: Arc<Sts>,
+    pub max_body_bytes: usize,
+    pub max_token_bytes: usize,
+    pub jwks_max_age: Duration,
+}
+
+/// Transport limits applied around the router.
+#[derive(Clone, Copy, Debug)]
+pub struct Layers {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+/// The STS router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/token", post(token).fallback(token_wrong_method))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Wraps a router in the transport limits.
+pub fn with_layers(router: Router, layers: Layers) -> Router {
+    router
+        .layer(axum::middleware::map_response(json_transport_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            layers.request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(layers.max_body_bytes))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(layers.max_concurrency))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+}
+
+/// The body-limit and timeout layers answer with bare statuses; on the token endpoint
+/// (and elsewhere) clients get the OAuth JSON shape instead.
+async fn json_transport_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Rejection::BodyTooLarge.into_response(),
+        StatusCode::SERVICE_UNAVAILABLE
+            if response.headers().get(header::RETRY_AFTER).is_none() =>
+        {
+            Rejection::RequestTimeout.into_response()
+        }
+        _ => response,
+    }
+}
+
+async fn token(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let response = match read_exchange(&state, request).await {
+        Ok(exchange) => match state.sts.exchange(exchange, unix_now()).await {
+            Ok(issued) => {
+                let body = json!({
+                    "access_token": issued.access_token,
+                    "issued_token_type": token_exchange::TOKEN_TYPE_ACCESS_TOKEN,
+                    "token_type": "Bearer",
+                    "expires_in": issued.expires_in,
+                    "scope": issued.scope,
+                });
+                let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+                no_store(&mut response);
+                response
+            }
+            Err(rejection) => rejection.into_response(),
+        },
+        Err(rejection) => state.sts.refuse(rejection).into_response(),
+    };
+    state
+        .sts
+        .metrics
+        .token_latency
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn token_wrong_method(State(state): State<AppState>) -> Response {
+    state
+        .sts
+        .refuse(Rejection::MethodNotAllowed)
+        .into_response()
+}
+
+/// The transport rules of the token endpoint, then the form.
+async fn read_exchange(
+    state: &AppState,
+    request: Request,
+) -> Result<token_exchange::ExchangeRequest, Rejection> {
+    let (parts, body) = request.into_parts();
+    if parts.uri.query().is_some() {
+        return Err(Rejection::ParametersInUrl);
+    }
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return Err(Rejection::ClientAuthentication);
+    }
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(Rejection::UnsupportedMediaType);
+    }
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    token_exchange::parse(&bytes, state.max_token_bytes)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Rejection> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .into_iter()
+            .chain(std::iter::once(&e as &dyn std::error::Error))
+            .any(|s| s.to_string().contains("length limit"));
+        if too_large {
+            Rejection::BodyTooLarge
+        } else {
+            Rejection::MalformedBody
+        }
+    })
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let body = state.sts.keyring.jwks(unix_now());
+    let mut response = axum::Json(body).into_response();
+    let cache = format!("public, max-age={}", state.jwks_max_age.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        response.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    response
+}
+
+/// RFC 8414 §2 metadata. `scopes_supported` is left out on purpose: the catalogue is
+/// not enumerable from outside.
+async fn metadata(State(state): State<AppState>) -> Response {
+    let issuer = state.sts.issuer.trim_end_matches('/');
+    axum::Json(json!({
+        "issuer": state.sts.issuer,
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_signing_alg_values_supported": [],
+    }))
+    .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready = catalogue loaded, a signing key active, the secret store reachable.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let sts = &state.sts;
+    let now = unix_now();
+    let catalogue = !sts.catalogue.load().is_empty();
+    let signing = sts.keyring.signer(now).is_some();
+    let secrets = sts.credentials.reachable().await;
+    let health = sts.keyring.health();
+    let ready = catalogue && signing && secrets;
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "catalogue": if catalogue { "ok" } else { "no actions loaded" },
+            "signing_key": if signing { "ok" } else { "no active signing key" },
+            "secret_store": if secrets { "ok" } else { "unreachable" },
+            "keyring": health.last_error.as_deref().unwrap_or("ok"),
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.sts.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,286 @@
+//! The token service: one exchange, from a checked request to a minted token or a
+//! refusal. No HTTP here: the handler in `server.rs` extracts, calls
+//! [`Sts::exchange`], and converts.
+//!
+//! The order of checks is the policy:
+//! 1. verify the subject token (and the actor token, when delegating) against the
+//!    configured trusts;
+//! 2. rate-limit the verified agent identity;
+//! 3. the catalogue: the action exists and is granted to the agent, bound to its
+//!    (trust, subject); an unknown action and an ungranted one are the same refusal,
+//!    so the catalogue cannot be enumerated;
+//! 4. delegation as the action allows, the delegating subject granted by `subjects`;
+//! 5. `audience`/`resource`, if sent, name the action's audience;
+//! 6. the action's credential is present and enabled at the source;
+//! 7. a signing key is active; mint with `exp = min(action ttl, max_ttl, subject exp)`;
+//! 8. the decision is in the audit log before the token is returned.
+//!
+//! Every decision, allowed or denied, is audited and counted; denials are logged with
+//! the component error (never token content) while the client sees only the fixed
+//! description of its [`Rejection`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::{AuditLog, Decision, Outcome};
+use crate::catalogue::{Action, Catalogue, Delegation, Principal};
+use crate::keys::Keyring;
+use crate::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
+use crate::mint::{Actor, Grant, MintError, mint};
+use crate::oauth_error::Rejection;
+use crate::rate_limit::IdentityRateLimiter;
+use crate::secrets::{CredentialCache, CredentialError};
+use crate::token_exchange::ExchangeRequest;
+use crate::trust::{TrustStore, VerifiedToken};
+
+/// A successful exchange (RFC 8693 §2.2.1).
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// The parts of a token service.
+pub struct Sts {
+    pub issuer: String,
+    pub max_ttl: Duration,
+    pub trusts: TrustStore,
+    pub catalogue: ArcSwap<Catalogue>,
+    pub keyring: Arc<Keyring>,
+    pub credentials: CredentialCache,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    pub rate_limiter: IdentityRateLimiter,
+}
+
+impl std::fmt::Debug for Sts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sts")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is known about a request when it is decided, for the audit record.
+#[derive(Default)]
+struct Facts {
+    subject: Option<Arc<VerifiedToken>>,
+    actor: Option<Arc<VerifiedToken>>,
+    action: Option<Arc<str>>,
+    audience: Option<String>,
+}
+
+fn principal(v: &VerifiedToken) -> Principal<'_> {
+    Principal {
+        trust: &v.trust,
+        subject: &v.subject,
+        spiffe_domains: &v.spiffe_domains,
+    }
+}
+
+/// `trust:subject`: an identity qualified by the trust it verified under.
+fn qualified(v: &VerifiedToken) -> String {
+    format!("{}:{}", v.trust, v.subject)
+}
+
+impl Sts {
+    /// Decides one exchange at `now` (unix seconds).
+    pub async fn exchange(&self, request: ExchangeRequest, now: u64) -> Result<Issued, Rejection> {
+        let mut facts = Facts::default();
+        let result = self.decide(&request, now, &mut facts).await;
+        let (outcome, reason, minted) = match &result {
+            Ok(m) => (Outcome::Allow, "issued", Some(m)),
+            Err(r) => (Outcome::Deny, r.reason(), None),
+        };
+        let actor = facts.actor.as_deref().map(qualified);
+        let record = Decision {
+            time: std::time::SystemTime::now(),
+            trust: facts.subject.as_ref().map(|s| &*s.trust),
+            subject: facts.subject.as_ref().map(|s| s.subject.as_str()),
+            actor: actor.as_deref(),
+            action: facts.action.as_deref(),
+            audience: facts.audience.as_deref(),
+            decision: outcome,
+            reason,
+            jti: minted.map(|m| m.jti.as_str()),
+            kid: minted.map(|m| m.kid.as_str()),
+            expires_at: minted.map(|m| m.expires_at),
+        };
+        if let Err(e) = self.audit.append(&record) {
+            tracing::error!(error = %e, "audit log write failed; refusing the request");
+            self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
+            return Err(Rejection::AuditUnavailable);
+        }
+        match result {
+            Ok(m) => {
+                let action = facts.action.as_deref().unwrap_or(OTHER_ACTION);
+                self.metrics
+                    .tokens_issued
+                    .get_or_create(&ActionLabels {
+                        action: action.to_string(),
+                    })
+                    .inc();
+                tracing::info!(action, kid = %m.kid, jti = %m.jti, "token issued");
+                Ok(Issued {
+                    access_token: m.access_token,
+                    expires_in: m.expires_in,
+                    scope: action.to_string(),
+                })
+            }
+            Err(r) => {
+                self.count_denial(facts.action.as_deref(), r);
+                Err(r)
+            }
+        }
+    }
+
+    /// Records a refusal decided before the request could be read (transport rules,
+    /// form errors): audited and counted like any other decision.
+    pub fn refuse(&self, rejection: Rejection) -> Rejection {
+        let record = Decision {
+            time: std::time::SystemTime::now(),
+            trust: None,
+            subject: None,
+            actor: None,
+            action: None,
+            audience: None,
+            decision: Outcome::Deny,
+            reason: rejection.reason(),
+            jti: None,
+            kid: None,
+            expires_at: None,
+        };
+        let rejection = match self.audit.append(&record) {
+            Ok(()) => rejection,
+            Err(e) => {
+                tracing::error!(error = %e, "audit log write failed");
+                Rejection::AuditUnavailable
+            }
+        };
+        tracing::info!(reason = rejection.reason(), "token request refused");
+        self.count_denial(None, rejection);
+        rejection
+    }
+
+    fn count_denial(&self, action: Option<&str>, r: Rejection) {
+        self.metrics
+            .tokens_denied
+            .get_or_create(&DenialLabels {
+                action: action.unwrap_or(OTHER_ACTION).to_string(),
+                reason: r.reason(),
+            })
+            .inc();
+    }
+
+    async fn decide(
+        &self,
+        req: &ExchangeRequest,
+        now: u64,
+        facts: &mut Facts,
+    ) -> Result<crate::mint::Minted, Rejection> {
+        // 1. Identities.
+        let subject = self
+            .trusts
+            .verify(&req.subject_token, now)
+            .await
+            .map_err(|e| {
+                tracing::info!(error = %e, "subject_token rejected");
+                Rejection::InvalidSubjectToken
+            })?;
+        facts.subject = Some(subject.clone());
+        let actor = match &req.actor_token {
+            Some(t) => {
+                let a = self.trusts.verify(t, now).await.map_err(|e| {
+                    tracing::info!(error = %e, "actor_token rejected");
+                    Rejection::InvalidActorToken
+                })?;
+                facts.actor = Some(a.clone());
+                Some(a)
+            }
+            None => None,
+        };
+        let agent = actor.as_ref().unwrap_or(&subject);
+        let client_id = qualified(agent);
+
+        // 2. Rate limit the verified agent.
+        if !self.rate_limiter.allow(&client_id) {
+            return Err(Rejection::RateLimited);
+        }
+
+        // 3. Catalogue.
+        let catalogue = self.catalogue.load();
+        let action: &Action = catalogue
+            .get(&req.action)
+            .ok_or(Rejection::ActionNotPermitted)?;
+        if !action.permits_agent(&principal(agent)) {
+            return Err(Rejection::ActionNotPermitted);
+        }
+        facts.action = Some(action.name.as_str().into());
+        facts.audience = Some(action.audience.clone());
+
+        // 4. Delegation.
+        match (&actor, action.delegation) {
+            (Some(_), Delegation::Forbidden) => return Err(Rejection::DelegationForbidden),
+            (None, Delegation::Required) => return Err(Rejection::DelegationRequired),
+            (Some(_), _) if !action.permits_subject(&principal(&subject)) => {
+                return Err(Rejection::ActionNotPermitted);
+            }
+            _ => {}
+        }
+
+        // 5. Target.
+        if req
+            .audiences
+            .iter()
+            .chain(&req.resources)
+            .any(|t| *t != action.audience)
+        {
+            return Err(Rejection::InvalidTarget);
+        }
+
+        // 6. Credential gate.
+        if let Some(path) = &action.credential {
+            self.credentials.usable(path).await.map_err(|e| {
+                tracing::warn!(action = %action.name, error = %e, "credential gate closed");
+                match e {
+                    CredentialError::Store(_) => Rejection::SecretStoreUnavailable,
+                    _ => Rejection::CredentialUnavailable,
+                }
+            })?;
+        }
+
+        // 7. Mint.
+        let key = self.keyring.signer(now).ok_or_else(|| {
+            tracing::error!("no active signing key");
+            Rejection::SigningKeyUnavailable
+        })?;
+        let act = actor.as_ref().map(|a| Actor {
+            sub: a.subject.clone(),
+            iss: a.issuer.to_string(),
+        });
+        let not_after = match &actor {
+            Some(a) => subject.expires_at.min(a.expires_at),
+            None => subject.expires_at,
+        };
+        let grant = Grant {
+            issuer: &self.issuer,
+            subject: &subject.subject,
+            client_id: &client_id,
+            audience: &action.audience,
+            action: &action.name,
+            actor: act.as_ref(),
+            ttl_secs: action.ttl.min(self.max_ttl).as_secs(),
+            not_after,
+        };
+        mint(&key, &grant, now).map_err(|e| match e {
+            MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
+            other => {
+                tracing::error!(error = %other, "minting failed");
+                Rejection::Internal
+            }
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! RFC 8693 token-exchange requests: from a form body to a checked request.
+//!
+//! This module knows nothing of HTTP. It takes the raw `application/x-www-form-urlencoded`
+//! body (RFC 8693 §2.1, RFC 6749 Appendix B) and returns either an
+//! [`ExchangeRequest`] whose every field has been checked, or the [`Rejection`] that
+//! explains why not. Rules, in the order they are applied:
+//! - at most [`MAX_PARAMETERS`] parameters; any known parameter sent twice is refused
+//!   (never "last value wins"), except `audience` and `resource`, which RFC 8693
+//!   §2.1 allows to repeat (each must then name the action's audience);
+//! - a parameter with an empty value counts as absent (RFC 6749 §3.1); unknown
+//!   parameters are ignored (RFC 6749 §3.2);
+//! - `grant_type` must be token exchange; client authentication parameters are
+//!   refused (the workload token is the authentication);
+//! - `subject_token` with a JWT `subject_token_type`; `actor_token` and
+//!   `actor_token_type` together or not at all; tokens within the size cap;
+//! - `scope` names exactly one action (RFC 6749 §3.3: space-delimited).
+
+use crate::oauth_error::Rejection;
+use crate::secret::SubjectToken;
+
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Most parameters a request may carry.
+pub const MAX_PARAMETERS: usize = 32;
+
+/// A checked token-exchange request.
+#[derive(Debug)]
+pub struct ExchangeRequest {
+    pub subject_token: SubjectToken,
+    pub actor_token: Option<SubjectToken>,
+    /// The one catalogue action asked for (not yet known to exist).
+    pub action: String,
+    /// `audience` values (each must be the action's audience).
+    pub audiences: Vec<String>,
+    /// `resource` values (each must be the action's audience).
+    pub resources: Vec<String>,
+}
+
+#[derive(Default)]
+struct Seen {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    actor_token: Option<String>,
+    actor_token_type: Option<String>,
+    requested_token_type: Option<String>,
+    scope: Option<String>,
+    client_auth: bool,
+    audiences: Vec<String>,
+    resources: Vec<String>,
+}
+
+fn once(slot: &mut Option<String>, value: String, seen: &mut bool) -> Result<(), Rejection> {
+    if *seen {
+        return Err(Rejection::RepeatedParameter);
+    }
+    *seen = true;
+    if !value.is_empty() {
+        *slot = Some(value);
+    }
+    Ok(())
+}
+
+/// Subject and actor token types we accept: JWTs.
+fn is_jwt_type(t: &str) -> bool {
+    t == TOKEN_TYPE_JWT || t == TOKEN_TYPE_ID_TOKEN
+}
+
+/// Parses and checks a token-exchange form body.
+pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rejection> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(Rejection::MalformedBody);
+    }
+    let mut s = Seen::default();
+    let mut flags = [false; 7];
+    for (count, (name, value)) in form_urlencoded::parse(body).enumerate() {
+        if count >= MAX_PARAMETERS {
+            return Err(Rejection::MalformedBody);
+        }
+        let value = value.into_owned();
+        match name.as_ref() {
+            "grant_type" => once(&mut s.grant_type, value, &mut flags[0])?,
+            "subject_token" => once(&mut s.subject_token, value, &mut flags[1])?,
+            "subject_token_type" => once(&mut s.subject_token_type, value, &mut flags[2])?,
+            "actor_token" => once(&mut s.actor_token, value, &mut flags[3])?,
+            "actor_token_type" => once(&mut s.actor_token_type, value, &mut flags[4])?,
+            "requested_token_type" => once(&mut s.requested_token_type, value, &mut flags[5])?,
+            "scope" => once(&mut s.scope, value, &mut flags[6])?,
+            "audience" if !value.is_empty() => s.audiences.push(value),
+            "resource" if !value.is_empty() => s.resources.push(value),
+            "client_secret" | "client_assertion" | "client_assertion_type" => s.client_auth = true,
+            _ => {} // RFC 6749 §3.2: unknown parameters are ignored
+        }
+    }
+
+    match s.grant_type.as_deref() {
+        None => return Err(Rejection::MissingGrantType),
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+        Some(_) => return Err(Rejection::UnsupportedGrantType),
+    }
+    if s.client_auth {
+        return Err(Rejection::ClientAuthentication);
+    }
+    let subject_token = s.subject_token.ok_or(Rejection::MissingSubjectToken)?;
+    if !s.subject_token_type.as_deref().is_some_and(is_jwt_type) {
+        return Err(Rejection::UnsupportedSubjectTokenType);
+    }
+    let actor_token = match (s.actor_token, s.actor_token_type.as_deref()) {
+        (None, None) => None,
+        (Some(t), Some(ty)) if is_jwt_type(ty) => Some(t),
+        (Some(_), Some(_)) => return Err(Rejection::UnsupportedActorTokenType),
+        _ => return Err(Rejection::ActorTokenWithoutType),
+    };
+    if let Some(t) = s.requested_token_type.as_deref() {
+        if t != TOKEN_TYPE_ACCESS_TOKEN && t != TOKEN_TYPE_JWT {
+            return Err(Rejection::UnsupportedRequestedTokenType);
+        }
+    }
+    if subject_token.len() > max_token_bytes
+        || actor_token
+            .as_ref()
+            .is_some_and(|t| t.len() > max_token_bytes)
+    {
+        return Err(Rejection::TokenTooLarge);
+    }
+    let mut actions = s
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|a| !a.is_empty());
+    let action = match (actions.next(), actions.next()) {
+        (Some(one), None) => one.to_string(),
+        _ => return Err(Rejection::ScopeNotOneAction),
+    };
+    Ok(ExchangeRequest {
+        subject_token: SubjectToken::new(subject_token),
+        actor_token: actor_token.map(SubjectToken::new),
+        action,
+        audiences: s.audiences,
+        resources: s.resources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&scope=docs.read";
+
+    fn p(body: &str) -> Result<ExchangeRequest, Rejection> {
+        parse(body.as_bytes(), 100)
+    }
+
+    #[test]
+    fn good_request_parses() {
+        let r = p(GOOD).unwrap();
+        assert_eq!(r.action, "docs.read");
+        assert_eq!(r.subject_token.expose(), "a.b.c");
+        assert!(r.actor_token.is_none());
+        let r = p(&format!("{GOOD}&audience=x&audience=x&resource=y&foo=bar")).unwrap();
+        assert_eq!(r.audiences, vec!["x", "x"]);
+        assert_eq!(r.resources, vec!["y"]);
+    }
+
+    #[test]
+    fn each_rule_has_its_rejection() {
+        use Rejection::*;
+        let cases: Vec<(String, Rejection)> = vec![
+            (
+                GOOD.replace(
+                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&",
+                    "",
+                ),
+                MissingGrantType,
+            ),
+            (format!("{GOOD}&grant_type=password"), RepeatedParameter),
+            (
+                GOOD.replace(
+                    "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+                    "password",
+                ),
+                UnsupportedGrantType,
+            ),
+            (
+                GOOD.replace(
+                    "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+                    "client_credentials",
+                ),
+                UnsupportedGrantType,
+            ),
+            (format!("{GOOD}&scope=docs.read"), RepeatedParameter),
+            (format!("{GOOD}&subject_token=x.y.z"), RepeatedParameter),
+            (GOOD.replace("scope=docs.read", "scope="), ScopeNotOneAction),
+            (GOOD.replace("&scope=docs.read", ""), ScopeNotOneAction),
+            (
+                GOOD.replace("scope=docs.read", "scope=docs.read+github.issues.create"),
+                ScopeNotOneAction,
+            ),
+            (
+                GOOD.replace("subject_token=a.b.c&", ""),
+                MissingSubjectToken,
+            ),
+            (
+                GOOD.replace("token-type%3Ajwt", "token-type%3Asaml2"),
+                UnsupportedSubjectTokenType,
+            ),
+            (
+                format!("{GOOD}&actor_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt"),
+                ActorTokenWithoutType,
+            ),
+            (format!("{GOOD}&actor_token=a.b.c"), ActorTokenWithoutType),
+            (
+                format!("{GOOD}&actor_token=a.b.c&actor_token_type=urn%3Ax"),
+                UnsupportedActorTokenType,
+            ),
+            (
+                format!("{GOOD}&requested_token_type=urn%3Ax"),
+                UnsupportedRequestedTokenType,
+            ),
+            (format!("{GOOD}&client_secret=s"), ClientAuthentication),
+            (GOOD.replace("a.b.c", &"a".repeat(101)), TokenTooLarge),
+            (format!("{GOOD}{}", "&x=1".repeat(40)), MalformedBody),
+        ];
+        for (body, want) in cases {
+            assert_eq!(p(&body).unwrap_err(), want, "{body}");
+        }
+        assert_eq!(parse(b"\xff\xfe", 100).unwrap_err(), MalformedBody);
+    }
+
+    proptest! {
+        /// Any byte string parses to a request or a rejection, never a panic.
+        #[test]
+        fn never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body, 64);
+        }
+
+        /// Duplicating any known single-valued parameter is always refused.
+        #[test]
+        fn duplicates_always_refused(idx in 0usize..4, extra in "[a-z]{0,8}") {
+            let names = ["grant_type", "subject_token", "subject_token_type", "scope"];
+            let body = format!("{GOOD}&{}={extra}", names[idx]);
+            prop_assert_eq!(p(&body).unwrap_err(), Rejection::RepeatedParameter);
+        }
+
+        /// A scope of one well-formed name, with any surrounding spaces, is that action.
+        #[test]
+        fn one_action_round_trips(name in "[a-z][a-z0-9._-]{0,30}", pad in 0usize..3) {
+            let spaces = "+".repeat(pad);
+            let body = GOOD.replace("scope=docs.read", &format!("scope={spaces}{name}{spaces}"));
+            prop_assert_eq!(p(&body).unwrap().action, name);
+        }
+    }
+}
