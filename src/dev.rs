@@ -353,9 +353,15 @@ fn print_example(config: &Config, catalogue: &Catalogue, issuer: &DevIssuer) {
         subject: sub,
         spiffe_domains: &[],
     };
+    // Prefer an action with a credential behind it: the flow the shim completes.
+    let usable = |a: &&crate::catalogue::Action| {
+        a.delegation != Delegation::Required && a.permits_agent(&principal)
+    };
     let action = catalogue
         .actions()
-        .find(|a| a.delegation != Delegation::Required && a.permits_agent(&principal));
+        .filter(usable)
+        .find(|a| a.credential.is_some())
+        .or_else(|| catalogue.actions().find(usable));
     let (Some(action), Some(token)) = (action, issuer.token(trust, sub)) else {
         println!(
             "\n(no catalogue action grants {trust}:{sub}; add one to {} for an example)",

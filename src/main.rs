@@ -136,7 +136,10 @@ async fn run(command: Command) -> Result<(), StartError> {
             let config = load_config(&config)?;
             let app = app::build(&config).await?;
             let listener = app::bind(config.server.listen).await?;
-            tracing::info!(listen = %config.server.listen, issuer = %config.server.issuer, "agent-sts serving");
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+            tracing::info!(listen = %addr, issuer = %config.server.issuer, "agent-sts serving");
             app.serve(listener, None).await
         }
         Command::Dev(args) => dev::run(args).await,

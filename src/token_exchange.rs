@@ -114,10 +114,11 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         (Some(_), Some(_)) => return Err(Rejection::UnsupportedActorTokenType),
         _ => return Err(Rejection::ActorTokenWithoutType),
     };
-    if let Some(t) = s.requested_token_type.as_deref() {
-        if t != TOKEN_TYPE_ACCESS_TOKEN && t != TOKEN_TYPE_JWT {
-            return Err(Rejection::UnsupportedRequestedTokenType);
-        }
+    if let Some(t) = s.requested_token_type.as_deref()
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(Rejection::UnsupportedRequestedTokenType);
     }
     if subject_token.len() > max_token_bytes
         || actor_token

@@ -247,10 +247,10 @@ impl TrustStore {
             return Err(TrustError::Malformed("too large"));
         }
         let digest = sha256(raw.as_bytes());
-        if let Some(hit) = self.verified.get(&digest).await {
-            if now <= hit.expires_at {
-                return Ok(hit);
-            }
+        if let Some(hit) = self.verified.get(&digest).await
+            && now <= hit.expires_at
+        {
+            return Ok(hit);
         }
         let verified = Arc::new(self.verify_uncached(raw, now).await?);
         self.verified.insert(digest, verified.clone()).await;
@@ -380,10 +380,10 @@ impl TrustStore {
     async fn fetch(&self, index: usize, seen: Option<Instant>) -> Result<Arc<KeySet>, TrustError> {
         let issuer = &self.issuers[index];
         let _guard = issuer.fetch_lock.lock().await;
-        if let Some(set) = self.keys.get(&index).await {
-            if seen.is_none_or(|t| set.fetched_at > t) {
-                return Ok(set);
-            }
+        if let Some(set) = self.keys.get(&index).await
+            && seen.is_none_or(|t| set.fetched_at > t)
+        {
+            return Ok(set);
         }
         let name = issuer.config.name.as_str();
         let result = match &issuer.config.jwks {
@@ -688,7 +688,7 @@ fn numeric_date(
                 Ok(Some(v))
             } else {
                 match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 && f < 1e11 => Ok(Some(f as u64)),
+                    Some(f) if (0.0..1e11).contains(&f) => Ok(Some(f as u64)),
                     _ => Err((name, "is not a valid NumericDate")),
                 }
             }
@@ -753,10 +753,10 @@ fn check_claims(
             "token lifetime exceeds the trust's max_token_lifetime",
         ));
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if nbf > now.saturating_add(leeway) {
-            return Err(("nbf", "is in the future"));
-        }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(("nbf", "is in the future"));
     }
     Ok(CheckedClaims {
         subject,

@@ -1,0 +1,598 @@
+//! Real parts for the integration tests: fake workload issuers serving a JWKS over
+//! HTTP on 127.0.0.1:0 (with fixture keys from `keys/test/`), and an STS built from a
+//! configuration written to a temp dir, serving real HTTP on 127.0.0.1:0.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const STS_ISSUER: &str = "https://sts.test.example";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("keys/test")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the fake issuer's JWKS endpoint does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwksMode {
+    Serve,
+    Fail,
+    Garbage,
+}
+
+struct IssuerShared {
+    jwks: Mutex<Value>,
+    mode: Mutex<JwksMode>,
+    fetches: AtomicUsize,
+}
+
+/// A workload issuer: signs tokens with a fixture key, serves its JWKS.
+pub struct TestIssuer {
+    pub iss: String,
+    pub jwks_uri: String,
+    pub alg: Algorithm,
+    pub kid: String,
+    key: EncodingKey,
+    shared: Arc<IssuerShared>,
+}
+
+async fn serve_jwks(State(s): State<Arc<IssuerShared>>) -> Response {
+    s.fetches.fetch_add(1, Ordering::SeqCst);
+    let mode = *s.mode.lock().unwrap();
+    match mode {
+        JwksMode::Serve => axum::Json(s.jwks.lock().unwrap().clone()).into_response(),
+        JwksMode::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        JwksMode::Garbage => "{\"keys\": 7".into_response(),
+    }
+}
+
+/// Starts an axum router on 127.0.0.1:0; returns its base URL.
+pub async fn spawn_router(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+impl TestIssuer {
+    /// An issuer `iss` signing with fixture `pem` under `alg`.
+    pub async fn start(iss: &str, pem: &str, alg: Algorithm) -> TestIssuer {
+        let bytes = fixture(pem);
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes).unwrap(),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&bytes).unwrap(),
+            other => panic!("unsupported fixture alg {other:?}"),
+        };
+        let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
+        let kid = format!("{}-key-1", pem.trim_end_matches(".pem"));
+        jwk.common.key_id = Some(kid.clone());
+        let shared = Arc::new(IssuerShared {
+            jwks: Mutex::new(json!({ "keys": [jwk] })),
+            mode: Mutex::new(JwksMode::Serve),
+            fetches: AtomicUsize::new(0),
+        });
+        let router = axum::Router::new()
+            .route("/jwks.json", get(serve_jwks))
+            .with_state(shared.clone());
+        let base = spawn_router(router).await;
+        TestIssuer {
+            iss: iss.to_string(),
+            jwks_uri: format!("{base}/jwks.json"),
+            alg,
+            kid,
+            key,
+            shared,
+        }
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.shared.fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    /// Standard good claims for `sub`, audience the STS.
+    pub fn claims(&self, sub: &str) -> Value {
+        let n = now();
+        json!({"iss": self.iss, "sub": sub, "aud": [STS_ISSUER], "iat": n, "nbf": n, "exp": n + 600})
+    }
+
+    pub fn header(&self) -> Value {
+        json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"})
+    }
+
+    /// Signs `claims` under the standard header.
+    pub fn token(&self, claims: &Value) -> String {
+        self.token_with_header(&self.header(), claims)
+    }
+
+    /// Signs `claims` under an arbitrary `header`, with this issuer's key and alg.
+    pub fn token_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, self.alg).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A good token for `sub`.
+    pub fn token_for(&self, sub: &str) -> String {
+        self.token(&self.claims(sub))
+    }
+}
+
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "other",
+    }
+}
+
+/// The example catalogue used by most tests.
+pub const SCOPES: &str = r#"
+[[action]]
+name = "github.issues.create"
+audience = "https://github-shim.internal"
+ttl = "5m"
+agents = ["spiffe://example.org/agent/triage", "k8s-prod:system:serviceaccount:agents:triage"]
+delegation = "optional"
+subjects = ["corp-idp:*@example.org"]
+credential = "integrations/github"
+
+[[action]]
+name = "salesforce.opportunity.update"
+audience = "https://salesforce-shim.internal"
+ttl = "2m"
+agents = ["k8s-prod:system:serviceaccount:agents:*"]
+delegation = "required"
+subjects = ["corp-idp:*@sales.example.org"]
+credential = "integrations/salesforce"
+
+[[action]]
+name = "docs.read"
+audience = "https://docs.internal"
+ttl = "30m"
+agents = ["k8s-prod:system:serviceaccount:agents:*", "ci:repo:example/agent-sts:*"]
+
+[[action]]
+name = "slack.message.post"
+audience = "https://slack-shim.internal"
+ttl = "1m"
+agents = ["k8s-prod:system:serviceaccount:agents:*"]
+credential = "integrations/slack"
+
+[[action]]
+name = "disabled.thing"
+audience = "https://disabled.internal"
+ttl = "1m"
+agents = ["k8s-prod:system:serviceaccount:agents:*"]
+credential = "integrations/disabled"
+
+[[action]]
+name = "missing.thing"
+audience = "https://missing.internal"
+ttl = "1m"
+agents = ["k8s-prod:system:serviceaccount:agents:*"]
+credential = "integrations/missing"
+"#;
+
+/// A canary planted in the secret store: must never appear in any output.
+pub const CANARY_CREDENTIAL: &str = "Bearer ghp_CANARY0secret0value0d41d8cd98f00b204e980";
+
+pub fn secrets_toml() -> String {
+    format!(
+        r#"
+[secret."integrations/github"]
+header = "Authorization"
+value = "{CANARY_CREDENTIAL}"
+
+[secret."integrations/salesforce"]
+header = "Authorization"
+value = "Bearer sf-CANARY-salesforce-0123456789"
+
+[secret."integrations/slack"]
+header = "Authorization"
+value = "Bearer xoxb-CANARY-slack-0123456789"
+
+[secret."integrations/disabled"]
+header = "Authorization"
+value = "Bearer CANARY-disabled-0123456789"
+disabled = true
+"#
+    )
+}
+
+/// A trust to configure: name, issuer, SPIFFE domains.
+pub struct TrustSpec<'a> {
+    pub name: &'a str,
+    pub issuer: &'a TestIssuer,
+    pub domains: &'a [&'a str],
+}
+
+/// Builds a configuration file for `trusts` in `dir`.
+pub fn config_toml(dir: &Path, trusts: &[TrustSpec], extra: &str) -> String {
+    let mut text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+issuer = "{STS_ISSUER}"
+scopes_dir = "{dir}/scopes"
+
+[tokens]
+max_ttl = "15m"
+
+[keys]
+store = "file"
+dir = "{dir}/keys"
+refresh_interval = "1s"
+publish_lead = "10m"
+jwks_max_age = "5m"
+
+[secrets]
+store = "file"
+file = "{dir}/secrets.toml"
+
+[audit]
+path = "{dir}/audit.log"
+{extra}
+"#,
+        dir = dir.display()
+    );
+    for t in trusts {
+        let domains: Vec<String> = t.domains.iter().map(|d| format!("{d:?}")).collect();
+        text.push_str(&format!(
+            "\n[[trust]]\nname = \"{}\"\nissuer = \"{}\"\njwks_uri = \"{}\"\nalgorithms = [\"{}\"]\nspiffe_trust_domains = [{}]\n",
+            t.name,
+            t.issuer.iss,
+            t.issuer.jwks_uri,
+            alg_name(t.issuer.alg),
+            domains.join(", ")
+        ));
+    }
+    text
+}
+
+/// A response, with the parts tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn token(&self) -> String {
+        self.json()["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every `/token` answer: `Cache-Control: no-store`, `Pragma: no-cache`.
+    pub fn assert_no_store(&self) {
+        assert_eq!(
+            self.headers
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{self:?}"
+        );
+        assert_eq!(
+            self.headers.get("pragma").map(|v| v.to_str().unwrap()),
+            Some("no-cache"),
+            "{self:?}"
+        );
+    }
+
+    /// An RFC 6749 §5.2 error with this status and code, and a body that never echoes
+    /// the given inputs.
+    pub fn assert_error(&self, status: u16, code: &str, never: &[&str]) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.error(), code, "{self:?}");
+        assert!(self.json()["error_description"].is_string(), "{self:?}");
+        self.assert_no_store();
+        for n in never {
+            assert!(!self.text.contains(n), "response echoes input: {self:?}");
+        }
+    }
+}
+
+/// The STS under test.
+pub struct TestSts {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl TestSts {
+    /// Writes config, scopes and secrets to a temp dir, bootstraps a key, and serves.
+    pub async fn start(trusts: &[TrustSpec<'_>], scopes: &str, extra_config: &str) -> TestSts {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+        std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
+        std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+        let config_path = dir.path().join("agent-sts.toml");
+        std::fs::write(&config_path, config_toml(dir.path(), trusts, extra_config)).unwrap();
+        let env = std::collections::BTreeMap::new();
+        let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+        let store = agent_sts::keys::FileKeyStore::new(dir.path().join("keys"));
+        agent_sts::keys::rotate(
+            &store,
+            config.tokens.algorithm,
+            now(),
+            config.keys.publish_lead,
+            config.tokens.max_ttl,
+        )
+        .await
+        .unwrap();
+        let app = agent_sts::app::build(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = app.serve(listener, None).await;
+        });
+        TestSts {
+            url,
+            dir,
+            config_path,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The standard three trusts: k8s-prod (RS256), spire (ES256, example.org),
+    /// corp-idp (ES256), with the standard catalogue.
+    pub async fn standard() -> (TestSts, Issuers) {
+        let issuers = Issuers::start().await;
+        let sts = TestSts::start(&issuers.specs(), SCOPES, "").await;
+        (sts, issuers)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// POSTs a form to `/token`.
+    pub async fn exchange(&self, params: &[(&str, &str)]) -> Reply {
+        let body = form(params);
+        self.post("/token", "application/x-www-form-urlencoded", body)
+            .await
+    }
+
+    /// POSTs a raw body.
+    pub async fn post(&self, path: &str, content_type: &str, body: String) -> Reply {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        reply(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        reply(
+            self.client
+                .get(format!("{}{path}", self.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// A plain exchange of `subject` for `scope`.
+    pub async fn exchange_for(&self, subject: &str, scope: &str) -> Reply {
+        self.exchange(&[
+            ("grant_type", GRANT),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("scope", scope),
+        ])
+        .await
+    }
+}
+
+pub async fn reply(r: reqwest::Response) -> Reply {
+    Reply {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        text: r.text().await.unwrap(),
+    }
+}
+
+pub fn form(params: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// The standard fake issuers.
+pub struct Issuers {
+    pub k8s: TestIssuer,
+    pub spire: TestIssuer,
+    pub idp: TestIssuer,
+    pub ci: TestIssuer,
+}
+
+impl Issuers {
+    pub async fn start() -> Issuers {
+        Issuers {
+            k8s: TestIssuer::start(
+                "https://kubernetes.default.svc",
+                "k8s-rs256.pem",
+                Algorithm::RS256,
+            )
+            .await,
+            spire: TestIssuer::start(
+                "https://spire.example.org",
+                "spire-es256.pem",
+                Algorithm::ES256,
+            )
+            .await,
+            idp: TestIssuer::start("https://idp.example.org", "idp-es256.pem", Algorithm::ES256)
+                .await,
+            ci: TestIssuer::start(
+                "https://token.actions.githubusercontent.com",
+                "ci-rs256.pem",
+                Algorithm::RS256,
+            )
+            .await,
+        }
+    }
+
+    pub fn specs(&self) -> Vec<TrustSpec<'_>> {
+        vec![
+            TrustSpec {
+                name: "k8s-prod",
+                issuer: &self.k8s,
+                domains: &[],
+            },
+            TrustSpec {
+                name: "spire",
+                issuer: &self.spire,
+                domains: &["example.org"],
+            },
+            TrustSpec {
+                name: "corp-idp",
+                issuer: &self.idp,
+                domains: &[],
+            },
+            TrustSpec {
+                name: "ci",
+                issuer: &self.ci,
+                domains: &[],
+            },
+        ]
+    }
+
+    /// A Kubernetes projected service-account token (real shape).
+    pub fn k8s_token(&self, sa: &str) -> String {
+        let n = now();
+        let claims = json!({
+            "aud": [STS_ISSUER],
+            "exp": n + 3600,
+            "iat": n,
+            "iss": self.k8s.iss,
+            "jti": "1c9e6a7b-7d1f-4a59-9b8a-5f0f8c2e3d41",
+            "kubernetes.io": {
+                "namespace": "agents",
+                "node": {"name": "node-1", "uid": "8d5e0b53-2a7e-4c1b-9f6e-1a2b3c4d5e6f"},
+                "pod": {"name": format!("{sa}-7d9f8c6b5-x2x4z"), "uid": "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"},
+                "serviceaccount": {"name": sa, "uid": "6f5e4d3c-2b1a-0f9e-8d7c-6b5a4f3e2d1c"},
+                "warnafter": n + 3000
+            },
+            "nbf": n,
+            "sub": format!("system:serviceaccount:agents:{sa}")
+        });
+        self.k8s.token(&claims)
+    }
+
+    /// A SPIFFE JWT-SVID (real shape: sub is the SPIFFE ID, aud, exp, iat).
+    pub fn svid(&self, path: &str) -> String {
+        let n = now();
+        let claims = json!({
+            "sub": format!("spiffe://example.org/{path}"),
+            "aud": [STS_ISSUER],
+            "exp": n + 300,
+            "iat": n,
+            "iss": self.spire.iss,
+        });
+        self.spire.token(&claims)
+    }
+
+    /// A user's ID token from the corporate IdP.
+    pub fn user_token(&self, email: &str) -> String {
+        let n = now();
+        let claims = json!({
+            "iss": self.idp.iss,
+            "sub": email,
+            "aud": STS_ISSUER,
+            "exp": n + 900,
+            "iat": n,
+            "email": email,
+            "email_verified": true,
+        });
+        self.idp.token(&claims)
+    }
+}
+
+/// Verifies a minted token independently: fetches only the JWKS over HTTP and checks
+/// it with `jsonwebtoken` (RFC 9068 §4: typ, iss, aud, exp, algorithm from the key).
+pub async fn verify_independently(sts_url: &str, token: &str, audience: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(format!("{sts_url}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published in the JWKS");
+    let alg = match jwk.common.key_algorithm {
+        Some(jsonwebtoken::jwk::KeyAlgorithm::ES256) => Algorithm::ES256,
+        Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+        other => panic!("unexpected key algorithm {other:?}"),
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.set_issuer(&[STS_ISSUER]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
+    v.leeway = 5;
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &v,
+    )
+    .expect("minted token verifies through the JWKS")
+    .claims
+}

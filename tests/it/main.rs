@@ -1,0 +1,5 @@
+//! Integration tests: one binary, real HTTP on 127.0.0.1:0 against real servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod exchange;
+mod harness;
