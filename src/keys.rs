@@ -248,6 +248,34 @@ pub struct LoadedKey {
     pub key: SigningKey,
     pub created_at: u64,
     pub activates_at: u64,
+    /// SHA-256 of the stored entry: a key is reused across refreshes only while its
+    /// stored form is unchanged, so an edit in the store is parsed and self-tested.
+    pub fingerprint: [u8; 32],
+}
+
+/// The fingerprint of a stored key (its whole stored form, private key included; the
+/// hash is kept in memory only).
+fn fingerprint(stored: &StoredKey) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(stored.kid.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(stored.alg.as_str().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(stored.private_key.expose().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(
+        stored
+            .public_jwk
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    ctx.update(&stored.created_at.to_be_bytes());
+    ctx.update(&stored.activates_at.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// Why a ring was not accepted.
@@ -360,11 +388,8 @@ impl Keyring {
                     kid: stored.kid.clone(),
                 });
             }
-            if let Some(k) = known.iter().find(|k| {
-                k.key.kid == stored.kid
-                    && k.activates_at == stored.activates_at
-                    && k.key.algorithm == stored.alg
-            }) {
+            let print = fingerprint(stored);
+            if let Some(k) = known.iter().find(|k| k.fingerprint == print) {
                 keys.push(k.clone());
                 continue;
             }
@@ -379,6 +404,7 @@ impl Keyring {
                 key,
                 created_at: stored.created_at,
                 activates_at: stored.activates_at,
+                fingerprint: print,
             }));
         }
         keys.sort_by_key(|k| k.activates_at);

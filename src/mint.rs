@@ -146,6 +146,7 @@ mod tests {
                 key,
                 created_at: 0,
                 activates_at: 0,
+                fingerprint: [0; 32],
             };
             let actor = Actor {
                 sub: "spiffe://example.org/agent/triage".into(),
