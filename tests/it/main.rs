@@ -1,5 +1,8 @@
 //! Integration tests: one binary, real HTTP on 127.0.0.1:0 against real servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod cli;
 mod exchange;
 mod harness;
+mod leaks;
+mod process;

@@ -1,0 +1,181 @@
+//! The leak hunt (SECURITY.md property 1): canary credentials in the secret store, a
+//! canary subject token, the signing key; the real binary at TRACE logging; every
+//! response, log line, metric and audit line searched: zero hits.
+
+use crate::harness::*;
+use crate::process::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
+    let issuers = Issuers::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+    let config = dir.path().join("agent-sts.toml");
+    std::fs::write(&config, config_toml(dir.path(), &issuers.specs(), "")).unwrap();
+    let rotate = run(
+        &["keys", "rotate", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+
+    let sts = ServeProcess::start(&config, dir.path(), "trace");
+    let client = reqwest::Client::new();
+    let mut responses = String::new();
+    let mut record = |r: Reply| {
+        responses.push_str(&format!("{} {:?} {}\n", r.status, r.headers, r.text));
+        r
+    };
+
+    // The canary subject token: valid, and exchanged for actions whose credentials
+    // are canaries (the gate reads them).
+    let canary = issuers.k8s_token("triage");
+    let canary_sig = canary.rsplit('.').next().unwrap().to_string();
+    let post = |body: String| {
+        let client = client.clone();
+        let url = format!("{}/token", sts.url);
+        async move {
+            reply(
+                client
+                    .post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let exchange = |scope: &str, subject: &str| {
+        form(&[
+            ("grant_type", GRANT),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("scope", scope),
+        ])
+    };
+    for scope in [
+        "github.issues.create",
+        "slack.message.post",
+        "disabled.thing",
+        "missing.thing",
+        "docs.read",
+    ] {
+        record(post(exchange(scope, &canary)).await);
+    }
+    // The canary everywhere it should never go: a tampered copy, the actor slot, the
+    // scope and audience parameters, the query string, a JSON body.
+    let tampered = format!("{}x", &canary[..canary.len() - 1]);
+    record(post(exchange("github.issues.create", &tampered)).await);
+    record(post(exchange(&canary, &canary)).await);
+    record(
+        post(form(&[
+            ("grant_type", GRANT),
+            ("subject_token", &canary),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", &canary),
+            ("actor_token_type", "urn:x:bogus"),
+            ("scope", "github.issues.create"),
+            ("audience", &canary),
+        ]))
+        .await,
+    );
+    record(
+        post(format!(
+            "{}&subject_token={canary}",
+            exchange("docs.read", &canary)
+        ))
+        .await,
+    );
+    let query = client
+        .post(format!("{}/token?subject_token={canary}", sts.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(exchange("docs.read", &canary))
+        .send()
+        .await
+        .unwrap();
+    record(reply(query).await);
+    let json = client
+        .post(format!("{}/token", sts.url))
+        .json(&serde_json::json!({"subject_token": canary}))
+        .send()
+        .await
+        .unwrap();
+    record(reply(json).await);
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let r = client
+            .get(format!("{}{path}", sts.url))
+            .send()
+            .await
+            .unwrap();
+        record(reply(r).await);
+    }
+    let metrics = client
+        .get(format!("{}/metrics", sts.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (stdout, stderr) = sts.stop();
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+
+    // TRACE was really on, and the work really happened.
+    assert!(stderr.contains("TRACE"), "no TRACE lines captured");
+    assert!(
+        responses.contains("\"access_token\""),
+        "no token was issued: {responses}"
+    );
+    assert!(
+        metrics.contains("agent_sts_tokens_issued_total"),
+        "{metrics}"
+    );
+    assert!(audit.lines().count() >= 10, "{audit}");
+
+    // Everything that must never travel.
+    let ring = std::fs::read_to_string(dir.path().join("keys/signing-keys.json")).unwrap();
+    let ring: serde_json::Value = serde_json::from_str(&ring).unwrap();
+    let pem = ring["keys"][0]["private_key"].as_str().unwrap().to_string();
+    let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut secrets = vec![
+        CANARY_CREDENTIAL.to_string(),
+        "sf-CANARY-salesforce-0123456789".to_string(),
+        "xoxb-CANARY-slack-0123456789".to_string(),
+        "CANARY-disabled-0123456789".to_string(),
+        canary.clone(),
+        canary_sig.clone(),
+        tampered.clone(),
+    ];
+    secrets.extend(
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 16)
+            .map(String::from),
+    );
+    secrets.push(pem_body[..40].to_string());
+    let outputs = [
+        ("responses", &responses),
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("metrics", &metrics),
+        ("audit log", &audit),
+    ];
+    for (name, output) in outputs {
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{name} contains a secret ({} chars starting {:?})",
+                secret.len(),
+                &secret[..8]
+            );
+        }
+    }
+}
