@@ -97,7 +97,6 @@ impl Sts {
         };
         let actor = facts.actor.as_deref().map(qualified);
         let record = Decision {
-            time: std::time::SystemTime::now(),
             trust: facts.subject.as_ref().map(|s| &*s.trust),
             subject: facts.subject.as_ref().map(|s| s.subject.as_str()),
             actor: actor.as_deref(),
@@ -108,6 +107,7 @@ impl Sts {
             jti: minted.map(|m| m.jti.as_str()),
             kid: minted.map(|m| m.kid.as_str()),
             expires_at: minted.map(|m| m.expires_at),
+            ..Decision::now(outcome, reason)
         };
         if let Err(e) = self.audit.append(&record) {
             tracing::error!(error = %e, "audit log write failed; refusing the request");
@@ -123,7 +123,7 @@ impl Sts {
                         action: action.to_string(),
                     })
                     .inc();
-                tracing::info!(action, kid = %m.kid, jti = %m.jti, "token issued");
+                tracing::debug!(action, kid = %m.kid, jti = %m.jti, "token issued");
                 Ok(Issued {
                     access_token: m.access_token,
                     expires_in: m.expires_in,
@@ -140,19 +140,7 @@ impl Sts {
     /// Records a refusal decided before the request could be read (transport rules,
     /// form errors): audited and counted like any other decision.
     pub fn refuse(&self, rejection: Rejection) -> Rejection {
-        let record = Decision {
-            time: std::time::SystemTime::now(),
-            trust: None,
-            subject: None,
-            actor: None,
-            action: None,
-            audience: None,
-            decision: Outcome::Deny,
-            reason: rejection.reason(),
-            jti: None,
-            kid: None,
-            expires_at: None,
-        };
+        let record = Decision::now(Outcome::Deny, rejection.reason());
         let rejection = match self.audit.append(&record) {
             Ok(()) => rejection,
             Err(e) => {
@@ -160,7 +148,7 @@ impl Sts {
                 Rejection::AuditUnavailable
             }
         };
-        tracing::info!(reason = rejection.reason(), "token request refused");
+        tracing::debug!(reason = rejection.reason(), "token request refused");
         self.count_denial(None, rejection);
         rejection
     }
@@ -187,14 +175,14 @@ impl Sts {
             .verify(&req.subject_token, now)
             .await
             .map_err(|e| {
-                tracing::info!(error = %e, "subject_token rejected");
+                tracing::debug!(error = %e, "subject_token rejected");
                 Rejection::InvalidSubjectToken
             })?;
         facts.subject = Some(subject.clone());
         let actor = match &req.actor_token {
             Some(t) => {
                 let a = self.trusts.verify(t, now).await.map_err(|e| {
-                    tracing::info!(error = %e, "actor_token rejected");
+                    tracing::debug!(error = %e, "actor_token rejected");
                     Rejection::InvalidActorToken
                 })?;
                 facts.actor = Some(a.clone());
