@@ -231,11 +231,14 @@ impl Sts {
 
         // 6. Credential gate.
         if let Some(path) = &action.credential {
-            self.credentials.usable(path).await.map_err(|e| {
-                tracing::warn!(action = %action.name, error = %e, "credential gate closed");
-                match e {
-                    CredentialError::Store(_) => Rejection::SecretStoreUnavailable,
-                    _ => Rejection::CredentialUnavailable,
+            self.credentials.usable(path).await.map_err(|e| match e {
+                CredentialError::Store(_) => {
+                    tracing::warn!(action = %action.name, error = %e, "secret store unavailable");
+                    Rejection::SecretStoreUnavailable
+                }
+                _ => {
+                    tracing::debug!(action = %action.name, error = %e, "credential gate closed");
+                    Rejection::CredentialUnavailable
                 }
             })?;
         }
