@@ -115,6 +115,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
     let sts = Sts {
         issuer: config.server.issuer.clone(),
+        default_ttl: config.tokens.default_ttl,
         max_ttl: config.tokens.max_ttl,
         trusts,
         catalogue: ArcSwap::from_pointee(catalogue),

@@ -526,7 +526,8 @@ pub struct Action {
     pub name: String,
     pub description: String,
     pub audience: String,
-    pub ttl: Duration,
+    /// Lifetime of tokens for this action; `None` takes the STS's `tokens.default_ttl`.
+    pub ttl: Option<Duration>,
     pub agents: Vec<SubjectPattern>,
     pub delegation: Delegation,
     /// Who may delegate; empty exactly when `delegation` is forbidden.
@@ -789,7 +790,7 @@ struct RawAction {
     name: Spanned<String>,
     description: Option<Spanned<String>>,
     audience: Spanned<String>,
-    ttl: Spanned<String>,
+    ttl: Option<Spanned<String>>,
     agents: Spanned<Vec<Spanned<String>>>,
     delegation: Option<Spanned<String>>,
     subjects: Option<Spanned<Vec<Spanned<String>>>>,
@@ -917,10 +918,15 @@ impl<'t> Loader<'t> {
             validate_audience(raw.audience.get_ref())
                 .map_err(|p| site.invalid(raw.audience.span(), "audience", p)),
         );
-        let ttl = keep(
-            &mut errs,
-            validate_ttl(raw.ttl.get_ref()).map_err(|p| site.invalid(raw.ttl.span(), "ttl", p)),
-        );
+        let ttl = match &raw.ttl {
+            None => Some(None),
+            Some(ttl) => keep(
+                &mut errs,
+                validate_ttl(ttl.get_ref())
+                    .map(Some)
+                    .map_err(|p| site.invalid(ttl.span(), "ttl", p)),
+            ),
+        };
         let credential = match &raw.credential {
             None => Some(None),
             Some(c) => keep(
@@ -1435,7 +1441,7 @@ subjects = ["corp-idp:alice@example.org", "corp-idp:bob@example.org"]
 
         let create = cat.get("github.issues.create").unwrap();
         assert_eq!(create.description, "Open an issue in one repository");
-        assert_eq!(create.ttl, Duration::from_secs(300));
+        assert_eq!(create.ttl, Some(Duration::from_secs(300)));
         assert_eq!(create.delegation, Delegation::Optional);
         assert_eq!(create.credential.as_deref(), Some("integrations/github"));
         assert_eq!(create.source.file, dir.path().join("github.toml"));
@@ -1461,14 +1467,14 @@ subjects = ["corp-idp:alice@example.org", "corp-idp:bob@example.org"]
 
         let read = cat.get("github.issues.read").unwrap();
         assert_eq!(read.description, "");
-        assert_eq!(read.ttl, Duration::from_secs(90 * 60));
+        assert_eq!(read.ttl, Some(Duration::from_secs(90 * 60)));
         assert_eq!(read.delegation, Delegation::Forbidden);
         assert!(read.subjects.is_empty());
         assert!(read.credential.is_none() && read.request.is_none());
         assert_eq!(read.source.line, 16);
 
         let slack = cat.get("slack.post").unwrap();
-        assert_eq!(slack.ttl, MAX_TTL);
+        assert_eq!(slack.ttl, Some(MAX_TTL));
         assert_eq!(slack.delegation, Delegation::Required);
         assert_eq!(slack.subjects.len(), 2);
         assert_eq!(slack.source.line, 2);

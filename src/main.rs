@@ -223,7 +223,9 @@ fn describe(a: &catalogue::Action) -> String {
         a.source,
         a.name,
         a.audience,
-        humantime::format_duration(a.ttl),
+        a.ttl
+            .map(|t| humantime::format_duration(t).to_string())
+            .unwrap_or_else(|| "default".into()),
         a.delegation,
         agents.join(", "),
         a.credential

@@ -46,6 +46,7 @@ pub struct Issued {
 /// The parts of a token service.
 pub struct Sts {
     pub issuer: String,
+    pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub trusts: TrustStore,
     pub catalogue: ArcSwap<Catalogue>,
@@ -263,7 +264,11 @@ impl Sts {
             audience: &action.audience,
             action: &action.name,
             actor: act.as_ref(),
-            ttl_secs: action.ttl.min(self.max_ttl).as_secs(),
+            ttl_secs: action
+                .ttl
+                .unwrap_or(self.default_ttl)
+                .min(self.max_ttl)
+                .as_secs(),
             not_after,
         };
         mint(&key, &grant, now).map_err(|e| match e {
