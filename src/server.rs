@@ -162,15 +162,16 @@ async fn read_exchange(
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Rejection> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .into_iter()
-            .chain(std::iter::once(&e as &dyn std::error::Error))
-            .any(|s| s.to_string().contains("length limit"));
-        if too_large {
-            Rejection::BodyTooLarge
-        } else {
-            Rejection::MalformedBody
+        // The cap (ours or tower-http's) surfaces as `LengthLimitError` somewhere in
+        // the error chain; anything else is a broken body.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return Rejection::BodyTooLarge;
+            }
+            source = err.source();
         }
+        Rejection::MalformedBody
     })
 }
 
