@@ -244,8 +244,32 @@ pub struct TrustSpec<'a> {
     pub domains: &'a [&'a str],
 }
 
+/// What a test can change in the generated configuration beyond `extra` (which
+/// lands inside `[audit]` and may open further sections).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigTweaks<'a> {
+    /// Lines appended to every `[[trust]]` table (e.g. `jwks_max_stale = "3s"`).
+    pub trust_lines: &'a str,
+    /// The audit log path, instead of `audit.log` in the temp dir.
+    pub audit_path: Option<&'a str>,
+}
+
 /// Builds a configuration file for `trusts` in `dir`.
 pub fn config_toml(dir: &Path, trusts: &[TrustSpec], extra: &str) -> String {
+    config_toml_with(dir, trusts, extra, ConfigTweaks::default())
+}
+
+/// [`config_toml`] with `tweaks` applied.
+pub fn config_toml_with(
+    dir: &Path,
+    trusts: &[TrustSpec],
+    extra: &str,
+    tweaks: ConfigTweaks,
+) -> String {
+    let audit_path = match tweaks.audit_path {
+        Some(p) => p.to_string(),
+        None => format!("{}/audit.log", dir.display()),
+    };
     let mut text = format!(
         r#"
 [server]
@@ -268,7 +292,7 @@ store = "file"
 file = "{dir}/secrets.toml"
 
 [audit]
-path = "{dir}/audit.log"
+path = "{audit_path}"
 {extra}
 "#,
         dir = dir.display()
@@ -276,12 +300,13 @@ path = "{dir}/audit.log"
     for t in trusts {
         let domains: Vec<String> = t.domains.iter().map(|d| format!("{d:?}")).collect();
         text.push_str(&format!(
-            "\n[[trust]]\nname = \"{}\"\nissuer = \"{}\"\njwks_uri = \"{}\"\nalgorithms = [\"{}\"]\nspiffe_trust_domains = [{}]\n",
+            "\n[[trust]]\nname = \"{}\"\nissuer = \"{}\"\njwks_uri = \"{}\"\nalgorithms = [\"{}\"]\nspiffe_trust_domains = [{}]\n{}\n",
             t.name,
             t.issuer.iss,
             t.issuer.jwks_uri,
             alg_name(t.issuer.alg),
-            domains.join(", ")
+            domains.join(", "),
+            tweaks.trust_lines
         ));
     }
     text
@@ -351,12 +376,26 @@ pub struct TestSts {
 impl TestSts {
     /// Writes config, scopes and secrets to a temp dir, bootstraps a key, and serves.
     pub async fn start(trusts: &[TrustSpec<'_>], scopes: &str, extra_config: &str) -> TestSts {
+        Self::start_with(trusts, scopes, extra_config, ConfigTweaks::default()).await
+    }
+
+    /// [`TestSts::start`] with [`ConfigTweaks`].
+    pub async fn start_with(
+        trusts: &[TrustSpec<'_>],
+        scopes: &str,
+        extra_config: &str,
+        tweaks: ConfigTweaks<'_>,
+    ) -> TestSts {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
         std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
         std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
         let config_path = dir.path().join("agent-sts.toml");
-        std::fs::write(&config_path, config_toml(dir.path(), trusts, extra_config)).unwrap();
+        std::fs::write(
+            &config_path,
+            config_toml_with(dir.path(), trusts, extra_config, tweaks),
+        )
+        .unwrap();
         let env = std::collections::BTreeMap::new();
         let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
         let store = agent_sts::keys::FileKeyStore::new(dir.path().join("keys"));

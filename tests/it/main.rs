@@ -1,8 +1,10 @@
 //! Integration tests: one binary, real HTTP on 127.0.0.1:0 against real servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod attacks;
 mod cli;
 mod exchange;
+mod faults;
 mod harness;
 mod leaks;
 mod process;

@@ -1,0 +1,217 @@
+//! Faults (SECURITY.md "Faults"): the issuer's JWKS down or slow, the audit log
+//! unwritable, the catalogue changed under a running STS. In every case the STS fails
+//! closed: no token, a standard error, and `Retry-After` when waiting helps.
+
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// A fresh SVID for `path` (a new `jti`, so it is never served from the cache of
+/// verified tokens).
+fn fresh_svid(issuers: &Issuers, path: &str, n: usize) -> String {
+    let mut claims = issuers
+        .spire
+        .claims(&format!("spiffe://example.org/{path}"));
+    claims["jti"] = json!(format!("fault-{n}-{}", now()));
+    issuers.spire.token(&claims)
+}
+
+#[tokio::test]
+async fn jwks_down_last_good_keys_serve_until_stale_then_refusal() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start_with(
+        &issuers.specs(),
+        SCOPES,
+        "[limits]\njwks_refetch_cooldown = \"1s\"\n",
+        ConfigTweaks {
+            trust_lines: "jwks_refresh = \"1s\"\njwks_max_stale = \"3s\"",
+            ..ConfigTweaks::default()
+        },
+    )
+    .await;
+    let spire = &issuers.spire;
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        fresh_svid(&issuers, "agent/triage", n)
+    };
+    let r = sts.exchange_for(&next(), "github.issues.create").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let loaded = Instant::now();
+    assert_eq!(spire.fetches(), 1);
+
+    // The issuer goes down. New tokens still verify with the last good keys...
+    spire.set_mode(JwksMode::Fail);
+    let r = sts.exchange_for(&next(), "github.issues.create").await;
+    assert_eq!(r.status, 200, "last good keys serve: {r:?}");
+    // ... also once the keys are due for a refresh that fails (jwks_refresh = 1s).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = sts.exchange_for(&next(), "github.issues.create").await;
+    assert_eq!(r.status, 200, "a failed refresh keeps the keys: {r:?}");
+    assert!(spire.fetches() >= 2, "the refresh was attempted");
+
+    // Once they are stale (jwks_max_stale = 3s), refusal.
+    let mut refused = None;
+    while loaded.elapsed() < Duration::from_secs(15) {
+        let token = next();
+        let r = sts.exchange_for(&token, "github.issues.create").await;
+        if r.status != 200 {
+            refused = Some((token, r));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (token, r) = refused.expect("stale keys stop serving");
+    r.assert_error(400, "invalid_request", &[&token]);
+    // And it stays refused while the issuer is down: no fallback key.
+    for _ in 0..3 {
+        let token = next();
+        let r = sts.exchange_for(&token, "github.issues.create").await;
+        r.assert_error(400, "invalid_request", &[&token]);
+    }
+
+    // The issuer comes back: after the cooldown the keys are fetched again.
+    spire.set_mode(JwksMode::Serve);
+    let back = Instant::now();
+    let mut recovered = false;
+    while back.elapsed() < Duration::from_secs(10) {
+        let r = sts.exchange_for(&next(), "github.issues.create").await;
+        if r.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "keys are fetched again once the issuer is back");
+}
+
+#[tokio::test]
+async fn jwks_garbage_is_not_a_key_set() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(&issuers.specs(), SCOPES, "").await;
+    // Never fetched successfully: garbage from the start gives nothing to serve.
+    issuers.spire.set_mode(JwksMode::Garbage);
+    let token = issuers.svid("agent/triage");
+    let r = sts.exchange_for(&token, "github.issues.create").await;
+    r.assert_error(400, "invalid_request", &[&token]);
+    issuers.spire.set_mode(JwksMode::Fail);
+    let token = fresh_svid(&issuers, "agent/triage", 1);
+    let r = sts.exchange_for(&token, "github.issues.create").await;
+    r.assert_error(400, "invalid_request", &[&token]);
+    // Other trusts are unaffected.
+    let r = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn jwks_slow_ends_within_the_request_deadline_with_503_and_retry_after() {
+    // An issuer whose JWKS answers only after 10 s; the STS's request deadline is 1 s
+    // (shorter than its 3 s JWKS fetch timeout).
+    let slow = axum::Router::new().route(
+        "/jwks.json",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            axum::Json(json!({"keys": []}))
+        }),
+    );
+    let base = spawn_router(slow).await;
+    let mut issuers = Issuers::start().await;
+    issuers.spire.jwks_uri = format!("{base}/jwks.json");
+    let sts = TestSts::start(
+        &issuers.specs(),
+        SCOPES,
+        "[limits]\nrequest_timeout = \"1s\"\n",
+    )
+    .await;
+    let token = issuers.svid("agent/triage");
+    let r = tokio::time::timeout(
+        Duration::from_secs(8),
+        sts.exchange_for(&token, "github.issues.create"),
+    )
+    .await
+    .expect("the STS answers within its deadline, not the issuer's");
+    assert!(r.json().get("access_token").is_none(), "{r:?}");
+    r.assert_error(503, "temporarily_unavailable", &[&token]);
+    assert!(r.headers.contains_key("retry-after"), "{r:?}");
+}
+
+#[tokio::test]
+async fn audit_log_unwritable_is_503_with_retry_after_and_no_token() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: /dev/full does not exist on this system");
+        return;
+    }
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start_with(
+        &issuers.specs(),
+        SCOPES,
+        "",
+        ConfigTweaks {
+            audit_path: Some("/dev/full"),
+            ..ConfigTweaks::default()
+        },
+    )
+    .await;
+    for (token, scope) in [
+        (issuers.k8s_token("triage"), "github.issues.create"),
+        (issuers.svid("agent/triage"), "github.issues.create"),
+        (issuers.k8s_token("triage"), "docs.read"),
+    ] {
+        let r = sts.exchange_for(&token, scope).await;
+        assert!(!r.text.contains("access_token"), "a token left: {r:?}");
+        r.assert_error(503, "temporarily_unavailable", &[&token]);
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry >= 1, "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn action_removed_from_the_catalogue_is_refused_on_the_next_exchange() {
+    let (sts, issuers) = TestSts::standard().await;
+    let subject = issuers.k8s_token("triage");
+    let r = sts.exchange_for(&subject, "docs.read").await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Remove docs.read; write the new file beside the catalogue, then rename it in, so
+    // the reload never sees half a file.
+    let docs = r#"
+[[action]]
+name = "docs.read"
+audience = "https://docs.internal"
+ttl = "30m"
+agents = ["k8s-prod:system:serviceaccount:agents:*", "ci:repo:example/agent-sts:*"]
+"#;
+    let without = SCOPES.replace(docs, "");
+    assert_ne!(without, SCOPES, "the fixture still holds docs.read");
+    let staged = sts.dir.path().join("test.toml.new");
+    std::fs::write(&staged, &without).unwrap();
+    std::fs::rename(&staged, sts.dir.path().join("scopes/test.toml")).unwrap();
+
+    // The catalogue reloads every second: within a bounded wait the action is refused.
+    let changed = Instant::now();
+    let mut refused = None;
+    while changed.elapsed() < Duration::from_secs(10) {
+        let r = sts.exchange_for(&subject, "docs.read").await;
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = refused.expect("the removed action is refused after the reload");
+    r.assert_error(400, "invalid_scope", &[&subject]);
+    // No stale allow afterwards, and the rest of the catalogue still stands.
+    for _ in 0..5 {
+        let r = sts.exchange_for(&subject, "docs.read").await;
+        r.assert_error(400, "invalid_scope", &[&subject]);
+    }
+    let r = sts.exchange_for(&subject, "github.issues.create").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let body: Value = r.json();
+    assert_eq!(body["scope"], "github.issues.create");
+}
