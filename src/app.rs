@@ -178,7 +178,7 @@ impl App {
         if let Some(extra) = extra {
             router = router.merge(extra);
         }
-        crate::server::with_layers(router, self.layers)
+        crate::server::with_layers(router, self.layers, self.state.sts.clone())
     }
 
     /// Serves on `listener` until SIGINT/SIGTERM.

@@ -59,15 +59,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Wraps a router in the transport limits.
-pub fn with_layers(router: Router, layers: Layers) -> Router {
+/// Wraps a router in the transport limits. The OAuth-shaping middleware sits outside
+/// the body-limit and timeout layers so the bare responses they produce themselves
+/// (413 on a declared Content-Length over the cap, 503 at the deadline) are reshaped
+/// and, on `/token`, audited.
+pub fn with_layers(router: Router, layers: Layers, sts: Arc<Sts>) -> Router {
     router
-        .layer(axum::middleware::map_response(json_transport_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             layers.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(layers.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(sts, json_transport_errors))
         .layer(tower::limit::ConcurrencyLimitLayer::new(layers.max_concurrency))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -76,9 +79,15 @@ pub fn with_layers(router: Router, layers: Layers) -> Router {
         )
 }
 
-/// The body-limit and timeout layers answer with bare statuses; on the token endpoint
-/// (and elsewhere) clients get the OAuth JSON shape instead.
-async fn json_transport_errors(response: Response) -> Response {
+/// The body-limit and timeout layers answer with bare statuses; clients get the OAuth
+/// JSON shape instead, and a refusal on the token endpoint is audited like any other.
+async fn json_transport_errors(
+    State(sts): State<Arc<Sts>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token_endpoint = request.uri().path() == "/token";
+    let response = next.run(request).await;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -86,14 +95,19 @@ async fn json_transport_errors(response: Response) -> Response {
     if is_json {
         return response;
     }
-    match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Rejection::BodyTooLarge.into_response(),
+    let rejection = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Rejection::BodyTooLarge,
         StatusCode::SERVICE_UNAVAILABLE
-            if response.headers().get(header::RETRY_AFTER).is_none() =>
+            if !response.headers().contains_key(header::RETRY_AFTER) =>
         {
-            Rejection::RequestTimeout.into_response()
+            Rejection::RequestTimeout
         }
-        _ => response,
+        _ => return response,
+    };
+    if token_endpoint {
+        sts.refuse(rejection).into_response()
+    } else {
+        rejection.into_response()
     }
 }
 

@@ -514,8 +514,14 @@ pub struct JoseHeader {
     pub kid: Option<String>,
     #[serde(default)]
     pub typ: Option<String>,
-    #[serde(default)]
+    /// Present at all (even `null`) means refused.
+    #[serde(default, deserialize_with = "present")]
     pub crit: Option<Value>,
+}
+
+/// `Some` whenever the member is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Decodes and checks the protected header.
@@ -878,6 +884,8 @@ mod tests {
     fn header_with_crit_is_refused() {
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","crit":["exp"],"exp":1}"#);
         assert_eq!(parse_header(&h).unwrap_err(), TrustError::CriticalHeader);
+        let null = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","crit":null}"#);
+        assert_eq!(parse_header(&null).unwrap_err(), TrustError::CriticalHeader);
         let ok = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","jku":"http://169.254.169.254/"}"#);
         assert_eq!(parse_header(&ok).unwrap().alg, "ES256");
     }

@@ -8,3 +8,4 @@ mod faults;
 mod harness;
 mod leaks;
 mod process;
+mod rotation;

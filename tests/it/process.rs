@@ -36,7 +36,7 @@ impl ServeProcess {
     pub fn start(config: &Path, dir: &Path, log: &str) -> ServeProcess {
         let stdout = dir.join("serve.stdout");
         let stderr = dir.join("serve.stderr");
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
             .current_dir(dir)
@@ -63,7 +63,11 @@ impl ServeProcess {
                     stderr,
                 };
             }
-            assert!(Instant::now() < deadline, "serve did not start:\n{log}");
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve did not start:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
