@@ -147,21 +147,24 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
 }
 
 impl App {
-    /// Starts the keyring and catalogue refreshers.
+    /// Starts the keyring and catalogue refreshers: both re-read their source every
+    /// `keys.refresh_interval` and keep the last good state on failure.
     pub fn spawn_refreshers(&self) {
         let sts = self.state.sts.clone();
-        sts.keyring.spawn_refresher(self.refresh_interval);
-        let dir = self.scopes_dir.clone();
-        let directory = self.directory.clone();
-        let interval = self.refresh_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let (d, t) = (dir.clone(), directory.clone());
-                match tokio::task::spawn_blocking(move || Catalogue::load_dir(&d, &t)).await {
+        every(self.refresh_interval, move || {
+            let sts = sts.clone();
+            async move {
+                let _ = sts.keyring.refresh(unix_now()).await;
+            }
+        });
+        let sts = self.state.sts.clone();
+        let (dir, directory) = (self.scopes_dir.clone(), self.directory.clone());
+        every(self.refresh_interval, move || {
+            let (sts, dir, directory) = (sts.clone(), dir.clone(), directory.clone());
+            async move {
+                match tokio::task::spawn_blocking(move || Catalogue::load_dir(&dir, &directory))
+                    .await
+                {
                     Ok(Ok(c)) => sts.catalogue.store(Arc::new(c)),
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue")
@@ -194,6 +197,24 @@ impl App {
             .await
             .map_err(|e| StartError::Runtime(format!("server: {e}")))
     }
+}
+
+/// Runs `task` every `interval` (first run one interval from now), forever; a slow
+/// run delays the next instead of piling up.
+fn every<F, Fut>(interval: std::time::Duration, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            task().await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

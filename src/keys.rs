@@ -459,20 +459,6 @@ impl Keyring {
     pub fn health(&self) -> Arc<RingHealth> {
         self.health.load_full()
     }
-
-    /// Re-reads the store every `interval`, forever.
-    pub fn spawn_refresher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let ring = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let _ = ring.refresh(crate::trust::unix_now()).await;
-            }
-        })
-    }
 }
 
 /// A row of `keys list`.

@@ -149,28 +149,15 @@ async fn keys_rotate_and_list_follow_the_lifecycle_without_printing_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_an_empty_keyring_runs_not_ready_and_refuses_with_503() {
     let issuers = Issuers::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
-    let config = dir.path().join("agent-sts.toml");
-    std::fs::write(&config, config_toml(dir.path(), &issuers.specs(), "")).unwrap();
+    let (dir, config) = sts_dir(&issuers);
     let sts = ServeProcess::start(&config, dir.path(), "info");
     let ready = reqwest::get(format!("{}/readyz", sts.url)).await.unwrap();
     assert_eq!(ready.status(), 503);
-    let r = reqwest::Client::new()
-        .post(format!("{}/token", sts.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("grant_type", GRANT),
-            ("subject_token", &issuers.k8s_token("triage")),
-            ("subject_token_type", JWT_TYPE),
-            ("scope", "docs.read"),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    let r = reply(r).await;
+    let r = post_form(
+        &format!("{}/token", sts.url),
+        exchange_form(&issuers.k8s_token("triage"), "docs.read"),
+    )
+    .await;
     r.assert_error(503, "temporarily_unavailable", &[]);
     assert!(r.headers.contains_key("retry-after"));
     assert!(
@@ -188,19 +175,12 @@ async fn serve_with_an_empty_keyring_runs_not_ready_and_refuses_with_503() {
     let mut issued = false;
     for _ in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let r = reqwest::Client::new()
-            .post(format!("{}/token", sts.url))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[
-                ("grant_type", GRANT),
-                ("subject_token", &issuers.k8s_token("triage")),
-                ("subject_token_type", JWT_TYPE),
-                ("scope", "docs.read"),
-            ]))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
+        let r = post_form(
+            &format!("{}/token", sts.url),
+            exchange_form(&issuers.k8s_token("triage"), "docs.read"),
+        )
+        .await;
+        if r.status == 200 {
             issued = true;
             break;
         }

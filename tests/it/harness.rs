@@ -485,6 +485,40 @@ pub async fn reply(r: reqwest::Response) -> Reply {
     }
 }
 
+/// POSTs `body` as a form to `url`.
+pub async fn post_form(url: &str, body: String) -> Reply {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    reply(r).await
+}
+
+/// A plain exchange form of `subject` for `scope`.
+pub fn exchange_form(subject: &str, scope: &str) -> String {
+    form(&[
+        ("grant_type", GRANT),
+        ("subject_token", subject),
+        ("subject_token_type", JWT_TYPE),
+        ("scope", scope),
+    ])
+}
+
+/// A directory with the standard catalogue, secrets and a configuration for
+/// `issuers` (no keys yet): what `agent-sts serve --config` needs.
+pub fn sts_dir(issuers: &Issuers) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+    let config = dir.path().join("agent-sts.toml");
+    std::fs::write(&config, config_toml(dir.path(), &issuers.specs(), "")).unwrap();
+    (dir, config)
+}
+
 pub fn form(params: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {

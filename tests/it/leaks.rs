@@ -8,12 +8,7 @@ use crate::process::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
     let issuers = Issuers::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
-    let config = dir.path().join("agent-sts.toml");
-    std::fs::write(&config, config_toml(dir.path(), &issuers.specs(), "")).unwrap();
+    let (dir, config) = sts_dir(&issuers);
     let rotate = run(
         &["keys", "rotate", "--config", config.to_str().unwrap()],
         dir.path(),
