@@ -32,7 +32,9 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     /// Starts `agent-sts serve --config CONFIG` with `log` as the log filter; waits
-    /// until it says where it listens.
+    /// until it says where it listens. (The child is waited for by `stop` or `Drop`,
+    /// which clippy cannot see through the struct.)
+    #[allow(clippy::zombie_processes)]
     pub fn start(config: &Path, dir: &Path, log: &str) -> ServeProcess {
         let stdout = dir.join("serve.stdout");
         let stderr = dir.join("serve.stderr");
