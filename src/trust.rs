@@ -27,10 +27,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -83,6 +84,8 @@ pub enum JwksError {
     NoKeys,
     #[error("cannot read file")]
     File,
+    #[error("not fetched: the last attempt failed within the refetch cooldown")]
+    Cooldown,
 }
 
 /// A token that passed every check.
@@ -101,11 +104,28 @@ pub struct VerifiedToken {
 /// Longest `sub` accepted.
 const MAX_SUBJECT_LEN: usize = 1024;
 
-/// One verification key from a JWKS, with the algorithms it may be used with.
+/// One verification key from a JWKS: for each algorithm it may be used with, the
+/// public key parsed once (aws-lc-rs), so a signature check does no key parsing.
 struct VerifyingKey {
     kid: Option<String>,
-    algorithms: Vec<Algorithm>,
-    key: DecodingKey,
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl VerifyingKey {
+    fn supports(&self, alg: Algorithm) -> bool {
+        self.parsed.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// Checks the base64url `signature` over `message` under `alg`.
+    fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        key.verify_sig(message, &signature).is_ok()
+    }
 }
 
 /// A parsed JWK set and when it was fetched.
@@ -292,10 +312,7 @@ impl TrustStore {
             }
         };
         let message = &raw[..parts.header.len() + 1 + parts.payload.len()];
-        let valid =
-            jsonwebtoken::crypto::verify(parts.signature, message.as_bytes(), &key.key, alg)
-                .unwrap_or(false);
-        if !valid {
+        if !key.verify(alg, message.as_bytes(), parts.signature) {
             return Err(TrustError::BadSignature { trust: trust() });
         }
 
@@ -315,46 +332,46 @@ impl TrustStore {
         })
     }
 
-    /// The trust's keys: cached, refreshed in the background once older than
-    /// `jwks_refresh`, refetched on demand when `unknown_kid` (subject to the cooldown).
+    /// The trust's keys. The hot path is one cache read. Past `jwks_refresh` one
+    /// request refreshes them, without waiting for the lock if another fetch is under
+    /// way and without failing if the issuer does (the cached set serves until it is
+    /// stale). With no usable set, or for an unknown `kid`, the request waits for any
+    /// fetch in flight, then fetches itself only if the per-trust cooldown allows: a
+    /// flood of unknown kids costs at most one fetch per cooldown.
     async fn key_set(&self, index: usize, unknown_kid: bool) -> Result<Arc<KeySet>, TrustError> {
         let issuer = &self.issuers[index];
         let cached = self.keys.get(&index).await;
-        match cached {
-            Some(set) if !unknown_kid => {
-                if set.fetched_at.elapsed() >= issuer.config.jwks_refresh && self.may_fetch(index) {
-                    // Refresh inline but never fail the request for it: the cached set
-                    // stays valid until it is stale.
-                    let _ = self.fetch(index, Some(set.fetched_at)).await;
-                    return Ok(self.keys.get(&index).await.unwrap_or(set));
-                }
-                Ok(set)
+        if let (Some(set), false) = (&cached, unknown_kid) {
+            if set.fetched_at.elapsed() < issuer.config.jwks_refresh {
+                return Ok(set.clone());
             }
-            Some(set) => {
-                if self.may_fetch(index) {
-                    match self.fetch(index, Some(set.fetched_at)).await {
-                        Ok(fresh) => Ok(fresh),
-                        Err(_) => Ok(set),
-                    }
-                } else {
-                    Ok(set)
-                }
+            let Ok(_guard) = issuer.fetch_lock.try_lock() else {
+                return Ok(set.clone());
+            };
+            if !self.may_fetch(index) {
+                return Ok(set.clone());
             }
-            None => {
-                if self.may_fetch(index) {
-                    return self.fetch(index, None).await;
-                }
-                // Another request is fetching, or the issuer failed within the cooldown:
-                // wait for any fetch in flight, then use what it left.
-                drop(issuer.fetch_lock.lock().await);
-                self.keys
-                    .get(&index)
-                    .await
-                    .ok_or_else(|| TrustError::JwksUnavailable {
-                        trust: issuer.config.name.clone(),
-                        reason: JwksError::Transport,
-                    })
-            }
+            return Ok(self
+                .fetch_locked(index)
+                .await
+                .unwrap_or_else(|_| set.clone()));
+        }
+        let seen = cached.as_ref().map(|s| s.fetched_at);
+        let _guard = issuer.fetch_lock.lock().await;
+        if let Some(set) = self.keys.get(&index).await
+            && seen.is_none_or(|t| set.fetched_at > t)
+        {
+            return Ok(set); // fetched by the request we waited for
+        }
+        if !self.may_fetch(index) {
+            return cached.ok_or_else(|| TrustError::JwksUnavailable {
+                trust: issuer.config.name.clone(),
+                reason: JwksError::Cooldown,
+            });
+        }
+        match self.fetch_locked(index).await {
+            Ok(set) => Ok(set),
+            Err(e) => cached.ok_or(e),
         }
     }
 
@@ -375,16 +392,9 @@ impl TrustStore {
         }
     }
 
-    /// Fetches and installs the trust's JWKS; single flight: a caller that waited for
-    /// another's fetch uses its result.
-    async fn fetch(&self, index: usize, seen: Option<Instant>) -> Result<Arc<KeySet>, TrustError> {
+    /// Fetches and installs the trust's JWKS; the caller holds the trust's fetch lock.
+    async fn fetch_locked(&self, index: usize) -> Result<Arc<KeySet>, TrustError> {
         let issuer = &self.issuers[index];
-        let _guard = issuer.fetch_lock.lock().await;
-        if let Some(set) = self.keys.get(&index).await
-            && seen.is_none_or(|t| set.fetched_at > t)
-        {
-            return Ok(set);
-        }
         let name = issuer.config.name.as_str();
         let result = match &issuer.config.jwks {
             JwksSource::Uri(url) => self.fetch_uri(url).await,
@@ -578,7 +588,7 @@ fn pick_key<'a>(set: &'a KeySet, kid: Option<&str>, alg: Algorithm) -> Pick<'a> 
             let Some(key) = set.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) else {
                 return Pick::UnknownKid;
             };
-            if key.algorithms.contains(&alg) {
+            if key.supports(alg) {
                 Pick::Found(key)
             } else {
                 Pick::NoneFits
@@ -587,7 +597,7 @@ fn pick_key<'a>(set: &'a KeySet, kid: Option<&str>, alg: Algorithm) -> Pick<'a> 
         // No kid: acceptable only when exactly one key fits, so a token cannot make us
         // try every key.
         None => {
-            let mut fitting = set.keys.iter().filter(|k| k.algorithms.contains(&alg));
+            let mut fitting = set.keys.iter().filter(|k| k.supports(alg));
             match (fitting.next(), fitting.next()) {
                 (Some(k), None) => Pick::Found(k),
                 _ => Pick::NoneFits,
@@ -624,22 +634,74 @@ fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, 
         .into_iter()
         .filter(|a| allowed.contains(a))
         .collect();
-        if algorithms.is_empty() {
+        let parsed: Vec<(Algorithm, ParsedPublicKey)> = algorithms
+            .into_iter()
+            .filter_map(|a| parse_public_key(&jwk, a).map(|k| (a, k)))
+            .collect();
+        if parsed.is_empty() {
             continue;
         }
-        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            continue;
-        };
         keys.push(VerifyingKey {
             kid: jwk.common.key_id.clone(),
-            algorithms,
-            key,
+            parsed,
         });
     }
     if keys.is_empty() {
         return Err(JwksError::NoKeys);
     }
     Ok(keys)
+}
+
+/// The JWK's public key parsed for `alg` (fixed-size `r || s` for ECDSA, RFC 7518
+/// §3.4, so a DER-encoded signature never verifies).
+fn parse_public_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
+    use aws_lc_rs::signature as sig;
+    let b64 = |s: &str| URL_SAFE_NO_PAD.decode(s).ok();
+    match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256 | Algorithm::ES384) => {
+            let (verification, size): (&'static sig::EcdsaVerificationAlgorithm, usize) = match alg
+            {
+                Algorithm::ES256 => (&sig::ECDSA_P256_SHA256_FIXED, 32),
+                _ => (&sig::ECDSA_P384_SHA384_FIXED, 48),
+            };
+            let (x, y) = (b64(&p.x)?, b64(&p.y)?);
+            if x.len() != size || y.len() != size {
+                return None;
+            }
+            let mut point = Vec::with_capacity(1 + 2 * size);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            ParsedPublicKey::new(verification, point).ok()
+        }
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
+            ParsedPublicKey::new(&sig::ED25519, b64(&p.x)?).ok()
+        }
+        (AlgorithmParameters::RSA(p), _) => {
+            let params: &'static sig::RsaParameters = match alg {
+                Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                _ => return None,
+            };
+            let (n, e) = (b64(&p.n)?, b64(&p.e)?);
+            let strip = |v: &[u8]| {
+                v.iter()
+                    .position(|b| *b != 0)
+                    .map_or(Vec::new(), |i| v[i..].to_vec())
+            };
+            sig::RsaPublicKeyComponents {
+                n: strip(&n),
+                e: strip(&e),
+            }
+            .to_parsed_public_key(params)
+            .ok()
+        }
+        _ => None,
+    }
 }
 
 /// Algorithms a key's type admits.

@@ -222,3 +222,30 @@ async fn metadata_jwks_health_and_readiness() {
     assert_eq!(ready.status, 200, "{ready:?}");
     assert_eq!(ready.json()["ready"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_all_wait_for_the_one_jwks_fetch() {
+    // Guards the first-fetch path under concurrency: a request that took the
+    // cooldown slot before the fetch lock once let another find the lock free and the
+    // cache empty, and be refused (seen once in the rotation test; the window was too
+    // narrow to reproduce on demand). Cooldown and fetch now happen under the lock.
+    let (sts, issuers) = TestSts::standard().await;
+    let sts = std::sync::Arc::new(sts);
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let sts = sts.clone();
+        let token = issuers.k8s_token(&format!("agent-{i}"));
+        tasks.push(tokio::spawn(async move {
+            sts.exchange_for(&token, "docs.read").await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(
+        issuers.k8s.fetches(),
+        1,
+        "one fetch served every first request"
+    );
+}
