@@ -111,18 +111,28 @@ async fn json_transport_errors(
     }
 }
 
+/// A successful token exchange response (RFC 8693 §2.2.1).
+#[derive(serde::Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    issued_token_type: &'static str,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
 async fn token(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let response = match read_exchange(&state, request).await {
         Ok(exchange) => match state.sts.exchange(exchange, unix_now()).await {
             Ok(issued) => {
-                let body = json!({
-                    "access_token": issued.access_token,
-                    "issued_token_type": token_exchange::TOKEN_TYPE_ACCESS_TOKEN,
-                    "token_type": "Bearer",
-                    "expires_in": issued.expires_in,
-                    "scope": issued.scope,
-                });
+                let body = TokenResponse {
+                    access_token: &issued.access_token,
+                    issued_token_type: token_exchange::TOKEN_TYPE_ACCESS_TOKEN,
+                    token_type: "Bearer",
+                    expires_in: issued.expires_in,
+                    scope: &issued.scope,
+                };
                 let mut response = (StatusCode::OK, axum::Json(body)).into_response();
                 no_store(&mut response);
                 response

@@ -110,7 +110,7 @@ impl Sts {
             expires_at: minted.map(|m| m.expires_at),
             ..Decision::now(outcome, reason)
         };
-        if let Err(e) = self.audit.append(&record) {
+        if let Err(e) = self.audit.append_decision(&record) {
             tracing::error!(error = %e, "audit log write failed; refusing the request");
             self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
             return Err(Rejection::AuditUnavailable);
@@ -142,7 +142,7 @@ impl Sts {
     /// form errors): audited and counted like any other decision.
     pub fn refuse(&self, rejection: Rejection) -> Rejection {
         let record = Decision::now(Outcome::Deny, rejection.reason());
-        let rejection = match self.audit.append(&record) {
+        let rejection = match self.audit.append_decision(&record) {
             Ok(()) => rejection,
             Err(e) => {
                 tracing::error!(error = %e, "audit log write failed");
