@@ -103,8 +103,6 @@ impl Sts {
             actor: actor.as_deref(),
             action: facts.action.as_deref(),
             audience: facts.audience.as_deref(),
-            decision: outcome,
-            reason,
             jti: minted.map(|m| m.jti.as_str()),
             kid: minted.map(|m| m.kid.as_str()),
             expires_at: minted.map(|m| m.expires_at),
