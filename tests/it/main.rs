@@ -9,3 +9,4 @@ mod harness;
 mod leaks;
 mod process;
 mod rotation;
+mod rvault;
