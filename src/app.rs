@@ -17,10 +17,12 @@ use crate::config::{Config, KeyStoreKind, SecretsConfig};
 use crate::keys::{FileKeyStore, KeyStore, Keyring};
 use crate::metrics::Metrics;
 use crate::rate_limit::IdentityRateLimiter;
+use crate::secret::VaultToken;
 use crate::secrets::{CREDENTIAL_CACHE_TTL, CredentialCache, FileSecretStore, SecretStore};
 use crate::server::{AppState, Layers};
 use crate::sts::Sts;
 use crate::trust::{TrustStore, unix_now};
+use crate::vault::{Vault, VaultKeyStore, VaultSecretStore};
 
 /// Why the STS could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,26 +53,60 @@ pub fn trust_directory(config: &Config) -> TrustDirectory {
     )
 }
 
-/// The configured key store.
-pub fn key_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
-    match &config.keys.store {
-        KeyStoreKind::File { dir } => Ok(Arc::new(FileKeyStore::new(dir))),
-        KeyStoreKind::Vault { .. } => Err(StartError::Runtime(format!(
-            "{}: keys.store = \"vault\": the Vault key store is not in this build yet; use \"file\"",
-            config.source
-        ))),
-    }
+/// The configured stores, and the Vault client behind them when one is configured.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub vault: Option<Arc<Vault>>,
 }
 
-/// The configured secret store.
-pub fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartError> {
-    match &config.secrets {
-        SecretsConfig::File { path } => Ok(Arc::new(FileSecretStore::new(path))),
-        SecretsConfig::Vault => Err(StartError::Runtime(format!(
-            "{}: secrets.store = \"vault\": the Vault secret store is not in this build yet; use \"file\"",
-            config.source
-        ))),
-    }
+/// Builds the configured key and secret stores. With Vault, logs in once now; a failed
+/// login is logged, not fatal: every Vault call logs in again when it can, and until
+/// then the STS refuses tokens (fail closed) and reports not ready.
+pub async fn stores(config: &Config) -> Result<Stores, StartError> {
+    let uses_vault = matches!(config.keys.store, KeyStoreKind::Vault { .. })
+        || matches!(config.secrets, SecretsConfig::Vault);
+    let vault = match (&config.vault, uses_vault) {
+        (Some(v), true) => {
+            let env_token = std::env::var("VAULT_TOKEN").ok().map(VaultToken::new);
+            let vault = Arc::new(
+                Vault::new(v, env_token).map_err(|e| StartError::Runtime(format!("vault: {e}")))?,
+            );
+            if let Err(e) = vault.login(0).await {
+                tracing::error!(error = %e, "vault login at startup failed; tokens are refused until it succeeds");
+            }
+            Some(vault)
+        }
+        _ => None,
+    };
+    let keys: Arc<dyn KeyStore> = match (&config.keys.store, &vault) {
+        (KeyStoreKind::File { dir }, _) => Arc::new(FileKeyStore::new(dir)),
+        (KeyStoreKind::Vault { path }, Some(vault)) => {
+            Arc::new(VaultKeyStore::new(vault.clone(), path.clone()))
+        }
+        (KeyStoreKind::Vault { .. }, None) => {
+            return Err(StartError::Config(format!(
+                "{}: keys.store = \"vault\" needs [vault]",
+                config.source
+            )));
+        }
+    };
+    let secrets: Arc<dyn SecretStore> = match (&config.secrets, &vault) {
+        (SecretsConfig::File { path }, _) => Arc::new(FileSecretStore::new(path)),
+        (SecretsConfig::Vault, Some(vault)) => Arc::new(VaultSecretStore::new(vault.clone())),
+        (SecretsConfig::Vault, None) => {
+            return Err(StartError::Config(format!(
+                "{}: secrets.store = \"vault\" needs [vault]",
+                config.source
+            )));
+        }
+    };
+    Ok(Stores {
+        keys,
+        secrets,
+        vault,
+    })
 }
 
 /// A built STS, ready to serve.
@@ -81,6 +117,7 @@ pub struct App {
     pub scopes_dir: PathBuf,
     pub directory: Arc<TrustDirectory>,
     pub refresh_interval: std::time::Duration,
+    pub vault: Option<Arc<Vault>>,
 }
 
 /// Wires every part from `config`.
@@ -99,10 +136,17 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     if catalogue.is_empty() {
         tracing::warn!(dir = %config.server.scopes_dir.display(), "the scope catalogue has no actions: every exchange will be refused");
     }
+    let stores = stores(config).await?;
+    // Keys and credentials from Vault are served from memory at most `max_stale`
+    // after the last successful read; the file stores have no such limit.
+    let max_stale = match (&config.keys.store, &config.vault) {
+        (KeyStoreKind::Vault { .. }, Some(v)) => Some(v.max_stale),
+        _ => None,
+    };
     let keyring = Arc::new(Keyring::new(
-        key_store(config)?,
+        stores.keys.clone(),
         config.tokens.max_ttl,
-        None,
+        max_stale,
         metrics.clone(),
     ));
     match keyring.refresh(unix_now()).await {
@@ -110,7 +154,11 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         Ok(n) => tracing::info!(keys = n, "keyring loaded"),
         Err(e) => tracing::error!(error = %e, "keyring unreadable: not ready"),
     }
-    let credentials = CredentialCache::new(secret_store(config)?, CREDENTIAL_CACHE_TTL);
+    let credential_ttl = match (&config.secrets, &config.vault) {
+        (SecretsConfig::Vault, Some(v)) => v.max_stale.min(CREDENTIAL_CACHE_TTL),
+        _ => CREDENTIAL_CACHE_TTL,
+    };
+    let credentials = CredentialCache::new(stores.secrets.clone(), credential_ttl);
     let audit =
         AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
     let sts = Sts {
@@ -143,6 +191,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
+        vault: stores.vault,
     })
 }
 
@@ -150,6 +199,9 @@ impl App {
     /// Starts the keyring and catalogue refreshers: both re-read their source every
     /// `keys.refresh_interval` and keep the last good state on failure.
     pub fn spawn_refreshers(&self) {
+        if let Some(vault) = &self.vault {
+            vault.spawn_renewal();
+        }
         let sts = self.state.sts.clone();
         every(self.refresh_interval, move || {
             let sts = sts.clone();

@@ -24,3 +24,4 @@ pub mod signing_key;
 pub mod sts;
 pub mod token_exchange;
 pub mod trust;
+pub mod vault;

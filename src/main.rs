@@ -146,7 +146,7 @@ async fn run(command: Command) -> Result<(), StartError> {
         Command::Keys { command } => match command {
             KeysCommand::Rotate { config } => {
                 let config = load_config(&config)?;
-                let store = app::key_store(&config)?;
+                let store = app::stores(&config).await?.keys;
                 let (kid, state) = keys::rotate(
                     store.as_ref(),
                     config.tokens.algorithm,
@@ -165,7 +165,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             }
             KeysCommand::List { config } => {
                 let config = load_config(&config)?;
-                let store = app::key_store(&config)?;
+                let store = app::stores(&config).await?.keys;
                 let (ring, _) = store
                     .load()
                     .await

@@ -10,3 +10,4 @@ mod leaks;
 mod process;
 mod rotation;
 mod rvault;
+mod vault;

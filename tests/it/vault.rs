@@ -1,0 +1,260 @@
+//! Vault custody against a real Vault-API server (RustyVault on 127.0.0.1): keys and
+//! credentials read from Vault, token and AppRole auth, the credential gate following
+//! Vault, and failing closed while Vault is sealed or down, recovering after.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+use crate::rvault::Rvault;
+
+/// An STS whose key store and secret store are `rvault`, with `auth` lines for
+/// `[vault]`; `max_stale` 2 s so the tests see staleness quickly.
+async fn vault_sts(vault: &Rvault, issuers: &Issuers, auth: &str) -> TestSts {
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{auth}\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
+        vault.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    let text = config_toml(dir.path(), &issuers.specs(), &extra)
+        .replace("store = \"file\"", "store = \"vault\"");
+    let config_path = dir.path().join("agent-sts.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    std::fs::write(dir.path().join("root-token"), &vault.root_token).unwrap();
+    let env = std::collections::BTreeMap::new();
+    let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+    // `keys rotate` against Vault: the keyring is created there.
+    let stores = agent_sts::app::stores(&config).await.unwrap();
+    agent_sts::keys::rotate(
+        stores.keys.as_ref(),
+        config.tokens.algorithm,
+        now(),
+        config.keys.publish_lead,
+        config.tokens.max_ttl,
+    )
+    .await
+    .unwrap();
+    let app = agent_sts::app::build(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = app.serve(listener, None).await;
+    });
+    TestSts {
+        url,
+        dir,
+        config_path,
+        client: reqwest::Client::new(),
+    }
+}
+
+async fn plant_credentials(vault: &Rvault) {
+    vault
+        .write(
+            "integrations/github",
+            json!({"header": "Authorization", "value": CANARY_CREDENTIAL}),
+        )
+        .await;
+    vault
+        .write(
+            "integrations/slack",
+            json!({"header": "Authorization", "value": "Bearer xoxb-CANARY-slack-0123456789"}),
+        )
+        .await;
+}
+
+fn token_file_auth(dir_hint: &Rvault) -> String {
+    let path = dir_hint.dir().join("root-token");
+    std::fs::write(&path, &dir_hint.root_token).unwrap();
+    format!("auth = \"token\"\ntoken_file = \"{}\"", path.display())
+}
+
+/// Polls `f` every 100 ms for up to `secs` seconds until it is true.
+async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 10 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_mints_with_a_vault_key_verified_via_jwks_and_the_gate_follows_vault() {
+    let vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+
+    // The keyring lives in Vault, not on disk.
+    let ring = vault
+        .read("agent-sts/signing-keys")
+        .await
+        .expect("keyring written to Vault");
+    assert_eq!(ring["keys"].as_array().unwrap().len(), 1);
+    assert!(!sts.dir.path().join("keys/signing-keys.json").exists());
+
+    let subject = issuers.k8s_token("triage");
+    let r = sts.exchange_for(&subject, "github.issues.create").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let claims = verify_independently(&sts.url, &r.token(), "https://github-shim.internal").await;
+    assert_eq!(claims["scope"], "github.issues.create");
+    assert!(!r.text.contains(CANARY_CREDENTIAL));
+
+    // Missing in Vault → no token.
+    sts.exchange_for(&subject, "disabled.thing")
+        .await
+        .assert_error(400, "invalid_scope", &[]);
+
+    // Disabled at the source: refused once the cache entry expires (≤ max_stale).
+    vault
+        .write(
+            "integrations/github",
+            json!({"header": "Authorization", "value": CANARY_CREDENTIAL, "disabled": true}),
+        )
+        .await;
+    let refused = eventually(5, || async {
+        sts.exchange_for(&subject, "github.issues.create")
+            .await
+            .error()
+            == "invalid_scope"
+    })
+    .await;
+    assert!(
+        refused,
+        "disabling the credential in Vault did not stop new tokens"
+    );
+    // A credential without `value` is refused, not a crash.
+    vault
+        .write("integrations/slack", json!({"header": "Authorization"}))
+        .await;
+    let refused = eventually(5, || async {
+        sts.exchange_for(&subject, "slack.message.post")
+            .await
+            .status
+            != 200
+    })
+    .await;
+    assert!(refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_login_works_and_a_bad_token_fails_closed() {
+    let vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let (role_id, secret_id) = vault.enable_approle("agent-sts").await;
+    let dir = vault.dir();
+    std::fs::write(dir.join("role-id"), &role_id).unwrap();
+    std::fs::write(dir.join("secret-id"), &secret_id).unwrap();
+    let issuers = Issuers::start().await;
+    // Keys are bootstrapped with the root token (ops), the STS reads with AppRole.
+    let approle = format!(
+        "auth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"",
+        dir.join("role-id").display(),
+        dir.join("secret-id").display()
+    );
+    let sts = vault_sts(&vault, &issuers, &approle).await;
+    let r = sts
+        .exchange_for(&issuers.k8s_token("triage"), "github.issues.create")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A bad token: every request fails closed, quickly, with 503 and Retry-After.
+    let bad = vault.dir().join("bad-token");
+    std::fs::write(&bad, "not-a-valid-token").unwrap();
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"token\"\ntoken_file = \"{}\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
+        vault.addr,
+        bad.display()
+    );
+    let bad_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(bad_dir.path().join("scopes")).unwrap();
+    std::fs::write(bad_dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    let text = config_toml(bad_dir.path(), &issuers.specs(), &extra)
+        .replace("store = \"file\"", "store = \"vault\"");
+    let path = bad_dir.path().join("agent-sts.toml");
+    std::fs::write(&path, text).unwrap();
+    let config =
+        agent_sts::config::Config::load(&path, &std::collections::BTreeMap::new()).unwrap();
+    let app = agent_sts::app::build(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = app.serve(listener, None).await;
+    });
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = post_form(
+            &format!("{url}/token"),
+            exchange_form(&issuers.k8s_token("triage"), "github.issues.create"),
+        )
+        .await;
+        r.assert_error(503, "temporarily_unavailable", &["not-a-valid-token"]);
+        assert!(r.headers.contains_key("retry-after"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not inside the deadline"
+        );
+    }
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_or_dead_vault_means_503_then_recovery() {
+    let mut vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+    let token = || issuers.k8s_token("triage");
+    let r = sts.exchange_for(&token(), "github.issues.create").await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    for outage in ["seal", "kill"] {
+        match outage {
+            "seal" => vault.seal().await,
+            _ => vault.kill(),
+        }
+        let down = eventually(8, || async {
+            let r = sts.exchange_for(&token(), "github.issues.create").await;
+            r.status == 503 && r.headers.contains_key("retry-after")
+        })
+        .await;
+        assert!(
+            down,
+            "{outage}: no 503 once keys and credentials went stale"
+        );
+        assert_eq!(
+            sts.get("/healthz").await.status,
+            200,
+            "{outage}: liveness stays up"
+        );
+        assert_eq!(
+            sts.get("/.well-known/jwks.json").await.status,
+            200,
+            "{outage}: JWKS stays up"
+        );
+        assert_eq!(sts.get("/readyz").await.status, 503, "{outage}: not ready");
+
+        match outage {
+            "seal" => vault.unseal().await,
+            _ => vault.restart().await,
+        }
+        let back = eventually(8, || async {
+            sts.exchange_for(&token(), "github.issues.create")
+                .await
+                .status
+                == 200
+        })
+        .await;
+        assert!(back, "{outage}: did not recover");
+    }
+}
