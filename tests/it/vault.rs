@@ -258,3 +258,102 @@ async fn sealed_or_dead_vault_means_503_then_recovery() {
         assert!(back, "{outage}: did not recover");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
+    use crate::process::{ServeProcess, run, text};
+    let vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let (role_id, secret_id) = vault.enable_approle("agent-sts").await;
+    let issuers = Issuers::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    std::fs::write(dir.path().join("role-id"), &role_id).unwrap();
+    std::fs::write(dir.path().join("secret-id"), &secret_id).unwrap();
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
+        vault.addr,
+        d = dir.path().display()
+    );
+    let config = dir.path().join("agent-sts.toml");
+    std::fs::write(
+        &config,
+        config_toml(dir.path(), &issuers.specs(), &extra)
+            .replace("store = \"file\"", "store = \"vault\""),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let rotate = run(&["keys", "rotate", "--config", c], dir.path());
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let list = run(&["keys", "list", "--config", c], dir.path());
+    assert!(list.status.success(), "{}", text(&list.stderr));
+
+    let sts = ServeProcess::start(&config, dir.path(), "trace");
+    let subject = issuers.k8s_token("triage");
+    let url = format!("{}/token", sts.url);
+    let mut responses = String::new();
+    for scope in [
+        "github.issues.create",
+        "slack.message.post",
+        "disabled.thing",
+    ] {
+        let r = post_form(&url, exchange_form(&subject, scope)).await;
+        responses.push_str(&format!("{} {:?} {}\n", r.status, r.headers, r.text));
+    }
+    assert!(responses.contains("\"access_token\""), "{responses}");
+    vault.seal().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for _ in 0..3 {
+        let r = post_form(&url, exchange_form(&subject, "github.issues.create")).await;
+        responses.push_str(&format!("{} {:?} {}\n", r.status, r.headers, r.text));
+    }
+    assert!(responses.contains("503"), "{responses}");
+    vault.unseal().await;
+    for path in ["/metrics", "/readyz", "/.well-known/jwks.json"] {
+        let r = reqwest::get(format!("{}{path}", sts.url)).await.unwrap();
+        responses.push_str(&reply(r).await.text);
+    }
+    let (stdout, stderr) = sts.stop();
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(stderr.contains("TRACE"), "no TRACE lines captured");
+
+    let ring = vault.read("agent-sts/signing-keys").await.unwrap();
+    let pem = ring["keys"][0]["private_key"].as_str().unwrap().to_string();
+    let mut secrets: Vec<String> = vec![
+        vault.root_token.clone(),
+        secret_id.clone(),
+        role_id.clone(),
+        CANARY_CREDENTIAL.to_string(),
+        "xoxb-CANARY-slack-0123456789".to_string(),
+        subject.clone(),
+    ];
+    secrets.extend(
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 16)
+            .map(String::from),
+    );
+    let cli = format!(
+        "{}{}{}{}",
+        text(&rotate.stdout),
+        text(&rotate.stderr),
+        text(&list.stdout),
+        text(&list.stderr)
+    );
+    for (name, output) in [
+        ("responses", &responses),
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("audit log", &audit),
+        ("keys rotate/list", &cli),
+    ] {
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{name} contains a secret ({} chars starting {:?})",
+                secret.len(),
+                &secret[..6]
+            );
+        }
+    }
+}
