@@ -357,3 +357,100 @@ async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_in_vault_reaches_two_sts_processes_before_it_signs() {
+    use crate::process::{ServeProcess, run, text};
+    let vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{}\ntimeout = \"1s\"\nmax_stale = \"5s\"\n",
+        vault.addr,
+        token_file_auth(&vault)
+    );
+    let text_config = config_toml(dir.path(), &issuers.specs(), &extra)
+        .replace("store = \"file\"", "store = \"vault\"")
+        .replace("refresh_interval = \"1s\"", "refresh_interval = \"300ms\"")
+        .replace("publish_lead = \"10m\"", "publish_lead = \"4s\"")
+        .replace("jwks_max_age = \"5m\"", "jwks_max_age = \"1s\"");
+    let config = dir.path().join("agent-sts.toml");
+    std::fs::write(&config, text_config).unwrap();
+    let c = config.to_str().unwrap();
+    assert!(
+        run(&["keys", "rotate", "--config", c], dir.path())
+            .status
+            .success()
+    );
+
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = ServeProcess::start(&config, &dir_a, "info");
+    let b = ServeProcess::start(&config, &dir_b, "info");
+    let kid_of = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let mint = |url: String| {
+        let subject = issuers.k8s_token("triage");
+        async move {
+            let r = post_form(
+                &format!("{url}/token"),
+                exchange_form(&subject, "docs.read"),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.token()
+        }
+    };
+    let old_kid = kid_of(&mint(a.url.clone()).await);
+
+    let rotated = run(&["keys", "rotate", "--config", c], dir.path());
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let new_kid = text(&rotated.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_ne!(new_kid, old_kid);
+
+    // Every replica publishes the new kid while the old one still signs.
+    let published = |url: String, kid: String| async move {
+        let jwks = reqwest::get(format!("{url}/.well-known/jwks.json"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        jwks.contains(&kid)
+    };
+    for sts in [&a, &b] {
+        let seen = eventually(3, || published(sts.url.clone(), new_kid.clone())).await;
+        assert!(seen, "{} did not publish the new kid within 3 s", sts.url);
+        assert_eq!(
+            kid_of(&mint(sts.url.clone()).await),
+            old_kid,
+            "signed before the lead time"
+        );
+    }
+    // After the lead time both sign with it, and each token verifies through the other
+    // replica's JWKS (the retiring key stays published there too).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (signer, verifier) in [(&a, &b), (&b, &a)] {
+        let token = mint(signer.url.clone()).await;
+        assert_eq!(kid_of(&token), new_kid);
+        verify_independently(&verifier.url, &token, "https://docs.internal").await;
+        let jwks = reqwest::get(format!("{}/.well-known/jwks.json", verifier.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            jwks.contains(&old_kid),
+            "the retiring key left too early: {jwks}"
+        );
+    }
+    drop((a, b));
+}
