@@ -11,3 +11,4 @@ mod process;
 mod rotation;
 mod rvault;
 mod vault;
+mod vault_recorded;
