@@ -549,16 +549,14 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     )?;
     let publish_lead = c.duration("keys.publish_lead", raw.keys.publish_lead.as_deref(), "10m")?;
     let jwks_max_age = c.duration("keys.jwks_max_age", raw.keys.jwks_max_age.as_deref(), "5m")?;
-    if jwks_max_age > publish_lead {
+    // A new key reaches every replica's JWKS within `refresh_interval` of being
+    // written, and a verifier may hold a JWKS fetched just before that for
+    // `jwks_max_age`: both must fit in the lead, or a kid could sign before a verifier
+    // could know it.
+    if jwks_max_age + refresh_interval > publish_lead {
         return Err(c.err(
-            "keys.jwks_max_age",
-            "must not exceed keys.publish_lead (a verifier's cached JWKS must list a key before it signs)",
-        ));
-    }
-    if refresh_interval >= publish_lead {
-        return Err(c.err(
-            "keys.refresh_interval",
-            "must be shorter than keys.publish_lead (every replica must load a key before it signs)",
+            "keys.publish_lead",
+            "must be at least keys.jwks_max_age + keys.refresh_interval (every verifier must see a key before it signs)",
         ));
     }
 
@@ -926,7 +924,12 @@ path = "audit.log"
         );
         assert!(err(&own).contains("trust[0].issuer"));
         let lead = MINIMAL.replace("[[trust]]", "[keys]\npublish_lead = \"1m\"\n[[trust]]");
-        assert!(err(&lead).contains("keys.jwks_max_age"));
+        assert!(err(&lead).contains("keys.publish_lead"));
+        let tight = MINIMAL.replace(
+            "[[trust]]",
+            "[keys]\npublish_lead = \"5m\"\njwks_max_age = \"5m\"\nrefresh_interval = \"1s\"\n[[trust]]",
+        );
+        assert!(err(&tight).contains("keys.publish_lead"));
         let vault = MINIMAL.replace("[[trust]]", "[secrets]\nstore = \"vault\"\n[[trust]]");
         assert!(err(&vault).contains("vault"));
     }

@@ -12,8 +12,10 @@
 //!   `keys rotate`.
 //!
 //! `keys rotate` adds a key with `activates_at = now + publish_lead` (or `now` on an
-//! empty ring), so a verifier caching the JWKS for `jwks_max_age <= publish_lead`
-//! always knows a kid before it signs (SECURITY.md property 6).
+//! empty ring). Every replica publishes it within `refresh_interval`, and a verifier
+//! caches the JWKS for at most `jwks_max_age`; configuration requires
+//! `jwks_max_age + refresh_interval <= publish_lead`, so a verifier always knows a kid
+//! before it signs (SECURITY.md property 6).
 //!
 //! The running STS re-reads the store every `refresh_interval`. A new ring is accepted
 //! only when every key in it parses and passes its self-test; otherwise the last good
@@ -519,7 +521,8 @@ pub async fn rotate(
     let (activates_at, state) = if ring.keys.is_empty() {
         (now, KeyState::Active)
     } else {
-        (now + publish_lead.as_secs(), KeyState::Next)
+        // `now` is truncated to the second: one more second keeps the full lead.
+        (now + publish_lead.as_secs() + 1, KeyState::Next)
     };
     let kid = key.kid.clone();
     ring.keys.push(StoredKey {
@@ -583,9 +586,10 @@ mod tests {
         let jwks = ring.jwks(1100).to_string();
         assert!(jwks.contains(&second) && jwks.contains(&first));
         assert_eq!(ring.signer(1100).unwrap().key.kid, first);
-        assert_eq!(ring.signer(1700).unwrap().key.kid, second);
+        assert_eq!(ring.signer(1700).unwrap().key.kid, first);
+        assert_eq!(ring.signer(1701).unwrap().key.kid, second);
         // The retired key leaves the JWKS once its tokens have expired.
-        let gone = 1700 + TTL.as_secs() + REMOVAL_MARGIN.as_secs();
+        let gone = 1701 + TTL.as_secs() + REMOVAL_MARGIN.as_secs();
         assert!(ring.jwks(gone - 1).to_string().contains(&first));
         assert!(!ring.jwks(gone).to_string().contains(&first));
 

@@ -63,39 +63,34 @@ impl CachingVerifier {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_rotate_under_load_with_zero_verification_failures() {
-    let issuers = Issuers::start().await;
-    let limits = "[limits]\nrate_per_second = 100000\nrate_burst = 100000\n";
-    let sts = TestSts::start(&issuers.specs(), SCOPES, limits).await;
-    // Short lifecycle for the test: rewrite [keys] timings in the written config and
-    // restart is not needed: we start a second STS from an edited config instead.
-    let text = std::fs::read_to_string(&sts.config_path)
-        .unwrap()
+/// Short key lifecycle for rotation tests.
+fn fast_lifecycle(config: String) -> String {
+    config
         .replace("refresh_interval = \"1s\"", "refresh_interval = \"300ms\"")
         .replace("publish_lead = \"10m\"", "publish_lead = \"2s\"")
-        .replace("jwks_max_age = \"5m\"", "jwks_max_age = \"1s\"");
-    std::fs::write(&sts.config_path, &text).unwrap();
-    let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
-    let app = agent_sts::app::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = app.serve(listener, None).await;
-    });
+        .replace("jwks_max_age = \"5m\"", "jwks_max_age = \"1s\"")
+        .replace(
+            "[audit]",
+            "[limits]\nrate_per_second = 100000\nrate_burst = 100000\n\n[audit]",
+        )
+}
 
+/// Mints from `url` with 6 clients for 7 s while `store` rotates twice; every token is
+/// checked by a [`CachingVerifier`]. Asserts zero failures and ≥ 2 signing kids.
+async fn rotate_under_load(
+    label: &str,
+    url: String,
+    issuers: &Issuers,
+    config_path: &std::path::Path,
+    store: &dyn agent_sts::keys::KeyStore,
+) {
+    let config = agent_sts::config::Config::load(config_path, &BTreeMap::new()).unwrap();
     let verifier = Arc::new(CachingVerifier {
         url: url.clone(),
         cache: Mutex::new(None),
         fetches: AtomicUsize::new(0),
     });
-    let subject = issuers.k8s_token("triage");
-    let body = form(&[
-        ("grant_type", GRANT),
-        ("subject_token", &subject),
-        ("subject_token_type", JWT_TYPE),
-        ("scope", "docs.read"),
-    ]);
+    let body = exchange_form(&issuers.k8s_token("triage"), "docs.read");
     let minted = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let kids = Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
@@ -106,16 +101,16 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
         let (url, body, verifier) = (url.clone(), body.clone(), verifier.clone());
         let (minted, failures, kids) = (minted.clone(), failures.clone(), kids.clone());
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = reqwest::Client::new(); // keep-alive: one connection per worker
             while started.elapsed() < run_for {
-                let r = client
+                let sent = client
                     .post(format!("{url}/token"))
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(body.clone())
                     .send()
                     .await
                     .unwrap();
-                let r = reply(r).await;
+                let r = reply(sent).await;
                 if r.status != 200 {
                     failures
                         .lock()
@@ -131,12 +126,10 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
             }
         }));
     }
-    // Two rotations while the clients run.
-    let store = agent_sts::keys::FileKeyStore::new(sts.dir.path().join("keys"));
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         agent_sts::keys::rotate(
-            &store,
+            store,
             config.tokens.algorithm,
             now(),
             config.keys.publish_lead,
@@ -152,7 +145,7 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
     let kids = kids.lock().unwrap().clone();
     let minted = minted.load(Ordering::SeqCst);
     println!(
-        "rotation under load: {minted} tokens minted and verified, {} failures, signed by {} kids: {kids:?}, JWKS fetched {} times",
+        "rotation under load ({label}): {minted} tokens minted and verified, {} failures, signed by {} kids: {kids:?}, JWKS fetched {} times",
         failures.len(),
         kids.len(),
         verifier.fetches.load(Ordering::SeqCst)
@@ -168,4 +161,41 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
         kids.len() >= 2,
         "rotation did not happen under load: {kids:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_under_load_with_zero_verification_failures() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(&issuers.specs(), SCOPES, "").await;
+    // A second STS from the same directory with a short key lifecycle.
+    let text = fast_lifecycle(std::fs::read_to_string(&sts.config_path).unwrap());
+    std::fs::write(&sts.config_path, &text).unwrap();
+    let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
+    let app = agent_sts::app::build(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = app.serve(listener, None).await;
+    });
+    let store = agent_sts::keys::FileKeyStore::new(sts.dir.path().join("keys"));
+    rotate_under_load("file store", url, &issuers, &sts.config_path, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_keys_rotate_under_load_with_zero_verification_failures() {
+    let vault = crate::rvault::Rvault::start().await;
+    crate::vault::plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let auth = crate::vault::token_file_auth(&vault);
+    let sts = crate::vault::vault_sts_with(&vault, &issuers, &auth, fast_lifecycle).await;
+    let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
+    let stores = agent_sts::app::stores(&config).await.unwrap();
+    rotate_under_load(
+        "Vault store",
+        sts.url.clone(),
+        &issuers,
+        &sts.config_path,
+        stores.keys.as_ref(),
+    )
+    .await;
 }

@@ -12,6 +12,16 @@ use crate::rvault::Rvault;
 /// An STS whose key store and secret store are `rvault`, with `auth` lines for
 /// `[vault]`; `max_stale` 2 s so the tests see staleness quickly.
 async fn vault_sts(vault: &Rvault, issuers: &Issuers, auth: &str) -> TestSts {
+    vault_sts_with(vault, issuers, auth, |c| c).await
+}
+
+/// [`vault_sts`] with `edit` applied to the configuration text.
+pub async fn vault_sts_with(
+    vault: &Rvault,
+    issuers: &Issuers,
+    auth: &str,
+    edit: impl Fn(String) -> String,
+) -> TestSts {
     let extra = format!(
         "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{auth}\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
         vault.addr
@@ -19,11 +29,12 @@ async fn vault_sts(vault: &Rvault, issuers: &Issuers, auth: &str) -> TestSts {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    let text = config_toml(dir.path(), &issuers.specs(), &extra)
-        .replace("store = \"file\"", "store = \"vault\"");
+    let text = edit(
+        config_toml(dir.path(), &issuers.specs(), &extra)
+            .replace("store = \"file\"", "store = \"vault\""),
+    );
     let config_path = dir.path().join("agent-sts.toml");
     std::fs::write(&config_path, &text).unwrap();
-    std::fs::write(dir.path().join("root-token"), &vault.root_token).unwrap();
     let env = std::collections::BTreeMap::new();
     let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
     // `keys rotate` against Vault: the keyring is created there.
@@ -51,7 +62,7 @@ async fn vault_sts(vault: &Rvault, issuers: &Issuers, auth: &str) -> TestSts {
     }
 }
 
-async fn plant_credentials(vault: &Rvault) {
+pub async fn plant_credentials(vault: &Rvault) {
     vault
         .write(
             "integrations/github",
@@ -66,7 +77,7 @@ async fn plant_credentials(vault: &Rvault) {
         .await;
 }
 
-fn token_file_auth(dir_hint: &Rvault) -> String {
+pub fn token_file_auth(dir_hint: &Rvault) -> String {
     let path = dir_hint.dir().join("root-token");
     std::fs::write(&path, &dir_hint.root_token).unwrap();
     format!("auth = \"token\"\ntoken_file = \"{}\"", path.display())
