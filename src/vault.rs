@@ -109,6 +109,16 @@ fn read_credential(path: &Path, what: &'static str) -> Result<VaultToken, VaultE
         })
 }
 
+/// `f`, or `Unavailable` if it has not finished by `deadline`.
+async fn within<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, VaultError>>,
+) -> Result<T, VaultError> {
+    tokio::time::timeout_at(deadline.into(), f)
+        .await
+        .unwrap_or(Err(VaultError::Unavailable))
+}
+
 fn jitter(max_ms: u64) -> Duration {
     let mut b = [0u8; 2];
     let _ = aws_lc_rs::rand::fill(&mut b);
@@ -214,7 +224,8 @@ impl Vault {
         self.session.load_full().ok_or(VaultError::NoToken)
     }
 
-    /// One HTTP exchange; maps the status, parses JSON. `Ok(None)` is a 404 or 204.
+    /// One HTTP exchange; maps the status, parses JSON. `Value::Null` is a 204, or a
+    /// 404 on a read.
     async fn send(
         &self,
         method: reqwest::Method,
@@ -222,6 +233,7 @@ impl Vault {
         token: Option<&VaultToken>,
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
+        let read = method == reqwest::Method::GET;
         let mut request = self
             .http
             .request(method, format!("{}/v1/{path}", self.base))
@@ -241,7 +253,8 @@ impl Vault {
         match status {
             200..=299 if bytes.is_empty() => Ok(Value::Null),
             200..=299 => serde_json::from_slice(&bytes).map_err(|_| VaultError::Malformed),
-            404 => Ok(Value::Null),
+            // Absent on a read; on a write, Vault refused the path ("invalid path").
+            404 if read => Ok(Value::Null),
             403 => Err(VaultError::Forbidden),
             503 => Err(VaultError::Sealed),
             other => Err(VaultError::Status(other)),
@@ -259,18 +272,17 @@ impl Vault {
         let mut relogged = false;
         let mut attempt = 0u32;
         loop {
-            let session = self.session().await?;
-            let result = tokio::time::timeout_at(
-                deadline.into(),
+            let session = within(deadline, self.session()).await?;
+            let result = within(
+                deadline,
                 self.send(method.clone(), path, Some(&session.token), body),
             )
-            .await
-            .unwrap_or(Err(VaultError::Unavailable));
+            .await;
             match result {
                 Err(VaultError::Forbidden) if !relogged => {
                     relogged = true;
                     tracing::warn!("vault answered 403; logging in again once");
-                    self.login(session.generation).await?;
+                    within(deadline, self.login(session.generation)).await?;
                 }
                 Err(e) if e.retryable() && attempt < 3 => {
                     attempt += 1;
@@ -355,8 +367,13 @@ impl Vault {
         let vault = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let lease = vault.session.load_full().and_then(|s| s.lease);
-                let Some(lease) = lease else {
+                let Some(session) = vault.session.load_full() else {
+                    // Not logged in (startup login failed): keep trying, not hourly.
+                    tokio::time::sleep(RENEW_MIN).await;
+                    let _ = vault.login(vault.generation.load(Ordering::SeqCst)).await;
+                    continue;
+                };
+                let Some(lease) = session.lease else {
                     tokio::time::sleep(RENEW_MAX).await;
                     continue;
                 };
