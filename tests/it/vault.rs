@@ -465,3 +465,55 @@ async fn keys_rotate_in_vault_reaches_two_sts_processes_before_it_signs() {
     }
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
+    let vault = Rvault::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+    let token = || issuers.k8s_token("triage");
+    let first = sts.exchange_for(&token(), "docs.read").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let kid = jsonwebtoken::decode_header(first.token())
+        .unwrap()
+        .kid
+        .unwrap();
+    let good = vault.read("agent-sts/signing-keys").await.unwrap();
+
+    // A key whose stored public part belongs to another key, then plain garbage.
+    let mut mismatched = good.clone();
+    let other =
+        agent_sts::signing_key::SigningKey::generate(agent_sts::config::SigningAlgorithm::ES256)
+            .unwrap()
+            .0;
+    mismatched["keys"][0]["public_jwk"] = other.public_jwk.clone();
+    for bad in [mismatched, json!({"keys": "not a list"})] {
+        vault.write("agent-sts/signing-keys", bad).await;
+        let noticed = eventually(5, || async {
+            let ready = sts.get("/readyz").await.json();
+            ready["checks"]["keyring"]
+                .as_str()
+                .is_some_and(|k| k != "ok")
+        })
+        .await;
+        assert!(noticed, "/readyz does not report the malformed keyring");
+        let r = sts.exchange_for(&token(), "docs.read").await;
+        assert_eq!(r.status, 200, "the last good ring must keep signing: {r:?}");
+        assert_eq!(
+            jsonwebtoken::decode_header(r.token()).unwrap().kid.unwrap(),
+            kid
+        );
+        let metrics = sts.get("/metrics").await.text;
+        assert!(
+            !metrics.contains("agent_sts_keyring_refresh_failures_total 0"),
+            "{metrics}"
+        );
+    }
+    vault.write("agent-sts/signing-keys", good).await;
+    let healed = eventually(5, || async {
+        sts.get("/readyz").await.json()["checks"]["keyring"] == "ok"
+    })
+    .await;
+    assert!(healed);
+}
