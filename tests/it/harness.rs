@@ -396,11 +396,18 @@ impl TestSts {
             config_toml_with(dir.path(), trusts, extra_config, tweaks),
         )
         .unwrap();
+        TestSts::serve(dir, config_path).await
+    }
+
+    /// Serves the configuration at `config_path` (kept in `dir`) in-process on
+    /// 127.0.0.1:0, after `keys rotate` bootstraps a key in its key store (file or
+    /// Vault).
+    pub async fn serve(dir: tempfile::TempDir, config_path: PathBuf) -> TestSts {
         let env = std::collections::BTreeMap::new();
         let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
-        let store = agent_sts::keys::FileKeyStore::new(dir.path().join("keys"));
+        let stores = agent_sts::app::stores(&config).await.unwrap();
         agent_sts::keys::rotate(
-            &store,
+            stores.keys.as_ref(),
             config.tokens.algorithm,
             now(),
             config.keys.publish_lead,

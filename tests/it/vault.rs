@@ -35,31 +35,8 @@ pub async fn vault_sts_with(
     );
     let config_path = dir.path().join("agent-sts.toml");
     std::fs::write(&config_path, &text).unwrap();
-    let env = std::collections::BTreeMap::new();
-    let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
-    // `keys rotate` against Vault: the keyring is created there.
-    let stores = agent_sts::app::stores(&config).await.unwrap();
-    agent_sts::keys::rotate(
-        stores.keys.as_ref(),
-        config.tokens.algorithm,
-        now(),
-        config.keys.publish_lead,
-        config.tokens.max_ttl,
-    )
-    .await
-    .unwrap();
-    let app = agent_sts::app::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = app.serve(listener, None).await;
-    });
-    TestSts {
-        url,
-        dir,
-        config_path,
-        client: reqwest::Client::new(),
-    }
+    // `keys rotate` against Vault creates the keyring there.
+    TestSts::serve(dir, config_path).await
 }
 
 pub async fn plant_credentials(vault: &Rvault) {
@@ -447,10 +424,18 @@ async fn keys_rotate_in_vault_reaches_two_sts_processes_before_it_signs() {
     }
     // After the lead time both sign with it, and each token verifies through the other
     // replica's JWKS (the retiring key stays published there too).
-    tokio::time::sleep(Duration::from_secs(4)).await;
     for (signer, verifier) in [(&a, &b), (&b, &a)] {
-        let token = mint(signer.url.clone()).await;
-        assert_eq!(kid_of(&token), new_kid);
+        let mut token = String::new();
+        let mut switched = false;
+        for _ in 0..80 {
+            token = mint(signer.url.clone()).await;
+            if kid_of(&token) == new_kid {
+                switched = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(switched, "{} never signed with the new kid", signer.url);
         verify_independently(&verifier.url, &token, "https://docs.internal").await;
         let jwks = reqwest::get(format!("{}/.well-known/jwks.json", verifier.url))
             .await

@@ -1028,13 +1028,21 @@ async fn failed_renewal_logs_in_again() {
     assert_eq!(renews.len(), 1);
     assert_eq!(renews[0].token.as_deref(), Some(CLIENT_TOKEN));
 
-    vault.kv_read("a").await.unwrap().unwrap();
-    let reads = fake.requests_to("/v1/secret/data/a");
-    assert_eq!(
-        reads[0].token.as_deref(),
-        Some(CLIENT_TOKEN_2),
-        "the new token"
-    );
+    // The login request has arrived; its answer may still be on the way back:
+    // poll (bounded) until reads carry the new token.
+    let mut latest = None;
+    for _ in 0..40 {
+        vault.kv_read("a").await.unwrap().unwrap();
+        latest = fake
+            .requests_to("/v1/secret/data/a")
+            .last()
+            .and_then(|r| r.token.clone());
+        if latest.as_deref() == Some(CLIENT_TOKEN_2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(latest.as_deref(), Some(CLIENT_TOKEN_2), "the new token");
 }
 
 #[tokio::test]
