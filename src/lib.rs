@@ -25,3 +25,4 @@ pub mod sts;
 pub mod token_exchange;
 pub mod trust;
 pub mod vault;
+pub mod verifier;

@@ -99,6 +99,10 @@ pub struct VerifiedToken {
     pub expires_at: u64,
     /// The trust's `spiffe_trust_domains`.
     pub spiffe_domains: Arc<[String]>,
+    /// The header's `typ`, if any.
+    pub typ: Option<String>,
+    /// Every claim, as verified (for callers that need more than `sub` and `exp`).
+    pub claims: serde_json::Map<String, Value>,
 }
 
 /// Longest `sub` accepted.
@@ -329,6 +333,8 @@ impl TrustStore {
             subject: checked.subject,
             expires_at: checked.expires_at,
             spiffe_domains: issuer.spiffe_domains.clone(),
+            typ: header.typ,
+            claims,
         })
     }
 

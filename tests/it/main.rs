@@ -12,3 +12,4 @@ mod rotation;
 mod rvault;
 mod vault;
 mod vault_recorded;
+mod verifier;
