@@ -364,6 +364,25 @@ pub struct LimitsConfig {
     pub jwks_refetch_cooldown: Duration,
 }
 
+/// The `[limits]` defaults (README, configuration table): one source for the
+/// configuration and the verifier library.
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 * 1024,
+            max_token_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(5),
+            max_concurrency: 1024,
+            rate_per_second: 100,
+            rate_burst: 200,
+            subject_cache_capacity: 100_000,
+            jwks_fetch_timeout: Duration::from_secs(3),
+            jwks_max_bytes: 256 * 1024,
+            jwks_refetch_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -455,6 +474,19 @@ impl Check<'_> {
             file: self.file.to_string(),
             key: key.to_string(),
             message: message.into(),
+        }
+    }
+
+    /// `value` parsed, or `default` when absent.
+    fn duration_or(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(text) => self.duration(key, Some(text), ""),
+            None => Ok(default),
         }
     }
 
@@ -682,51 +714,64 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     };
 
     // [limits]
-    let l = raw.limits;
+    let (l, d) = (raw.limits, LimitsConfig::default());
     let limits = LimitsConfig {
         max_body_bytes: c.positive(
             "limits.max_body_bytes",
             l.max_body_bytes,
-            64 * 1024,
+            d.max_body_bytes as i64,
             1 << 20,
         )? as usize,
         max_token_bytes: c.positive(
             "limits.max_token_bytes",
             l.max_token_bytes,
-            16 * 1024,
+            d.max_token_bytes as i64,
             64 * 1024,
         )? as usize,
-        request_timeout: c.duration(
+        request_timeout: c.duration_or(
             "limits.request_timeout",
             l.request_timeout.as_deref(),
-            "5s",
+            d.request_timeout,
         )?,
-        max_concurrency: c.positive("limits.max_concurrency", l.max_concurrency, 1024, 1 << 20)?
-            as usize,
-        rate_per_second: c.positive("limits.rate_per_second", l.rate_per_second, 100, 1_000_000)?
-            as u32,
-        rate_burst: c.positive("limits.rate_burst", l.rate_burst, 200, 1_000_000)? as u32,
+        max_concurrency: c.positive(
+            "limits.max_concurrency",
+            l.max_concurrency,
+            d.max_concurrency as i64,
+            1 << 20,
+        )? as usize,
+        rate_per_second: c.positive(
+            "limits.rate_per_second",
+            l.rate_per_second,
+            d.rate_per_second.into(),
+            1_000_000,
+        )? as u32,
+        rate_burst: c.positive(
+            "limits.rate_burst",
+            l.rate_burst,
+            d.rate_burst.into(),
+            1_000_000,
+        )? as u32,
         subject_cache_capacity: c.positive(
             "limits.subject_cache_capacity",
             l.subject_cache_capacity,
-            100_000,
+            d.subject_cache_capacity as i64,
             10_000_000,
         )? as u64,
-        jwks_fetch_timeout: c.duration(
+        jwks_fetch_timeout: c.duration_or(
             "limits.jwks_fetch_timeout",
             l.jwks_fetch_timeout.as_deref(),
-            "3s",
+            d.jwks_fetch_timeout,
         )?,
         jwks_max_bytes: c.positive(
             "limits.jwks_max_bytes",
             l.jwks_max_bytes,
-            256 * 1024,
+            d.jwks_max_bytes as i64,
             4 << 20,
         )? as usize,
-        jwks_refetch_cooldown: c.duration(
+        jwks_refetch_cooldown: c.duration_or(
             "limits.jwks_refetch_cooldown",
             l.jwks_refetch_cooldown.as_deref(),
-            "30s",
+            d.jwks_refetch_cooldown,
         )?,
     };
 
@@ -757,7 +802,13 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
 }
 
 fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(uri).map_err(|_| c.err(key, "not a URL"))?;
+    parse_jwks_uri(uri).map_err(|problem| c.err(key, problem))
+}
+
+/// The rule for a JWKS URL, for the STS's trusts and the verifier library alike:
+/// https (plain http only for a loopback host), no credentials in it.
+pub fn parse_jwks_uri(uri: &str) -> Result<reqwest::Url, &'static str> {
+    let url = reqwest::Url::parse(uri).map_err(|_| "not a URL")?;
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -767,10 +818,10 @@ fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, Co
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
-        _ => return Err(c.err(key, "must be https (plain http only for a loopback host)")),
+        _ => return Err("must be https (plain http only for a loopback host)"),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(c.err(key, "must not carry credentials"));
+        return Err("must not carry credentials");
     }
     Ok(url)
 }

@@ -73,6 +73,14 @@ pub struct StoredRing {
     pub keys: Vec<StoredKey>,
 }
 
+impl StoredRing {
+    /// Each stored key's state at `now` (see [`key_states`]).
+    pub fn states(&self, now: u64, max_ttl: Duration) -> Vec<KeyState> {
+        let activations: Vec<u64> = self.keys.iter().map(|k| k.activates_at).collect();
+        key_states(&activations, now, max_ttl)
+    }
+}
+
 /// An opaque version of what a store holds, for check-and-set writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreVersion(pub String);
@@ -374,11 +382,7 @@ impl Keyring {
 
     async fn read_ring(&self, now: u64) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
         let (ring, _) = self.store.load().await?;
-        let states = key_states(
-            &ring.keys.iter().map(|k| k.activates_at).collect::<Vec<_>>(),
-            now,
-            self.max_ttl,
-        );
+        let states = ring.states(now, self.max_ttl);
         let known = self.current.load();
         let mut keys: Vec<Arc<LoadedKey>> = Vec::new();
         for (stored, state) in ring.keys.iter().zip(states) {
@@ -475,11 +479,7 @@ pub struct KeyListing {
 
 /// States of every stored key at `now` (no key material).
 pub fn list(ring: &StoredRing, now: u64, max_ttl: Duration) -> Vec<KeyListing> {
-    let states = key_states(
-        &ring.keys.iter().map(|k| k.activates_at).collect::<Vec<_>>(),
-        now,
-        max_ttl,
-    );
+    let states = ring.states(now, max_ttl);
     let mut rows: Vec<KeyListing> = ring
         .keys
         .iter()
@@ -506,11 +506,7 @@ pub async fn rotate(
     max_ttl: Duration,
 ) -> Result<(String, KeyState), KeyringError> {
     let (mut ring, version) = store.load().await?;
-    let states = key_states(
-        &ring.keys.iter().map(|k| k.activates_at).collect::<Vec<_>>(),
-        now,
-        max_ttl,
-    );
+    let states = ring.states(now, max_ttl);
     let mut states = states.into_iter();
     ring.keys
         .retain(|_| states.next() != Some(KeyState::Removed));

@@ -29,7 +29,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{IssuerAlgorithm, JwksSource, LimitsConfig, MAX_TOKEN_TTL, TrustConfig};
+use crate::config::{
+    IssuerAlgorithm, JwksSource, LimitsConfig, MAX_TOKEN_TTL, TrustConfig, parse_jwks_uri,
+};
 use crate::metrics::Metrics;
 use crate::mint::Actor;
 use crate::secret::SubjectToken;
@@ -84,15 +86,7 @@ impl Verifier {
     /// A verifier accepting tokens from `issuer` (the STS) for `audience` (this
     /// service), with keys from `jwks_uri` (https, or http on loopback).
     pub fn new(issuer: &str, audience: &str, jwks_uri: &str) -> Result<Verifier, VerifierError> {
-        let url = reqwest::Url::parse(jwks_uri).map_err(|_| VerifierError::JwksUri("not a URL"))?;
-        let loopback = url
-            .host_str()
-            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-            return Err(VerifierError::JwksUri(
-                "must be https (plain http only on loopback)",
-            ));
-        }
+        let url = parse_jwks_uri(jwks_uri).map_err(VerifierError::JwksUri)?;
         let trust = TrustConfig {
             name: "sts".into(),
             issuer: issuer.to_string(),
@@ -104,18 +98,7 @@ impl Verifier {
             jwks_refresh: Duration::from_secs(300),
             jwks_max_stale: Duration::from_secs(3600),
         };
-        let limits = LimitsConfig {
-            max_body_bytes: 64 * 1024,
-            max_token_bytes: 16 * 1024,
-            request_timeout: Duration::from_secs(5),
-            max_concurrency: 1024,
-            rate_per_second: 1,
-            rate_burst: 1,
-            subject_cache_capacity: 100_000,
-            jwks_fetch_timeout: Duration::from_secs(3),
-            jwks_max_bytes: 256 * 1024,
-            jwks_refetch_cooldown: Duration::from_secs(30),
-        };
+        let limits = LimitsConfig::default();
         // The expected audience stands where the STS puts its own issuer.
         let store = TrustStore::new(&[trust], audience, &limits, Arc::new(Metrics::new()))?;
         Ok(Verifier { store })
