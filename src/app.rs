@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditLog;
 use crate::catalogue::{Catalogue, TrustDirectory};
-use crate::config::{Config, KeyStoreKind, SecretsConfig};
+use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultConfig};
 use crate::keys::{FileKeyStore, KeyStore, Keyring};
 use crate::metrics::Metrics;
 use crate::rate_limit::IdentityRateLimiter;
@@ -68,16 +68,7 @@ pub async fn stores(config: &Config) -> Result<Stores, StartError> {
     let uses_vault = matches!(config.keys.store, KeyStoreKind::Vault { .. })
         || matches!(config.secrets, SecretsConfig::Vault);
     let vault = match (&config.vault, uses_vault) {
-        (Some(v), true) => {
-            let env_token = std::env::var("VAULT_TOKEN").ok().map(VaultToken::new);
-            let vault = Arc::new(
-                Vault::new(v, env_token).map_err(|e| StartError::Runtime(format!("vault: {e}")))?,
-            );
-            if let Err(e) = vault.login(0).await {
-                tracing::error!(error = %e, "vault login at startup failed; tokens are refused until it succeeds");
-            }
-            Some(vault)
-        }
+        (Some(v), true) => Some(connect_vault(v).await?),
         _ => None,
     };
     let keys: Arc<dyn KeyStore> = match (&config.keys.store, &vault) {
@@ -92,21 +83,47 @@ pub async fn stores(config: &Config) -> Result<Stores, StartError> {
             )));
         }
     };
-    let secrets: Arc<dyn SecretStore> = match (&config.secrets, &vault) {
-        (SecretsConfig::File { path }, _) => Arc::new(FileSecretStore::new(path)),
-        (SecretsConfig::Vault, Some(vault)) => Arc::new(VaultSecretStore::new(vault.clone())),
-        (SecretsConfig::Vault, None) => {
-            return Err(StartError::Config(format!(
-                "{}: secrets.store = \"vault\" needs [vault]",
-                config.source
-            )));
-        }
-    };
+    let secrets = secret_store(&config.secrets, vault.as_ref(), &config.source)?;
     Ok(Stores {
         keys,
         secrets,
         vault,
     })
+}
+
+/// A Vault client for `v`, logged in once (a failed login is logged, not fatal).
+pub async fn connect_vault(v: &VaultConfig) -> Result<Arc<Vault>, StartError> {
+    let env_token = std::env::var("VAULT_TOKEN").ok().map(VaultToken::new);
+    let vault =
+        Arc::new(Vault::new(v, env_token).map_err(|e| StartError::Runtime(format!("vault: {e}")))?);
+    if let Err(e) = vault.login(0).await {
+        tracing::error!(error = %e, "vault login at startup failed; requests needing Vault are refused until it succeeds");
+    }
+    Ok(vault)
+}
+
+/// The configured secret store (the STS's credential gate, the shim's injection).
+pub fn secret_store(
+    secrets: &SecretsConfig,
+    vault: Option<&Arc<Vault>>,
+    source: &str,
+) -> Result<Arc<dyn SecretStore>, StartError> {
+    match (secrets, vault) {
+        (SecretsConfig::File { path }, _) => Ok(Arc::new(FileSecretStore::new(path))),
+        (SecretsConfig::Vault, Some(vault)) => Ok(Arc::new(VaultSecretStore::new(vault.clone()))),
+        (SecretsConfig::Vault, None) => Err(StartError::Config(format!(
+            "{source}: secrets.store = \"vault\" needs [vault]"
+        ))),
+    }
+}
+
+/// How long credentials are served from memory: at most 30 s, and with Vault at most
+/// `vault.max_stale`.
+pub fn credential_ttl(secrets: &SecretsConfig, vault: Option<&VaultConfig>) -> std::time::Duration {
+    match (secrets, vault) {
+        (SecretsConfig::Vault, Some(v)) => v.max_stale.min(CREDENTIAL_CACHE_TTL),
+        _ => CREDENTIAL_CACHE_TTL,
+    }
 }
 
 /// A built STS, ready to serve.
@@ -154,11 +171,8 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         Ok(n) => tracing::info!(keys = n, "keyring loaded"),
         Err(e) => tracing::error!(error = %e, "keyring unreadable: not ready"),
     }
-    let credential_ttl = match (&config.secrets, &config.vault) {
-        (SecretsConfig::Vault, Some(v)) => v.max_stale.min(CREDENTIAL_CACHE_TTL),
-        _ => CREDENTIAL_CACHE_TTL,
-    };
-    let credentials = CredentialCache::new(stores.secrets.clone(), credential_ttl);
+    let ttl = credential_ttl(&config.secrets, config.vault.as_ref());
+    let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let audit =
         AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
     let sts = Sts {
@@ -253,7 +267,7 @@ impl App {
 
 /// Runs `task` every `interval` (first run one interval from now), forever; a slow
 /// run delays the next instead of piling up.
-fn every<F, Fut>(interval: std::time::Duration, task: F)
+pub fn every<F, Fut>(interval: std::time::Duration, task: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -269,7 +283,7 @@ where
     });
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

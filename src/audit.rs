@@ -180,6 +180,36 @@ impl<'a> Decision<'a> {
     }
 }
 
+/// A shim's record of one request: proxied (allowed) or refused. Absent values
+/// serialize as `null`, so every line of a shim has the same fields in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProxiedCall<'a> {
+    /// When the call ended (the response was ready to leave), RFC 3339 UTC.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    /// The shim's audience: which shim wrote the line.
+    pub shim: &'a str,
+    /// `sub` of the access token.
+    pub subject: Option<&'a str>,
+    /// `act.sub`, when delegated.
+    pub actor: Option<&'a str>,
+    /// `scope`: the action.
+    pub action: Option<&'a str>,
+    /// `jti` of the access token.
+    pub jti: Option<&'a str>,
+    pub method: &'a str,
+    /// The matched `[action.request]` path template (never the raw path).
+    pub path: Option<&'a str>,
+    /// Proxied or refused.
+    pub decision: Outcome,
+    /// A fixed reason code such as `proxied` or `insufficient_scope`.
+    pub reason: &'a str,
+    /// The upstream's HTTP status, when it answered.
+    pub upstream_status: Option<u16>,
+    /// Credential bytes removed from the response headers and body.
+    pub bytes_scrubbed: u64,
+}
+
 fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     // humantime panics on a time before the epoch and fails (which serde_json turns
     // into a panic) after year 9999: check the range first.
@@ -266,6 +296,14 @@ impl AuditLog {
     /// fields, none of them `seq` or `prev`, strings that serde_json escapes). This is
     /// the token endpoint's hot path.
     pub fn append_decision(&self, record: &Decision<'_>) -> Result<(), AuditError> {
+        let mut encoded = Encoded::new(record, |_| Ok(true))?;
+        let mut chain = self.chain.lock().map_err(|_| AuditError::Poisoned)?;
+        chain.commit(&mut encoded, &self.path)
+    }
+
+    /// Appends a shim's [`ProxiedCall`] record: like [`AuditLog::append_decision`], the
+    /// shape is fixed here, so the serialized record is not re-read.
+    pub fn append_call(&self, record: &ProxiedCall<'_>) -> Result<(), AuditError> {
         let mut encoded = Encoded::new(record, |_| Ok(true))?;
         let mut chain = self.chain.lock().map_err(|_| AuditError::Poisoned)?;
         chain.commit(&mut encoded, &self.path)
@@ -805,6 +843,34 @@ mod tests {
             };
             la.append(&d).unwrap();
             lb.append_decision(&d).unwrap();
+        }
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(verify(&b).unwrap().lines, 3);
+    }
+
+    #[test]
+    fn append_call_writes_the_same_line_as_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let (la, lb) = (AuditLog::open(&a).unwrap(), AuditLog::open(&b).unwrap());
+        let quote = "x\"}\n{\"seq\":99";
+        for subject in [Some("alice"), Some(quote), None] {
+            let call = ProxiedCall {
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                shim: "https://shim.example",
+                subject,
+                actor: None,
+                action: Some("docs.read"),
+                jti: Some("j1"),
+                method: "GET",
+                path: Some("/docs/{page}"),
+                decision: Outcome::Allow,
+                reason: "proxied",
+                upstream_status: Some(200),
+                bytes_scrubbed: 7,
+            };
+            la.append(&call).unwrap();
+            lb.append_call(&call).unwrap();
         }
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert_eq!(verify(&b).unwrap().lines, 3);

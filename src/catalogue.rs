@@ -46,6 +46,8 @@ const SPIFFE_SCHEME: &str = "spiffe://";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustDirectory {
     trusts: BTreeMap<String, BTreeSet<String>>,
+    /// Accepts every trust name and SPIFFE domain: see [`TrustDirectory::any`].
+    any: bool,
 }
 
 impl TrustDirectory {
@@ -56,19 +58,35 @@ impl TrustDirectory {
         for (name, domains) in trusts {
             map.entry(name).or_default().extend(domains);
         }
-        Self { trusts: map }
+        Self {
+            trusts: map,
+            any: false,
+        }
+    }
+
+    /// The directory of a process that does not decide entitlement: the shim reads the
+    /// catalogue only for each action's audience, request shape and credential (the STS
+    /// checked `agents` and `subjects` when it minted the token), so it accepts any
+    /// trust name and SPIFFE domain and needs no `[[trust]]` configuration.
+    pub fn any() -> Self {
+        Self {
+            trusts: BTreeMap::new(),
+            any: true,
+        }
     }
 
     /// Whether a trust of this name is configured.
     pub fn knows(&self, trust: &str) -> bool {
-        self.trusts.contains_key(trust)
+        self.any || self.trusts.contains_key(trust)
     }
 
     /// Whether at least one configured trust lists this SPIFFE trust domain.
     pub fn speaks_for(&self, spiffe_domain: &str) -> bool {
-        self.trusts
-            .values()
-            .any(|domains| domains.contains(spiffe_domain))
+        self.any
+            || self
+                .trusts
+                .values()
+                .any(|domains| domains.contains(spiffe_domain))
     }
 
     /// Configured trust names, sorted.

@@ -45,10 +45,14 @@ impl Environment for BTreeMap<String, String> {
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "AGENT_STS_";
 
-/// Sections an environment variable may override (`[[trust]]` is a list and cannot be).
+/// Sections an environment variable may override in the STS configuration
+/// (`[[trust]]` is a list and cannot be).
 const ENV_SECTIONS: &[&str] = &[
     "server", "tokens", "keys", "secrets", "vault", "audit", "limits",
 ];
+
+/// Sections an environment variable may override in the shim configuration.
+const SHIM_ENV_SECTIONS: &[&str] = &["shim", "secrets", "vault", "audit", "limits"];
 
 /// A configuration error: always names where (file or variable) and which key.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,37 @@ struct RawLimits {
     jwks_fetch_timeout: Option<String>,
     jwks_max_bytes: Option<i64>,
     jwks_refetch_cooldown: Option<String>,
+}
+
+/// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShimConfig {
+    shim: RawShim,
+    #[serde(default)]
+    secrets: RawSecrets,
+    vault: Option<RawVault>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShim {
+    listen: Option<String>,
+    audience: String,
+    upstream: String,
+    issuer: String,
+    jwks_uri: String,
+    scopes_dir: Option<String>,
+    upstream_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    max_request_bytes: Option<i64>,
+    max_response_bytes: Option<i64>,
+    max_header_bytes: Option<i64>,
+    refresh_interval: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -383,6 +418,44 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The validated shim configuration (`agent-sts shim --config FILE`).
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// Where it came from, for messages.
+    pub source: String,
+    pub shim: ShimSection,
+    pub secrets: SecretsConfig,
+    pub vault: Option<VaultConfig>,
+    pub audit: AuditConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[shim]`: DESIGN.md's keys, plus the timeouts and size caps the README documents.
+#[derive(Debug, Clone)]
+pub struct ShimSection {
+    pub listen: SocketAddr,
+    /// The `aud` tokens presented here must carry; also the audience their action must
+    /// have in the catalogue.
+    pub audience: String,
+    /// The one upstream every call goes to: scheme, host, port and an optional base path.
+    pub upstream: reqwest::Url,
+    /// The STS: tokens must carry this `iss`.
+    pub issuer: String,
+    pub jwks_uri: reqwest::Url,
+    pub scopes_dir: PathBuf,
+    /// Whole upstream exchange, from connect to the last response byte.
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Cap on a request body; larger answers 413 and nothing is forwarded.
+    pub max_request_bytes: usize,
+    /// Cap on an upstream response body; larger answers 502.
+    pub max_response_bytes: usize,
+    /// Cap on the request's header section (names, values and line overhead).
+    pub max_header_bytes: usize,
+    /// How often the catalogue is re-read.
+    pub refresh_interval: Duration,
+}
+
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -408,14 +481,52 @@ impl Config {
         let raw = if overrides.is_empty() {
             raw
         } else {
-            apply_env(text, file, &overrides)?
+            apply_env(text, file, &overrides, ENV_SECTIONS)?
         };
         validate(raw, file)
     }
 }
 
-/// Applies `AGENT_STS_<SECTION>_<KEY>` overrides to the document and re-reads it.
-fn apply_env(text: &str, file: &str, vars: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+impl ShimConfig {
+    /// Reads, overrides from the environment (`AGENT_STS_SHIM_<KEY>` and the shared
+    /// sections), and validates `path`.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<ShimConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file, env)
+    }
+
+    /// Parses `text` (named `file` in messages), applies the environment, validates.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        env: &dyn Environment,
+    ) -> Result<ShimConfig, ConfigError> {
+        let raw: RawShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        let overrides = env.vars_with_prefix(ENV_PREFIX);
+        let raw = if overrides.is_empty() {
+            raw
+        } else {
+            apply_env(text, file, &overrides, SHIM_ENV_SECTIONS)?
+        };
+        validate_shim(raw, file)
+    }
+}
+
+/// Applies `AGENT_STS_<SECTION>_<KEY>` overrides for `sections` to the document and
+/// re-reads it.
+fn apply_env<R: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    vars: &[(String, String)],
+    sections: &[&str],
+) -> Result<R, ConfigError> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.to_string(),
         message: e.to_string(),
@@ -423,7 +534,7 @@ fn apply_env(text: &str, file: &str, vars: &[(String, String)]) -> Result<RawCon
     let mut names = Vec::new();
     for (name, value) in vars {
         let rest = &name[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
+        let Some((section, key)) = sections.iter().find_map(|s| {
             rest.strip_prefix(s)
                 .and_then(|r| r.strip_prefix('_'))
                 .map(|k| (*s, k))
@@ -592,19 +703,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         ));
     }
 
-    // [secrets]
-    let secrets = match raw.secrets.store.as_deref().unwrap_or("file") {
-        "file" => SecretsConfig::File {
-            path: PathBuf::from(
-                raw.secrets
-                    .file
-                    .as_deref()
-                    .unwrap_or("keys/dev-secrets.toml"),
-            ),
-        },
-        "vault" => SecretsConfig::Vault,
-        _ => return Err(c.err("secrets.store", "must be \"file\" or \"vault\"")),
-    };
+    let secrets = validate_secrets(&c, &raw.secrets)?;
 
     // [vault]
     let vault = raw.vault.map(|v| validate_vault(&c, v)).transpose()?;
@@ -708,14 +807,143 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         });
     }
 
-    // [audit]
-    let audit = AuditConfig {
-        path: PathBuf::from(raw.audit.path.as_deref().unwrap_or("audit.log")),
-    };
+    let audit = validate_audit(&raw.audit);
+    let limits = validate_limits(&c, raw.limits)?;
 
-    // [limits]
-    let (l, d) = (raw.limits, LimitsConfig::default());
-    let limits = LimitsConfig {
+    Ok(Config {
+        source: file.to_string(),
+        server: ServerConfig {
+            listen,
+            issuer,
+            scopes_dir,
+        },
+        tokens: TokensConfig {
+            default_ttl,
+            max_ttl,
+            algorithm,
+        },
+        keys: KeysConfig {
+            store: key_store,
+            refresh_interval,
+            publish_lead,
+            jwks_max_age,
+        },
+        secrets,
+        vault,
+        trusts,
+        audit,
+        limits,
+    })
+}
+
+fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigError> {
+    let c = Check { file };
+    let r = raw.shim;
+    let listen: SocketAddr = r
+        .listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:9090")
+        .parse()
+        .map_err(|_| c.err("shim.listen", "not an address:port"))?;
+    for (key, value) in [("shim.audience", &r.audience), ("shim.issuer", &r.issuer)] {
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            return Err(c.err(key, "must be a non-empty URL without spaces"));
+        }
+    }
+    let upstream =
+        parse_upstream(&r.upstream).map_err(|problem| c.err("shim.upstream", problem))?;
+    let jwks_uri = validate_jwks_uri(&c, "shim.jwks_uri", &r.jwks_uri)?;
+    let secrets = validate_secrets(&c, &raw.secrets)?;
+    let vault = raw.vault.map(|v| validate_vault(&c, v)).transpose()?;
+    if matches!(secrets, SecretsConfig::Vault) && vault.is_none() {
+        return Err(c.err(
+            "vault",
+            "a [vault] section is required when secrets.store is \"vault\"",
+        ));
+    }
+    let shim = ShimSection {
+        listen,
+        audience: r.audience,
+        upstream,
+        issuer: r.issuer,
+        jwks_uri,
+        scopes_dir: PathBuf::from(r.scopes_dir.as_deref().unwrap_or("scopes")),
+        upstream_timeout: c.duration(
+            "shim.upstream_timeout",
+            r.upstream_timeout.as_deref(),
+            "30s",
+        )?,
+        connect_timeout: c.duration("shim.connect_timeout", r.connect_timeout.as_deref(), "5s")?,
+        max_request_bytes: c.positive(
+            "shim.max_request_bytes",
+            r.max_request_bytes,
+            1 << 20,
+            64 << 20,
+        )? as usize,
+        max_response_bytes: c.positive(
+            "shim.max_response_bytes",
+            r.max_response_bytes,
+            4 << 20,
+            256 << 20,
+        )? as usize,
+        max_header_bytes: c.positive(
+            "shim.max_header_bytes",
+            r.max_header_bytes,
+            16 * 1024,
+            256 * 1024,
+        )? as usize,
+        refresh_interval: c.duration(
+            "shim.refresh_interval",
+            r.refresh_interval.as_deref(),
+            "30s",
+        )?,
+    };
+    Ok(ShimConfig {
+        source: file.to_string(),
+        shim,
+        secrets,
+        vault,
+        audit: validate_audit(&raw.audit),
+        limits: validate_limits(&c, raw.limits)?,
+    })
+}
+
+/// The rule for the shim's upstream: https (plain http only for a loopback host, where
+/// the credential never crosses a network), no credentials, query or fragment; a base
+/// path is allowed and every forwarded path is appended to it.
+pub fn parse_upstream(uri: &str) -> Result<reqwest::Url, &'static str> {
+    let url = parse_jwks_uri(uri)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment");
+    }
+    if url.host().is_none() {
+        return Err("must name a host");
+    }
+    Ok(url)
+}
+
+/// `[secrets]`, shared by the STS and the shim.
+fn validate_secrets(c: &Check, raw: &RawSecrets) -> Result<SecretsConfig, ConfigError> {
+    match raw.store.as_deref().unwrap_or("file") {
+        "file" => Ok(SecretsConfig::File {
+            path: PathBuf::from(raw.file.as_deref().unwrap_or("keys/dev-secrets.toml")),
+        }),
+        "vault" => Ok(SecretsConfig::Vault),
+        _ => Err(c.err("secrets.store", "must be \"file\" or \"vault\"")),
+    }
+}
+
+/// `[audit]`, shared by the STS and the shim.
+fn validate_audit(raw: &RawAudit) -> AuditConfig {
+    AuditConfig {
+        path: PathBuf::from(raw.path.as_deref().unwrap_or("audit.log")),
+    }
+}
+
+/// `[limits]`, shared by the STS and the shim.
+fn validate_limits(c: &Check, l: RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let d = LimitsConfig::default();
+    Ok(LimitsConfig {
         max_body_bytes: c.positive(
             "limits.max_body_bytes",
             l.max_body_bytes,
@@ -773,31 +1001,6 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             l.jwks_refetch_cooldown.as_deref(),
             d.jwks_refetch_cooldown,
         )?,
-    };
-
-    Ok(Config {
-        source: file.to_string(),
-        server: ServerConfig {
-            listen,
-            issuer,
-            scopes_dir,
-        },
-        tokens: TokensConfig {
-            default_ttl,
-            max_ttl,
-            algorithm,
-        },
-        keys: KeysConfig {
-            store: key_store,
-            refresh_interval,
-            publish_lead,
-            jwks_max_age,
-        },
-        secrets,
-        vault,
-        trusts,
-        audit,
-        limits,
     })
 }
 

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use agent_sts::app::{self, StartError};
-use agent_sts::config::{Config, ProcessEnv};
-use agent_sts::{audit, catalogue, dev, keys, trust};
+use agent_sts::config::{Config, ProcessEnv, ShimConfig};
+use agent_sts::{audit, catalogue, dev, keys, shim, trust};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,12 @@ enum Command {
     /// Run the STS.
     Serve {
         /// Configuration file (agent-sts.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the credential-injecting reverse proxy in front of one upstream.
+    Shim {
+        /// Shim configuration file ([shim], [secrets], [vault], [audit], [limits]).
         #[arg(long)]
         config: PathBuf,
     },
@@ -109,7 +115,10 @@ fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Serve { .. } | Command::Dev(_));
+    let server = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Shim { .. } | Command::Dev(_)
+    );
     init_logging(if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +150,17 @@ async fn run(command: Command) -> Result<(), StartError> {
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             tracing::info!(listen = %addr, issuer = %config.server.issuer, "agent-sts serving");
             app.serve(listener, None).await
+        }
+        Command::Shim { config } => {
+            let config = ShimConfig::load(&config, &ProcessEnv)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            let shim = shim::build(&config).await?;
+            let listener = app::bind(config.shim.listen).await?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+            tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, "agent-sts shim serving");
+            shim.serve(listener).await
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Keys { command } => match command {

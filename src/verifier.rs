@@ -86,6 +86,17 @@ impl Verifier {
     /// A verifier accepting tokens from `issuer` (the STS) for `audience` (this
     /// service), with keys from `jwks_uri` (https, or http on loopback).
     pub fn new(issuer: &str, audience: &str, jwks_uri: &str) -> Result<Verifier, VerifierError> {
+        Self::with_limits(issuer, audience, jwks_uri, &LimitsConfig::default())
+    }
+
+    /// Like [`new`](Self::new), with the token size cap, JWKS fetch limits and cache
+    /// capacity of `limits` (the shim passes its `[limits]`).
+    pub fn with_limits(
+        issuer: &str,
+        audience: &str,
+        jwks_uri: &str,
+        limits: &LimitsConfig,
+    ) -> Result<Verifier, VerifierError> {
         let url = parse_jwks_uri(jwks_uri).map_err(VerifierError::JwksUri)?;
         let trust = TrustConfig {
             name: "sts".into(),
@@ -98,9 +109,8 @@ impl Verifier {
             jwks_refresh: Duration::from_secs(300),
             jwks_max_stale: Duration::from_secs(3600),
         };
-        let limits = LimitsConfig::default();
         // The expected audience stands where the STS puts its own issuer.
-        let store = TrustStore::new(&[trust], audience, &limits, Arc::new(Metrics::new()))?;
+        let store = TrustStore::new(&[trust], audience, limits, Arc::new(Metrics::new()))?;
         Ok(Verifier { store })
     }
 

@@ -1,0 +1,590 @@
+//! `agent-sts shim`: the credential-injecting reverse proxy in front of one legacy
+//! upstream (DESIGN.md, "Shim configuration"; SECURITY.md property 9).
+//!
+//! Each request goes through the same steps, in this order (house style, habit 8):
+//! 1. **Frame**: the header section fits `max_header_bytes`, the message framing is
+//!    unambiguous (no Content-Length beside Transfer-Encoding), and the request target
+//!    is one canonical origin-form path (`request_target.rs`): anything that could
+//!    route differently at the upstream is refused, never repaired.
+//! 2. **Verify** the bearer token through the STS's JWKS (`verifier.rs`): issuer, this
+//!    shim's audience, expiry, `typ` at+jwt.
+//! 3. **Authorise**: the token's action has this audience in the catalogue and its
+//!    `[action.request]` method and path template match the canonical request.
+//! 4. **Strip and inject**: the agent's `Authorization`, any header of the credential's
+//!    name, hop-by-hop and forwarding headers go; the credential from the secret store
+//!    (cached at most 30 s) goes in. A missing or disabled credential stops here: 502,
+//!    nothing forwarded.
+//! 5. **Forward** to the bound upstream only: no redirect is followed, connect and total
+//!    timeouts apply, and the request body is read whole first (capped), so an oversized
+//!    or truncated body never reaches the upstream.
+//! 6. **Scrub** the response: the body is read whole (capped) and every occurrence of
+//!    the credential, in its plain, base64, percent- and JSON-encoded forms, is replaced
+//!    in the body and in every header (`scrub.rs`). A compressed body cannot be scrubbed
+//!    and answers 502; the shim asks the upstream for `identity` encoding.
+//! 7. **Audit** one hash-chained line per request (`audit.rs`, [`ProxiedCall`]) before
+//!    the response leaves; a line that cannot be written withholds the response (503).
+//!
+//! Bodies are buffered rather than streamed on purpose: scrubbing must see a match
+//! whole wherever chunk boundaries fall, and the audit line (with the scrubbed byte
+//! count) must be written before the agent sees anything. The caps bound the memory:
+//! at most `max_request_bytes + max_response_bytes` per request in flight, and
+//! `[limits] max_concurrency` requests in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+
+use crate::app::{self, StartError};
+use crate::audit::{AuditLog, Outcome, ProxiedCall};
+use crate::catalogue::{Catalogue, TrustDirectory};
+use crate::config::ShimConfig;
+use crate::request_target::{self, Target};
+use crate::scrub::Scrubber;
+use crate::secrets::{CredentialCache, StoredCredential};
+use crate::shim_error::ShimError;
+use crate::trust::{TrustError, unix_now};
+use crate::vault::Vault;
+use crate::verifier::{AccessToken, Verifier, VerifyError};
+
+/// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
+/// besides any header the `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Request headers the shim sets itself or that the agent must not choose: its own
+/// token, framing (recomputed), encoding (the shim needs `identity` to scrub),
+/// `Expect` (the body is read before forwarding), and forwarding headers an agent could
+/// spoof to an upstream that trusts them.
+const NOT_FORWARDED: [HeaderName; 11] = [
+    header::AUTHORIZATION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::ACCEPT_ENCODING,
+    header::EXPECT,
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// The size caps and deadlines of one shim.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    request_bytes: usize,
+    response_bytes: usize,
+    header_bytes: usize,
+    token_bytes: usize,
+    /// Deadline for reading the agent's request body.
+    body_read: Duration,
+}
+
+/// One shim: everything a request needs, shared by all of them.
+#[derive(Debug)]
+pub struct Shim {
+    audience: String,
+    upstream: reqwest::Url,
+    verifier: Verifier,
+    catalogue: ArcSwap<Catalogue>,
+    credentials: CredentialCache,
+    /// The scrubber of each credential path, rebuilt when the credential changes.
+    scrubbers: moka::sync::Cache<String, (Arc<StoredCredential>, Arc<Scrubber>)>,
+    client: reqwest::Client,
+    audit: AuditLog,
+    caps: Caps,
+}
+
+/// What the audit line of one request says, filled in as the request goes.
+#[derive(Debug, Default)]
+struct Call {
+    token: Option<AccessToken>,
+    path: Option<String>,
+    upstream_status: Option<u16>,
+    scrubbed: u64,
+}
+
+/// A built shim and what it needs to run.
+#[derive(Debug)]
+pub struct ShimApp {
+    pub shim: Arc<Shim>,
+    scopes_dir: std::path::PathBuf,
+    refresh_interval: Duration,
+    max_concurrency: usize,
+    vault: Option<Arc<Vault>>,
+}
+
+/// Wires a shim from its configuration.
+pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
+    let s = &config.shim;
+    let verifier =
+        Verifier::with_limits(&s.issuer, &s.audience, s.jwks_uri.as_str(), &config.limits)
+            .map_err(|e| StartError::Config(format!("{}: shim.jwks_uri: {e}", config.source)))?;
+    let catalogue = Catalogue::load_dir(&s.scopes_dir, &TrustDirectory::any())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let served = catalogue
+        .actions()
+        .filter(|a| a.audience == s.audience && a.request.is_some())
+        .count();
+    if served == 0 {
+        tracing::warn!(audience = %s.audience, "no catalogue action has this shim's audience and an [action.request]: every request will be refused");
+    }
+    let vault = match (&config.secrets, &config.vault) {
+        (crate::config::SecretsConfig::Vault, Some(v)) => Some(app::connect_vault(v).await?),
+        _ => None,
+    };
+    let store = app::secret_store(&config.secrets, vault.as_ref(), &config.source)?;
+    let ttl = app::credential_ttl(&config.secrets, config.vault.as_ref());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .referer(false)
+        .connect_timeout(s.connect_timeout)
+        .timeout(s.upstream_timeout)
+        .build()
+        .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
+    let audit =
+        AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let shim = Shim {
+        audience: s.audience.clone(),
+        upstream: s.upstream.clone(),
+        verifier,
+        catalogue: ArcSwap::from_pointee(catalogue),
+        credentials: CredentialCache::new(store, ttl),
+        scrubbers: moka::sync::Cache::new(10_000),
+        client,
+        audit,
+        caps: Caps {
+            request_bytes: s.max_request_bytes,
+            response_bytes: s.max_response_bytes,
+            header_bytes: s.max_header_bytes,
+            token_bytes: config.limits.max_token_bytes,
+            body_read: config.limits.request_timeout,
+        },
+    };
+    tracing::info!(audience = %s.audience, actions = served, "shim ready");
+    Ok(ShimApp {
+        shim: Arc::new(shim),
+        scopes_dir: s.scopes_dir.clone(),
+        refresh_interval: s.refresh_interval,
+        max_concurrency: config.limits.max_concurrency,
+        vault,
+    })
+}
+
+impl ShimApp {
+    /// The shim's router: every method and path goes to [`Shim::handle`].
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(self.shim.clone())
+            .layer(tower::limit::ConcurrencyLimitLayer::new(
+                self.max_concurrency,
+            ))
+    }
+
+    /// Re-reads the catalogue every `refresh_interval` (keeping the last good one on
+    /// failure) and renews the Vault session.
+    pub fn spawn_refreshers(&self) {
+        if let Some(vault) = &self.vault {
+            vault.spawn_renewal();
+        }
+        let (shim, dir) = (self.shim.clone(), self.scopes_dir.clone());
+        app::every(self.refresh_interval, move || {
+            let (shim, dir) = (shim.clone(), dir.clone());
+            async move {
+                let load = move || Catalogue::load_dir(&dir, &TrustDirectory::any());
+                match tokio::task::spawn_blocking(load).await {
+                    Ok(Ok(c)) => shim.catalogue.store(Arc::new(c)),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue")
+                    }
+                    Err(e) => tracing::error!(error = %e, "catalogue reload task failed"),
+                }
+            }
+        });
+    }
+
+    /// Serves on `listener` until SIGINT/SIGTERM.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), StartError> {
+        self.spawn_refreshers();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(app::shutdown_signal())
+            .await
+            .map_err(|e| StartError::Runtime(format!("server: {e}")))
+    }
+}
+
+async fn handle(State(shim): State<Arc<Shim>>, request: Request) -> Response {
+    shim.handle(request).await
+}
+
+impl Shim {
+    /// Handles one request: proxies it or refuses it, and audits either way.
+    pub async fn handle(&self, request: Request) -> Response {
+        let method = request.method().clone();
+        let mut call = Call::default();
+        let result = self.proxy(request, &mut call).await;
+        let (outcome, reason) = match &result {
+            Ok(_) => (Outcome::Allow, "proxied"),
+            Err(e) => (Outcome::Deny, e.reason()),
+        };
+        let token = call.token.as_ref();
+        let record = ProxiedCall {
+            time: SystemTime::now(),
+            shim: &self.audience,
+            subject: token.map(|t| t.subject.as_str()),
+            actor: token.and_then(|t| t.actor.as_ref()).map(|a| a.sub.as_str()),
+            action: token.map(|t| t.action.as_str()),
+            jti: token.map(|t| t.jti.as_str()),
+            method: method.as_str(),
+            path: call.path.as_deref(),
+            decision: outcome,
+            reason,
+            upstream_status: call.upstream_status,
+            bytes_scrubbed: call.scrubbed,
+        };
+        let audited = self.audit.append_call(&record);
+        match result {
+            Ok(response) => match audited {
+                Ok(()) => {
+                    tracing::debug!(method = %method, path = ?call.path, status = ?call.upstream_status, scrubbed = call.scrubbed, "proxied");
+                    response
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log unwritable: upstream response withheld");
+                    ShimError::AuditUnavailable.into_response()
+                }
+            },
+            Err(refusal) => {
+                if let Err(e) = audited {
+                    tracing::error!(error = %e, "audit log unwritable");
+                }
+                tracing::info!(method = %method, path = ?call.path, reason = refusal.reason(), status = refusal.status().as_u16(), "refused");
+                refusal.into_response()
+            }
+        }
+    }
+
+    async fn proxy(&self, request: Request, call: &mut Call) -> Result<Response, ShimError> {
+        let (parts, body) = request.into_parts();
+        check_header_size(&parts, self.caps.header_bytes)?;
+        check_framing(&parts.headers)?;
+        let target = request_target::canonicalize(&parts.uri).map_err(ShimError::Target)?;
+
+        let raw = bearer_token(&parts.headers, self.caps.token_bytes)?;
+        let token = self
+            .verifier
+            .verify(raw, unix_now())
+            .await
+            .map_err(token_error)?;
+        let token = call.token.insert(token);
+
+        let catalogue = self.catalogue.load();
+        let action = catalogue
+            .get(&token.action)
+            .filter(|a| a.audience == self.audience)
+            .ok_or(ShimError::ActionNotServed)?;
+        let shape = action.request.as_ref().ok_or(ShimError::ActionNotServed)?;
+        if !shape.matches(parts.method.as_str(), &target.path) {
+            return Err(ShimError::RequestNotAllowed);
+        }
+        call.path = Some(shape.path.as_str().to_string());
+
+        let path = action
+            .credential
+            .as_deref()
+            .ok_or(ShimError::CredentialUnavailable)?;
+        let (credential, scrubber) = self.credential(path).await?;
+        let body = read_body(body, &parts.headers, self.caps).await?;
+        let upstream = self.upstream_request(&parts, &target, &credential, body)?;
+
+        let response = self
+            .client
+            .execute(upstream)
+            .await
+            .map_err(upstream_error)?;
+        call.upstream_status = Some(response.status().as_u16());
+        let head = parts.method == Method::HEAD;
+        let (response, scrubbed) = self.relay(response, &scrubber, head).await?;
+        call.scrubbed = scrubbed;
+        Ok(response)
+    }
+
+    /// The usable credential at `path` and its scrubber (built once per credential
+    /// value: a changed credential is a new `Arc`).
+    async fn credential(
+        &self,
+        path: &str,
+    ) -> Result<(Arc<StoredCredential>, Arc<Scrubber>), ShimError> {
+        let stored = self.credentials.usable(path).await.map_err(|e| {
+            tracing::warn!(error = %e, "credential unavailable: nothing forwarded");
+            ShimError::CredentialUnavailable
+        })?;
+        if let Some((known, scrubber)) = self.scrubbers.get(path)
+            && Arc::ptr_eq(&known, &stored)
+        {
+            return Ok((stored, scrubber));
+        }
+        let scrubber = Arc::new(Scrubber::new(stored.value.expose()));
+        self.scrubbers
+            .insert(path.to_string(), (stored.clone(), scrubber.clone()));
+        Ok((stored, scrubber))
+    }
+
+    /// The upstream request: the bound upstream's origin and base path + the canonical
+    /// path and query, the agent's end-to-end headers minus what must not pass, plus
+    /// the credential.
+    fn upstream_request(
+        &self,
+        parts: &request::Parts,
+        target: &Target,
+        credential: &StoredCredential,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Request, ShimError> {
+        let mut url = self.upstream.clone();
+        let base = url.path().trim_end_matches('/');
+        let path = format!("{base}{}", target.path);
+        url.set_path(&path);
+        url.set_query(target.query.as_deref());
+
+        let injected = HeaderName::from_bytes(credential.header.as_bytes())
+            .map_err(|_| ShimError::CredentialUnavailable)?;
+        let mut value = HeaderValue::from_str(credential.value.expose())
+            .map_err(|_| ShimError::CredentialUnavailable)?;
+        value.set_sensitive(true);
+
+        let listed = connection_listed(&parts.headers);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        for (name, v) in &parts.headers {
+            if HOP_BY_HOP.contains(name)
+                || NOT_FORWARDED.contains(name)
+                || *name == injected
+                || listed.contains(name)
+            {
+                continue;
+            }
+            headers.append(name.clone(), v.clone());
+        }
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers.insert(injected, value);
+
+        let mut builder = self
+            .client
+            .request(parts.method.clone(), url)
+            .headers(headers);
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
+        builder.build().map_err(|_| ShimError::UpstreamUnreachable)
+    }
+
+    /// Reads the upstream response whole (capped), scrubs its headers and body.
+    async fn relay(
+        &self,
+        mut upstream: reqwest::Response,
+        scrubber: &Scrubber,
+        head: bool,
+    ) -> Result<(Response, u64), ShimError> {
+        let cap = self.caps.response_bytes;
+        if upstream.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(ShimError::UpstreamTooLarge);
+        }
+        let mut buffer = BytesMut::new();
+        while let Some(chunk) = upstream.chunk().await.map_err(upstream_error)? {
+            if buffer.len() + chunk.len() > cap {
+                return Err(ShimError::UpstreamTooLarge);
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        let encoded = upstream
+            .headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded && !buffer.is_empty() {
+            return Err(ShimError::UpstreamEncoding);
+        }
+        let status = upstream.status();
+        let (body, mut scrubbed) = scrubber.scrub(buffer.freeze());
+
+        // A HEAD or 304 answer describes a body it does not carry: keep its length.
+        let keep_length = head || status == StatusCode::NOT_MODIFIED;
+        let listed = connection_listed(upstream.headers());
+        let mut headers = HeaderMap::with_capacity(upstream.headers().len());
+        for (name, value) in upstream.headers() {
+            if HOP_BY_HOP.contains(name)
+                || *name == header::TRANSFER_ENCODING
+                || (*name == header::CONTENT_LENGTH && !keep_length)
+                || listed.contains(name)
+            {
+                continue;
+            }
+            match scrubber.scrub_header(value) {
+                Some((clean, n)) => {
+                    scrubbed += n;
+                    headers.append(name.clone(), clean);
+                }
+                None => {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok((response, scrubbed as u64))
+    }
+}
+
+/// Refuses a header section larger than `cap` bytes (each field counted as
+/// `name: value\r\n`, plus the request target).
+fn check_header_size(parts: &request::Parts, cap: usize) -> Result<(), ShimError> {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if fields + target > cap {
+        return Err(ShimError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Refuses framing two parties could read differently (RFC 9112 §6.1, §6.3): a
+/// Content-Length beside a Transfer-Encoding, more than one Content-Length, or a
+/// transfer coding other than a single `chunked`.
+fn check_framing(headers: &HeaderMap) -> Result<(), ShimError> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let codings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let chunked_only = match codings.as_slice() {
+        [] => true,
+        [one] => one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    };
+    if lengths > 1 || (lengths == 1 && !codings.is_empty()) || !chunked_only {
+        return Err(ShimError::Framing);
+    }
+    Ok(())
+}
+
+/// The bearer token of the `Authorization` header (RFC 6750 §2.1).
+fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, ShimError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(ShimError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(ShimError::DuplicateAuthorization);
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| ShimError::MalformedAuthorization)?;
+    let (scheme, token) = text
+        .split_once(' ')
+        .ok_or(ShimError::MalformedAuthorization)?;
+    let token = token.trim_matches(' ');
+    let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || token.is_empty()
+        || token.len() > max_bytes
+        || !token.bytes().all(b64token)
+    {
+        return Err(ShimError::MalformedAuthorization);
+    }
+    Ok(token)
+}
+
+/// The reason a token was refused, for the audit log; a JWKS outage is ours (503).
+fn token_error(e: VerifyError) -> ShimError {
+    let reason = match &e {
+        VerifyError::Token(TrustError::JwksUnavailable { .. }) => {
+            return ShimError::KeysUnavailable;
+        }
+        VerifyError::Token(TrustError::Claim { claim: "exp", .. }) => "token_expired",
+        VerifyError::Token(TrustError::Claim { claim: "aud", .. }) => "wrong_audience",
+        VerifyError::Token(TrustError::UnknownIssuer) => "wrong_issuer",
+        VerifyError::Token(TrustError::BadSignature { .. }) => "bad_signature",
+        VerifyError::Token(TrustError::UnknownKid { .. }) => "unknown_kid",
+        VerifyError::Token(TrustError::Malformed(_)) => "malformed_token",
+        VerifyError::NotAccessToken => "not_an_access_token",
+        _ => "invalid_token",
+    };
+    tracing::debug!(error = %e, "token refused");
+    ShimError::InvalidToken { reason }
+}
+
+fn upstream_error(e: reqwest::Error) -> ShimError {
+    // reqwest's error may carry the URL; the upstream URL holds no secret (config
+    // refuses credentials in it), but log only the kind.
+    if e.is_timeout() {
+        ShimError::UpstreamTimeout
+    } else {
+        tracing::warn!(
+            connect = e.is_connect(),
+            body = e.is_body(),
+            "upstream request failed"
+        );
+        ShimError::UpstreamUnreachable
+    }
+}
+
+/// Reads the agent's request body whole, at most `caps.request_bytes`, within
+/// `caps.body_read`. `None` when the request declares no body.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    caps: Caps,
+) -> Result<Option<Bytes>, ShimError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(ShimError::Framing)
+        })
+        .transpose()?;
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    if declared.is_none() && !chunked {
+        return Ok(None);
+    }
+    if declared.is_some_and(|n| n > caps.request_bytes as u64) {
+        return Err(ShimError::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, caps.request_bytes);
+    match tokio::time::timeout(caps.body_read, limited.collect()).await {
+        Err(_) => Err(ShimError::BodyUnreadable),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ShimError::BodyTooLarge),
+        Ok(Err(_)) => Err(ShimError::BodyUnreadable),
+        Ok(Ok(collected)) => Ok(Some(collected.to_bytes())),
+    }
+}
+
+/// The header names a `Connection` header lists (hop-by-hop by declaration).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
