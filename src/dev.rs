@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{self, StartError};
 use crate::catalogue::{Catalogue, Delegation, TrustDirectory};
-use crate::config::{Config, SigningAlgorithm};
+use crate::config::{Config, ShimConfig, SigningAlgorithm};
 use crate::keys::{FileKeyStore, KeyStore};
 use crate::secret::PrivateKeyPem;
 use crate::signing_key::SigningKey;
@@ -43,9 +43,12 @@ pub struct DevArgs {
     /// Catalogue directory.
     #[arg(long, default_value = "scopes")]
     pub scopes: PathBuf,
-    /// Where dev keys, dev secrets and the audit log live.
+    /// Where dev keys, dev secrets and the audit logs live.
     #[arg(long, default_value = "keys")]
     pub keys: PathBuf,
+    /// Address of the demo shim (in front of the built-in echo upstream).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub shim_listen: SocketAddr,
 }
 
 /// The identity providers the dev issuer plays: (trust name, `iss`, SPIFFE domains).
@@ -119,6 +122,38 @@ spiffe_trust_domains = [{}]
         ));
     }
     text
+}
+
+/// The demo shim's configuration: in front of the echo upstream at `upstream`, for
+/// `audience`, trusting the dev STS at `sts`.
+pub fn dev_shim_config_toml(
+    listen: SocketAddr,
+    audience: &str,
+    upstream: SocketAddr,
+    sts: &str,
+    scopes: &Path,
+    keys: &Path,
+) -> String {
+    format!(
+        r#"[shim]
+listen = "{listen}"
+audience = "{audience}"
+upstream = "http://{upstream}"
+issuer = "{sts}"
+jwks_uri = "{sts}/.well-known/jwks.json"
+scopes_dir = "{scopes}"
+refresh_interval = "5s"
+
+[secrets]
+store = "file"
+file = "{keys}/dev-secrets.toml"
+
+[audit]
+path = "{keys}/dev-shim-audit.log"
+"#,
+        scopes = scopes.display(),
+        keys = keys.display(),
+    )
 }
 
 /// The dev issuers' keys as stored in `keys/dev-issuers.json`.
@@ -324,12 +359,88 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
     )?);
     let app = app::build(&config).await?;
     let listener = app::bind(config.server.listen).await?;
-    print_example(&config, &catalogue, &issuer);
+    let demo = demo_action(&catalogue);
+    let shim_url = match demo {
+        Some(action) => Some(start_demo_shim(&args, &config, action).await?),
+        None => None,
+    };
+    print_example(&config, &catalogue, &issuer, demo, shim_url.as_deref());
     app.serve(listener, Some(issuer.router())).await
 }
 
-/// The copy-paste example: a workload token and the exchange that uses it.
-fn print_example(config: &Config, catalogue: &Catalogue, issuer: &DevIssuer) {
+/// The dev workload the example speaks for.
+const DEMO_AGENT: (&str, &str) = ("k8s-prod", "system:serviceaccount:agents:triage");
+
+/// The action the example uses: one the demo agent may take alone, preferring one the
+/// shim can complete (a credential and an `[action.request]`).
+fn demo_action(catalogue: &Catalogue) -> Option<&crate::catalogue::Action> {
+    let (trust, subject) = DEMO_AGENT;
+    let principal = crate::catalogue::Principal {
+        trust,
+        subject,
+        spiffe_domains: &[],
+    };
+    let usable = |a: &&crate::catalogue::Action| {
+        a.delegation != Delegation::Required && a.permits_agent(&principal)
+    };
+    catalogue
+        .actions()
+        .filter(usable)
+        .find(|a| a.credential.is_some() && a.request.is_some())
+        .or_else(|| catalogue.actions().find(usable))
+}
+
+/// Starts the echo upstream on a free loopback port and the demo shim in front of it
+/// for `action`'s audience; returns the shim's URL.
+async fn start_demo_shim(
+    args: &DevArgs,
+    config: &Config,
+    action: &crate::catalogue::Action,
+) -> Result<String, StartError> {
+    if action.request.is_none() {
+        return Err(StartError::Runtime(format!(
+            "{}: action {} has no [action.request]: the demo shim has nothing to let through",
+            action.source, action.name
+        )));
+    }
+    let echo_listener = app::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let echo_addr = echo_listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    crate::echo::spawn(crate::echo::Echo::new(), echo_listener);
+    let text = dev_shim_config_toml(
+        args.shim_listen,
+        &action.audience,
+        echo_addr,
+        &config.server.issuer,
+        &args.scopes,
+        &args.keys,
+    );
+    let shim_config = ShimConfig::from_toml(&text, "<embedded demo shim>", &BTreeMap::new())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let shim = crate::shim::build(&shim_config).await?;
+    let listener = app::bind(shim_config.shim.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    tracing::info!(listen = %addr, audience = %action.audience, upstream = %echo_addr, "demo shim serving");
+    tokio::spawn(async move {
+        if let Err(e) = shim.serve(listener).await {
+            tracing::error!(error = %e, "demo shim stopped");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// The copy-paste example: a workload token, the exchange that uses it, and the call
+/// through the demo shim.
+fn print_example(
+    config: &Config,
+    catalogue: &Catalogue,
+    issuer: &DevIssuer,
+    action: Option<&crate::catalogue::Action>,
+    shim_url: Option<&str>,
+) {
     let base = &config.server.issuer;
     println!("agent-sts dev: STS at {base} (issuer {base})");
     println!(
@@ -338,7 +449,7 @@ fn print_example(config: &Config, catalogue: &Catalogue, issuer: &DevIssuer) {
         config.server.scopes_dir.display()
     );
     println!(
-        "  dev keys, dev secrets and the audit log: {}",
+        "  dev keys, dev secrets and the audit logs: {}",
         config
             .audit
             .path
@@ -347,21 +458,7 @@ fn print_example(config: &Config, catalogue: &Catalogue, issuer: &DevIssuer) {
             .unwrap_or_default()
     );
     println!("  dev workload issuer: POST {base}/dev/issuers/<trust>/token -d sub=<subject>");
-    let (trust, sub) = ("k8s-prod", "system:serviceaccount:agents:triage");
-    let principal = crate::catalogue::Principal {
-        trust,
-        subject: sub,
-        spiffe_domains: &[],
-    };
-    // Prefer an action with a credential behind it: the flow the shim completes.
-    let usable = |a: &&crate::catalogue::Action| {
-        a.delegation != Delegation::Required && a.permits_agent(&principal)
-    };
-    let action = catalogue
-        .actions()
-        .filter(usable)
-        .find(|a| a.credential.is_some())
-        .or_else(|| catalogue.actions().find(usable));
+    let (trust, sub) = DEMO_AGENT;
     let (Some(action), Some(token)) = (action, issuer.token(trust, sub)) else {
         println!(
             "\n(no catalogue action grants {trust}:{sub}; add one to {} for an example)",
@@ -369,14 +466,50 @@ fn print_example(config: &Config, catalogue: &Catalogue, issuer: &DevIssuer) {
         );
         return;
     };
+    if let Some(shim) = shim_url {
+        println!(
+            "  demo shim: {shim} for {} -> built-in echo upstream (echoes every header back)",
+            action.audience
+        );
+    }
     println!(
-        "\nExchange a workload token ({trust}:{sub}, valid {}m) for a {} token:\n",
+        "\n1. A workload token ({trust}:{sub}, valid {}m), exchanged for a {} token:\n",
         DEV_TOKEN_LIFETIME / 60,
         action.name
     );
     println!("TOKEN='{token}'");
     println!(
-        "curl -s {base}/token \\\n  -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n  -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\\n  -d subject_token=\"$TOKEN\" \\\n  -d scope={}\n",
+        "ACCESS=$(curl -s {base}/token \\\n  -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n  -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\\n  -d subject_token=\"$TOKEN\" \\\n  -d scope={} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')\n",
         action.name
     );
+    let (Some(shim), Some(request)) = (shim_url, &action.request) else {
+        return;
+    };
+    let path = example_path(request.path.as_str());
+    let body = if matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") {
+        " -H 'Content-Type: application/json' -d '{\"title\":\"hello from an agent\"}'"
+    } else {
+        ""
+    };
+    println!(
+        "2. The call through the shim: it checks the token, injects the credential from the\n   secret store, and scrubs it from the echo's answer (look for \"[redacted]\"):\n"
+    );
+    println!(
+        "curl -s -X {} {shim}{path} -H \"Authorization: Bearer $ACCESS\"{body}\n",
+        request.method
+    );
+}
+
+/// A concrete path for a template: each `{name}` becomes `example-name`.
+fn example_path(template: &str) -> String {
+    template
+        .split('/')
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!("example-{name}"),
+                None => segment.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod catalogue;
 pub mod config;
 pub mod dev;
+pub mod echo;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
