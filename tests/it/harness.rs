@@ -174,6 +174,10 @@ delegation = "optional"
 subjects = ["corp-idp:*@example.org"]
 credential = "integrations/github"
 
+[action.request]
+method = "POST"
+path = "/repos/{owner}/{repo}/issues"
+
 [[action]]
 name = "salesforce.opportunity.update"
 audience = "https://salesforce-shim.internal"
@@ -196,6 +200,10 @@ ttl = "1m"
 agents = ["k8s-prod:system:serviceaccount:agents:*"]
 credential = "integrations/slack"
 
+[action.request]
+method = "POST"
+path = "/api/chat.postMessage"
+
 [[action]]
 name = "disabled.thing"
 audience = "https://disabled.internal"
@@ -203,12 +211,20 @@ ttl = "1m"
 agents = ["k8s-prod:system:serviceaccount:agents:*"]
 credential = "integrations/disabled"
 
+[action.request]
+method = "GET"
+path = "/thing"
+
 [[action]]
 name = "missing.thing"
 audience = "https://missing.internal"
 ttl = "1m"
 agents = ["k8s-prod:system:serviceaccount:agents:*"]
 credential = "integrations/missing"
+
+[action.request]
+method = "GET"
+path = "/thing"
 "#;
 
 /// A canary planted in the secret store: must never appear in any output.

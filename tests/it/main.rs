@@ -10,6 +10,7 @@ mod leaks;
 mod process;
 mod rotation;
 mod rvault;
+mod shim;
 mod vault;
 mod vault_recorded;
 mod verifier;
