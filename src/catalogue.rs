@@ -363,9 +363,10 @@ pub struct RequestShape {
 }
 
 impl RequestShape {
-    /// Whether a request (method in any case, already-normalised path) fits.
+    /// Whether a request (already-normalised path) fits. Methods are case-sensitive
+    /// (RFC 9110 §9.1): `post` is not `POST`, and a shim forwards the spelling it got.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        self.method.eq_ignore_ascii_case(method) && self.path.matches(path)
+        self.method == method && self.path.matches(path)
     }
 }
 
@@ -1480,7 +1481,7 @@ subjects = ["corp-idp:alice@example.org", "corp-idp:bob@example.org"]
         let request = create.request.as_ref().unwrap();
         assert_eq!(request.method, "POST");
         assert_eq!(request.path.as_str(), "/repos/{owner}/{repo}/issues");
-        assert!(request.matches("post", "/repos/acme/widgets/issues"));
+        assert!(!request.matches("post", "/repos/acme/widgets/issues"));
         assert!(!request.matches("GET", "/repos/acme/widgets/issues"));
 
         let read = cat.get("github.issues.read").unwrap();

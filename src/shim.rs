@@ -2,8 +2,8 @@
 //! upstream (DESIGN.md, "Shim configuration"; SECURITY.md property 9).
 //!
 //! Each request goes through the same steps, in this order (house style, habit 8):
-//! 1. **Frame**: the header section fits `max_header_bytes`, the message framing is
-//!    unambiguous (no Content-Length beside Transfer-Encoding), and the request target
+//! 1. **Frame**: the header section fits `max_header_bytes`, the body (if any) is framed
+//!    by one Content-Length (no Transfer-Encoding at all), and the request target
 //!    is one canonical origin-form path (`request_target.rs`): anything that could
 //!    route differently at the upstream is refused, never repaired.
 //! 2. **Verify** the bearer token through the STS's JWKS (`verifier.rs`): issuer, this
@@ -470,18 +470,17 @@ fn check_header_size(parts: &request::Parts, cap: usize) -> Result<(), ShimError
     Ok(())
 }
 
-/// Refuses framing two parties could read differently (RFC 9112 §6.1, §6.3): a
-/// Content-Length beside a Transfer-Encoding, more than one Content-Length, or a
-/// transfer coding other than a single `chunked`.
+/// Refuses a request body framed by `Transfer-Encoding` (RFC 9112 §6.1). The shim reads
+/// request bodies whole before forwarding, so it needs nothing but `Content-Length`; and
+/// refusing every transfer coding is the only way to refuse a `Content-Length` beside a
+/// `Transfer-Encoding` (the classic smuggling pair): hyper drops the `Content-Length` of
+/// such a request before the shim sees it, leaving the `Transfer-Encoding` as the only
+/// trace. More than one `Content-Length` is refused too (hyper already refuses
+/// differing values).
 fn check_framing(headers: &HeaderMap) -> Result<(), ShimError> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    let codings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let chunked_only = match codings.as_slice() {
-        [] => true,
-        [one] => one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
-        _ => false,
-    };
-    if lengths > 1 || (lengths == 1 && !codings.is_empty()) || !chunked_only {
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get_all(header::CONTENT_LENGTH).iter().count() > 1
+    {
         return Err(ShimError::Framing);
     }
     Ok(())
@@ -547,7 +546,8 @@ fn upstream_error(e: reqwest::Error) -> ShimError {
 }
 
 /// Reads the agent's request body whole, at most `caps.request_bytes`, within
-/// `caps.body_read`. `None` when the request declares no body.
+/// `caps.body_read`. `None` when the request declares no body (no `Content-Length`:
+/// [`check_framing`] has refused any `Transfer-Encoding`).
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -562,11 +562,10 @@ async fn read_body(
                 .ok_or(ShimError::Framing)
         })
         .transpose()?;
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    if declared.is_none() && !chunked {
+    let Some(declared) = declared else {
         return Ok(None);
-    }
-    if declared.is_some_and(|n| n > caps.request_bytes as u64) {
+    };
+    if declared > caps.request_bytes as u64 {
         return Err(ShimError::BodyTooLarge);
     }
     let limited = http_body_util::Limited::new(body, caps.request_bytes);

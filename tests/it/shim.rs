@@ -1,1 +1,1426 @@
-//! Placeholder: being written.
+//! The shim (`agent-sts shim`, SECURITY.md property 9) over real HTTP: an in-process
+//! STS mints the tokens, the shim verifies them through the STS's JWKS and forwards to
+//! an upstream on 127.0.0.1 (the built-in echo, or a hostile one written here). Every
+//! refusal is checked for its status, code, challenge and `Cache-Control: no-store`,
+//! and for what did NOT happen: the upstream's hit count. Requests an HTTP client
+//! would normalise (dot segments, backslashes, absolute-form, bad framing) are written
+//! byte for byte over a TcpStream.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_sts::config::{ShimConfig, SigningAlgorithm};
+use agent_sts::echo::Echo;
+use agent_sts::signing_key::SigningKey;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+use crate::process::*;
+
+const GITHUB: &str = "https://github-shim.internal";
+const SLACK: &str = "https://slack-shim.internal";
+const DOCS: &str = "https://docs.internal";
+const ISSUES: &str = "/repos/acme/widgets/issues";
+const TEMPLATE: &str = "/repos/{owner}/{repo}/issues";
+/// The credential part (after the scheme) of [`CANARY_CREDENTIAL`].
+const CANARY_PART: &str = "ghp_CANARY0secret0value0d41d8cd98f00b204e980";
+
+// ---------------------------------------------------------------------------------
+// Harness: a shim in front of an upstream, upstreams, raw HTTP, forged tokens.
+
+/// A shim serving in-process on 127.0.0.1:0.
+struct TestShim {
+    url: String,
+    dir: tempfile::TempDir,
+    audit_path: PathBuf,
+    config_path: PathBuf,
+}
+
+impl TestShim {
+    /// A shim for `audience` in front of `upstream`, trusting `sts`, with its catalogue
+    /// and secrets; `extra` lands at the end of `[shim]` (and may open more sections).
+    async fn start(sts: &TestSts, audience: &str, upstream: &str, extra: &str) -> TestShim {
+        let scopes = sts.dir.path().join("scopes");
+        Self::start_with_scopes(sts, audience, upstream, extra, &scopes).await
+    }
+
+    async fn start_with_scopes(
+        sts: &TestSts,
+        audience: &str,
+        upstream: &str,
+        extra: &str,
+        scopes: &Path,
+    ) -> TestShim {
+        let shim = Self::write_config(sts, audience, upstream, extra, scopes);
+        let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
+        let app = agent_sts::shim::build(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(app.serve(listener));
+        TestShim { url, ..shim }
+    }
+
+    /// Only writes `shim.toml` (for `agent-sts shim --config`); `url` stays empty.
+    fn write_config(
+        sts: &TestSts,
+        audience: &str,
+        upstream: &str,
+        extra: &str,
+        scopes: &Path,
+    ) -> TestShim {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_path = dir.path().join("shim-audit.log");
+        let config_path = dir.path().join("shim.toml");
+        let text = format!(
+            r#"[shim]
+listen = "127.0.0.1:0"
+audience = "{audience}"
+upstream = "{upstream}"
+issuer = "{STS_ISSUER}"
+jwks_uri = "{sts}/.well-known/jwks.json"
+scopes_dir = "{scopes}"
+{extra}
+
+[secrets]
+store = "file"
+file = "{secrets}"
+
+[audit]
+path = "{audit}"
+"#,
+            sts = sts.url,
+            scopes = scopes.display(),
+            secrets = sts.dir.path().join("secrets.toml").display(),
+            audit = audit_path.display(),
+        );
+        std::fs::write(&config_path, text).unwrap();
+        TestShim {
+            url: String::new(),
+            dir,
+            audit_path,
+            config_path,
+        }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        audit_lines(&self.audit_path)
+    }
+
+    /// The audit line with `reason` (exactly one).
+    fn audit_line(&self, reason: &str) -> Value {
+        let lines: Vec<Value> = self
+            .audit()
+            .into_iter()
+            .filter(|l| l["reason"] == reason)
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "audit lines with reason {reason}: {lines:?}"
+        );
+        lines.into_iter().next().unwrap()
+    }
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The echo upstream on 127.0.0.1:0.
+async fn start_echo() -> (Arc<Echo>, String) {
+    let echo = Echo::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    agent_sts::echo::spawn(echo.clone(), listener);
+    (echo, url)
+}
+
+/// An upstream answering every request with `answer`; counts its hits.
+async fn start_upstream<F>(answer: F) -> (Arc<AtomicUsize>, String)
+where
+    F: Fn(HeaderMap) -> Response + Clone + Send + Sync + 'static,
+{
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let router = axum::Router::new().fallback(move |headers: HeaderMap| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let answer = answer.clone();
+        async move { answer(headers) }
+    });
+    (hits, spawn_router(router).await)
+}
+
+/// An agent's HTTP client: never follows a redirect itself.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `method url+path` with `Authorization: Bearer TOKEN` and a JSON `body` (if any).
+async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, format!("{url}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if !body.is_empty() {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    reply(request.send().await.unwrap()).await
+}
+
+/// An access token for `action`, exchanged from the `triage` workload token.
+async fn access_token(sts: &TestSts, issuers: &Issuers, action: &str) -> String {
+    let r = sts.exchange_for(&issuers.k8s_token("triage"), action).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.token()
+}
+
+/// Writes `request` to the server at `url` as is and reads the answer until the server
+/// closes (requests carry `Connection: close`) or 3 s pass: (status, whole answer).
+async fn raw(url: &str, request: &[u8]) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything: keep going.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// A raw `POST TARGET` with the bearer `token`, a two-byte JSON body and `extra`
+/// header lines (each ending in CRLF).
+fn raw_post(target: &str, token: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n{extra}\r\n{{}}"
+    )
+    .into_bytes()
+}
+
+/// Status, every header and the body of a reply, as one text to search.
+fn everything(r: &Reply) -> String {
+    let mut text = format!("{}\n", r.status);
+    for (name, value) in &r.headers {
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    text.push_str(&r.text);
+    text
+}
+
+/// A shim refusal: status, `error` code, `Cache-Control: no-store`, the RFC 6750
+/// challenge for 401 and 403, and a body that does not quote `never`.
+fn assert_refused(r: &Reply, status: u16, code: &str, never: &[&str]) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.error(), code, "{r:?}");
+    assert!(r.json()["error_description"].is_string(), "{r:?}");
+    assert_eq!(
+        r.headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..]),
+        "{r:?}"
+    );
+    let challenge = match status {
+        401 => Some("invalid_token"),
+        403 => Some("insufficient_scope"),
+        _ => None,
+    };
+    if let Some(challenge) = challenge {
+        let www = r.headers.get("www-authenticate").unwrap().to_str().unwrap();
+        assert!(www.starts_with("Bearer "), "{www}");
+        assert!(www.contains(&format!("error=\"{challenge}\"")), "{www}");
+    }
+    let text = everything(r);
+    for n in never {
+        assert!(!text.contains(n), "refusal quotes its input: {r:?}");
+    }
+}
+
+/// The claims of a compact JWS.
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// The STS's own signing key, read from its key store.
+fn sts_key(sts: &TestSts) -> SigningKey {
+    let bytes = std::fs::read(sts.dir.path().join("keys/signing-keys.json")).unwrap();
+    let ring: agent_sts::keys::StoredRing = serde_json::from_slice(&bytes).unwrap();
+    let stored = ring.keys.first().unwrap();
+    SigningKey::from_pem(stored.alg, &stored.private_key).unwrap()
+}
+
+/// `model`'s claims, edited, signed by `key` under `kid` with header `typ`.
+fn sign_as(
+    key: &SigningKey,
+    kid: &str,
+    typ: &str,
+    model: &str,
+    edit: impl FnOnce(&mut Value),
+) -> String {
+    let mut claims = claims_of(model);
+    edit(&mut claims);
+    let header = json!({"alg": key.algorithm.as_str(), "kid": kid, "typ": typ});
+    key.sign_compact(header.to_string().as_bytes(), claims.to_string().as_bytes())
+        .unwrap()
+}
+
+/// Every percent escape, with `upper` or lower hex, of the bytes outside RFC 3986's
+/// unreserved set.
+fn percent(s: &str, upper: bool) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ if upper => format!("%{b:02X}"),
+            _ => format!("%{b:02x}"),
+        })
+        .collect()
+}
+
+/// What must never reach the agent for credential value `v` whose secret part is
+/// `part`: each plain, percent-, form- and JSON-encoded, base64 in both alphabets
+/// (padded or not), and the stretch of base64 that encodes only the credential when it
+/// sits inside a longer blob at each of the three byte alignments.
+fn forbidden_forms(v: &str, part: &str) -> Vec<String> {
+    let mut forms = Vec::new();
+    for s in [v, part] {
+        let json = serde_json::to_string(s).unwrap();
+        let json = json[1..json.len() - 1].to_string();
+        forms.extend([
+            s.to_string(),
+            percent(s, true),
+            percent(s, false),
+            form_urlencoded::byte_serialize(s.as_bytes()).collect(),
+            json.replace('/', "\\/"),
+            json,
+            STANDARD_NO_PAD.encode(s),
+            URL_SAFE_NO_PAD.encode(s),
+        ]);
+        for k in 0..3 {
+            let shifted = format!("{}{s}", "x".repeat(k));
+            for encoded in [STANDARD.encode(&shifted), URL_SAFE.encode(&shifted)] {
+                forms.push(encoded[4..encoded.len() - 4].to_string());
+            }
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+fn assert_free_of(text: &str, forms: &[String], what: &str) {
+    for form in forms {
+        assert!(
+            !text.contains(form.as_str()),
+            "{what} holds the credential as {form:?}:\n{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. The whole flow.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_injects_the_credential_scrubs_it_from_the_answer_and_audits_the_call() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let signature = token.rsplit('.').next().unwrap();
+
+    let body = r#"{"title":"flaky test","body":"seen twice"}"#;
+    let request = client()
+        .post(format!("{}{ISSUES}?labels=bug", shim.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", "10.9.8.7")
+        .header("proxy-authorization", "Basic c3B5OnNweQ==")
+        .header("accept-encoding", "gzip")
+        .body(body);
+    let r = reply(request.send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The upstream got the canonical request with the credential, and not the token.
+    assert_eq!(echo.hits(), 1);
+    let seen = echo.last().unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], ISSUES);
+    assert_eq!(seen["query"], "labels=bug");
+    assert_eq!(seen["body"], body);
+    assert_eq!(seen["headers"]["authorization"], json!([CANARY_CREDENTIAL]));
+    assert_eq!(seen["headers"]["accept-encoding"], json!(["identity"]));
+    assert_eq!(seen["headers"]["content-type"], json!(["application/json"]));
+    for dropped in ["x-forwarded-for", "proxy-authorization"] {
+        assert!(
+            seen["headers"].get(dropped).is_none(),
+            "{dropped} forwarded: {seen}"
+        );
+    }
+    let seen_text = seen.to_string();
+    assert!(!seen_text.contains(&token) && !seen_text.contains(signature));
+
+    // The agent got the echo with the credential redacted everywhere.
+    let all = everything(&r);
+    assert_free_of(
+        &all,
+        &forbidden_forms(CANARY_CREDENTIAL, CANARY_PART),
+        "the answer",
+    );
+    assert!(all.contains("[redacted]"), "{all}");
+    assert_eq!(r.json()["headers"]["authorization"], json!(["[redacted]"]));
+    assert_eq!(r.headers["x-echo-authorization"], "[redacted]");
+    assert_eq!(r.json()["body"], body);
+
+    // One audit line for the call, and the chain verifies.
+    let claims = claims_of(&token);
+    let lines = shim.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["shim"], GITHUB);
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["reason"], "proxied");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], TEMPLATE);
+    assert_eq!(line["upstream_status"], 200);
+    assert!(line["bytes_scrubbed"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(line["subject"], claims["sub"]);
+    assert_eq!(line["action"], "github.issues.create");
+    assert_eq!(line["jti"], claims["jti"]);
+    let audit = std::fs::read_to_string(&shim.audit_path).unwrap();
+    assert!(!audit.contains(CANARY_PART) && !audit.contains(signature));
+    assert_eq!(agent_sts::audit::verify(&shim.audit_path).unwrap().lines, 1);
+}
+
+// ---------------------------------------------------------------------------------
+// 2. An upstream that hands the credential back in every encoding it can think of.
+
+/// A credential whose encodings all differ from it: `/`, `+`, `=`, `"` and `\` change
+/// under percent-, JSON- and form-encoding.
+const TRICKY_PART: &str = r#"CANARY/tr1cky+cred=="q"\zz"#;
+
+fn hand_back_in_every_encoding(headers: HeaderMap) -> Response {
+    let v = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let part = v
+        .split_once(' ')
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_default();
+    let json = serde_json::to_string(&v).unwrap();
+    let form: String = form_urlencoded::byte_serialize(v.as_bytes()).collect();
+    let mut lines = vec![
+        format!("plain: {v}"),
+        format!("part: {part}"),
+        format!("json: {{\"token\":{json}}}"),
+        format!("json-slash: {}", json.replace('/', "\\/")),
+        format!("pct: {}", percent(&v, true)),
+        format!("pct-lower: {}", percent(&v, false)),
+        format!("pct-part: {}", percent(&part, true)),
+        format!("form: {form}"),
+    ];
+    for s in [&v, &part] {
+        for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+            lines.push(format!("b64: {}", engine.encode(s)));
+        }
+    }
+    for prefix in ["x", "xy", "xyz", "user:"] {
+        lines.push(format!(
+            "blob: {}",
+            STANDARD.encode(format!("{prefix}{v}!"))
+        ));
+        lines.push(format!(
+            "blob-url: {}",
+            URL_SAFE_NO_PAD.encode(format!("{prefix}{part}"))
+        ));
+    }
+    let body = lines.join("\n");
+    (
+        axum::http::StatusCode::CREATED,
+        axum::response::AppendHeaders([
+            ("set-cookie", format!("session={v}; HttpOnly")),
+            ("set-cookie", format!("b64={}", STANDARD.encode(&v))),
+            (
+                "location",
+                format!("https://evil.example/cb?t={}", percent(&v, true)),
+            ),
+            ("x-token-json", json),
+            ("x-token-part", part),
+        ]),
+        body,
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_handed_back_in_any_encoding_or_header_never_reaches_the_agent() {
+    let (sts, issuers) = TestSts::standard().await;
+    // The github credential becomes one whose encodings differ from it.
+    let tricky = format!("Token {TRICKY_PART}");
+    let secrets = secrets_toml().replacen(
+        &format!("\"{CANARY_CREDENTIAL}\""),
+        &serde_json::to_string(&tricky).unwrap(),
+        1,
+    );
+    std::fs::write(sts.dir.path().join("secrets.toml"), secrets).unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let (hits, upstream) = start_upstream(move |headers: HeaderMap| {
+        if let Some(v) = headers.get("authorization") {
+            log.lock().unwrap().push(v.to_str().unwrap().to_string());
+        }
+        hand_back_in_every_encoding(headers)
+    })
+    .await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+
+    let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![tricky.clone()],
+        "the upstream got the credential"
+    );
+
+    // Positive control: what the upstream sent holds every one of the forms.
+    let forms = forbidden_forms(&tricky, TRICKY_PART);
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", tricky.parse().unwrap());
+    let sent = hand_back_in_every_encoding(headers);
+    let mut sent_text = format!("{:?}", sent.headers());
+    let sent_body = axum::body::to_bytes(sent.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    sent_text.push_str(&String::from_utf8_lossy(&sent_body));
+    for form in &forms {
+        assert!(
+            sent_text.contains(form.as_str()),
+            "the upstream never sends {form:?}"
+        );
+    }
+    assert_free_of(&everything(&r), &forms, "the answer");
+    for line in r.text.lines() {
+        assert!(line.contains("[redacted]"), "not scrubbed: {line}");
+    }
+    let cookies: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for name in ["location", "x-token-json", "x-token-part"] {
+        let value = r.headers[name].to_str().unwrap();
+        assert!(value.contains("[redacted]"), "{name}: {value}");
+    }
+    for cookie in cookies {
+        assert!(cookie.contains("[redacted]"), "{cookie}");
+    }
+    let line = shim.audit_line("proxied");
+    assert_eq!(line["upstream_status"], 201);
+    assert!(line["bytes_scrubbed"].as_u64().unwrap() > 20 * TRICKY_PART.len() as u64);
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Tokens: wrong audience, absent, malformed, not an access token, forged, expired.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_401_and_nothing_is_forwarded() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo_a, upstream_a) = start_echo().await;
+    let (echo_b, upstream_b) = start_echo().await;
+    let shim_a = TestShim::start(&sts, GITHUB, &upstream_a, "").await;
+    // A header cap above the token cap, so the oversized token meets the token check.
+    let shim_b = TestShim::start(&sts, SLACK, &upstream_b, "max_header_bytes = 65536").await;
+    let github = access_token(&sts, &issuers, "github.issues.create").await;
+    let slack = access_token(&sts, &issuers, "slack.message.post").await;
+    let post = "/api/chat.postMessage";
+
+    // Positive controls: each token works at its own shim, and so does a token the
+    // test signs itself with the STS's key (so the forgeries below fail on their flaw).
+    assert_eq!(
+        call(&shim_a.url, "POST", ISSUES, Some(&github), "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&shim_b.url, "POST", post, Some(&slack), "{}")
+            .await
+            .status,
+        200
+    );
+    let key = sts_key(&sts);
+    let resigned = sign_as(&key, &key.kid, "at+jwt", &slack, |_| {});
+    assert_eq!(
+        call(&shim_b.url, "POST", post, Some(&resigned), "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!((echo_a.hits(), echo_b.hits()), (1, 2));
+
+    let (header, payload, signature) = {
+        let mut parts = slack.split('.');
+        let mut next = || parts.next().unwrap().to_string();
+        (next(), next(), next())
+    };
+    let flipped = |s: &str| {
+        let last = if s.ends_with('A') { "B" } else { "A" };
+        format!("{}{last}", &s[..s.len() - 1])
+    };
+    let other_scope = {
+        let mut claims = claims_of(&slack);
+        claims["scope"] = json!("github.issues.create");
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    };
+    let n = now();
+    let (foreign, _) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+    let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
+    let workload = issuers.k8s_token("triage");
+    let tokens: Vec<(&str, String, &str)> = vec![
+        ("token for another shim", github.clone(), "wrong_audience"),
+        ("workload token", workload.clone(), "wrong_issuer"),
+        (
+            "tampered signature",
+            format!("{header}.{payload}.{}", flipped(&signature)),
+            "bad_signature",
+        ),
+        (
+            "tampered claims",
+            format!("{header}.{other_scope}.{signature}"),
+            "bad_signature",
+        ),
+        (
+            "foreign key under the STS's kid",
+            sign_as(&foreign, &key.kid, "at+jwt", &slack, |_| {}),
+            "bad_signature",
+        ),
+        (
+            "foreign key under its own kid",
+            sign_as(&foreign, &foreign.kid, "at+jwt", &slack, |_| {}),
+            "unknown_kid",
+        ),
+        (
+            "alg none",
+            format!("{none_header}.{payload}."),
+            "malformed_token",
+        ),
+        (
+            "STS key, typ JWT",
+            sign_as(&key, &key.kid, "JWT", &slack, |_| {}),
+            "not_an_access_token",
+        ),
+        (
+            "STS key, expired 2 minutes ago",
+            sign_as(&key, &key.kid, "at+jwt", &slack, |c| {
+                c["iat"] = json!(n - 180);
+                c["nbf"] = json!(n - 180);
+                c["exp"] = json!(n - 120);
+            }),
+            "token_expired",
+        ),
+    ];
+    let mut expected_reasons = Vec::new();
+    for (what, token, reason) in &tokens {
+        let r = call(&shim_b.url, "POST", post, Some(token), "{}").await;
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert_refused(&r, 401, "invalid_token", &[token.as_str()]);
+        expected_reasons.push(*reason);
+    }
+
+    // Authorization headers that are not one bearer token.
+    let long = format!("Bearer {}", "a".repeat(20 * 1024));
+    let garbage: Vec<(&str, Vec<Vec<u8>>, u16, &str)> = vec![
+        ("no Authorization", vec![], 401, "missing_token"),
+        (
+            "Bearer alone",
+            vec![b"Bearer".to_vec()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "Bearer and nothing",
+            vec![b"Bearer ".to_vec()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "two words",
+            vec![b"Bearer a b".to_vec()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "Basic",
+            vec![b"Basic xxx".to_vec()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "bearer in Basic",
+            vec![format!("Basic {slack}").into_bytes()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "non-ASCII",
+            vec![b"Bearer \xe2\x82\xac\xff".to_vec()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "20 KB token",
+            vec![long.into_bytes()],
+            401,
+            "malformed_authorization",
+        ),
+        (
+            "two Authorization headers",
+            vec![format!("Bearer {slack}").into_bytes(), b"Bearer x".to_vec()],
+            400,
+            "duplicate_authorization",
+        ),
+    ];
+    for (what, values, status, reason) in &garbage {
+        let mut request = client()
+            .post(format!("{}{post}", shim_b.url))
+            .header("content-type", "application/json")
+            .body("{}");
+        for v in values {
+            request = request.header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let r = reply(request.send().await.unwrap()).await;
+        assert_eq!(r.status, *status, "{what}: {r:?}");
+        if *status == 401 {
+            assert_refused(&r, 401, "invalid_token", &[&slack]);
+        } else {
+            assert_refused(&r, 400, "invalid_request", &[&slack]);
+            let www = r.headers["www-authenticate"].to_str().unwrap();
+            assert!(www.contains("error=\"invalid_request\""), "{www}");
+        }
+        expected_reasons.push(*reason);
+    }
+
+    assert_eq!(
+        (echo_a.hits(), echo_b.hits()),
+        (1, 2),
+        "a refused request was forwarded"
+    );
+    let lines = shim_b.audit();
+    let reasons: Vec<&str> = lines[2..]
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, expected_reasons);
+    assert!(
+        lines[2..]
+            .iter()
+            .all(|l| l["decision"] == "deny" && l["upstream_status"].is_null())
+    );
+    agent_sts::audit::verify(&shim_b.audit_path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Entitlement: the token's one method and path template, and nothing else.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_the_actions_method_and_path_are_refused_with_403() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+
+    for (method, path) in [
+        ("GET", ISSUES),
+        ("PUT", ISSUES),
+        ("DELETE", ISSUES),
+        ("POST", "/repos/acme/widgets/pulls"),
+        ("POST", "/repos/acme/issues"),
+        ("POST", "/repos/acme/widgets/issues/extra"),
+        ("POST", "/repos/acme/widgets/issues.json"),
+        ("POST", "/REPOS/acme/widgets/issues"),
+        ("POST", "/"),
+        ("POST", "/admin"),
+    ] {
+        let r = call(&shim.url, method, path, Some(&token), "{}").await;
+        assert_eq!(r.status, 403, "{method} {path}: {r:?}");
+        assert_refused(&r, 403, "insufficient_scope", &[&token]);
+    }
+    let lines = shim.audit();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["reason"] == "request_not_allowed" && l["path"].is_null())
+    );
+    assert!(lines.iter().all(|l| l["action"] == "github.issues.create"));
+
+    // docs.read has this shim's audience but no [action.request]: nothing to allow.
+    let (docs_echo, docs_upstream) = start_echo().await;
+    let docs = TestShim::start(&sts, DOCS, &docs_upstream, "").await;
+    let docs_token = access_token(&sts, &issuers, "docs.read").await;
+    for (method, path) in [("GET", "/"), ("GET", "/thing"), ("POST", ISSUES)] {
+        let r = call(&docs.url, method, path, Some(&docs_token), "").await;
+        assert_refused(&r, 403, "insufficient_scope", &[&docs_token]);
+    }
+    assert_eq!(docs.audit()[0]["reason"], "action_not_served");
+
+    // A shim whose catalogue puts the token's action at another audience refuses it.
+    let scopes = tempfile::tempdir().unwrap();
+    std::fs::write(
+        scopes.path().join("test.toml"),
+        SCOPES.replacen(
+            "audience = \"https://github-shim.internal\"",
+            "audience = \"https://elsewhere.internal\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let moved = TestShim::start_with_scopes(&sts, GITHUB, &upstream, "", scopes.path()).await;
+    let r = call(&moved.url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_refused(&r, 403, "insufficient_scope", &[&token]);
+    assert_eq!(moved.audit()[0]["reason"], "action_not_served");
+
+    assert_eq!(
+        (echo.hits(), docs_echo.hits()),
+        (0, 0),
+        "a refused request was forwarded"
+    );
+    // Positive control: the same token, the allowed request.
+    assert_eq!(
+        call(&shim.url, "POST", ISSUES, Some(&token), "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(echo.hits(), 1);
+}
+
+/// RFC 9110 §9.1: methods are case-sensitive; `post` is not `POST`. Matching it
+/// anyway and forwarding the agent's spelling lets the shim allow one method while the
+/// upstream routes another (the method twin of the path canonicalisation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_spelled_in_another_case_is_not_the_method_the_token_allows() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    for method in ["post", "Post"] {
+        let r = call(&shim.url, method, ISSUES, Some(&token), "{}").await;
+        let seen = echo.last().map(|l| l["method"].clone());
+        assert_eq!(r.status, 403, "{method}: the upstream saw method {seen:?}");
+        assert_refused(&r, 403, "insufficient_scope", &[&token]);
+    }
+    assert_eq!(echo.hits(), 0);
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Paths that could route differently at the upstream.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_and_ambiguous_targets_are_refused_and_never_forwarded() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+
+    for target in [
+        "/repos/acme/widgets/issues/../../../admin",
+        "/repos/acme/widgets/../widgets/issues",
+        "/repos/acme/widgets/%2e%2e/issues",
+        "/repos/acme/%2E%2E/x/issues",
+        "/repos/acme/./widgets/issues",
+        "/repos/acme/widgets/%2e/issues",
+        "/repos/acme//widgets/issues",
+        "/repos/acme/widgets/issues/",
+        "/repos/acme%2Fwidgets/x/issues",
+        "/repos/acme%2fx/widgets/issues",
+        "/repos/acme/widgets%5Cx/issues",
+        "/repos/acme/widgets/issues/..;/",
+        "/repos/acme/..;/acme/widgets/issues",
+        "/repos/acme/widgets/..%3B/issues",
+        "/repos/acme/widgets\\issues",
+        "/repos/acme\\..\\x/widgets/issues",
+        "/repos/acme/wid%00gets/issues",
+        "/repos/acme/wid%0d%0agets/issues",
+        "/repos/acme/wid%zzgets/issues",
+        "/repos/acme/wid%gets/issues",
+        "/repos/acme/w\u{ff0e}\u{ff0e}/issues",
+        "/repos/acme/wid|gets/issues",
+        "http://evil.example/repos/a/b/issues",
+        "https://evil.example/repos/a/b/issues",
+        "//evil.example/repos/a/b/issues",
+        "evil.example:80",
+        "*",
+    ] {
+        let (status, answer) = raw(&shim.url, &raw_post(target, &token, "")).await;
+        assert!(
+            status == 400 || status == 403,
+            "{target:?} answered {status}:\n{answer}"
+        );
+        assert!(!answer.contains(&token), "{target:?}: {answer}");
+    }
+    assert_eq!(
+        echo.hits(),
+        0,
+        "a traversal reached the upstream: {:?}",
+        echo.last()
+    );
+
+    // Escapes of unreserved characters are the same path, forwarded canonical.
+    for target in [
+        "/repos/%61cme/widgets/issues",
+        "/repos/acme/%77idgets/%69ssues",
+    ] {
+        let (status, answer) = raw(&shim.url, &raw_post(target, &token, "")).await;
+        assert_eq!(status, 200, "{target:?}:\n{answer}");
+        assert_eq!(echo.last().unwrap()["path"], ISSUES);
+    }
+    // Other escapes are kept (uppercased) and never decoded into separators.
+    let (status, _) = raw(
+        &shim.url,
+        &raw_post("/repos/a%c3%a9/b%3f/issues", &token, ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(echo.last().unwrap()["path"], "/repos/a%C3%A9/b%3F/issues");
+    assert_eq!(echo.hits(), 3);
+    let refused = shim
+        .audit()
+        .into_iter()
+        .filter(|l| l["decision"] == "deny")
+        .count();
+    assert!(refused >= 20, "refusals audited: {refused}");
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Redirects stay with the agent.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_origin_redirect_is_relayed_not_followed() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (other, other_url) = start_echo().await;
+    let location = format!("{other_url}/stolen?x=1");
+    let target = location.clone();
+    let (hits, upstream) = start_upstream(move |_| {
+        (
+            axum::http::StatusCode::FOUND,
+            [("location", target.clone())],
+        )
+            .into_response()
+    })
+    .await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+
+    let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(r.headers["location"], location.as_str());
+    assert_free_of(
+        &everything(&r),
+        &forbidden_forms(CANARY_CREDENTIAL, CANARY_PART),
+        "the answer",
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(other.hits(), 0, "the shim followed the redirect");
+    let line = shim.audit_line("proxied");
+    assert_eq!(line["upstream_status"], 302);
+}
+
+// ---------------------------------------------------------------------------------
+// 7. No usable credential: nothing is forwarded.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_disabled_credential_answers_502_and_forwards_nothing() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    // The STS mints only while the credential is usable, so the token comes first;
+    // each shim then starts with an empty credential cache.
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let secrets = sts.dir.path().join("secrets.toml");
+    let github = "[secret.\"integrations/github\"]";
+    let cases = [
+        (
+            "missing",
+            secrets_toml().replacen(github, "[secret.\"integrations/elsewhere\"]", 1),
+        ),
+        (
+            "disabled",
+            secrets_toml().replacen(
+                &format!("value = \"{CANARY_CREDENTIAL}\""),
+                &format!("value = \"{CANARY_CREDENTIAL}\"\ndisabled = true"),
+                1,
+            ),
+        ),
+    ];
+    for (what, text) in cases {
+        std::fs::write(&secrets, text).unwrap();
+        let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        assert_refused(&r, 502, "credential_unavailable", &[CANARY_PART, &token]);
+        let line = shim.audit_line("credential_unavailable");
+        assert_eq!(line["path"], TEMPLATE, "{what}");
+        assert!(line["upstream_status"].is_null(), "{what}");
+        assert_eq!(echo.hits(), 0, "{what}: forwarded without a credential");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 8. Framing and size: smuggling shapes, oversized headers and bodies.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_and_oversized_requests_are_refused_before_the_upstream() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "max_request_bytes = 1024").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let head = format!(
+        "POST {ISSUES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\n"
+    );
+    let big = "x".repeat(2000);
+
+    let cases: Vec<(&str, String, &[u16])> = vec![
+        (
+            "gzip, chunked",
+            format!("{head}Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+            &[400, 501],
+        ),
+        (
+            "two transfer codings headers",
+            format!(
+                "{head}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            ),
+            &[400, 501],
+        ),
+        (
+            "two differing Content-Length",
+            format!("{head}Content-Length: 2\r\nContent-Length: 40\r\n\r\n{{}}"),
+            &[400],
+        ),
+        (
+            "a 20 KB header",
+            format!(
+                "{head}X-Pad: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+                "p".repeat(20 * 1024)
+            ),
+            &[431],
+        ),
+        (
+            "200 headers",
+            format!(
+                "{head}{}Content-Length: 2\r\n\r\n{{}}",
+                (0..200)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
+            ),
+            &[431],
+        ),
+        (
+            "2000-byte body with Content-Length",
+            format!("{head}Content-Length: 2000\r\n\r\n{big}"),
+            &[413],
+        ),
+        // The shim takes bodies framed by Content-Length only (module doc, step 1):
+        // any Transfer-Encoding is refused before the body is read.
+        (
+            "2000-byte body chunked",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n"),
+            &[400],
+        ),
+        (
+            "2000-byte body in 100-byte chunks",
+            format!(
+                "{head}Transfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+                format!("64\r\n{}\r\n", "y".repeat(100)).repeat(20)
+            ),
+            &[400],
+        ),
+        (
+            "a small chunked body",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+            &[400],
+        ),
+    ];
+    for (what, request, statuses) in &cases {
+        let (status, answer) = raw(&shim.url, request.as_bytes()).await;
+        assert!(statuses.contains(&status), "{what}: {status}\n{answer}");
+        assert!(!answer.contains(&token), "{what}: {answer}");
+    }
+    assert_eq!(echo.hits(), 0, "{:?}", echo.last());
+
+    // Unknown path with a good token: 403. And the positive control: 1024 bytes pass.
+    let r = call(&shim.url, "POST", "/nope", Some(&token), "{}").await;
+    assert_refused(&r, 403, "insufficient_scope", &[&token]);
+    let fits = format!("\"{}\"", "z".repeat(1022));
+    assert_eq!(
+        call(&shim.url, "POST", ISSUES, Some(&token), &fits)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(echo.hits(), 1);
+    let reasons: Vec<String> = shim
+        .audit()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap().to_string())
+        .collect();
+    for reason in ["ambiguous_framing", "headers_too_large", "body_too_large"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} not audited: {reasons:?}"
+        );
+    }
+}
+
+/// The smuggling shape (RFC 9112 §6.1): a front proxy that trusts Content-Length and a
+/// shim that trusts Transfer-Encoding read different bodies and different next
+/// requests. The shim's contract (module doc, step 1) is to refuse the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_beside_transfer_encoding_is_refused() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let head = format!(
+        "POST {ISSUES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n"
+    );
+    let body = format!(
+        "0\r\n\r\nPOST /admin HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    for (what, framing) in [
+        (
+            "Content-Length then Transfer-Encoding",
+            format!(
+                "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+                body.len()
+            ),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!(
+                "Transfer-Encoding: chunked\r\nContent-Length: {}\r\n",
+                body.len()
+            ),
+        ),
+    ] {
+        let request = format!("{head}{framing}\r\n{body}");
+        let (status, answer) = raw(&shim.url, request.as_bytes()).await;
+        assert_eq!(
+            status,
+            400,
+            "{what}: upstream saw {:?}\n{answer}",
+            echo.last()
+        );
+    }
+    assert_eq!(echo.hits(), 0);
+    assert_eq!(shim.audit()[0]["reason"], "ambiguous_framing");
+}
+
+// ---------------------------------------------------------------------------------
+// 9. The upstream fails: down, slow, compressed, too large.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_answer_502_or_504_and_are_audited() {
+    let (sts, issuers) = TestSts::standard().await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let sleeper = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        "late"
+    });
+    let slow = spawn_router(sleeper).await;
+    let (_, gzip) = start_upstream(|headers: HeaderMap| {
+        let leak = headers["authorization"].to_str().unwrap().to_string();
+        ([("content-encoding", "gzip")], leak).into_response()
+    })
+    .await;
+    let (_, large) = start_upstream(|headers: HeaderMap| {
+        let leak = headers["authorization"].to_str().unwrap().to_string();
+        format!("{leak}{}", "L".repeat(4096)).into_response()
+    })
+    .await;
+
+    let cases = [
+        (
+            "down",
+            down,
+            "",
+            502,
+            "upstream_error",
+            "upstream_unreachable",
+            None,
+        ),
+        (
+            "slow",
+            slow,
+            "upstream_timeout = \"500ms\"",
+            504,
+            "upstream_timeout",
+            "upstream_timeout",
+            None,
+        ),
+        (
+            "gzip",
+            gzip,
+            "",
+            502,
+            "upstream_error",
+            "upstream_encoding",
+            Some(200),
+        ),
+        (
+            "large",
+            large,
+            "max_response_bytes = 1024",
+            502,
+            "upstream_error",
+            "upstream_too_large",
+            Some(200),
+        ),
+    ];
+    for (what, upstream, extra, status, code, reason, upstream_status) in cases {
+        let shim = TestShim::start(&sts, GITHUB, &upstream, extra).await;
+        let started = Instant::now();
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        let took = started.elapsed();
+        assert_refused(&r, status, code, &[CANARY_PART, &token]);
+        assert!(took < Duration::from_secs(2), "{what} took {took:?}");
+        let line = shim.audit_line(reason);
+        assert_eq!(line["decision"], "deny", "{what}");
+        assert_eq!(line["path"], TEMPLATE, "{what}");
+        assert_eq!(line["upstream_status"], json!(upstream_status), "{what}");
+        assert_eq!(line["bytes_scrubbed"], 0, "{what}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 10. The leak hunt through the real binary.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let scopes = sts.dir.path().join("scopes");
+    let config = TestShim::write_config(&sts, GITHUB, &upstream, "", &scopes);
+    let shim = ServeProcess::start_shim(&config.config_path, config.dir.path(), "trace");
+
+    let workload = issuers.k8s_token("triage");
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let slack = access_token(&sts, &issuers, "slack.message.post").await;
+    let tampered = format!("{}A", &token[..token.len() - 1]);
+    let mut responses = String::new();
+    for (method, path, bearer) in [
+        ("POST", ISSUES, Some(token.as_str())),
+        ("POST", ISSUES, Some(token.as_str())),
+        ("GET", ISSUES, Some(token.as_str())),
+        ("POST", "/repos/acme/widgets/pulls", Some(token.as_str())),
+        ("POST", ISSUES, None),
+        ("POST", ISSUES, Some(workload.as_str())),
+        ("POST", ISSUES, Some(slack.as_str())),
+        ("POST", ISSUES, Some(tampered.as_str())),
+        ("POST", ISSUES, Some("not-a-jwt")),
+    ] {
+        let r = call(&shim.url, method, path, bearer, "{\"title\":\"t\"}").await;
+        responses.push_str(&everything(&r));
+        responses.push('\n');
+    }
+    for request in [
+        raw_post("/repos/acme/widgets/%2e%2e/issues", &token, ""),
+        raw_post("http://evil.example/repos/a/b/issues", &token, ""),
+        raw_post(
+            ISSUES,
+            &token,
+            &format!("X-Pad: {}\r\n", "p".repeat(20 * 1024)),
+        ),
+        raw_post(ISSUES, &token, "Transfer-Encoding: chunked\r\n"),
+    ] {
+        responses.push_str(&raw(&shim.url, &request).await.1);
+        responses.push('\n');
+    }
+    let (stdout, stderr) = shim.stop();
+    let audit = std::fs::read_to_string(&config.audit_path).unwrap();
+
+    // The work really happened, at TRACE.
+    assert!(stderr.contains("TRACE"), "no TRACE lines captured");
+    assert_eq!(echo.hits(), 2);
+    assert_eq!(responses.matches("200\n").count(), 2, "{responses}");
+    assert_eq!(audit.lines().count(), 13, "{audit}");
+    agent_sts::audit::verify(&config.audit_path).unwrap();
+
+    let mut secrets = forbidden_forms(CANARY_CREDENTIAL, CANARY_PART);
+    for t in [&token, &slack, &workload, &tampered] {
+        secrets.push(t.to_string());
+        secrets.push(t.rsplit('.').next().unwrap().to_string());
+    }
+    for (name, output) in [
+        ("responses", &responses),
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("audit log", &audit),
+    ] {
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{name} contains a secret ({} chars starting {:?})",
+                secret.len(),
+                &secret[..8.min(secret.len())]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 11. `agent-sts dev`: the printed example, end to end.
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let shim_listen = format!("127.0.0.1:{}", free_port());
+    let keys = tmp.path().join("keys");
+    let scopes = Path::new(env!("CARGO_MANIFEST_DIR")).join("scopes");
+    let args = [
+        OsStr::new("dev"),
+        OsStr::new("--listen"),
+        OsStr::new(&listen),
+        OsStr::new("--shim-listen"),
+        OsStr::new(&shim_listen),
+        OsStr::new("--keys"),
+        keys.as_os_str(),
+        OsStr::new("--scopes"),
+        scopes.as_os_str(),
+    ];
+    let dev = ServeProcess::spawn(&args, &[], tmp.path(), "trace", |out, _| {
+        out.contains("curl -s -X")
+            .then(|| format!("http://{listen}"))
+    });
+    let printed = std::fs::read_to_string(&dev.stdout).unwrap();
+
+    // The example: TOKEN='...', the exchange for `scope=`, the call through the shim.
+    let line = |prefix: &str| {
+        printed
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{printed}"))
+            .trim()
+            .to_string()
+    };
+    let workload = line("TOKEN='")
+        .trim_start_matches("TOKEN='")
+        .trim_end_matches('\'')
+        .to_string();
+    let scope = line("-d scope=")
+        .trim_start_matches("-d scope=")
+        .split([' ', '|'])
+        .next()
+        .unwrap()
+        .to_string();
+    let shim_call = line("curl -s -X");
+    let words: Vec<&str> = shim_call.split_whitespace().collect();
+    let (method, url) = (words[3], words[4]);
+    assert!(
+        url.starts_with(&format!("http://{shim_listen}/")),
+        "{shim_call}"
+    );
+    let body = shim_call
+        .split_once("-d '")
+        .map(|(_, b)| b.trim_end_matches('\'').to_string())
+        .unwrap_or_default();
+
+    let exchanged = post_form(
+        &format!("{}/token", dev.url),
+        exchange_form(&workload, &scope),
+    )
+    .await;
+    assert_eq!(exchanged.status, 200, "{exchanged:?}");
+    let access = exchanged.token();
+    let path = url.trim_start_matches(&format!("http://{shim_listen}"));
+    let r = call(
+        &format!("http://{shim_listen}"),
+        method,
+        path,
+        Some(&access),
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let echoed = r.json();
+    assert_eq!(
+        echoed["headers"]["authorization"],
+        json!(["[redacted]"]),
+        "{r:?}"
+    );
+    assert_eq!(echoed["path"], path);
+    assert_eq!(echoed["body"], body);
+
+    let (stdout, stderr) = dev.stop();
+    let secrets: toml::Table =
+        toml::from_str(&std::fs::read_to_string(keys.join("dev-secrets.toml")).unwrap()).unwrap();
+    let values: Vec<String> = secrets["secret"]
+        .as_table()
+        .unwrap()
+        .values()
+        .map(|s| s["value"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!values.is_empty());
+    let answer = everything(&r);
+    for value in &values {
+        let part = value.split_once(' ').map_or(value.as_str(), |(_, p)| p);
+        let forms = forbidden_forms(value, part);
+        assert_free_of(&answer, &forms, "the shim's answer");
+        assert_free_of(&stdout, &forms, "dev's stdout");
+        assert_free_of(&stderr, &forms, "dev's stderr");
+    }
+    let signature = access.rsplit('.').next().unwrap();
+    assert!(!stderr.contains(signature), "dev logged the access token");
+}
