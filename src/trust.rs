@@ -136,6 +136,10 @@ impl VerifyingKey {
 struct KeySet {
     keys: Vec<VerifyingKey>,
     fetched_at: Instant,
+    /// Age after which one request refetches: the trust's `jwks_refresh`, or the
+    /// response's `Cache-Control: max-age` when shorter (the issuer says how fresh its
+    /// key list must be; the fetch cooldown still bounds how often that happens).
+    refresh_after: Duration,
     max_stale: Duration,
 }
 
@@ -348,7 +352,7 @@ impl TrustStore {
         let issuer = &self.issuers[index];
         let cached = self.keys.get(&index).await;
         if let (Some(set), false) = (&cached, unknown_kid) {
-            if set.fetched_at.elapsed() < issuer.config.jwks_refresh {
+            if set.fetched_at.elapsed() < set.refresh_after {
                 return Ok(set.clone());
             }
             let Ok(_guard) = issuer.fetch_lock.try_lock() else {
@@ -404,15 +408,20 @@ impl TrustStore {
         let name = issuer.config.name.as_str();
         let result = match &issuer.config.jwks {
             JwksSource::Uri(url) => self.fetch_uri(url).await,
-            JwksSource::File(path) => tokio::fs::read(path).await.map_err(|_| JwksError::File),
+            JwksSource::File(path) => tokio::fs::read(path)
+                .await
+                .map(|bytes| (bytes, None))
+                .map_err(|_| JwksError::File),
         }
-        .and_then(|bytes| parse_jwks(&bytes, &issuer.allowed));
+        .and_then(|(bytes, max_age)| Ok((parse_jwks(&bytes, &issuer.allowed)?, max_age)));
         match result {
-            Ok(keys) => {
+            Ok((keys, max_age)) => {
                 self.metrics.jwks_fetch(name, "ok");
+                let refresh = issuer.config.jwks_refresh;
                 let set = Arc::new(KeySet {
                     keys,
                     fetched_at: Instant::now(),
+                    refresh_after: max_age.map_or(refresh, |age| age.min(refresh)),
                     max_stale: issuer.config.jwks_max_stale,
                 });
                 self.keys.insert(index, set.clone()).await;
@@ -429,7 +438,11 @@ impl TrustStore {
         }
     }
 
-    async fn fetch_uri(&self, url: &reqwest::Url) -> Result<Vec<u8>, JwksError> {
+    /// The JWKS body and the response's `Cache-Control: max-age`, if any.
+    async fn fetch_uri(
+        &self,
+        url: &reqwest::Url,
+    ) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
         let mut response = self
             .http
             .get(url.clone())
@@ -444,6 +457,12 @@ impl TrustStore {
         if response.content_length().is_some_and(|n| n as usize > cap) {
             return Err(JwksError::TooLarge);
         }
+        let max_age = response
+            .headers()
+            .get_all(reqwest::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(max_age);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|_| JwksError::Transport)? {
             if body.len() + chunk.len() > cap {
@@ -451,7 +470,7 @@ impl TrustStore {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok((body, max_age))
     }
 
     /// Trust names and SPIFFE domains, for the catalogue.
@@ -463,6 +482,22 @@ impl TrustStore {
             )
         })
     }
+}
+
+/// The `max-age` directive of a `Cache-Control` value (RFC 9111 §5.2.2.1).
+fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("max-age") {
+            return None;
+        }
+        value
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .ok()
+            .map(Duration::from_secs)
+    })
 }
 
 /// Redirects are followed only within the same origin, at most three times.
@@ -963,5 +998,17 @@ mod tests {
         for a in ["none", "HS256", "HS384", "HS512", "", "es256"] {
             assert!(parse_algorithm(a).is_none(), "{a}");
         }
+    }
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(max_age("max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            max_age("public, Max-Age = \"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age("no-store"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+        assert_eq!(max_age("s-maxage=5"), None);
     }
 }

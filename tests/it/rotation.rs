@@ -64,7 +64,7 @@ impl CachingVerifier {
 }
 
 /// Short key lifecycle for rotation tests.
-fn fast_lifecycle(config: String) -> String {
+pub fn fast_lifecycle(config: String) -> String {
     config
         .replace("refresh_interval = \"1s\"", "refresh_interval = \"300ms\"")
         .replace("publish_lead = \"10m\"", "publish_lead = \"2s\"")

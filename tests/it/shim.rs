@@ -1424,3 +1424,112 @@ async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
     let signature = access.rsplit('.').next().unwrap();
     assert!(!stderr.contains(signature), "dev logged the access token");
 }
+
+/// SECURITY.md: key rotation under load → zero verification failures at a shim. Clients
+/// mint and call the real shim continuously while the STS's keys rotate twice on a
+/// short lifecycle (publish_lead 2 s, jwks_max_age 1 s, refresh 300 ms). The shim's
+/// verifier learns new keys from the JWKS `max-age` and, as a backstop, one refetch on
+/// an unknown kid; its refetch cooldown is shortened like the rest of the lifecycle
+/// (200 ms against 30 s by default, below the 1 s `max-age`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_under_load_with_zero_failures_at_the_shim() {
+    let issuers = Issuers::start().await;
+    let base = TestSts::start(&issuers.specs(), SCOPES, "").await;
+    let text = crate::rotation::fast_lifecycle(std::fs::read_to_string(&base.config_path).unwrap());
+    std::fs::write(&base.config_path, &text).unwrap();
+    let sts = TestSts::serve(base.dir, base.config_path.clone()).await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(
+        &sts,
+        GITHUB,
+        &upstream,
+        "\n[limits]\njwks_refetch_cooldown = \"200ms\"",
+    )
+    .await;
+    let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
+    let store = agent_sts::keys::FileKeyStore::new(sts.dir.path().join("keys"));
+
+    let body = exchange_form(&issuers.k8s_token("triage"), "github.issues.create");
+    let (calls, failures) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let kids = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (sts_url, shim_url, body) = (sts.url.clone(), shim.url.clone(), body.clone());
+        let (calls, failures, kids) = (calls.clone(), failures.clone(), kids.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while started.elapsed() < Duration::from_secs(7) {
+                let minted = client
+                    .post(format!("{sts_url}/token"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let minted = reply(minted).await;
+                assert_eq!(minted.status, 200, "{minted:?}");
+                let token = minted.token();
+                let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+                let r = client
+                    .post(format!("{shim_url}{ISSUES}"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                let r = reply(r).await;
+                if r.status == 200 {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    *kids.lock().unwrap().entry(kid).or_default() += 1;
+                } else {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{kid}: {} {}", r.status, r.text));
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        agent_sts::keys::rotate(
+            &store,
+            config.tokens.algorithm,
+            now(),
+            config.keys.publish_lead,
+            config.tokens.max_ttl,
+        )
+        .await
+        .unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (calls, failures) = (
+        calls.load(Ordering::SeqCst),
+        failures.lock().unwrap().clone(),
+    );
+    let kids = kids.lock().unwrap().clone();
+    println!(
+        "rotation under load at the shim: {calls} calls proxied, {} failures, kids {kids:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(calls > 50, "too little load: {calls}");
+    assert!(
+        kids.len() >= 2,
+        "rotation did not happen under load: {kids:?}"
+    );
+    assert_eq!(echo.hits(), calls);
+    agent_sts::audit::verify(&shim.audit_path).unwrap();
+}
