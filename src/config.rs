@@ -1211,4 +1211,78 @@ path = "audit.log"
         assert!(e.contains("AGENT_STS_SERVER_LISTN"), "{e}");
         assert!(e.contains("listn"), "{e}");
     }
+
+    const SHIM: &str = r#"
+[shim]
+listen = "127.0.0.1:9090"
+audience = "https://github-shim.internal"
+upstream = "https://api.github.com"
+issuer = "https://sts.example.org"
+jwks_uri = "https://sts.example.org/.well-known/jwks.json"
+scopes_dir = "scopes"
+"#;
+
+    fn shim_err(text: &str) -> String {
+        ShimConfig::from_toml(text, "shim.toml", &no_env())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn shim_design_example_parses_with_defaults() {
+        let c = ShimConfig::from_toml(SHIM, "shim.toml", &no_env()).unwrap();
+        assert_eq!(c.shim.listen.port(), 9090);
+        assert_eq!(c.shim.upstream.as_str(), "https://api.github.com/");
+        assert_eq!(c.shim.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(c.shim.max_request_bytes, 1 << 20);
+        assert!(matches!(c.secrets, SecretsConfig::File { .. }));
+        assert_eq!(
+            c.limits.max_token_bytes,
+            LimitsConfig::default().max_token_bytes
+        );
+    }
+
+    #[test]
+    fn shim_upstream_and_jwks_rules_name_the_key() {
+        for (bad, key) in [
+            ("http://api.github.com", "shim.upstream"),
+            ("https://user:pw@api.github.com", "shim.upstream"),
+            ("https://api.github.com/?x=1", "shim.upstream"),
+            ("ftp://api.github.com", "shim.upstream"),
+        ] {
+            let text = SHIM.replace("https://api.github.com", bad);
+            assert!(shim_err(&text).contains(key), "{bad}: {}", shim_err(&text));
+        }
+        let loopback = SHIM.replace("https://api.github.com", "http://127.0.0.1:8081/api");
+        let c = ShimConfig::from_toml(&loopback, "shim.toml", &no_env()).unwrap();
+        assert_eq!(c.shim.upstream.path(), "/api");
+        let jwks = SHIM.replace(
+            "https://sts.example.org/.well-known",
+            "http://sts.example.org/.well-known",
+        );
+        assert!(shim_err(&jwks).contains("shim.jwks_uri"));
+        let typo = format!("{SHIM}upstrem = \"x\"\n");
+        assert!(shim_err(&typo).contains("upstrem"));
+        let vault = format!("{SHIM}[secrets]\nstore = \"vault\"\n");
+        assert!(shim_err(&vault).contains("vault"));
+        let server = format!("{SHIM}[server]\nissuer = \"x\"\n");
+        assert!(shim_err(&server).contains("server"));
+    }
+
+    #[test]
+    fn shim_environment_overrides() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "AGENT_STS_SHIM_LISTEN".to_string(),
+            "0.0.0.0:9999".to_string(),
+        );
+        env.insert(
+            "AGENT_STS_SHIM_UPSTREAM_TIMEOUT".to_string(),
+            "2s".to_string(),
+        );
+        env.insert("AGENT_STS_SERVER_LISTEN".to_string(), "ignored".to_string());
+        let c = ShimConfig::from_toml(SHIM, "shim.toml", &env).unwrap();
+        assert_eq!(c.shim.listen.port(), 9999);
+        assert_eq!(c.shim.upstream_timeout, Duration::from_secs(2));
+    }
 }
