@@ -15,9 +15,16 @@
 //!   re-parses the PKCS#8 key on every call.
 //! - `policy`: [`Catalogue::get`] + [`Action::permits_agent`](agent_sts::catalogue::Action::permits_agent)
 //!   over the repository's own `scopes/`, granted and refused.
+//! - `canonicalize`: the shim's [`request_target::canonicalize`] of a typical API path
+//!   and of a percent-encoded one (escapes decoded and upper-cased), per request.
+//! - `scrub`: [`Scrubber::new`] for a 48-byte credential (once per credential change),
+//!   and [`Scrubber::scrub`] of a 1 KiB, 16 KiB and 256 KiB JSON response body without
+//!   the credential (the common case: one scan, no copy) and with it once (a copy).
 //!
 //! JWKS come from `jwks_file`s in a temp dir, so no server runs inside criterion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -30,20 +37,21 @@ use agent_sts::config::{Config, SigningAlgorithm};
 use agent_sts::keys::LoadedKey;
 use agent_sts::metrics::Metrics;
 use agent_sts::mint::{self, Grant};
-use agent_sts::secret::{PrivateKeyPem, SubjectToken};
+use agent_sts::request_target;
+use agent_sts::scrub::Scrubber;
+use agent_sts::secret::SubjectToken;
 use agent_sts::signing_key::SigningKey;
 use agent_sts::trust::{TrustStore, unix_now};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as lc, KeyPair, RsaKeyPair};
+use axum::body::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use criterion::{Criterion, criterion_group, criterion_main};
+use common::{AccessClaims, SPIRE_ISSUER, STS_ISSUER, b64, fixture};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Serialize;
 use serde_json::json;
 
-const STS_ISSUER: &str = "https://sts.bench.example";
-const SPIRE_ISSUER: &str = "https://spire.example.org";
 const K8S_ISSUER: &str = "https://kubernetes.default.svc";
 
 /// Distinct ES256 subject tokens signed up front.
@@ -51,17 +59,6 @@ const ES256_POOL: usize = 20_000;
 /// Distinct RS256 subject tokens: RSA signing is slow, and the store is replaced
 /// whenever the pool runs out, so a smaller pool suffices.
 const RS256_POOL: usize = 2_000;
-
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// The fake workload issuers: SPIRE (ES256, fixture `spire-es256.pem`) and a
 /// Kubernetes cluster (RS256, fixture `k8s-rs256.pem`), with their JWKS on disk and a
@@ -78,11 +75,7 @@ struct Issuers {
 impl Issuers {
     fn new() -> Issuers {
         let dir = tempfile::tempdir().unwrap();
-        let spire = SigningKey::from_pem(
-            SigningAlgorithm::ES256,
-            &PrivateKeyPem::new(fixture("spire-es256.pem")),
-        )
-        .unwrap();
+        let spire = common::spire_key();
         let k8s_pem = fixture("k8s-rs256.pem");
         let k8s = RsaKeyPair::from_pkcs8(pem::parse(&k8s_pem).unwrap().contents()).unwrap();
         let k8s_kid = "k8s-bench-1".to_string();
@@ -146,21 +139,7 @@ algorithms = ["RS256"]
 
     /// A SPIFFE JWT-SVID (the real shape), made distinct by `n`.
     fn svid(&self, n: usize) -> SubjectToken {
-        let now = unix_now();
-        let header = json!({"alg": "ES256", "kid": self.spire.kid, "typ": "JWT"});
-        let claims = json!({
-            "sub": format!("spiffe://example.org/agent/worker-{}", n % 64),
-            "aud": [STS_ISSUER],
-            "exp": now + 3600,
-            "iat": now,
-            "iss": SPIRE_ISSUER,
-            "jti": format!("svid-{n}"),
-        });
-        let token = self
-            .spire
-            .sign_compact(header.to_string().as_bytes(), claims.to_string().as_bytes())
-            .unwrap();
-        SubjectToken::new(token)
+        SubjectToken::new(common::svid(&self.spire, "svid", n, unix_now()))
     }
 
     /// A projected Kubernetes service-account token (the real shape), distinct by `n`.
@@ -202,28 +181,6 @@ algorithms = ["RS256"]
     }
 }
 
-/// Signs `n` tokens with `make`, on every core.
-fn pool(n: usize, make: impl Fn(usize) -> SubjectToken + Sync) -> Vec<SubjectToken> {
-    let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let make = &make;
-                s.spawn(move || {
-                    (t * chunk..((t + 1) * chunk).min(n))
-                        .map(make)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
-}
-
 /// Times `iters` verifications, each of a token the store has not seen.
 fn verify_uncached(
     rt: &tokio::runtime::Runtime,
@@ -259,8 +216,8 @@ fn bench_verify(c: &mut Criterion) {
         .unwrap();
     let issuers = Issuers::new();
     let started = Instant::now();
-    let es256 = pool(ES256_POOL + 1, |n| issuers.svid(n));
-    let rs256 = pool(RS256_POOL + 1, |n| issuers.k8s_token(n));
+    let es256 = common::on_every_core(ES256_POOL + 1, |n| issuers.svid(n));
+    let rs256 = common::on_every_core(RS256_POOL + 1, |n| issuers.k8s_token(n));
     eprintln!(
         "signed {} ES256 and {} RS256 subject tokens in {:.1?}",
         es256.len(),
@@ -357,27 +314,6 @@ fn bench_verify(c: &mut Criterion) {
     group.finish();
 }
 
-/// The claims `mint` writes, for `jsonwebtoken::encode`.
-#[derive(Serialize)]
-struct AccessClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    exp: u64,
-    iat: u64,
-    nbf: u64,
-    jti: String,
-    client_id: &'a str,
-    scope: &'a str,
-}
-
-/// A fresh 128-bit `jti`, as `mint` makes it.
-fn jti() -> String {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).unwrap();
-    b64(&bytes)
-}
-
 fn bench_mint(c: &mut Criterion) {
     let now = unix_now();
     let grant = Grant {
@@ -426,7 +362,7 @@ fn bench_mint(c: &mut Criterion) {
                         exp: now + grant.ttl_secs,
                         iat: now,
                         nbf: now,
-                        jti: jti(),
+                        jti: common::jti(),
                         client_id: grant.client_id,
                         scope: grant.action,
                     };
@@ -496,6 +432,116 @@ fn bench_policy(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_canonicalize(c: &mut Criterion) {
+    let cases = [
+        (
+            "typical API path",
+            "/repos/acme/widgets/issues?state=open",
+            "/repos/acme/widgets/issues",
+        ),
+        (
+            "percent-encoded path",
+            "/repos/acme/my%2dwidgets/contents/docs/caf%c3%a9%20menu%7E1.md?ref=main",
+            "/repos/acme/my-widgets/contents/docs/caf%C3%A9%20menu~1.md",
+        ),
+    ];
+    let mut group = c.benchmark_group("canonicalize");
+    for (name, target, canonical) in cases {
+        // hyper parses the request line into a Uri before the shim sees it.
+        let uri: http::Uri = target.parse().unwrap();
+        assert_eq!(
+            request_target::canonicalize(&uri).unwrap().path,
+            canonical,
+            "{name}"
+        );
+        group.bench_function(format!("request_target::canonicalize, {name}"), |b| {
+            b.iter(|| request_target::canonicalize(black_box(&uri)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// A JSON array of GitHub-issue-like objects (with URLs, hex and base64-ish ids, so
+/// the bytes are varied like a real API answer) of exactly `size` bytes; with
+/// `secret`, one object in the middle echoes it once.
+fn json_body(size: usize, secret: Option<&str>) -> Bytes {
+    // Deterministic pseudo-random text (an LCG), so every run scans the same bytes.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |alphabet: &[u8], n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from(alphabet[(state >> 33) as usize % alphabet.len()])
+            })
+            .collect()
+    };
+    const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const HEX: &[u8] = b"0123456789abcdef";
+    let mut item = |i: usize, echo: &str| {
+        format!(
+            r#"{{"id":{id},"node_id":"I_kwDO{node}","number":{n},"html_url":"https://github.com/acme/widgets/issues/{n}","title":"Widget {i} does not frobnicate","state":"open","labels":["bug","triage"],"user":{{"login":"octocat","id":583231,"avatar_url":"https://avatars.githubusercontent.com/u/583231?v=4"}},"created_at":"2024-05-{day:02}T12:34:56Z","head_sha":"{sha}","body":"Steps to reproduce: open the widget, press frob.{echo}"}}"#,
+            id = 2_000_000_000 + i * 7919,
+            node = random(BASE64URL, 16),
+            n = 1000 + i,
+            day = 1 + i % 28,
+            sha = random(HEX, 40),
+        )
+    };
+    let closing = r#",{"pad":""}]"#.len();
+    let mut items = Vec::new();
+    let mut len = 1;
+    loop {
+        let next = item(items.len(), "");
+        if len + next.len() + 1 + closing > size {
+            break;
+        }
+        len += next.len() + 1;
+        items.push(next);
+    }
+    if let Some(secret) = secret {
+        let middle = items.len() / 2;
+        items[middle] = item(middle, &format!(" Sent with {secret}"));
+    }
+    let mut out = format!("[{}", items.join(","));
+    let pad = size - out.len() - closing;
+    out.push_str(&format!(r#",{{"pad":"{}"}}]"#, "x".repeat(pad)));
+    assert_eq!(out.len(), size);
+    Bytes::from(out)
+}
+
+fn bench_scrub(c: &mut Criterion) {
+    // A 48-byte credential header value, as the shim injects it.
+    let secret = "Bearer ghp_0123456789abcdefghijklmnopqrstuvwxyzA";
+    assert_eq!(secret.len(), 48);
+    let mut group = c.benchmark_group("scrub");
+    group.bench_function("Scrubber::new, 48-byte credential", |b| {
+        b.iter(|| Scrubber::new(black_box(secret)))
+    });
+    let scrubber = Scrubber::new(secret);
+    for (size, label) in [
+        (1 << 10, "1 KiB"),
+        (16 << 10, "16 KiB"),
+        (256 << 10, "256 KiB"),
+    ] {
+        group.throughput(Throughput::Bytes(size as u64));
+        for (with, secret) in [("clean", None), ("secret once", Some(secret))] {
+            let body = json_body(size, secret);
+            let (_, removed) = scrubber.scrub(body.clone());
+            assert_eq!(
+                removed,
+                if secret.is_some() { 48 } else { 0 },
+                "{label} {with}"
+            );
+            group.bench_function(format!("Scrubber::scrub, {label} JSON, {with}"), |b| {
+                b.iter(|| scrubber.scrub(black_box(body.clone())))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(3))
@@ -508,6 +554,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_verify, bench_mint, bench_policy
+    targets = bench_verify, bench_mint, bench_policy, bench_canonicalize, bench_scrub
 }
 criterion_main!(benches);
