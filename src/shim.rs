@@ -326,8 +326,8 @@ impl Shim {
         Ok(response)
     }
 
-    /// The usable credential at `path` and its scrubber (built once per credential
-    /// value: a changed credential is a new `Arc`).
+    /// The usable credential at `path` and its scrubber, built once per credential value
+    /// (~0.4 ms): a reload of the same value (every 30 s) keeps the scrubber.
     async fn credential(
         &self,
         path: &str,
@@ -337,7 +337,7 @@ impl Shim {
             ShimError::CredentialUnavailable
         })?;
         if let Some((known, scrubber)) = self.scrubbers.get(path)
-            && Arc::ptr_eq(&known, &stored)
+            && known.value.expose() == stored.value.expose()
         {
             return Ok((stored, scrubber));
         }
