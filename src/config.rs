@@ -462,28 +462,13 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 impl Config {
     /// Reads, overrides from the environment, and validates `path`.
     pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let (text, file) = read(path)?;
         Self::from_toml(&text, &file, env)
     }
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
     pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        // Parse once from the text so syntax and unknown-key errors carry line numbers.
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
-        let overrides = env.vars_with_prefix(ENV_PREFIX);
-        let raw = if overrides.is_empty() {
-            raw
-        } else {
-            apply_env(text, file, &overrides, ENV_SECTIONS)?
-        };
-        validate(raw, file)
+        validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)
     }
 }
 
@@ -491,11 +476,7 @@ impl ShimConfig {
     /// Reads, overrides from the environment (`AGENT_STS_SHIM_<KEY>` and the shared
     /// sections), and validates `path`.
     pub fn load(path: &Path, env: &dyn Environment) -> Result<ShimConfig, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let (text, file) = read(path)?;
         Self::from_toml(&text, &file, env)
     }
 
@@ -505,18 +486,36 @@ impl ShimConfig {
         file: &str,
         env: &dyn Environment,
     ) -> Result<ShimConfig, ConfigError> {
-        let raw: RawShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
-        let overrides = env.vars_with_prefix(ENV_PREFIX);
-        let raw = if overrides.is_empty() {
-            raw
-        } else {
-            apply_env(text, file, &overrides, SHIM_ENV_SECTIONS)?
-        };
-        validate_shim(raw, file)
+        validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)
     }
+}
+
+/// The text of a configuration file and its name for messages.
+fn read(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(source) => Err(ConfigError::Read { file, source }),
+    }
+}
+
+/// The raw structs of `text`, with the environment overrides of `sections` applied.
+/// The text is parsed once as is, so syntax and unknown-key errors carry line numbers.
+fn parse_raw<R: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    env: &dyn Environment,
+    sections: &[&str],
+) -> Result<R, ConfigError> {
+    let raw: R = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    let overrides = env.vars_with_prefix(ENV_PREFIX);
+    if overrides.is_empty() {
+        return Ok(raw);
+    }
+    apply_env(text, file, &overrides, sections)
 }
 
 /// Applies `AGENT_STS_<SECTION>_<KEY>` overrides for `sections` to the document and

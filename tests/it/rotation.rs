@@ -126,18 +126,7 @@ async fn rotate_under_load(
             }
         }));
     }
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        agent_sts::keys::rotate(
-            store,
-            config.tokens.algorithm,
-            now(),
-            config.keys.publish_lead,
-            config.tokens.max_ttl,
-        )
-        .await
-        .unwrap();
-    }
+    rotate_twice(store, &config).await;
     for w in workers {
         w.await.unwrap();
     }
@@ -161,6 +150,25 @@ async fn rotate_under_load(
         kids.len() >= 2,
         "rotation did not happen under load: {kids:?}"
     );
+}
+
+/// Rotates twice, 1.5 s apart, while load runs.
+pub async fn rotate_twice(
+    store: &dyn agent_sts::keys::KeyStore,
+    config: &agent_sts::config::Config,
+) {
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        agent_sts::keys::rotate(
+            store,
+            config.tokens.algorithm,
+            now(),
+            config.keys.publish_lead,
+            config.tokens.max_ttl,
+        )
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

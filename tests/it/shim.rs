@@ -1495,18 +1495,7 @@ async fn keys_rotate_under_load_with_zero_failures_at_the_shim() {
             }
         }));
     }
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        agent_sts::keys::rotate(
-            &store,
-            config.tokens.algorithm,
-            now(),
-            config.keys.publish_lead,
-            config.tokens.max_ttl,
-        )
-        .await
-        .unwrap();
-    }
+    crate::rotation::rotate_twice(&store, &config).await;
     for w in workers {
         w.await.unwrap();
     }
