@@ -1522,3 +1522,60 @@ async fn keys_rotate_under_load_with_zero_failures_at_the_shim() {
     assert_eq!(echo.hits(), calls);
     agent_sts::audit::verify(&shim.audit_path).unwrap();
 }
+
+/// The credential from Vault (the production secret store): the shim injects the value
+/// Vault holds (not the file's), and stops forwarding once it is disabled there, within
+/// `vault.max_stale` (2 s here; the cache never holds a credential longer than 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
+    const VAULT_CREDENTIAL: &str = "Bearer ghp_VAULT0canary0only0in0vault0a1b2c3d4e5";
+    let vault = crate::rvault::Rvault::start().await;
+    let github = json!({"header": "Authorization", "value": VAULT_CREDENTIAL});
+    vault.write("integrations/github", github).await;
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
+    let text = std::fs::read_to_string(&shim.config_path)
+        .unwrap()
+        .replace("store = \"file\"", "store = \"vault\"");
+    let text = format!(
+        "{text}\n[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{}\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
+        vault.addr,
+        crate::vault::token_file_auth(&vault)
+    );
+    std::fs::write(&shim.config_path, text).unwrap();
+    let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
+    let app = agent_sts::shim::build(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(app.serve(listener));
+
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let r = call(&url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = echo.last().unwrap();
+    assert_eq!(seen["headers"]["authorization"], json!([VAULT_CREDENTIAL]));
+    assert!(!everything(&r).contains("VAULT0canary"), "{r:?}");
+
+    let disabled = json!({"header": "Authorization", "value": VAULT_CREDENTIAL, "disabled": true});
+    vault.write("integrations/github", disabled).await;
+    let refused = crate::vault::eventually(6, || async {
+        call(&url, "POST", ISSUES, Some(&token), "{}").await.status == 502
+    })
+    .await;
+    assert!(
+        refused,
+        "disabling the credential in Vault did not stop the shim"
+    );
+    let hits = echo.hits();
+    let r = call(&url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (502, Some("credential_unavailable"))
+    );
+    assert_eq!(
+        echo.hits(),
+        hits,
+        "a call was forwarded without a usable credential"
+    );
+}

@@ -61,7 +61,7 @@ pub fn token_file_auth(dir_hint: &Rvault) -> String {
 }
 
 /// Polls `f` every 100 ms for up to `secs` seconds until it is true.
-async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
