@@ -239,6 +239,8 @@ pub struct VerifyReport {
 pub struct AuditLog {
     path: PathBuf,
     chain: Mutex<Chain<File>>,
+    /// Whether the last append succeeded (see [`AuditLog::accepting`]).
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -273,6 +275,7 @@ impl AuditLog {
         Ok(AuditLog {
             path: path.to_path_buf(),
             chain: Mutex::new(Chain::new(file, last_seq, prev_hex, len)),
+            accepting: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -287,8 +290,7 @@ impl AuditLog {
     /// was added to the chain and the caller must not proceed as if it were recorded.
     pub fn append<T: Serialize + ?Sized>(&self, record: &T) -> Result<(), AuditError> {
         let mut encoded = Encoded::new(record, check_body)?;
-        let mut chain = self.chain.lock().map_err(|_| AuditError::Poisoned)?;
-        chain.commit(&mut encoded, &self.path)
+        self.commit(&mut encoded)
     }
 
     /// Appends the STS's own [`Decision`] record: the same line as [`AuditLog::append`]
@@ -297,16 +299,33 @@ impl AuditLog {
     /// the token endpoint's hot path.
     pub fn append_decision(&self, record: &Decision<'_>) -> Result<(), AuditError> {
         let mut encoded = Encoded::new(record, |_| Ok(true))?;
-        let mut chain = self.chain.lock().map_err(|_| AuditError::Poisoned)?;
-        chain.commit(&mut encoded, &self.path)
+        self.commit(&mut encoded)
     }
 
     /// Appends a shim's [`ProxiedCall`] record: like [`AuditLog::append_decision`], the
     /// shape is fixed here, so the serialized record is not re-read.
     pub fn append_call(&self, record: &ProxiedCall<'_>) -> Result<(), AuditError> {
         let mut encoded = Encoded::new(record, |_| Ok(true))?;
-        let mut chain = self.chain.lock().map_err(|_| AuditError::Poisoned)?;
-        chain.commit(&mut encoded, &self.path)
+        self.commit(&mut encoded)
+    }
+
+    /// Whether the last line handed to the log was written. A shim forwards a call only
+    /// while this holds: its line is written after the upstream answers (it records the
+    /// status), so an unwritable log must stop the next call before it reaches the
+    /// upstream, not only withhold its answer. Any later successful append (a refusal's
+    /// line, say) sets it again.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn commit(&self, encoded: &mut Encoded) -> Result<(), AuditError> {
+        let result = match self.chain.lock() {
+            Ok(mut chain) => chain.commit(encoded, &self.path),
+            Err(_) => Err(AuditError::Poisoned),
+        };
+        self.accepting
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 
     /// Flushes written lines to the disk (`fdatasync`), for shutdown or a checkpoint.

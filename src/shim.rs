@@ -68,21 +68,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Request headers the shim sets itself or that the agent must not choose: its own
 /// token, framing (recomputed), encoding (the shim needs `identity` to scrub),
-/// `Expect` (the body is read before forwarding), and forwarding headers an agent could
-/// spoof to an upstream that trusts them.
-const NOT_FORWARDED: [HeaderName; 11] = [
+/// `Expect` (the body is read before forwarding), cookies (the upstream session is the
+/// credential's, not the agent's), forwarding headers an agent could spoof to an
+/// upstream that trusts them, and the method and URL overrides that common frameworks
+/// honour (Symfony, Laravel, Express, ASP.NET, IIS): with them a token for one method
+/// and path would run another.
+const NOT_FORWARDED: [HeaderName; 20] = [
     header::AUTHORIZATION,
     header::HOST,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
     header::ACCEPT_ENCODING,
     header::EXPECT,
+    header::COOKIE,
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
+
+/// Response headers never relayed: a session cookie the upstream sets for the injected
+/// credential would let the agent call the upstream directly, past its token's action
+/// and expiry.
+const NOT_RELAYED: [HeaderName; 1] = [header::SET_COOKIE];
+
+/// Query keys that override the method in common frameworks (Laravel, Symfony with
+/// `http_method_override`); a request carrying one is refused.
+const METHOD_OVERRIDE_PARAMS: [&str; 1] = ["_method"];
 
 /// The size caps and deadlines of one shim.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +129,9 @@ pub struct Shim {
     client: reqwest::Client,
     audit: AuditLog,
     caps: Caps,
+    /// Requests in flight (`[limits] max_concurrency`); one waits for a slot at most
+    /// `[limits] request_timeout`, then answers 503.
+    slots: tokio::sync::Semaphore,
 }
 
 /// What the audit line of one request says, filled in as the request goes.
@@ -125,7 +149,6 @@ pub struct ShimApp {
     pub shim: Arc<Shim>,
     scopes_dir: std::path::PathBuf,
     refresh_interval: Duration,
-    max_concurrency: usize,
     vault: Option<Arc<Vault>>,
 }
 
@@ -176,13 +199,13 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
             token_bytes: config.limits.max_token_bytes,
             body_read: config.limits.request_timeout,
         },
+        slots: tokio::sync::Semaphore::new(config.limits.max_concurrency),
     };
     tracing::info!(audience = %s.audience, actions = served, "shim ready");
     Ok(ShimApp {
         shim: Arc::new(shim),
         scopes_dir: s.scopes_dir.clone(),
         refresh_interval: s.refresh_interval,
-        max_concurrency: config.limits.max_concurrency,
         vault,
     })
 }
@@ -193,9 +216,6 @@ impl ShimApp {
         axum::Router::new()
             .fallback(handle)
             .with_state(self.shim.clone())
-            .layer(tower::limit::ConcurrencyLimitLayer::new(
-                self.max_concurrency,
-            ))
     }
 
     /// Re-reads the catalogue every `refresh_interval` (keeping the last good one on
@@ -239,7 +259,11 @@ impl Shim {
     pub async fn handle(&self, request: Request) -> Response {
         let method = request.method().clone();
         let mut call = Call::default();
-        let result = self.proxy(request, &mut call).await;
+        let wait = tokio::time::timeout(self.caps.body_read, self.slots.acquire()).await;
+        let result = match wait {
+            Ok(Ok(_slot)) => self.proxy(request, &mut call).await,
+            _ => Err(ShimError::Overloaded),
+        };
         let (outcome, reason) = match &result {
             Ok(_) => (Outcome::Allow, "proxied"),
             Err(e) => (Outcome::Deny, e.reason()),
@@ -286,6 +310,16 @@ impl Shim {
         check_header_size(&parts, self.caps.header_bytes)?;
         check_framing(&parts.headers)?;
         let target = request_target::canonicalize(&parts.uri).map_err(ShimError::Target)?;
+        if let Some(query) = &target.query {
+            let overrides = form_urlencoded::parse(query.as_bytes()).any(|(key, _)| {
+                METHOD_OVERRIDE_PARAMS
+                    .iter()
+                    .any(|p| key.eq_ignore_ascii_case(p))
+            });
+            if overrides {
+                return Err(ShimError::MethodOverride);
+            }
+        }
 
         let raw = bearer_token(&parts.headers, self.caps.token_bytes)?;
         let token = self
@@ -312,6 +346,9 @@ impl Shim {
             .ok_or(ShimError::CredentialUnavailable)?;
         let (credential, scrubber) = self.credential(path).await?;
         let body = read_body(body, &parts.headers, self.caps).await?;
+        if !self.audit.accepting() {
+            return Err(ShimError::AuditUnavailable);
+        }
         let upstream = self.upstream_request(&parts, &target, &credential, body)?;
 
         let response = self
@@ -415,11 +452,18 @@ impl Shim {
             }
             buffer.extend_from_slice(&chunk);
         }
-        let encoded = upstream
-            .headers()
+        // A content coding, or a transfer coding other than `chunked` (which hyper has
+        // already removed), leaves the body in a form the scrubber cannot read.
+        let headers = upstream.headers();
+        let encoded = headers
             .get_all(header::CONTENT_ENCODING)
             .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+            || headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         if encoded && !buffer.is_empty() {
             return Err(ShimError::UpstreamEncoding);
         }
@@ -432,6 +476,7 @@ impl Shim {
         let mut headers = HeaderMap::with_capacity(upstream.headers().len());
         for (name, value) in upstream.headers() {
             if HOP_BY_HOP.contains(name)
+                || NOT_RELAYED.contains(name)
                 || *name == header::TRANSFER_ENCODING
                 || (*name == header::CONTENT_LENGTH && !keep_length)
                 || listed.contains(name)

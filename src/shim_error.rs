@@ -25,6 +25,8 @@ pub enum ShimError {
         "ambiguous message framing (Content-Length with Transfer-Encoding, or an unknown transfer coding)"
     )]
     Framing,
+    #[error("method override parameters are not accepted")]
+    MethodOverride,
     #[error("more than one Authorization header")]
     DuplicateAuthorization,
     #[error("the request header section is too large")]
@@ -57,13 +59,15 @@ pub enum ShimError {
     KeysUnavailable,
     #[error("the audit log cannot be written")]
     AuditUnavailable,
+    #[error("too many requests in flight")]
+    Overloaded,
 }
 
 impl ShimError {
     pub fn status(&self) -> StatusCode {
         use ShimError::*;
         match self {
-            Target(_) | Framing | DuplicateAuthorization | BodyUnreadable => {
+            Target(_) | Framing | MethodOverride | DuplicateAuthorization | BodyUnreadable => {
                 StatusCode::BAD_REQUEST
             }
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -74,7 +78,7 @@ impl ShimError {
                 StatusCode::BAD_GATEWAY
             }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            KeysUnavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            KeysUnavailable | AuditUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -82,14 +86,16 @@ impl ShimError {
     pub fn code(&self) -> &'static str {
         use ShimError::*;
         match self {
-            Target(_) | Framing | DuplicateAuthorization | BodyUnreadable => "invalid_request",
+            Target(_) | Framing | MethodOverride | DuplicateAuthorization | BodyUnreadable => {
+                "invalid_request"
+            }
             HeadersTooLarge | BodyTooLarge => "request_too_large",
             MissingToken | MalformedAuthorization | InvalidToken { .. } => "invalid_token",
             ActionNotServed | RequestNotAllowed => "insufficient_scope",
             CredentialUnavailable => "credential_unavailable",
             UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding => "upstream_error",
             UpstreamTimeout => "upstream_timeout",
-            KeysUnavailable | AuditUnavailable => "temporarily_unavailable",
+            KeysUnavailable | AuditUnavailable | Overloaded => "temporarily_unavailable",
         }
     }
 
@@ -99,6 +105,7 @@ impl ShimError {
         match self {
             Target(e) => e.reason(),
             Framing => "ambiguous_framing",
+            MethodOverride => "method_override",
             DuplicateAuthorization => "duplicate_authorization",
             HeadersTooLarge => "headers_too_large",
             BodyTooLarge => "body_too_large",
@@ -115,6 +122,7 @@ impl ShimError {
             UpstreamEncoding => "upstream_encoding",
             KeysUnavailable => "keys_unavailable",
             AuditUnavailable => "audit_unavailable",
+            Overloaded => "overloaded",
         }
     }
 
