@@ -61,6 +61,12 @@ pub enum TargetError {
     ControlCharacter,
     #[error("the request path holds a character that must be percent-encoded")]
     InvalidCharacter,
+    #[error("the request path must not hold an encoded '%' (%25): double encoding is refused")]
+    DoubleEncoding,
+    #[error(
+        "percent-encoded non-ASCII in the request path must be valid UTF-8 and not a character servers fold to '.', '/' or '\\'"
+    )]
+    AmbiguousUnicode,
 }
 
 impl TargetError {
@@ -77,6 +83,8 @@ impl TargetError {
             Self::BadEscape => "bad_escape",
             Self::ControlCharacter => "control_character",
             Self::InvalidCharacter => "invalid_character",
+            Self::DoubleEncoding => "double_encoding",
+            Self::AmbiguousUnicode => "ambiguous_unicode",
         }
     }
 }
@@ -120,7 +128,9 @@ pub fn canonicalize(uri: &http::Uri) -> Result<Target, TargetError> {
             canonical.push('/');
             let start = canonical.len();
             canonical_segment(raw.as_bytes(), &mut canonical)?;
-            check_segment(canonical.get(start..).unwrap_or_default())?;
+            let segment = canonical.get(start..).unwrap_or_default();
+            check_segment(segment)?;
+            check_unicode(segment)?;
         }
     }
     Ok(Target {
@@ -166,6 +176,9 @@ fn canonical_segment(raw: &[u8], out: &mut String) -> Result<(), TargetError> {
 /// Appends one percent-decoded octet in canonical form.
 fn push_decoded(byte: u8, out: &mut String) -> Result<(), TargetError> {
     match byte {
+        // `%25` decodes to '%': an upstream that decodes once more (or a framework that
+        // decodes twice) would see `%2e%2e` or `%2F` where we saw plain text.
+        b'%' => Err(TargetError::DoubleEncoding),
         // An encoded separator is one segment to us and two to a server that decodes
         // before routing; neither reading can be chosen safely.
         b'/' | b'\\' => Err(TargetError::EncodedSeparator),
@@ -181,6 +194,53 @@ fn push_decoded(byte: u8, out: &mut String) -> Result<(), TargetError> {
             let _ = write!(out, "%{byte:02X}");
             Ok(())
         }
+    }
+}
+
+/// Characters that Unicode compatibility normalisation (NFKC), which some servers and
+/// frameworks apply to paths, folds into '.', '..', '...', '/' or '\\'.
+const FOLDS_TO_SEPARATOR_OR_DOT: [char; 8] = [
+    '\u{2024}', // ONE DOT LEADER → .
+    '\u{2025}', // TWO DOT LEADER → ..
+    '\u{2026}', // HORIZONTAL ELLIPSIS → ...
+    '\u{FE52}', // SMALL FULL STOP → .
+    '\u{FF0E}', // FULLWIDTH FULL STOP → .
+    '\u{FF0F}', // FULLWIDTH SOLIDUS → /
+    '\u{FE68}', // SMALL REVERSE SOLIDUS → \
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS → \
+];
+
+/// Refuses percent-encoded non-ASCII that is not one unambiguous UTF-8 text: invalid
+/// or overlong sequences (`%C0%AE` is an overlong '.', which lenient decoders accept)
+/// and characters servers fold into separators or dots.
+fn check_unicode(segment: &str) -> Result<(), TargetError> {
+    if !segment.contains('%') {
+        return Ok(());
+    }
+    let raw = segment.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let escaped = (b == b'%')
+            .then(|| Some((hex_value(*raw.get(i + 1)?)? << 4) | hex_value(*raw.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(decoded) => {
+                bytes.push(decoded);
+                i += 3;
+            }
+            None => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    if bytes.is_ascii() {
+        return Ok(());
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) if !text.contains(FOLDS_TO_SEPARATOR_OR_DOT) => Ok(()),
+        _ => Err(TargetError::AmbiguousUnicode),
     }
 }
 
@@ -263,9 +323,7 @@ mod tests {
             ("/%41%7a%30%2E%5F", "/Az0._", None),
             ("/a%c3%a9", "/a%C3%A9", None),
             ("/a%3f%23%3b", "/a%3F%23%3B", None),
-            // Never double-decode: %25 stays, and what follows it is plain text.
-            ("/a%25b", "/a%25b", None),
-            ("/a/%252e%252e/b", "/a/%252e%252e/b", None),
+            ("/docs/caf%c3%a9", "/docs/caf%C3%A9", None),
             ("/a?x=1&y=..", "/a", Some("x=1&y=..")),
             ("/a?x=%2F..%2f&z=//", "/a", Some("x=%2F..%2f&z=//")),
             ("/a?q\\z", "/a", Some("q\\z")),
@@ -328,6 +386,15 @@ mod tests {
             ("/a\"b", InvalidCharacter),
             ("/a^b", InvalidCharacter),
             ("/a[1]", InvalidCharacter),
+            ("/a%25b", DoubleEncoding),
+            ("/a/%252e%252e/b", DoubleEncoding),
+            ("/a%252Fb", DoubleEncoding),
+            ("/%EF%BC%8E%EF%BC%8E/admin", AmbiguousUnicode),
+            ("/a%EF%BC%8Fb", AmbiguousUnicode),
+            ("/%E2%80%A5/admin", AmbiguousUnicode),
+            ("/%C0%AE%C0%AE/admin", AmbiguousUnicode),
+            ("/a%C3", AmbiguousUnicode),
+            ("/a%FF", AmbiguousUnicode),
             ("http://evil/x", NotOriginForm),
             ("HTTPS://evil/x", NotOriginForm),
             ("http://evil", NotOriginForm),
