@@ -212,6 +212,7 @@ struct RawShim {
     max_response_bytes: Option<i64>,
     max_header_bytes: Option<i64>,
     refresh_interval: Option<String>,
+    admin_listen: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -454,6 +455,9 @@ pub struct ShimSection {
     pub max_header_bytes: usize,
     /// How often the catalogue is re-read.
     pub refresh_interval: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere: not on
+    /// `listen`, whose every path belongs to the upstream.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
@@ -896,6 +900,12 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
             r.refresh_interval.as_deref(),
             "30s",
         )?,
+        admin_listen: r
+            .admin_listen
+            .as_deref()
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|_| c.err("shim.admin_listen", "not an address:port"))?,
     };
     Ok(ShimConfig {
         source: file.to_string(),

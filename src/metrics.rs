@@ -115,6 +115,65 @@ impl Metrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShimLabels {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// `proxied`, or the refusal's reason code ([`crate::shim_error::ShimError::reason`]).
+    pub reason: &'static str,
+}
+
+/// A shim's metrics (`agent_sts_shim_*`, on its admin listener).
+pub struct ShimMetrics {
+    registry: Registry,
+    pub requests: Family<ShimLabels, Counter>,
+    pub duration: Histogram,
+}
+
+impl ShimMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent_sts_shim");
+        let requests = Family::<ShimLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "requests",
+            "Requests answered, by decision and reason",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request, upstream included",
+            duration.clone(),
+        );
+        ShimMetrics {
+            registry,
+            requests,
+            duration,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for ShimMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ShimMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShimMetrics")
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -45,6 +45,7 @@ use crate::app::{self, StartError};
 use crate::audit::{AuditLog, Outcome, ProxiedCall};
 use crate::catalogue::{Catalogue, TrustDirectory};
 use crate::config::ShimConfig;
+use crate::metrics::{ShimLabels, ShimMetrics};
 use crate::request_target::{self, Target};
 use crate::scrub::Scrubber;
 use crate::secrets::{CredentialCache, StoredCredential};
@@ -132,6 +133,7 @@ pub struct Shim {
     /// Requests in flight (`[limits] max_concurrency`); one waits for a slot at most
     /// `[limits] request_timeout`, then answers 503.
     slots: tokio::sync::Semaphore,
+    metrics: ShimMetrics,
 }
 
 /// What the audit line of one request says, filled in as the request goes.
@@ -149,6 +151,7 @@ pub struct ShimApp {
     pub shim: Arc<Shim>,
     scopes_dir: std::path::PathBuf,
     refresh_interval: Duration,
+    admin_listen: Option<std::net::SocketAddr>,
     vault: Option<Arc<Vault>>,
 }
 
@@ -200,12 +203,14 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
             body_read: config.limits.request_timeout,
         },
         slots: tokio::sync::Semaphore::new(config.limits.max_concurrency),
+        metrics: ShimMetrics::new(),
     };
     tracing::info!(audience = %s.audience, actions = served, "shim ready");
     Ok(ShimApp {
         shim: Arc::new(shim),
         scopes_dir: s.scopes_dir.clone(),
         refresh_interval: s.refresh_interval,
+        admin_listen: s.admin_listen,
         vault,
     })
 }
@@ -241,8 +246,34 @@ impl ShimApp {
     }
 
     /// Serves on `listener` until SIGINT/SIGTERM.
+    /// The admin routes: `/healthz` (the process answers), `/readyz` (JSON; 503 unless
+    /// this shim serves at least one action, its audit log accepts lines and its secret
+    /// store answers) and `/metrics` (Prometheus text).
+    pub fn admin_router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route("/readyz", axum::routing::get(readyz))
+            .route("/metrics", axum::routing::get(metrics))
+            .with_state(self.shim.clone())
+    }
+
+    /// Serves on `listener` until SIGINT/SIGTERM, and the admin routes on
+    /// `shim.admin_listen` when configured.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), StartError> {
         self.spawn_refreshers();
+        if let Some(addr) = self.admin_listen {
+            let admin = app::bind(addr).await?;
+            let local = admin
+                .local_addr()
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+            tracing::info!(listen = %local, "agent-sts shim admin serving");
+            let router = self.admin_router();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, router).await {
+                    tracing::error!(error = %e, "shim admin listener stopped");
+                }
+            });
+        }
         axum::serve(listener, self.router())
             .with_graceful_shutdown(app::shutdown_signal())
             .await
@@ -254,9 +285,45 @@ async fn handle(State(shim): State<Arc<Shim>>, request: Request) -> Response {
     shim.handle(request).await
 }
 
+async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
+    let actions = shim
+        .catalogue
+        .load()
+        .actions()
+        .filter(|a| a.audience == shim.audience && a.request.is_some())
+        .count();
+    let audit = shim.audit.accepting();
+    let secrets = shim.credentials.reachable().await;
+    let ready = actions > 0 && audit && secrets;
+    let body = serde_json::json!({
+        "ready": ready,
+        "actions": actions,
+        "audit_log": if audit { "ok" } else { "failing" },
+        "secret_store": if secrets { "ok" } else { "unreachable" },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shim.metrics.render(),
+    )
+        .into_response()
+}
+
 impl Shim {
     /// Handles one request: proxies it or refuses it, and audits either way.
     pub async fn handle(&self, request: Request) -> Response {
+        let started = std::time::Instant::now();
         let method = request.method().clone();
         let mut call = Call::default();
         let wait = tokio::time::timeout(self.caps.body_read, self.slots.acquire()).await;
@@ -284,6 +351,21 @@ impl Shim {
             bytes_scrubbed: call.scrubbed,
         };
         let audited = self.audit.append_call(&record);
+        let decision = match (outcome, &audited) {
+            (Outcome::Allow, Ok(())) => ("allow", reason),
+            (Outcome::Allow, Err(_)) => ("deny", ShimError::AuditUnavailable.reason()),
+            (Outcome::Deny, _) => ("deny", reason),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&ShimLabels {
+                decision: decision.0,
+                reason: decision.1,
+            })
+            .inc();
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(response) => match audited {
                 Ok(()) => {

@@ -1680,3 +1680,54 @@ async fn an_unwritable_audit_log_withholds_the_answer_and_stops_forwarding() {
         "calls were forwarded while the audit log fails"
     );
 }
+
+/// The admin routes (`[shim] admin_listen`, apart from the proxied path space):
+/// health, readiness with its reasons, and metrics with closed label sets that carry
+/// no credential or token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_report_health_readiness_and_metrics_without_secrets() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (_echo, upstream) = start_echo().await;
+    let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
+    let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
+    let app = agent_sts::shim::build(&config).await.unwrap();
+    let admin = spawn_router(app.admin_router()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(app.serve(listener));
+
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    assert_eq!(
+        call(&url, "POST", ISSUES, Some(&token), "{}").await.status,
+        200
+    );
+    assert_eq!(call(&url, "POST", ISSUES, None, "{}").await.status, 401);
+    assert_eq!(
+        call(&url, "GET", ISSUES, Some(&token), "").await.status,
+        403
+    );
+
+    let get = |path: &'static str| {
+        let admin = admin.clone();
+        async move { reply(client().get(format!("{admin}{path}")).send().await.unwrap()).await }
+    };
+    assert_eq!(get("/healthz").await.text, "ok");
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.json()["actions"], 1);
+    let metrics = get("/metrics").await.text;
+    for line in [
+        "agent_sts_shim_requests_total{decision=\"allow\",reason=\"proxied\"} 1",
+        "agent_sts_shim_requests_total{decision=\"deny\",reason=\"missing_token\"} 1",
+        "agent_sts_shim_requests_total{decision=\"deny\",reason=\"request_not_allowed\"} 1",
+        "agent_sts_shim_request_duration_seconds_count 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    for secret in [CANARY_CREDENTIAL, CANARY_PART, token.as_str()] {
+        assert!(!metrics.contains(secret));
+    }
+    // The admin routes are not on the proxied listener: there, /metrics is a path of
+    // the upstream, refused without a token.
+    assert_eq!(call(&url, "GET", "/metrics", None, "").await.status, 401);
+}
