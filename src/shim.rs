@@ -11,7 +11,8 @@
 //! 3. **Authorise**: the token's action has this audience in the catalogue and its
 //!    `[action.request]` method and path template match the canonical request.
 //! 4. **Strip and inject**: the agent's `Authorization`, any header of the credential's
-//!    name, hop-by-hop and forwarding headers go; the credential from the secret store
+//!    name, hop-by-hop, forwarding, cookie and method/URL-override headers go (a
+//!    `_method` query parameter is refused); the credential from the secret store
 //!    (cached at most 30 s) goes in. A missing or disabled credential stops here: 502,
 //!    nothing forwarded.
 //! 5. **Forward** to the bound upstream only: no redirect is followed, connect and total
@@ -19,16 +20,20 @@
 //!    or truncated body never reaches the upstream.
 //! 6. **Scrub** the response: the body is read whole (capped) and every occurrence of
 //!    the credential, in its plain, base64, percent- and JSON-encoded forms, is replaced
-//!    in the body and in every header (`scrub.rs`). A compressed body cannot be scrubbed
-//!    and answers 502; the shim asks the upstream for `identity` encoding.
+//!    in the body and in every header (`scrub.rs`); `Set-Cookie` is dropped. A
+//!    compressed body cannot be scrubbed and answers 502; the shim asks the upstream
+//!    for `identity` encoding.
 //! 7. **Audit** one hash-chained line per request (`audit.rs`, [`ProxiedCall`]) before
-//!    the response leaves; a line that cannot be written withholds the response (503).
+//!    the response leaves; a line that cannot be written withholds the response (503),
+//!    and while the log fails no further call is forwarded.
 //!
 //! Bodies are buffered rather than streamed on purpose: scrubbing must see a match
 //! whole wherever chunk boundaries fall, and the audit line (with the scrubbed byte
 //! count) must be written before the agent sees anything. The caps bound the memory:
 //! at most `max_request_bytes + max_response_bytes` per request in flight, and
-//! `[limits] max_concurrency` requests in flight.
+//! `[limits] max_concurrency` requests in flight (a request waits for a slot at most
+//! `[limits] request_timeout`, then answers 503). Health, readiness and metrics are on
+//! a separate `admin_listen`: every path of `listen` belongs to the upstream.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
