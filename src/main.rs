@@ -239,7 +239,7 @@ async fn run(command: Command) -> Result<(), StartError> {
 fn describe(a: &catalogue::Action) -> String {
     let agents: Vec<String> = a.agents.iter().map(ToString::to_string).collect();
     format!(
-        "{}: {} {} ttl={} delegation={} agents=[{}]{}",
+        "{}: {} {} ttl={} delegation={} agents=[{}]{}{}",
         a.source,
         a.name,
         a.audience,
@@ -251,6 +251,10 @@ fn describe(a: &catalogue::Action) -> String {
         a.credential
             .as_deref()
             .map(|c| format!(" credential={c}"))
+            .unwrap_or_default(),
+        a.request
+            .as_ref()
+            .map(|r| format!(" request={} {}", r.method, r.path))
             .unwrap_or_default()
     )
 }
