@@ -200,7 +200,7 @@ pub struct TrustStore {
     by_issuer: HashMap<String, usize>,
     own_issuer: String,
     keys: moka::future::Cache<usize, Arc<KeySet>>,
-    verified: moka::future::Cache<[u8; 32], Arc<VerifiedToken>>,
+    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     http: reqwest::Client,
     limits: LimitsConfig,
     metrics: Arc<Metrics>,
@@ -250,7 +250,7 @@ impl TrustStore {
                 .max_capacity(issuers.len() as u64 + 1)
                 .expire_after(StaleAfter)
                 .build(),
-            verified: moka::future::Cache::builder()
+            verified: moka::sync::Cache::builder()
                 .max_capacity(limits.subject_cache_capacity)
                 .expire_after(UntilExpiry)
                 .build(),
@@ -275,13 +275,13 @@ impl TrustStore {
             return Err(TrustError::Malformed("too large"));
         }
         let digest = sha256(raw.as_bytes());
-        if let Some(hit) = self.verified.get(&digest).await
+        if let Some(hit) = self.verified.get(&digest)
             && now <= hit.expires_at
         {
             return Ok(hit);
         }
         let verified = Arc::new(self.verify_uncached(raw, now).await?);
-        self.verified.insert(digest, verified.clone()).await;
+        self.verified.insert(digest, verified.clone());
         Ok(verified)
     }
 
