@@ -61,12 +61,22 @@ impl TestShim {
         scopes: &Path,
     ) -> TestShim {
         let shim = Self::write_config(sts, audience, upstream, extra, scopes);
-        let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
-        let app = agent_sts::shim::build(&config).await.unwrap();
+        let app = shim.build().await;
+        shim.serve(app).await
+    }
+
+    /// The shim built from the configuration written at `config_path`.
+    async fn build(&self) -> agent_sts::shim::ShimApp {
+        let config = ShimConfig::load(&self.config_path, &BTreeMap::new()).unwrap();
+        agent_sts::shim::build(&config).await.unwrap()
+    }
+
+    /// Serves `app` on 127.0.0.1:0; `url` is set.
+    async fn serve(self, app: agent_sts::shim::ShimApp) -> TestShim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(app.serve(listener));
-        TestShim { url, ..shim }
+        TestShim { url, ..self }
     }
 
     /// Only writes `shim.toml` (for `agent-sts shim --config`); `url` stays empty.
@@ -1536,11 +1546,9 @@ async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
         crate::vault::token_file_auth(&vault)
     );
     std::fs::write(&shim.config_path, text).unwrap();
-    let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
-    let app = agent_sts::shim::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.serve(listener));
+    let app = shim.build().await;
+    let shim = shim.serve(app).await;
+    let url = shim.url.clone();
 
     let token = access_token(&sts, &issuers, "github.issues.create").await;
     let r = call(&url, "POST", ISSUES, Some(&token), "{}").await;
@@ -1653,10 +1661,9 @@ async fn an_unwritable_audit_log_withholds_the_answer_and_stops_forwarding() {
     std::fs::write(&shim.config_path, text).unwrap();
     let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
     assert_eq!(config.audit.path, Path::new("/dev/full"));
-    let app = agent_sts::shim::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.serve(listener));
+    let app = shim.build().await;
+    let shim = shim.serve(app).await;
+    let url = shim.url.clone();
     let token = access_token(&sts, &issuers, "github.issues.create").await;
 
     // The first call reaches the upstream; its line cannot be written: withheld.
@@ -1689,12 +1696,10 @@ async fn admin_routes_report_health_readiness_and_metrics_without_secrets() {
     let (sts, issuers) = TestSts::standard().await;
     let (_echo, upstream) = start_echo().await;
     let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
-    let config = ShimConfig::load(&shim.config_path, &BTreeMap::new()).unwrap();
-    let app = agent_sts::shim::build(&config).await.unwrap();
+    let app = shim.build().await;
     let admin = spawn_router(app.admin_router()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app.serve(listener));
+    let shim = shim.serve(app).await;
+    let url = shim.url.clone();
 
     let token = access_token(&sts, &issuers, "github.issues.create").await;
     assert_eq!(
