@@ -107,11 +107,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        render(&self.registry)
     }
 }
 
@@ -154,11 +150,7 @@ impl ShimMetrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        render(&self.registry)
     }
 }
 
@@ -172,6 +164,15 @@ impl std::fmt::Debug for ShimMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ShimMetrics")
     }
+}
+
+/// The text exposition of `registry` (empty if encoding fails).
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 impl Default for Metrics {
