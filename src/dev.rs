@@ -37,7 +37,8 @@ use crate::trust::unix_now;
 /// Arguments of `agent-sts dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Address to listen on (also the dev issuer's and the STS's URL).
+    /// Address to listen on (also the dev issuer's and the STS's URL; port 0 picks a
+    /// free one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Catalogue directory.
@@ -46,7 +47,8 @@ pub struct DevArgs {
     /// Where dev keys, dev secrets and the audit logs live.
     #[arg(long, default_value = "keys")]
     pub keys: PathBuf,
-    /// Address of the demo shim (in front of the built-in echo upstream).
+    /// Address of the demo shim (in front of the built-in echo upstream; port 0 picks a
+    /// free one).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub shim_listen: SocketAddr,
 }
@@ -325,7 +327,12 @@ fn ensure_dev_secrets(path: &Path, catalogue: &Catalogue) -> Result<(), StartErr
 
 /// Runs `agent-sts dev`.
 pub async fn run(args: DevArgs) -> Result<(), StartError> {
-    let text = dev_config_toml(args.listen, &args.scopes, &args.keys);
+    // Bound first, so `--listen 127.0.0.1:0` works: the issuer URL is the real address.
+    let listener = app::bind(args.listen).await?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let text = dev_config_toml(listen, &args.scopes, &args.keys);
     let config = Config::from_toml(&text, "<embedded default>", &BTreeMap::new())
         .map_err(|e| StartError::Config(e.to_string()))?;
     std::fs::create_dir_all(&args.keys)
@@ -358,7 +365,6 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
         &config.server.issuer,
     )?);
     let app = app::build(&config).await?;
-    let listener = app::bind(config.server.listen).await?;
     let demo = demo_action(&catalogue);
     // The demo shim needs an action it can complete; without one the STS runs alone.
     let shim_url = match demo {
