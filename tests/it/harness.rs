@@ -74,6 +74,20 @@ async fn serve_jwks(State(s): State<Arc<IssuerShared>>) -> Response {
 }
 
 /// Starts an axum router on 127.0.0.1:0; returns its base URL.
+/// A server that accepts every connection and closes it at once: an upstream or Vault
+/// that is down. (A port that was bound and released instead could be taken by another
+/// test's server meanwhile, which would then receive the request.)
+pub async fn closing_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
+    addr
+}
+
 pub async fn spawn_router(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

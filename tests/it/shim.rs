@@ -141,6 +141,14 @@ path = "{audit}"
     }
 }
 
+/// `s` with its last character changed: on a JWT, a signature that no longer verifies
+/// (always a different character; a signature's last base64url character carries only
+/// 2 bits, so overwriting it with a fixed one would leave a quarter of them unchanged).
+fn flip_last(s: &str) -> String {
+    let last = if s.ends_with('A') { "B" } else { "A" };
+    format!("{}{last}", &s[..s.len() - 1])
+}
+
 fn audit_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -603,10 +611,6 @@ async fn bad_tokens_are_refused_with_401_and_nothing_is_forwarded() {
         let mut next = || parts.next().unwrap().to_string();
         (next(), next(), next())
     };
-    let flipped = |s: &str| {
-        let last = if s.ends_with('A') { "B" } else { "A" };
-        format!("{}{last}", &s[..s.len() - 1])
-    };
     let other_scope = {
         let mut claims = claims_of(&slack);
         claims["scope"] = json!("github.issues.create");
@@ -621,7 +625,7 @@ async fn bad_tokens_are_refused_with_401_and_nothing_is_forwarded() {
         ("workload token", workload.clone(), "wrong_issuer"),
         (
             "tampered signature",
-            format!("{header}.{payload}.{}", flipped(&signature)),
+            format!("{header}.{payload}.{}", flip_last(&signature)),
             "bad_signature",
         ),
         (
@@ -1167,10 +1171,7 @@ async fn upstream_failures_answer_502_or_504_and_are_audited() {
     let (sts, issuers) = TestSts::standard().await;
     let token = access_token(&sts, &issuers, "github.issues.create").await;
 
-    let down = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let down = format!("http://{}", closing_server().await);
     let sleeper = axum::Router::new().fallback(|| async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         "late"
@@ -1252,7 +1253,7 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
     let workload = issuers.k8s_token("triage");
     let token = access_token(&sts, &issuers, "github.issues.create").await;
     let slack = access_token(&sts, &issuers, "slack.message.post").await;
-    let tampered = format!("{}A", &token[..token.len() - 1]);
+    let tampered = flip_last(&token);
     let mut responses = String::new();
     let mut proxied = 0;
     for (method, path, bearer) in [
@@ -1319,33 +1320,35 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
 // ---------------------------------------------------------------------------------
 // 11. `agent-sts dev`: the printed example, end to end.
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
     let tmp = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let shim_listen = format!("127.0.0.1:{}", free_port());
     let keys = tmp.path().join("keys");
     let scopes = Path::new(env!("CARGO_MANIFEST_DIR")).join("scopes");
+    // Port 0 for both: dev prints the addresses it bound.
     let args = [
         OsStr::new("dev"),
         OsStr::new("--listen"),
-        OsStr::new(&listen),
+        OsStr::new("127.0.0.1:0"),
         OsStr::new("--shim-listen"),
-        OsStr::new(&shim_listen),
+        OsStr::new("127.0.0.1:0"),
         OsStr::new("--keys"),
         keys.as_os_str(),
         OsStr::new("--scopes"),
         scopes.as_os_str(),
     ];
+    let printed_url = |out: &str, prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim_start().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    };
     let dev = ServeProcess::spawn(&args, &[], tmp.path(), "trace", |out, _| {
         out.contains("curl -s -X")
-            .then(|| format!("http://{listen}"))
+            .then(|| printed_url(out, "agent-sts dev: STS at "))
+            .flatten()
     });
+    assert!(!dev.url.ends_with(":0"), "{}", dev.url);
     let printed = std::fs::read_to_string(&dev.stdout).unwrap();
 
     // The example: TOKEN='...', the exchange for `scope=`, the call through the shim.
@@ -1370,10 +1373,9 @@ async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
     let shim_call = line("curl -s -X");
     let words: Vec<&str> = shim_call.split_whitespace().collect();
     let (method, url) = (words[3], words[4]);
-    assert!(
-        url.starts_with(&format!("http://{shim_listen}/")),
-        "{shim_call}"
-    );
+    let shim_url = printed_url(&printed, "demo shim: ").unwrap();
+    assert!(!shim_url.ends_with(":0"), "{shim_url}");
+    assert!(url.starts_with(&format!("{shim_url}/")), "{shim_call}");
     let body = shim_call
         .split_once("-d '")
         .map(|(_, b)| b.trim_end_matches('\'').to_string())
@@ -1386,15 +1388,8 @@ async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
     .await;
     assert_eq!(exchanged.status, 200, "{exchanged:?}");
     let access = exchanged.token();
-    let path = url.trim_start_matches(&format!("http://{shim_listen}"));
-    let r = call(
-        &format!("http://{shim_listen}"),
-        method,
-        path,
-        Some(&access),
-        &body,
-    )
-    .await;
+    let path = url.trim_start_matches(&shim_url);
+    let r = call(&shim_url, method, path, Some(&access), &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     let echoed = r.json();
     assert_eq!(

@@ -1213,10 +1213,7 @@ async fn no_error_nor_the_client_prints_a_secret() {
     assert_eq!(e, VaultError::Login(Box::new(VaultError::NoToken)));
     record(clean(&e));
 
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = crate::harness::closing_server().await;
     let mut down = fake.config(approle(dir.path()), Duration::from_millis(500));
     down.address = format!("http://{closed}");
     let down = Vault::new(&down, None).unwrap();
