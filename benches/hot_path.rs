@@ -131,7 +131,7 @@ algorithms = ["RS256"]
         TrustStore::new(
             &self.config.trusts,
             &self.config.server.issuer,
-            &self.config.limits,
+            &self.config.limits.verification(),
             Arc::new(Metrics::new()),
         )
         .unwrap()

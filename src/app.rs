@@ -143,7 +143,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     let trusts = TrustStore::new(
         &config.trusts,
         &config.server.issuer,
-        &config.limits,
+        &config.limits.verification(),
         metrics.clone(),
     )
     .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;

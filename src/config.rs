@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent_sts_verifier::jwks::parse_jwks_uri;
+use agent_sts_verifier::{Algorithm, IssuerConfig, KeySource, Limits};
 use serde::Deserialize;
 
 /// Where environment variables come from.
@@ -310,66 +312,12 @@ pub struct VaultConfig {
     pub max_stale: Duration,
 }
 
-/// JWT algorithms a workload issuer may use. Symmetric algorithms and `none` can never
-/// be configured: a public JWKS cannot key an HMAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IssuerAlgorithm {
-    ES256,
-    ES384,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    EdDSA,
-}
-
-impl IssuerAlgorithm {
-    pub fn parse(s: &str) -> Option<Self> {
-        use IssuerAlgorithm::*;
-        Some(match s {
-            "ES256" => ES256,
-            "ES384" => ES384,
-            "RS256" => RS256,
-            "RS384" => RS384,
-            "RS512" => RS512,
-            "PS256" => PS256,
-            "PS384" => PS384,
-            "PS512" => PS512,
-            "EdDSA" => EdDSA,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use IssuerAlgorithm::*;
-        match self {
-            ES256 => "ES256",
-            ES384 => "ES384",
-            RS256 => "RS256",
-            RS384 => "RS384",
-            RS512 => "RS512",
-            PS256 => "PS256",
-            PS384 => "PS384",
-            PS512 => "PS512",
-            EdDSA => "EdDSA",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum JwksSource {
-    Uri(reqwest::Url),
-    File(PathBuf),
-}
-
 #[derive(Debug, Clone)]
 pub struct TrustConfig {
     pub name: String,
     pub issuer: String,
-    pub jwks: JwksSource,
-    pub algorithms: Vec<IssuerAlgorithm>,
+    pub jwks: KeySource,
+    pub algorithms: Vec<Algorithm>,
     pub spiffe_trust_domains: Vec<String>,
     /// Longest `exp - iat` a subject token may have.
     pub max_token_lifetime: Duration,
@@ -379,6 +327,22 @@ pub struct TrustConfig {
     pub jwks_refresh: Duration,
     /// How long the last good keys keep serving when the JWKS endpoint fails.
     pub jwks_max_stale: Duration,
+}
+
+impl TrustConfig {
+    /// The issuer as the verifier crate takes it.
+    pub fn issuer_config(&self) -> IssuerConfig {
+        IssuerConfig {
+            name: self.name.clone(),
+            issuer: self.issuer.clone(),
+            keys: self.jwks.clone(),
+            algorithms: self.algorithms.clone(),
+            max_token_lifetime: self.max_token_lifetime,
+            leeway: self.leeway,
+            jwks_refresh: self.jwks_refresh,
+            jwks_max_stale: self.jwks_max_stale,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -400,21 +364,35 @@ pub struct LimitsConfig {
     pub jwks_refetch_cooldown: Duration,
 }
 
-/// The `[limits]` defaults (README, configuration table): one source for the
-/// configuration and the verifier library.
+/// The `[limits]` defaults (README, configuration table); those that bound token
+/// verification are the verifier crate's own defaults, one source for both.
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let verify = Limits::default();
         LimitsConfig {
             max_body_bytes: 64 * 1024,
-            max_token_bytes: 16 * 1024,
+            max_token_bytes: verify.max_token_bytes,
             request_timeout: Duration::from_secs(5),
             max_concurrency: 1024,
             rate_per_second: 100,
             rate_burst: 200,
-            subject_cache_capacity: 100_000,
-            jwks_fetch_timeout: Duration::from_secs(3),
-            jwks_max_bytes: 256 * 1024,
-            jwks_refetch_cooldown: Duration::from_secs(30),
+            subject_cache_capacity: verify.verified_cache_capacity,
+            jwks_fetch_timeout: verify.jwks_fetch_timeout,
+            jwks_max_bytes: verify.jwks_max_bytes,
+            jwks_refetch_cooldown: verify.jwks_refetch_cooldown,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits that bound token verification.
+    pub fn verification(&self) -> Limits {
+        Limits {
+            max_token_bytes: self.max_token_bytes,
+            verified_cache_capacity: self.subject_cache_capacity,
+            jwks_fetch_timeout: self.jwks_fetch_timeout,
+            jwks_max_bytes: self.jwks_max_bytes,
+            jwks_refetch_cooldown: self.jwks_refetch_cooldown,
         }
     }
 }
@@ -749,8 +727,8 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             return Err(c.err(&key("issuer"), "another trust has the same issuer"));
         }
         let jwks = match (t.jwks_uri, t.jwks_file) {
-            (Some(uri), None) => JwksSource::Uri(validate_jwks_uri(&c, &key("jwks_uri"), &uri)?),
-            (None, Some(path)) => JwksSource::File(PathBuf::from(path)),
+            (Some(uri), None) => KeySource::Uri(validate_jwks_uri(&c, &key("jwks_uri"), &uri)?),
+            (None, Some(path)) => KeySource::File(PathBuf::from(path)),
             _ => {
                 return Err(c.err(
                     &key("jwks_uri"),
@@ -763,7 +741,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         }
         let mut algorithms = Vec::new();
         for a in &t.algorithms {
-            match IssuerAlgorithm::parse(a) {
+            match Algorithm::parse(a) {
                 Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
                 Some(_) => {}
                 None => {
@@ -1017,27 +995,6 @@ fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, Co
     parse_jwks_uri(uri).map_err(|problem| c.err(key, problem))
 }
 
-/// The rule for a JWKS URL, for the STS's trusts and the verifier library alike:
-/// https (plain http only for a loopback host), no credentials in it.
-pub fn parse_jwks_uri(uri: &str) -> Result<reqwest::Url, &'static str> {
-    let url = reqwest::Url::parse(uri).map_err(|_| "not a URL")?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err("must be https (plain http only for a loopback host)"),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials");
-    }
-    Ok(url)
-}
-
 fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
     let address = v.address;
     match reqwest::Url::parse(&address) {
@@ -1157,7 +1114,7 @@ path = "audit.log"
         assert_eq!(c.vault.unwrap().kv_version, 2);
         assert_eq!(
             c.trusts[0].algorithms,
-            vec![IssuerAlgorithm::ES256, IssuerAlgorithm::RS256]
+            vec![Algorithm::ES256, Algorithm::RS256]
         );
     }
 

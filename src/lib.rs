@@ -30,4 +30,3 @@ pub mod sts;
 pub mod token_exchange;
 pub mod trust;
 pub mod vault;
-pub mod verifier;

@@ -13,18 +13,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
+pub use agent_sts_verifier::Actor;
+
 use crate::keys::LoadedKey;
 use crate::signing_key::KeyMaterialError;
 
 /// Seconds `iat`/`nbf` are not backdated: verifiers apply their own leeway.
 pub const ISSUED_AT_BACKDATE: u64 = 0;
-
-/// The actor of a delegated token (RFC 8693 §4.1).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Actor {
-    pub sub: String,
-    pub iss: String,
-}
 
 /// What a token is minted for; every field already checked.
 #[derive(Debug)]

@@ -55,9 +55,10 @@ use crate::request_target::{self, Target};
 use crate::scrub::Scrubber;
 use crate::secrets::{CredentialCache, StoredCredential};
 use crate::shim_error::ShimError;
-use crate::trust::{TrustError, unix_now};
+use crate::trust::{JwtError, unix_now};
 use crate::vault::Vault;
-use crate::verifier::{AccessToken, Verifier, VerifyError};
+use agent_sts_verifier::layer::{BearerError, bearer_token};
+use agent_sts_verifier::{AccessToken, Verifier, VerifyError};
 
 /// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
 /// besides any header the `Connection` header names.
@@ -163,9 +164,13 @@ pub struct ShimApp {
 /// Wires a shim from its configuration.
 pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     let s = &config.shim;
-    let verifier =
-        Verifier::with_limits(&s.issuer, &s.audience, s.jwks_uri.as_str(), &config.limits)
-            .map_err(|e| StartError::Config(format!("{}: shim.jwks_uri: {e}", config.source)))?;
+    let verifier = Verifier::with_limits(
+        &s.issuer,
+        &s.audience,
+        s.jwks_uri.as_str(),
+        &config.limits.verification(),
+    )
+    .map_err(|e| StartError::Config(format!("{}: shim.jwks_uri: {e}", config.source)))?;
     let catalogue = Catalogue::load_dir(&s.scopes_dir, &TrustDirectory::any())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let served = catalogue
@@ -408,7 +413,7 @@ impl Shim {
             }
         }
 
-        let raw = bearer_token(&parts.headers, self.caps.token_bytes)?;
+        let raw = bearer(&parts.headers, self.caps.token_bytes)?;
         let token = self
             .verifier
             .verify(raw, unix_now())
@@ -619,42 +624,26 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ShimError> {
 }
 
 /// The bearer token of the `Authorization` header (RFC 6750 §2.1).
-fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, ShimError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(ShimError::MissingToken)?;
-    if values.next().is_some() {
-        return Err(ShimError::DuplicateAuthorization);
-    }
-    let text = value
-        .to_str()
-        .map_err(|_| ShimError::MalformedAuthorization)?;
-    let (scheme, token) = text
-        .split_once(' ')
-        .ok_or(ShimError::MalformedAuthorization)?;
-    let token = token.trim_matches(' ');
-    let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || token.is_empty()
-        || token.len() > max_bytes
-        || !token.bytes().all(b64token)
-    {
-        return Err(ShimError::MalformedAuthorization);
-    }
-    Ok(token)
+fn bearer(headers: &HeaderMap, max_bytes: usize) -> Result<&str, ShimError> {
+    bearer_token(headers, max_bytes).map_err(|e| match e {
+        BearerError::Missing => ShimError::MissingToken,
+        BearerError::Duplicate => ShimError::DuplicateAuthorization,
+        BearerError::Malformed => ShimError::MalformedAuthorization,
+    })
 }
 
 /// The reason a token was refused, for the audit log; a JWKS outage is ours (503).
 fn token_error(e: VerifyError) -> ShimError {
     let reason = match &e {
-        VerifyError::Token(TrustError::JwksUnavailable { .. }) => {
+        VerifyError::Token(JwtError::JwksUnavailable { .. }) => {
             return ShimError::KeysUnavailable;
         }
-        VerifyError::Token(TrustError::Claim { claim: "exp", .. }) => "token_expired",
-        VerifyError::Token(TrustError::Claim { claim: "aud", .. }) => "wrong_audience",
-        VerifyError::Token(TrustError::UnknownIssuer) => "wrong_issuer",
-        VerifyError::Token(TrustError::BadSignature { .. }) => "bad_signature",
-        VerifyError::Token(TrustError::UnknownKid { .. }) => "unknown_kid",
-        VerifyError::Token(TrustError::Malformed(_)) => "malformed_token",
+        VerifyError::Token(JwtError::Claim { claim: "exp", .. }) => "token_expired",
+        VerifyError::Token(JwtError::Claim { claim: "aud", .. }) => "wrong_audience",
+        VerifyError::Token(JwtError::UnknownIssuer) => "wrong_issuer",
+        VerifyError::Token(JwtError::BadSignature { .. }) => "bad_signature",
+        VerifyError::Token(JwtError::UnknownKid { .. }) => "unknown_kid",
+        VerifyError::Token(JwtError::Malformed(_)) => "malformed_token",
         VerifyError::NotAccessToken => "not_an_access_token",
         _ => "invalid_token",
     };

@@ -68,8 +68,8 @@ impl std::fmt::Debug for Sts {
 /// What is known about a request when it is decided, for the audit record.
 #[derive(Default)]
 struct Facts {
-    subject: Option<Arc<VerifiedToken>>,
-    actor: Option<Arc<VerifiedToken>>,
+    subject: Option<VerifiedToken>,
+    actor: Option<VerifiedToken>,
     action: Option<Arc<str>>,
     audience: Option<String>,
 }
@@ -96,7 +96,7 @@ impl Sts {
             Ok(m) => (Outcome::Allow, "issued", Some(m)),
             Err(r) => (Outcome::Deny, r.reason(), None),
         };
-        let actor = facts.actor.as_deref().map(qualified);
+        let actor = facts.actor.as_ref().map(qualified);
         let record = Decision {
             trust: facts.subject.as_ref().map(|s| &*s.trust),
             subject: facts.subject.as_ref().map(|s| s.subject.as_str()),

@@ -2,7 +2,7 @@
 //! and come back typed; a token for another audience, a workload token and garbage
 //! are refused.
 
-use agent_sts::verifier::{Verifier, VerifyError};
+use agent_sts_verifier::{Verifier, VerifyError};
 
 use crate::harness::*;
 

@@ -1,0 +1,157 @@
+//! The access tokens agent-sts mints (RFC 9068), verified for one expected issuer (the
+//! STS) and one expected audience (this service), with keys from the STS's JWKS only.
+//!
+//! On top of [`crate::issuers`] (keys, signature, registered claims) it checks what
+//! makes the token an agent-sts access token (RFC 9068 §4): `typ` is `at+jwt`
+//! (case-insensitive, with or without the `application/` prefix), `jti` and
+//! `client_id` are present, `scope` names exactly one action, and `act` (RFC 8693 §4.1)
+//! is well-formed when present.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::JwtError;
+use crate::issuers::{IssuerConfig, IssuerSet, Limits};
+use crate::jose::Algorithm;
+use crate::jwks::KeySource;
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// Longest lifetime of an access token the STS can mint (its `max_ttl` cap).
+pub const MAX_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+/// How long the STS's keys are used before a refetch (the JWKS's own `max-age` wins
+/// when shorter), and how long they keep serving while the STS is unreachable.
+const JWKS_REFRESH: Duration = Duration::from_secs(300);
+const JWKS_MAX_STALE: Duration = Duration::from_secs(3600);
+
+/// The actor of a delegated token (RFC 8693 §4.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    pub sub: String,
+    pub iss: String,
+}
+
+/// A verified agent-sts access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// `sub`: the agent, or the delegating user.
+    pub subject: String,
+    /// `act`, when delegated: the agent acting for the subject.
+    pub actor: Option<Actor>,
+    /// `scope`: the one catalogue action.
+    pub action: String,
+    /// `client_id`: the agent as `TRUST:SUB`.
+    pub client_id: String,
+    pub jti: String,
+    /// `exp`, unix seconds.
+    pub expires_at: u64,
+}
+
+/// Why a token was refused. Carries no token content.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Token(#[from] JwtError),
+    #[error("not an access token: typ is not at+jwt")]
+    NotAccessToken,
+    #[error("claim {0} is missing or malformed")]
+    Claim(&'static str),
+}
+
+/// Why a verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error("jwks_uri: {0}")]
+    JwksUri(&'static str),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Verifies agent-sts access tokens for one audience.
+#[derive(Debug)]
+pub struct Verifier {
+    issuers: IssuerSet,
+}
+
+impl Verifier {
+    /// A verifier accepting tokens from `expected_issuer` (the STS) for
+    /// `expected_audience` (this service), with keys from `jwks_uri` (https, or http
+    /// on loopback).
+    pub fn new(
+        expected_issuer: &str,
+        expected_audience: &str,
+        jwks_uri: &str,
+    ) -> Result<Verifier, VerifierError> {
+        Self::with_limits(
+            expected_issuer,
+            expected_audience,
+            jwks_uri,
+            &Limits::default(),
+        )
+    }
+
+    /// Like [`new`](Self::new), with the token size cap, JWKS fetch limits and cache
+    /// capacity of `limits`.
+    pub fn with_limits(
+        expected_issuer: &str,
+        expected_audience: &str,
+        jwks_uri: &str,
+        limits: &Limits,
+    ) -> Result<Verifier, VerifierError> {
+        let sts = IssuerConfig {
+            name: "sts".into(),
+            issuer: expected_issuer.to_string(),
+            keys: KeySource::uri(jwks_uri).map_err(VerifierError::JwksUri)?,
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+            max_token_lifetime: MAX_ACCESS_TOKEN_LIFETIME,
+            leeway: LEEWAY,
+            jwks_refresh: JWKS_REFRESH,
+            jwks_max_stale: JWKS_MAX_STALE,
+        };
+        let issuers = IssuerSet::new(&[sts], expected_audience, limits, None)?;
+        Ok(Verifier { issuers })
+    }
+
+    /// Verifies `token` at `now` (unix seconds).
+    pub async fn verify(&self, token: &str, now: u64) -> Result<AccessToken, VerifyError> {
+        let verified = self.issuers.verify(token, now).await?;
+        let typ = verified.typ.as_deref().unwrap_or("").to_ascii_lowercase();
+        if typ != "at+jwt" && typ != "application/at+jwt" {
+            return Err(VerifyError::NotAccessToken);
+        }
+        let c = &verified.claims;
+        let text = |name: &'static str| {
+            c.get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or(VerifyError::Claim(name))
+        };
+        let action = text("scope")?;
+        if action.contains(' ') {
+            return Err(VerifyError::Claim("scope"));
+        }
+        let actor = match c.get("act") {
+            None => None,
+            Some(act) => {
+                let field = |k: &str| act.get(k).and_then(Value::as_str).map(str::to_string);
+                match (field("sub"), field("iss")) {
+                    (Some(sub), Some(iss)) => Some(Actor { sub, iss }),
+                    _ => return Err(VerifyError::Claim("act")),
+                }
+            }
+        };
+        Ok(AccessToken {
+            subject: verified.subject.clone(),
+            actor,
+            action,
+            client_id: text("client_id")?,
+            jti: text("jti")?,
+            expires_at: verified.expires_at,
+        })
+    }
+}

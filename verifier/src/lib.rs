@@ -1,0 +1,64 @@
+//! agent-sts-verifier: how a downstream service checks agent-sts access tokens offline,
+//! through the STS's JWKS alone, without depending on the STS itself.
+//!
+//! The layers, bottom up (each a module):
+//! - [`jose`]: compact JWS and protected-header parsing (RFC 7515), the algorithm
+//!   allow-list ([`Algorithm`]: asymmetric only, so `none` and `HS*` never parse);
+//! - [`jwk`]: JWKs (RFC 7517/7518) to public keys parsed once with aws-lc-rs;
+//! - [`jwks`]: fetching and caching one issuer's key set (size and time caps, same-origin
+//!   redirects only, `Cache-Control: max-age`, one refetch on an unknown `kid` then a
+//!   cooldown, the last good keys while the issuer is down, up to a staleness bound);
+//! - [`claims`]: strictly typed registered claims (RFC 7519 §4.1) with explicit leeway;
+//! - [`issuers`]: a set of trusted issuers verifying any JWT from one of them, with a
+//!   cache of verified tokens that never outlives them (agent-sts verifies workload
+//!   identities with it);
+//! - [`access_token`]: the RFC 9068 access-token profile agent-sts mints, for one
+//!   expected issuer and audience;
+//! - `layer` (feature `tower`, on by default): a tower [`Layer`](layer::RequireAccessToken)
+//!   that refuses requests without a valid token (RFC 6750 §3) and hands the verified
+//!   [`AccessToken`] to the handler as a request extension.
+//!
+//! ```no_run
+//! # async fn example(token: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use agent_sts_verifier::{Verifier, unix_now};
+//! let verifier = Verifier::new(
+//!     "https://sts.example.org",
+//!     "https://github-shim.internal",
+//!     "https://sts.example.org/.well-known/jwks.json",
+//! )?;
+//! let token = verifier.verify(token, unix_now()).await?;
+//! assert_eq!(token.action, "github.issues.create");
+//! # Ok(()) }
+//! ```
+//!
+//! Key selection never follows the token: `jku`, `x5u`, `jwk` and `x5c` are not read,
+//! `kid` only picks among keys already fetched from the configured JWKS, and the
+//! algorithm must fit the key. Errors carry no token content.
+#![forbid(unsafe_code)]
+
+pub mod access_token;
+mod base64url;
+pub mod claims;
+pub mod error;
+pub mod issuers;
+pub mod jose;
+pub mod jwk;
+pub mod jwks;
+#[cfg(feature = "tower")]
+pub mod layer;
+
+pub use access_token::{AccessToken, Actor, Verifier, VerifierError, VerifyError};
+pub use error::{JwksError, JwtError};
+pub use issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
+pub use jose::Algorithm;
+pub use jwks::KeySource;
+#[cfg(feature = "tower")]
+pub use layer::RequireAccessToken;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
