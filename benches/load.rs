@@ -4,8 +4,8 @@
 //! - a fake workload issuer (SPIRE, ES256 fixture `keys/test/spire-es256.pem`) serving
 //!   its JWKS, which the STS fetches like any `jwks_uri`;
 //! - the real STS: configuration written to a temp dir, a key bootstrapped with
-//!   [`agent_sts::keys::rotate`], [`agent_sts::app::build`], served with
-//!   [`App::serve`](agent_sts::app::App::serve); no tracing subscriber (logging off),
+//!   [`agent_sts::keys::rotate`], [`agent_sts::sts::build`], served with
+//!   [`App::serve`](agent_sts::sts::app::App::serve); no tracing subscriber (logging off),
 //!   the audit log and the file secret store in the temp dir, a rate limit too high to
 //!   interfere, and one catalogue action (with a credential) granted to the subjects;
 //! - a CEILING: a bare axum `POST /token` that reads the form, does only
@@ -45,9 +45,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agent_sts::config::SigningAlgorithm;
+use agent_sts::identity::unix_now;
 use agent_sts::keys::KeyStore;
-use agent_sts::signing_key::SigningKey;
-use agent_sts::trust::unix_now;
+use agent_sts::keys::signing_key::SigningKey;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

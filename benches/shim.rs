@@ -8,7 +8,7 @@
 //!   comparison is about the shim alone;
 //! - a fake workload issuer (SPIRE, ES256 fixture `keys/test/spire-es256.pem`) serving
 //!   its JWKS, and the real STS started as `benches/load.rs` starts it (temp dir
-//!   configuration, a key from [`agent_sts::keys::rotate`], [`agent_sts::app::build`],
+//!   configuration, a key from [`agent_sts::keys::rotate`], [`agent_sts::sts::build`],
 //!   `App::serve`), with one catalogue action `items.read` for the shim's audience,
 //!   with a credential and `[action.request] GET /items/{id}`;
 //! - the real SHIM: [`agent_sts::shim::build`] from a [`ShimConfig`] in the same temp
@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use agent_sts::config::ShimConfig;
-use agent_sts::trust::unix_now;
+use agent_sts::identity::unix_now;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

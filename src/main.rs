@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use agent_sts::app::{self, StartError};
 use agent_sts::config::{Config, ProcessEnv, ShimConfig};
-use agent_sts::{audit, catalogue, dev, keys, shim, trust};
+use agent_sts::runtime::{self, StartError};
+use agent_sts::{audit, catalogue, dev, identity, keys, shim, store, sts};
 
 #[derive(Parser)]
 #[command(
@@ -143,8 +143,8 @@ async fn run(command: Command) -> Result<(), StartError> {
     match command {
         Command::Serve { config } => {
             let config = load_config(&config)?;
-            let app = app::build(&config).await?;
-            let listener = app::bind(config.server.listen).await?;
+            let app = sts::build(&config).await?;
+            let listener = runtime::bind(config.server.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -155,7 +155,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             let config = ShimConfig::load(&config, &ProcessEnv)
                 .map_err(|e| StartError::Config(e.to_string()))?;
             let shim = shim::build(&config).await?;
-            let listener = app::bind(config.shim.listen).await?;
+            let listener = runtime::bind(config.shim.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -166,11 +166,11 @@ async fn run(command: Command) -> Result<(), StartError> {
         Command::Keys { command } => match command {
             KeysCommand::Rotate { config } => {
                 let config = load_config(&config)?;
-                let store = app::stores(&config).await?.keys;
+                let store = store::open(&config).await?.keys;
                 let (kid, state) = keys::rotate(
                     store.as_ref(),
                     config.tokens.algorithm,
-                    trust::unix_now(),
+                    identity::unix_now(),
                     config.keys.publish_lead,
                     config.tokens.max_ttl,
                 )
@@ -185,7 +185,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             }
             KeysCommand::List { config } => {
                 let config = load_config(&config)?;
-                let store = app::stores(&config).await?.keys;
+                let store = store::open(&config).await?.keys;
                 let (ring, _) = store
                     .load()
                     .await
@@ -194,7 +194,7 @@ async fn run(command: Command) -> Result<(), StartError> {
                     "{:<44} {:<6} {:<9} {:<21} activates_at",
                     "kid", "alg", "state", "created_at"
                 );
-                for row in keys::list(&ring, trust::unix_now(), config.tokens.max_ttl) {
+                for row in keys::list(&ring, identity::unix_now(), config.tokens.max_ttl) {
                     println!(
                         "{:<44} {:<6} {:<9} {:<21} {}",
                         row.kid,
@@ -211,7 +211,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             command: ScopesCommand::Check { dir, config },
         } => {
             let directory = match config {
-                Some(path) => app::trust_directory(&load_config(&path)?),
+                Some(path) => sts::trust_directory(&load_config(&path)?),
                 None => dev::trust_directory(),
             };
             let catalogue =

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_sts::config::{Config, SigningAlgorithm};
+use agent_sts::identity::unix_now;
 use agent_sts::keys::FileKeyStore;
+use agent_sts::keys::signing_key::SigningKey;
 use agent_sts::secret::PrivateKeyPem;
-use agent_sts::signing_key::SigningKey;
-use agent_sts::trust::unix_now;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::routing::get;
@@ -176,7 +176,7 @@ pub struct Sts {
 
 /// Starts the real STS on the current runtime: configuration written to a temp dir
 /// trusting the SPIRE issuer at `issuer` (its JWKS over HTTP), a key bootstrapped with
-/// [`agent_sts::keys::rotate`], [`agent_sts::app::build`], served with `App::serve`.
+/// [`agent_sts::keys::rotate`], [`agent_sts::sts::build`], served with `App::serve`.
 /// The catalogue is `scopes` and the file secret store `secrets`; the rate limit is too
 /// high to interfere.
 pub async fn start_sts(issuer: SocketAddr, scopes: &str, secrets: &str) -> Sts {
@@ -237,7 +237,7 @@ spiffe_trust_domains = ["example.org"]
     )
     .await
     .unwrap();
-    let app = agent_sts::app::build(&config).await.unwrap();
+    let app = agent_sts::sts::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

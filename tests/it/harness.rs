@@ -435,7 +435,7 @@ impl TestSts {
     pub async fn serve(dir: tempfile::TempDir, config_path: PathBuf) -> TestSts {
         let env = std::collections::BTreeMap::new();
         let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
-        let stores = agent_sts::app::stores(&config).await.unwrap();
+        let stores = agent_sts::store::open(&config).await.unwrap();
         agent_sts::keys::rotate(
             stores.keys.as_ref(),
             config.tokens.algorithm,
@@ -445,7 +445,7 @@ impl TestSts {
         )
         .await
         .unwrap();
-        let app = agent_sts::app::build(&config).await.unwrap();
+        let app = agent_sts::sts::build(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -705,4 +705,10 @@ pub async fn verify_independently(sts_url: &str, token: &str, audience: &str) ->
     )
     .expect("minted token verifies through the JWKS")
     .claims
+}
+
+/// `s` with its last character changed (a tampered signature that always differs).
+pub fn flip_last(s: &str) -> String {
+    let last = if s.ends_with('A') { "B" } else { "A" };
+    format!("{}{last}", &s[..s.len() - 1])
 }

@@ -179,7 +179,7 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
     let text = fast_lifecycle(std::fs::read_to_string(&sts.config_path).unwrap());
     std::fs::write(&sts.config_path, &text).unwrap();
     let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
-    let app = agent_sts::app::build(&config).await.unwrap();
+    let app = agent_sts::sts::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -197,7 +197,7 @@ async fn vault_keys_rotate_under_load_with_zero_verification_failures() {
     let auth = crate::vault::token_file_auth(&vault);
     let sts = crate::vault::vault_sts_with(&vault, &issuers, &auth, fast_lifecycle).await;
     let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
-    let stores = agent_sts::app::stores(&config).await.unwrap();
+    let stores = agent_sts::store::open(&config).await.unwrap();
     rotate_under_load(
         "Vault store",
         sts.url.clone(),

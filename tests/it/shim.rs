@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_sts::config::{ShimConfig, SigningAlgorithm};
-use agent_sts::echo::Echo;
-use agent_sts::signing_key::SigningKey;
+use agent_sts::dev::echo::Echo;
+use agent_sts::keys::signing_key::SigningKey;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -144,11 +144,6 @@ path = "{audit}"
 /// `s` with its last character changed: on a JWT, a signature that no longer verifies
 /// (always a different character; a signature's last base64url character carries only
 /// 2 bits, so overwriting it with a fixed one would leave a quarter of them unchanged).
-fn flip_last(s: &str) -> String {
-    let last = if s.ends_with('A') { "B" } else { "A" };
-    format!("{}{last}", &s[..s.len() - 1])
-}
-
 fn audit_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -162,7 +157,7 @@ async fn start_echo() -> (Arc<Echo>, String) {
     let echo = Echo::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    agent_sts::echo::spawn(echo.clone(), listener);
+    agent_sts::dev::echo::spawn(echo.clone(), listener);
     (echo, url)
 }
 

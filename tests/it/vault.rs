@@ -172,7 +172,7 @@ async fn approle_login_works_and_a_bad_token_fails_closed() {
     std::fs::write(&path, text).unwrap();
     let config =
         agent_sts::config::Config::load(&path, &std::collections::BTreeMap::new()).unwrap();
-    let app = agent_sts::app::build(&config).await.unwrap();
+    let app = agent_sts::sts::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -468,10 +468,11 @@ async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
 
     // A key whose stored public part belongs to another key, then plain garbage.
     let mut mismatched = good.clone();
-    let other =
-        agent_sts::signing_key::SigningKey::generate(agent_sts::config::SigningAlgorithm::ES256)
-            .unwrap()
-            .0;
+    let other = agent_sts::keys::signing_key::SigningKey::generate(
+        agent_sts::config::SigningAlgorithm::ES256,
+    )
+    .unwrap()
+    .0;
     mismatched["keys"][0]["public_jwk"] = other.public_jwk.clone();
     for bad in [mismatched, json!({"keys": "not a list"})] {
         vault.write("agent-sts/signing-keys", bad).await;

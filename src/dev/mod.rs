@@ -15,6 +15,8 @@
 //! with a form field `sub`), for scripts. It exists only in `dev`, which listens on
 //! loopback by default.
 
+pub mod echo;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{self, StartError};
 use crate::catalogue::{Catalogue, Delegation, TrustDirectory};
 use crate::config::{Config, ShimConfig, SigningAlgorithm};
+use crate::identity::unix_now;
+use crate::keys::signing_key::SigningKey;
 use crate::keys::{FileKeyStore, KeyStore};
+use crate::runtime::{self, StartError};
 use crate::secret::PrivateKeyPem;
-use crate::signing_key::SigningKey;
-use crate::trust::unix_now;
+use crate::sts;
 
 /// Arguments of `agent-sts dev`.
 #[derive(Debug, clap::Args)]
@@ -328,7 +331,7 @@ fn ensure_dev_secrets(path: &Path, catalogue: &Catalogue) -> Result<(), StartErr
 /// Runs `agent-sts dev`.
 pub async fn run(args: DevArgs) -> Result<(), StartError> {
     // Bound first, so `--listen 127.0.0.1:0` works: the issuer URL is the real address.
-    let listener = app::bind(args.listen).await?;
+    let listener = runtime::bind(args.listen).await?;
     let listen = listener
         .local_addr()
         .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -355,7 +358,7 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
         .await
         .map_err(|e| StartError::Runtime(e.to_string()))?;
     }
-    let catalogue = Catalogue::load_dir(&config.server.scopes_dir, &app::trust_directory(&config))
+    let catalogue = Catalogue::load_dir(&config.server.scopes_dir, &sts::trust_directory(&config))
         .map_err(|e| StartError::Config(e.to_string()))?;
     if let crate::config::SecretsConfig::File { path } = &config.secrets {
         ensure_dev_secrets(path, &catalogue)?;
@@ -364,7 +367,7 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
         &args.keys,
         &config.server.issuer,
     )?);
-    let app = app::build(&config).await?;
+    let app = sts::build(&config).await?;
     let demo = demo_action(&catalogue);
     // The demo shim needs an action it can complete; without one the STS runs alone.
     let shim_url = match demo {
@@ -406,11 +409,11 @@ async fn start_demo_shim(
     config: &Config,
     action: &crate::catalogue::Action,
 ) -> Result<String, StartError> {
-    let echo_listener = app::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let echo_listener = runtime::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let echo_addr = echo_listener
         .local_addr()
         .map_err(|e| StartError::Runtime(e.to_string()))?;
-    crate::echo::spawn(crate::echo::Echo::new(), echo_listener);
+    crate::dev::echo::spawn(crate::dev::echo::Echo::new(), echo_listener);
     let text = dev_shim_config_toml(
         args.shim_listen,
         &action.audience,
@@ -422,7 +425,7 @@ async fn start_demo_shim(
     let shim_config = ShimConfig::from_toml(&text, "<embedded demo shim>", &BTreeMap::new())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let shim = crate::shim::build(&shim_config).await?;
-    let listener = app::bind(shim_config.shim.listen).await?;
+    let listener = runtime::bind(shim_config.shim.listen).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Runtime(e.to_string()))?;

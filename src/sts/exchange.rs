@@ -26,14 +26,14 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Decision, Outcome};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal};
+use crate::identity::{TrustStore, VerifiedToken};
 use crate::keys::Keyring;
-use crate::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
-use crate::mint::{Actor, Grant, MintError, mint};
-use crate::oauth_error::Rejection;
-use crate::rate_limit::IdentityRateLimiter;
-use crate::secrets::{CredentialCache, CredentialError};
-use crate::token_exchange::ExchangeRequest;
-use crate::trust::{TrustStore, VerifiedToken};
+use crate::store::secrets::{CredentialCache, CredentialError};
+use crate::sts::mint::{Actor, Grant, MintError, mint};
+use crate::sts::oauth_error::Rejection;
+use crate::sts::rate_limit::IdentityRateLimiter;
+use crate::sts::token_exchange::ExchangeRequest;
+use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
 
 /// A successful exchange (RFC 8693 §2.2.1).
 #[derive(Debug)]
@@ -167,7 +167,7 @@ impl Sts {
         req: &ExchangeRequest,
         now: u64,
         facts: &mut Facts,
-    ) -> Result<crate::mint::Minted, Rejection> {
+    ) -> Result<crate::sts::mint::Minted, Rejection> {
         // 1. Identities.
         let subject = self
             .trusts

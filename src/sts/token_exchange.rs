@@ -15,8 +15,8 @@
 //!   `actor_token_type` together or not at all; tokens within the size cap;
 //! - `scope` names exactly one action (RFC 6749 §3.3: space-delimited).
 
-use crate::oauth_error::Rejection;
 use crate::secret::SubjectToken;
+use crate::sts::oauth_error::Rejection;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";

@@ -23,6 +23,8 @@
 //! loaded are reused by kid, so a refresh costs one read and no crypto for known keys.
 //! The current ring is published through `ArcSwap`: the hot path takes no lock.
 
+pub mod signing_key;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::SigningAlgorithm;
-use crate::metrics::Metrics;
+use crate::keys::signing_key::{KeyMaterialError, SigningKey};
 use crate::secret::PrivateKeyPem;
-use crate::signing_key::{KeyMaterialError, SigningKey};
+use crate::telemetry::metrics::Metrics;
 
 /// Margin added to `max_ttl` before a retiring key is removed, for clock skew between
 /// replicas and verifiers.

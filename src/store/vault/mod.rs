@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use crate::config::{VaultAuth, VaultConfig};
 use crate::keys::{KeyStore, KeyStoreError, StoreVersion, StoredRing};
 use crate::secret::VaultToken;
-use crate::secrets::{SecretStore, SecretStoreError, StoredCredential, stored};
+use crate::store::secrets::{SecretStore, SecretStoreError, StoredCredential, stored};
 
 /// No new login attempt this soon after a failed one.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(5);

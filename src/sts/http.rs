@@ -2,8 +2,8 @@
 //!
 //! Handlers only extract, call and convert: `POST /token` checks the transport rules
 //! (no query string, no client authentication header, a form content type, the body
-//! cap), hands the body to [`crate::token_exchange::parse`] and the result to
-//! [`crate::sts::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2 response.
+//! cap), hands the body to [`crate::sts::token_exchange::parse`] and the result to
+//! [`crate::sts::exchange::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2 response.
 //! Every refusal, even one decided before the form is read, goes through
 //! [`Sts::refuse`] so it is audited and counted like any other decision.
 //!
@@ -25,10 +25,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::oauth_error::{Rejection, no_store};
-use crate::sts::Sts;
-use crate::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
-use crate::trust::unix_now;
+use crate::identity::unix_now;
+use crate::sts::exchange::Sts;
+use crate::sts::oauth_error::{Rejection, no_store};
+use crate::sts::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]

@@ -20,8 +20,8 @@ use agent_sts_verifier::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
 pub use agent_sts_verifier::{JwksError, JwtError, unix_now};
 
 use crate::config::TrustConfig;
-use crate::metrics::Metrics;
 use crate::secret::SubjectToken;
+use crate::telemetry::metrics::Metrics;
 
 /// A workload (or delegating user) token that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]

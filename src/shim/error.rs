@@ -14,7 +14,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::request_target::TargetError;
+use crate::shim::request_target::TargetError;
 
 /// Why the shim did not proxy a request, or why the proxied call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -46,17 +46,18 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
-use crate::app::{self, StartError};
 use crate::audit::{AuditLog, Outcome, ProxiedCall};
 use crate::catalogue::{Catalogue, TrustDirectory};
 use crate::config::ShimConfig;
-use crate::metrics::{ShimLabels, ShimMetrics};
-use crate::request_target::{self, Target};
-use crate::scrub::Scrubber;
-use crate::secrets::{CredentialCache, StoredCredential};
-use crate::shim_error::ShimError;
-use crate::trust::{JwtError, unix_now};
-use crate::vault::Vault;
+use crate::identity::{JwtError, unix_now};
+use crate::runtime::{self, StartError};
+use crate::shim::error::ShimError;
+use crate::shim::request_target::{self, Target};
+use crate::shim::scrub::Scrubber;
+use crate::store;
+use crate::store::secrets::{CredentialCache, StoredCredential};
+use crate::store::vault::Vault;
+use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
 use agent_sts_verifier::layer::{BearerError, bearer_token};
 use agent_sts_verifier::{AccessToken, Verifier, VerifyError};
 
@@ -181,11 +182,11 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         tracing::warn!(audience = %s.audience, "no catalogue action has this shim's audience and an [action.request]: every request will be refused");
     }
     let vault = match (&config.secrets, &config.vault) {
-        (crate::config::SecretsConfig::Vault, Some(v)) => Some(app::connect_vault(v).await?),
+        (crate::config::SecretsConfig::Vault, Some(v)) => Some(store::connect_vault(v).await?),
         _ => None,
     };
-    let store = app::secret_store(&config.secrets, vault.as_ref(), &config.source)?;
-    let ttl = app::credential_ttl(&config.secrets, config.vault.as_ref());
+    let store = store::secret_store(&config.secrets, vault.as_ref(), &config.source)?;
+    let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -240,7 +241,7 @@ impl ShimApp {
             vault.spawn_renewal();
         }
         let (shim, dir) = (self.shim.clone(), self.scopes_dir.clone());
-        app::every(self.refresh_interval, move || {
+        runtime::every(self.refresh_interval, move || {
             let (shim, dir) = (shim.clone(), dir.clone());
             async move {
                 let load = move || Catalogue::load_dir(&dir, &TrustDirectory::any());
@@ -272,7 +273,7 @@ impl ShimApp {
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), StartError> {
         self.spawn_refreshers();
         if let Some(addr) = self.admin_listen {
-            let admin = app::bind(addr).await?;
+            let admin = runtime::bind(addr).await?;
             let local = admin
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -285,7 +286,7 @@ impl ShimApp {
             });
         }
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(app::shutdown_signal())
+            .with_graceful_shutdown(runtime::shutdown_signal())
             .await
             .map_err(|e| StartError::Runtime(format!("server: {e}")))
     }

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use agent_sts_verifier::Actor;
 
 use crate::keys::LoadedKey;
-use crate::signing_key::KeyMaterialError;
+use crate::keys::signing_key::KeyMaterialError;
 
 /// Seconds `iat`/`nbf` are not backdated: verifiers apply their own leeway.
 pub const ISSUED_AT_BACKDATE: u64 = 0;
@@ -129,7 +129,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::config::SigningAlgorithm;
-    use crate::signing_key::SigningKey;
+    use crate::keys::signing_key::SigningKey;
 
     #[test]
     fn minted_token_verifies_with_jsonwebtoken_and_is_capped() {

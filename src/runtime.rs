@@ -1,0 +1,69 @@
+//! The process runtime both programs share: binding a listener, waiting for a shutdown
+//! signal, periodic background tasks, and the startup error whose exit code the README
+//! documents (2 for invalid configuration, 1 for a runtime failure).
+
+/// Why the STS or the shim could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code (README, "Command line").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            StartError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Runs `task` every `interval` (first run one interval from now), forever; a slow
+/// run delays the next instead of piling up.
+pub fn every<F, Fut>(interval: std::time::Duration, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            task().await;
+        }
+    });
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+/// Binds `addr`, naming it on failure.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
+}

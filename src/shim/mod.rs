@@ -1,0 +1,19 @@
+//! `agent-sts shim`: the credential-injecting reverse proxy (README, "The shim").
+//!
+//! - [`proxy`]: the request pipeline (frame, verify, authorise, strip and inject,
+//!   forward, scrub, audit) and its assembly;
+//! - [`request_target`]: the one canonical origin-form path the shim matches and
+//!   forwards;
+//! - [`scrub`]: removing the credential, in every encoding, from what comes back;
+//! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response.
+//!
+//! Tokens are checked with the `agent-sts-verifier` crate, exactly as a downstream
+//! service would. May import `catalogue`, `store`, `audit`, `telemetry`, `config`,
+//! `runtime` and `secret`; never `sts`.
+
+pub mod error;
+pub mod proxy;
+pub mod request_target;
+pub mod scrub;
+
+pub use proxy::{Shim, ShimApp, build};

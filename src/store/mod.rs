@@ -1,0 +1,100 @@
+//! Where durable secrets are read: the secret store seam (integration credentials) and
+//! the Vault client that also backs the key store.
+//!
+//! - [`secrets`]: the [`SecretStore`] trait, the file store (`agent-sts dev` and tests
+//!   without Vault) and the [`CredentialCache`] gate in front of either;
+//! - [`vault`]: the thin Vault HTTP client (login, renewal, KV v1/v2) and the Vault
+//!   implementations of [`SecretStore`] and of the keyring's [`KeyStore`];
+//! - [`open`] here: the configured stores, for the STS and the shim alike.
+//!
+//! May import `keys` (for the [`KeyStore`] trait it implements), `config`, `secret`
+//! and `telemetry`; never `sts` or `shim`.
+
+pub mod secrets;
+pub mod vault;
+
+use std::sync::Arc;
+
+pub use secrets::{
+    CREDENTIAL_CACHE_TTL, CredentialCache, CredentialError, FileSecretStore, SecretStore,
+    SecretStoreError, StoredCredential,
+};
+
+use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultConfig};
+use crate::keys::{FileKeyStore, KeyStore};
+use crate::runtime::StartError;
+use crate::secret::VaultToken;
+use vault::{Vault, VaultKeyStore, VaultSecretStore};
+
+/// The configured stores, and the Vault client behind them when one is configured.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub vault: Option<Arc<Vault>>,
+}
+
+/// Builds the configured key and secret stores. With Vault, logs in once now; a failed
+/// login is logged, not fatal: every Vault call logs in again when it can, and until
+/// then the STS refuses tokens (fail closed) and reports not ready.
+pub async fn open(config: &Config) -> Result<Stores, StartError> {
+    let uses_vault = matches!(config.keys.store, KeyStoreKind::Vault { .. })
+        || matches!(config.secrets, SecretsConfig::Vault);
+    let vault = match (&config.vault, uses_vault) {
+        (Some(v), true) => Some(connect_vault(v).await?),
+        _ => None,
+    };
+    let keys: Arc<dyn KeyStore> = match (&config.keys.store, &vault) {
+        (KeyStoreKind::File { dir }, _) => Arc::new(FileKeyStore::new(dir)),
+        (KeyStoreKind::Vault { path }, Some(vault)) => {
+            Arc::new(VaultKeyStore::new(vault.clone(), path.clone()))
+        }
+        (KeyStoreKind::Vault { .. }, None) => {
+            return Err(StartError::Config(format!(
+                "{}: keys.store = \"vault\" needs [vault]",
+                config.source
+            )));
+        }
+    };
+    let secrets = secret_store(&config.secrets, vault.as_ref(), &config.source)?;
+    Ok(Stores {
+        keys,
+        secrets,
+        vault,
+    })
+}
+
+/// A Vault client for `v`, logged in once (a failed login is logged, not fatal).
+pub async fn connect_vault(v: &VaultConfig) -> Result<Arc<Vault>, StartError> {
+    let env_token = std::env::var("VAULT_TOKEN").ok().map(VaultToken::new);
+    let vault =
+        Arc::new(Vault::new(v, env_token).map_err(|e| StartError::Runtime(format!("vault: {e}")))?);
+    if let Err(e) = vault.login(0).await {
+        tracing::error!(error = %e, "vault login at startup failed; requests needing Vault are refused until it succeeds");
+    }
+    Ok(vault)
+}
+
+/// The configured secret store (the STS's credential gate, the shim's injection).
+pub fn secret_store(
+    secrets: &SecretsConfig,
+    vault: Option<&Arc<Vault>>,
+    source: &str,
+) -> Result<Arc<dyn SecretStore>, StartError> {
+    match (secrets, vault) {
+        (SecretsConfig::File { path }, _) => Ok(Arc::new(FileSecretStore::new(path))),
+        (SecretsConfig::Vault, Some(vault)) => Ok(Arc::new(VaultSecretStore::new(vault.clone()))),
+        (SecretsConfig::Vault, None) => Err(StartError::Config(format!(
+            "{source}: secrets.store = \"vault\" needs [vault]"
+        ))),
+    }
+}
+
+/// How long credentials are served from memory: at most 30 s, and with Vault at most
+/// `vault.max_stale`.
+pub fn credential_ttl(secrets: &SecretsConfig, vault: Option<&VaultConfig>) -> std::time::Duration {
+    match (secrets, vault) {
+        (SecretsConfig::Vault, Some(v)) => v.max_stale.min(CREDENTIAL_CACHE_TTL),
+        _ => CREDENTIAL_CACHE_TTL,
+    }
+}
