@@ -1,4 +1,4 @@
-//! The `agent-sts` command line (DESIGN.md, "Command line"): parses arguments, sets up
+//! The `agent-sts` command line (README, "Commands"): parses arguments, sets up
 //! logging, runs one command, and maps its outcome to the exit codes 0 (success),
 //! 1 (runtime failure) and 2 (bad usage or invalid configuration).
 #![forbid(unsafe_code)]

@@ -2,7 +2,7 @@
 //! these newtypes over `secrecy`: `Debug` prints `[redacted]`, none implements
 //! `Serialize` or `Display`, and reading the value takes an explicit `expose()` call
 //! whose doc carries a security warning, so a secret cannot reach a log line, an error
-//! description or a response body by accident (SECURITY.md property 1).
+//! description or a response body by accident (README, "Security properties" 1).
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -52,6 +52,11 @@ secret_string!(
     /// A PEM-encoded (PKCS#8) private signing key.
     PrivateKeyPem
 );
+secret_string!(
+    /// A minted access token (compact JWS): a bearer credential until it expires, so
+    /// it is handed to the client and to nothing else.
+    MintedJwt
+);
 
 #[cfg(test)]
 mod tests {
@@ -65,6 +70,7 @@ mod tests {
             format!("{:?}", Credential::new(canary)),
             format!("{:?}", VaultToken::new(canary)),
             format!("{:?}", PrivateKeyPem::new(canary)),
+            format!("{:?}", MintedJwt::new(canary)),
             format!("{:#?}", Some(SubjectToken::new(canary))),
         ];
         for p in printed {

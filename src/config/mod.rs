@@ -1,4 +1,4 @@
-//! Configuration: `agent-sts.toml` exactly as DESIGN.md gives it, plus the `[limits]`
+//! Configuration: `agent-sts.toml` exactly as the README's "Configuration" gives it, plus the `[limits]`
 //! section the README documents.
 //!
 //! Loading is two steps. First the file is read into raw structs that mirror it
@@ -409,7 +409,7 @@ pub struct ShimConfig {
     pub limits: LimitsConfig,
 }
 
-/// `[shim]`: DESIGN.md's keys, plus the timeouts and size caps the README documents.
+/// `[shim]`: the README's keys ("The shim"), plus the timeouts and size caps the README documents.
 #[derive(Debug, Clone)]
 pub struct ShimSection {
     pub listen: SocketAddr,

@@ -11,6 +11,8 @@
 //!   catalogue's unprefixed `spiffe://` patterns;
 //! - JWKS fetches are counted per trust and failures logged.
 
+pub mod principal;
+
 use std::ops::Deref;
 use std::sync::Arc;
 

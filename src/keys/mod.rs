@@ -3,7 +3,7 @@
 //!
 //! A key's state is derived, never stored: from its `activates_at` timestamp, the
 //! current time, and `max_ttl`. So every replica computes the same states from the same
-//! ring at the same instant, and `serve` never writes the store (DESIGN.md, Bootstrap):
+//! ring at the same instant, and `serve` never writes the store (README, "Signing keys and rotation"):
 //! - `next`: `activates_at` is in the future. Published, not signing.
 //! - `active`: the most recent key whose `activates_at` has passed. Signs.
 //! - `retiring`: superseded by a later active key, published until every token it
@@ -15,7 +15,7 @@
 //! empty ring). Every replica publishes it within `refresh_interval`, and a verifier
 //! caches the JWKS for at most `jwks_max_age`; configuration requires
 //! `jwks_max_age + refresh_interval <= publish_lead`, so a verifier always knows a kid
-//! before it signs (SECURITY.md property 6).
+//! before it signs (README, "Security properties" 6).
 //!
 //! The running STS re-reads the store every `refresh_interval`. A new ring is accepted
 //! only when every key in it parses and passes its self-test; otherwise the last good
@@ -99,7 +99,7 @@ pub enum KeyStoreError {
     Conflict { location: String },
 }
 
-/// Where the keyring lives: the file store here, Vault in `vault.rs`.
+/// Where the keyring lives: the file store here, Vault in [`crate::store::vault`].
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Reads the ring and its version.

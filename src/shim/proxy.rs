@@ -1,12 +1,12 @@
 //! `agent-sts shim`: the credential-injecting reverse proxy in front of one legacy
-//! upstream (DESIGN.md, "Shim configuration"; SECURITY.md property 9).
+//! upstream (README, "The shim"; "Security properties" 9).
 //!
-//! Each request goes through the same steps, in this order (house style, habit 8):
+//! Each request goes through the same steps, in this order (verify, strip, inject, forward, scrub):
 //! 1. **Frame**: the header section fits `max_header_bytes`, the body (if any) is framed
 //!    by one Content-Length (no Transfer-Encoding at all), and the request target
-//!    is one canonical origin-form path (`request_target.rs`): anything that could
+//!    is one canonical origin-form path ([`crate::shim::request_target`]): anything that could
 //!    route differently at the upstream is refused, never repaired.
-//! 2. **Verify** the bearer token through the STS's JWKS (`verifier.rs`): issuer, this
+//! 2. **Verify** the bearer token through the STS's JWKS (the `agent-sts-verifier` crate): issuer, this
 //!    shim's audience, expiry, `typ` at+jwt.
 //! 3. **Authorise**: the token's action has this audience in the catalogue and its
 //!    `[action.request]` method and path template match the canonical request.
@@ -20,10 +20,10 @@
 //!    or truncated body never reaches the upstream.
 //! 6. **Scrub** the response: the body is read whole (capped) and every occurrence of
 //!    the credential, in its plain, base64, percent- and JSON-encoded forms, is replaced
-//!    in the body and in every header (`scrub.rs`); `Set-Cookie` is dropped. A
+//!    in the body and in every header ([`crate::shim::scrub`]); `Set-Cookie` is dropped. A
 //!    compressed body cannot be scrubbed and answers 502; the shim asks the upstream
 //!    for `identity` encoding.
-//! 7. **Audit** one hash-chained line per request (`audit.rs`, [`ProxiedCall`]) before
+//! 7. **Audit** one hash-chained line per request ([`crate::audit`], [`ProxiedCall`]) before
 //!    the response leaves; a line that cannot be written withholds the response (503),
 //!    and while the log fails no further call is forwarded.
 //!
@@ -47,7 +47,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
 use crate::audit::{AuditLog, Outcome, ProxiedCall};
-use crate::catalogue::{Catalogue, TrustDirectory};
+use crate::catalogue::{self, Catalogue, TrustDirectory};
 use crate::config::ShimConfig;
 use crate::identity::{JwtError, unix_now};
 use crate::runtime::{self, StartError};
@@ -240,23 +240,15 @@ impl ShimApp {
         if let Some(vault) = &self.vault {
             vault.spawn_renewal();
         }
-        let (shim, dir) = (self.shim.clone(), self.scopes_dir.clone());
-        runtime::every(self.refresh_interval, move || {
-            let (shim, dir) = (shim.clone(), dir.clone());
-            async move {
-                let load = move || Catalogue::load_dir(&dir, &TrustDirectory::any());
-                match tokio::task::spawn_blocking(load).await {
-                    Ok(Ok(c)) => shim.catalogue.store(Arc::new(c)),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue")
-                    }
-                    Err(e) => tracing::error!(error = %e, "catalogue reload task failed"),
-                }
-            }
-        });
+        let shim = self.shim.clone();
+        catalogue::spawn_reloader(
+            self.scopes_dir.clone(),
+            Arc::new(TrustDirectory::any()),
+            self.refresh_interval,
+            move |c| shim.catalogue.store(c),
+        );
     }
 
-    /// Serves on `listener` until SIGINT/SIGTERM.
     /// The admin routes: `/healthz` (the process answers), `/readyz` (JSON; 503 unless
     /// this shim serves at least one action, its audit log accepts lines and its secret
     /// store answers) and `/metrics` (Prometheus text).

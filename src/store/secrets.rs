@@ -6,7 +6,7 @@
 //! Neither ever returns the value to a client.
 //!
 //! [`SecretStore`] is the seam: [`FileSecretStore`] here (the embedded default, for
-//! `agent-sts dev` and tests without Vault), Vault in `vault.rs`. [`CredentialCache`]
+//! `agent-sts dev` and tests without Vault), Vault in [`crate::store::vault`]. [`CredentialCache`]
 //! sits in front of either: a moka cache with a short time-to-live (entries never older
 //! than [`CREDENTIAL_CACHE_TTL`]), loading each path once however many requests miss at
 //! the same moment. Store failures are not cached: the next request asks again.

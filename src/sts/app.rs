@@ -9,16 +9,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::audit::AuditLog;
-use crate::catalogue::{Catalogue, TrustDirectory};
+use crate::catalogue::{self, Catalogue, TrustDirectory};
 use crate::config::{Config, KeyStoreKind};
 use crate::identity::{TrustStore, unix_now};
 use crate::keys::Keyring;
 use crate::runtime::{StartError, every, shutdown_signal};
 use crate::store::{self, CredentialCache, vault::Vault};
-use crate::sts::exchange::Sts;
+use crate::sts::exchange::{Sts, StsParts};
 use crate::sts::http::{AppState, Layers};
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::telemetry::metrics::Metrics;
@@ -82,12 +80,12 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let audit =
         AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let sts = Sts {
+    let sts = Sts::new(StsParts {
         issuer: config.server.issuer.clone(),
         default_ttl: config.tokens.default_ttl,
         max_ttl: config.tokens.max_ttl,
         trusts,
-        catalogue: ArcSwap::from_pointee(catalogue),
+        catalogue,
         keyring,
         credentials,
         audit,
@@ -96,7 +94,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             config.limits.rate_per_second,
             config.limits.rate_burst,
         ),
-    };
+    });
     Ok(App {
         state: AppState {
             sts: Arc::new(sts),
@@ -126,26 +124,15 @@ impl App {
         let sts = self.state.sts.clone();
         every(self.refresh_interval, move || {
             let sts = sts.clone();
-            async move {
-                let _ = sts.keyring.refresh(unix_now()).await;
-            }
+            async move { sts.refresh_keys(unix_now()).await }
         });
         let sts = self.state.sts.clone();
-        let (dir, directory) = (self.scopes_dir.clone(), self.directory.clone());
-        every(self.refresh_interval, move || {
-            let (sts, dir, directory) = (sts.clone(), dir.clone(), directory.clone());
-            async move {
-                match tokio::task::spawn_blocking(move || Catalogue::load_dir(&dir, &directory))
-                    .await
-                {
-                    Ok(Ok(c)) => sts.catalogue.store(Arc::new(c)),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue")
-                    }
-                    Err(e) => tracing::error!(error = %e, "catalogue reload task failed"),
-                }
-            }
-        });
+        catalogue::spawn_reloader(
+            self.scopes_dir.clone(),
+            self.directory.clone(),
+            self.refresh_interval,
+            move |c| sts.replace_catalogue(c),
+        );
     }
 
     /// The router with its layers, plus `extra` routes (the dev issuer).

@@ -1,5 +1,5 @@
 //! The token service: one exchange, from a checked request to a minted token or a
-//! refusal. No HTTP here: the handler in `server.rs` extracts, calls
+//! refusal. No HTTP here: the handler in [`crate::sts::http`] extracts, calls
 //! [`Sts::exchange`], and converts.
 //!
 //! The order of checks is the policy:
@@ -28,6 +28,7 @@ use crate::audit::{AuditLog, Decision, Outcome};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal};
 use crate::identity::{TrustStore, VerifiedToken};
 use crate::keys::Keyring;
+use crate::secret::MintedJwt;
 use crate::store::secrets::{CredentialCache, CredentialError};
 use crate::sts::mint::{Actor, Grant, MintError, mint};
 use crate::sts::oauth_error::Rejection;
@@ -38,18 +39,19 @@ use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTIO
 /// A successful exchange (RFC 8693 §2.2.1).
 #[derive(Debug)]
 pub struct Issued {
-    pub access_token: String,
+    pub access_token: MintedJwt,
     pub expires_in: u64,
     pub scope: String,
 }
 
-/// The parts of a token service.
-pub struct Sts {
+/// What a token service is built from (see [`crate::sts::app`]).
+pub struct StsParts {
+    /// `iss` of minted tokens, and the audience workload tokens must carry.
     pub issuer: String,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub trusts: TrustStore,
-    pub catalogue: ArcSwap<Catalogue>,
+    pub catalogue: Catalogue,
     pub keyring: Arc<Keyring>,
     pub credentials: CredentialCache,
     pub audit: AuditLog,
@@ -57,11 +59,46 @@ pub struct Sts {
     pub rate_limiter: IdentityRateLimiter,
 }
 
+/// A token service. Its parts are its own: handlers and refreshers go through the
+/// methods below.
+pub struct Sts {
+    issuer: String,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    trusts: TrustStore,
+    catalogue: ArcSwap<Catalogue>,
+    keyring: Arc<Keyring>,
+    credentials: CredentialCache,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+    rate_limiter: IdentityRateLimiter,
+}
+
 impl std::fmt::Debug for Sts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sts")
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
+    }
+}
+
+/// The readiness checks of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// The catalogue has at least one action.
+    pub catalogue: bool,
+    /// A signing key is active now.
+    pub signing_key: bool,
+    /// The secret store answered.
+    pub secret_store: bool,
+    /// The keyring's last refresh error, if its last refresh failed.
+    pub keyring_error: Option<String>,
+}
+
+impl Readiness {
+    /// Ready to mint: catalogue, signing key and secret store all ok.
+    pub fn ready(&self) -> bool {
+        self.catalogue && self.signing_key && self.secret_store
     }
 }
 
@@ -88,6 +125,61 @@ fn qualified(v: &VerifiedToken) -> String {
 }
 
 impl Sts {
+    pub fn new(parts: StsParts) -> Sts {
+        Sts {
+            issuer: parts.issuer,
+            default_ttl: parts.default_ttl,
+            max_ttl: parts.max_ttl,
+            trusts: parts.trusts,
+            catalogue: ArcSwap::from_pointee(parts.catalogue),
+            keyring: parts.keyring,
+            credentials: parts.credentials,
+            audit: parts.audit,
+            metrics: parts.metrics,
+            rate_limiter: parts.rate_limiter,
+        }
+    }
+
+    /// `iss` of minted tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The JWKS document at `now`: next, active and retiring keys.
+    pub fn jwks(&self, now: u64) -> serde_json::Value {
+        self.keyring.jwks(now)
+    }
+
+    /// Re-reads the keyring (the periodic refresher); failures keep the last good ring.
+    pub async fn refresh_keys(&self, now: u64) {
+        let _ = self.keyring.refresh(now).await;
+    }
+
+    /// Serves `catalogue` from the next request on.
+    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) {
+        self.catalogue.store(catalogue);
+    }
+
+    /// What `/readyz` reports at `now`.
+    pub async fn readiness(&self, now: u64) -> Readiness {
+        Readiness {
+            catalogue: !self.catalogue.load().is_empty(),
+            signing_key: self.keyring.signer(now).is_some(),
+            secret_store: self.credentials.reachable().await,
+            keyring_error: self.keyring.health().last_error.clone(),
+        }
+    }
+
+    /// Records how long one `/token` request took.
+    pub fn observe_token_latency(&self, elapsed: Duration) {
+        self.metrics.token_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics in the text exposition format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Decides one exchange at `now` (unix seconds).
     pub async fn exchange(&self, request: ExchangeRequest, now: u64) -> Result<Issued, Rejection> {
         let mut facts = Facts::default();

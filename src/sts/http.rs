@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::identity::unix_now;
 use crate::sts::exchange::Sts;
-use crate::sts::oauth_error::{Rejection, no_store};
+use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
 use crate::sts::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
 
 /// What the handlers share.
@@ -49,8 +49,12 @@ pub struct Layers {
 
 /// The STS router.
 pub fn router(state: AppState) -> Router {
+    let timed = axum::middleware::from_fn_with_state(state.sts.clone(), token_latency);
     Router::new()
-        .route("/token", post(token).fallback(token_wrong_method))
+        .route(
+            "/token",
+            post(token).fallback(token_wrong_method).layer(timed),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
@@ -121,13 +125,24 @@ struct TokenResponse<'a> {
     scope: &'a str,
 }
 
-async fn token(State(state): State<AppState>, request: Request) -> Response {
+/// Records the latency of every `/token` request, whatever its outcome.
+async fn token_latency(
+    State(sts): State<Arc<Sts>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let started = Instant::now();
-    let response = match read_exchange(&state, request).await {
+    let response = next.run(request).await;
+    sts.observe_token_latency(started.elapsed());
+    response
+}
+
+async fn token(State(state): State<AppState>, request: Request) -> Response {
+    match read_exchange(&state, request).await {
         Ok(exchange) => match state.sts.exchange(exchange, unix_now()).await {
             Ok(issued) => {
                 let body = TokenResponse {
-                    access_token: &issued.access_token,
+                    access_token: issued.access_token.expose(),
                     issued_token_type: token_exchange::TOKEN_TYPE_ACCESS_TOKEN,
                     token_type: "Bearer",
                     expires_in: issued.expires_in,
@@ -140,13 +155,7 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
             Err(rejection) => rejection.into_response(),
         },
         Err(rejection) => state.sts.refuse(rejection).into_response(),
-    };
-    state
-        .sts
-        .metrics
-        .token_latency
-        .observe(started.elapsed().as_secs_f64());
-    response
+    }
 }
 
 async fn token_wrong_method(State(state): State<AppState>) -> Response {
@@ -200,7 +209,7 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Reject
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {
-    let body = state.sts.keyring.jwks(unix_now());
+    let body = state.sts.jwks(unix_now());
     let mut response = axum::Json(body).into_response();
     let cache = format!("public, max-age={}", state.jwks_max_age.as_secs());
     if let Ok(v) = HeaderValue::from_str(&cache) {
@@ -212,9 +221,9 @@ async fn jwks(State(state): State<AppState>) -> Response {
 /// RFC 8414 §2 metadata. `scopes_supported` is left out on purpose: the catalogue is
 /// not enumerable from outside.
 async fn metadata(State(state): State<AppState>) -> Response {
-    let issuer = state.sts.issuer.trim_end_matches('/');
+    let issuer = state.sts.issuer().trim_end_matches('/');
     axum::Json(json!({
-        "issuer": state.sts.issuer,
+        "issuer": state.sts.issuer(),
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
@@ -231,23 +240,17 @@ async fn healthz() -> &'static str {
 
 /// Ready = catalogue loaded, a signing key active, the secret store reachable.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let sts = &state.sts;
-    let now = unix_now();
-    let catalogue = !sts.catalogue.load().is_empty();
-    let signing = sts.keyring.signer(now).is_some();
-    let secrets = sts.credentials.reachable().await;
-    let health = sts.keyring.health();
-    let ready = catalogue && signing && secrets;
+    let r = state.sts.readiness(unix_now()).await;
     let body = json!({
-        "ready": ready,
+        "ready": r.ready(),
         "checks": {
-            "catalogue": if catalogue { "ok" } else { "no actions loaded" },
-            "signing_key": if signing { "ok" } else { "no active signing key" },
-            "secret_store": if secrets { "ok" } else { "unreachable" },
-            "keyring": health.last_error.as_deref().unwrap_or("ok"),
+            "catalogue": if r.catalogue { "ok" } else { "no actions loaded" },
+            "signing_key": if r.signing_key { "ok" } else { "no active signing key" },
+            "secret_store": if r.secret_store { "ok" } else { "unreachable" },
+            "keyring": r.keyring_error.as_deref().unwrap_or("ok"),
         }
     });
-    let status = if ready {
+    let status = if r.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -261,7 +264,45 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.sts.metrics.render(),
+        state.sts.render_metrics(),
     )
         .into_response()
+}
+
+/// Headers every token endpoint response carries (RFC 6749 §5.1).
+fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A refusal as the RFC 6749 §5.2 JSON error response, with the headers its status
+/// calls for: `Retry-After` on 429 and 503, a `WWW-Authenticate` challenge on 401,
+/// `Allow` on 405.
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": self.code(),
+            "error_description": self.description(),
+        });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        no_store(&mut response);
+        let headers = response.headers_mut();
+        match self.status() {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"agent-sts\""),
+                );
+            }
+            StatusCode::METHOD_NOT_ALLOWED => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        response
+    }
 }

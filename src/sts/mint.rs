@@ -17,6 +17,7 @@ pub use agent_sts_verifier::Actor;
 
 use crate::keys::LoadedKey;
 use crate::keys::signing_key::KeyMaterialError;
+use crate::secret::MintedJwt;
 
 /// Seconds `iat`/`nbf` are not backdated: verifiers apply their own leeway.
 pub const ISSUED_AT_BACKDATE: u64 = 0;
@@ -61,7 +62,7 @@ struct Claims<'a> {
 /// A minted token.
 #[derive(Debug)]
 pub struct Minted {
-    pub access_token: String,
+    pub access_token: MintedJwt,
     pub jti: String,
     pub kid: String,
     pub expires_at: u64,
@@ -114,7 +115,7 @@ pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintErro
     };
     let header = serde_json::to_vec(&header).map_err(|_| MintError::Encode)?;
     let claims = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
-    let access_token = key.key.sign_compact(&header, &claims)?;
+    let access_token = MintedJwt::new(key.key.sign_compact(&header, &claims)?);
     Ok(Minted {
         access_token,
         jti,
@@ -160,14 +161,14 @@ mod tests {
             };
             let m = mint(&loaded, &grant, now).unwrap();
             assert_eq!(m.expires_in, 120, "never outlives the subject token");
-            let header = jsonwebtoken::decode_header(&m.access_token).unwrap();
+            let header = jsonwebtoken::decode_header(m.access_token.expose()).unwrap();
             assert_eq!(header.typ.as_deref(), Some("at+jwt"));
             assert_eq!(header.kid.as_deref(), Some(loaded.key.kid.as_str()));
             let mut v = jsonwebtoken::Validation::new(header.alg);
             v.set_audience(&["https://github-shim"]);
             v.set_issuer(&["https://sts"]);
             let data = jsonwebtoken::decode::<serde_json::Value>(
-                &m.access_token,
+                m.access_token.expose(),
                 &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
                 &v,
             )

@@ -4,15 +4,15 @@
 //! short list, extended by RFC 8693 §2.2.2 with `invalid_target`) and an optional
 //! human-readable `error_description`. A client learns the standard code and a
 //! description taken from the fixed table below, never an echo of its input, a token, a
-//! key or a secret (SECURITY.md properties 1 and 10). What actually went wrong is a
-//! component error (`TrustError`, `KeyError`, ...) that the handler logs before it is
+//! key or a secret (README, "Security properties" 1 and 10). What actually went wrong is a
+//! component error (`JwtError`, `KeyError`, ...) that the handler logs before it is
 //! reduced to a [`Rejection`] here: clients get the safe message, logs get the detail.
+//! No HTTP framework here: [`crate::sts::http`] turns a rejection into a response.
 //!
 //! Every variant also names a stable `reason` code, used in the audit log and as the
 //! `reason` label of the denial metric, so the label set is fixed at compile time.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 
 /// Why a token request was refused. The variant chooses the HTTP status, the RFC error
 /// code, a fixed description and the audit/metric reason.
@@ -199,40 +199,5 @@ impl Rejection {
             RequestTimeout => "request_timeout",
             Internal => "internal",
         }
-    }
-}
-
-/// Headers every token endpoint response carries (RFC 6749 §5.1).
-pub fn no_store(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
-impl IntoResponse for Rejection {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": self.code(),
-            "error_description": self.description(),
-        });
-        let mut response = (self.status(), axum::Json(body)).into_response();
-        no_store(&mut response);
-        let headers = response.headers_mut();
-        match self.status() {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            }
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"agent-sts\""),
-                );
-            }
-            StatusCode::METHOD_NOT_ALLOWED => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
-            }
-            _ => {}
-        }
-        response
     }
 }

@@ -3,7 +3,7 @@
 //! Each verified agent identity (`trust:subject`) gets its own GCRA limiter from the
 //! `governor` crate. Limiters live in a bounded moka cache that forgets identities idle
 //! for [`IDLE_FORGET`], so memory is capped however many identities appear; and only
-//! verified identities ever get a limiter (SECURITY.md property 7).
+//! verified identities ever get a limiter (README, "Security properties" 7).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

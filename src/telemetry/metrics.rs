@@ -4,7 +4,7 @@
 //! names from the catalogue (anything else is counted as `other`), reason codes from
 //! [`crate::sts::oauth_error::Rejection::reason`], trust names from the configuration and
 //! fixed outcome words. No label is ever built from unverified input, so a client
-//! cannot grow the metric families (SECURITY.md property 7) or plant a secret in them
+//! cannot grow the metric families (README, "Security properties" 7) or plant a secret in them
 //! (property 1).
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -1,0 +1,971 @@
+//! The catalogue's unit tests: loading and its error messages, patterns, request
+//! shapes, and property tests of the matcher against a reference implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::pattern::glob_match_counting;
+use super::*;
+use proptest::prelude::*;
+
+fn trusts() -> TrustDirectory {
+    TrustDirectory::new([
+        ("k8s-prod".to_owned(), vec![]),
+        ("k8s-staging-other".to_owned(), vec![]),
+        ("spire".to_owned(), vec!["example.org".to_owned()]),
+        ("spire-b".to_owned(), vec!["other.example".to_owned()]),
+        ("corp-idp".to_owned(), vec![]),
+    ])
+}
+
+/// Writes the files into a fresh directory and loads it.
+fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Catalogue, CatalogueError>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        fs::write(dir.path().join(name), text).unwrap();
+    }
+    let result = Catalogue::load_dir(dir.path(), &trusts());
+    (dir, result)
+}
+
+/// The Display of the error loading `text` as `a.toml`, with the temporary
+/// directory shown as `scopes`.
+fn error_of(files: &[(&str, &str)]) -> String {
+    let (dir, result) = load(files);
+    let err = result.expect_err("catalogue should be rejected");
+    err.to_string()
+        .replace(&dir.path().display().to_string(), "scopes")
+}
+
+fn error_in(text: &str) -> String {
+    error_of(&[("a.toml", text)])
+}
+
+/// A valid action with `extra` lines appended (line 1 is `[[action]]`).
+fn action_with(extra: &str) -> String {
+    format!(
+        "[[action]]\nname = \"x.y\"\naudience = \"https://x\"\nttl = \"5m\"\nagents = [\"k8s-prod:a\"]\n{extra}"
+    )
+}
+
+fn principal<'a>(trust: &'a str, subject: &'a str, domains: &'a [String]) -> Principal<'a> {
+    Principal {
+        trust,
+        subject,
+        spiffe_domains: domains,
+    }
+}
+
+const GITHUB: &str = r#"# GitHub actions
+[[action]]
+name = "github.issues.create"
+description = "Open an issue in one repository"
+audience = "https://github-shim.internal"
+ttl = "5m"
+agents = ["spiffe://example.org/agent/triage", "k8s-prod:system:serviceaccount:agents:*"]
+delegation = "optional"
+subjects = ["corp-idp:*@example.org"]
+credential = "integrations/github"
+
+[action.request]
+method = "post"
+path = "/repos/{owner}/{repo}/issues"
+
+[[action]]
+name = "github.issues.read"
+audience = "https://github-shim.internal"
+ttl = "1h 30m"
+agents = [
+  "k8s-prod:system:serviceaccount:agents:triage",
+]
+"#;
+
+const SLACK: &str = r#"
+[[action]]
+name = "slack.post"
+audience = "https://slack-shim.internal"
+ttl = "24h"
+agents = ["spire:spiffe://example.org/bot"]
+delegation = "required"
+subjects = ["corp-idp:alice@example.org", "corp-idp:bob@example.org"]
+"#;
+
+#[test]
+fn good_catalogue_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("github.toml"), GITHUB).unwrap();
+    fs::write(dir.path().join("slack.toml"), SLACK).unwrap();
+    fs::write(dir.path().join("empty.toml"), "# nothing here yet\n").unwrap();
+    fs::write(dir.path().join("README.md"), "not [toml").unwrap();
+    fs::write(dir.path().join("github.toml.bak"), "not [toml").unwrap();
+    fs::create_dir(dir.path().join("nested.toml")).unwrap();
+
+    let cat = Catalogue::load_dir(dir.path(), &trusts()).unwrap();
+    assert_eq!(cat.len(), 3);
+    assert!(!cat.is_empty());
+    let names: Vec<_> = cat.actions().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["github.issues.create", "github.issues.read", "slack.post"]
+    );
+    assert_eq!(
+        cat.audiences().into_iter().collect::<Vec<_>>(),
+        [
+            "https://github-shim.internal",
+            "https://slack-shim.internal"
+        ]
+    );
+
+    let create = cat.get("github.issues.create").unwrap();
+    assert_eq!(create.description, "Open an issue in one repository");
+    assert_eq!(create.ttl, Some(Duration::from_secs(300)));
+    assert_eq!(create.delegation, Delegation::Optional);
+    assert_eq!(create.credential.as_deref(), Some("integrations/github"));
+    assert_eq!(create.source.file, dir.path().join("github.toml"));
+    assert_eq!(create.source.line, 2);
+    assert_eq!(
+        create
+            .agents
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "spiffe://example.org/agent/triage",
+            "k8s-prod:system:serviceaccount:agents:*"
+        ]
+    );
+    assert_eq!(create.agents[0].spiffe_trust_domain(), Some("example.org"));
+    assert_eq!(create.agents[1].trust(), Some("k8s-prod"));
+    let request = create.request.as_ref().unwrap();
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path.as_str(), "/repos/{owner}/{repo}/issues");
+    assert!(!request.matches("post", "/repos/acme/widgets/issues"));
+    assert!(!request.matches("GET", "/repos/acme/widgets/issues"));
+
+    let read = cat.get("github.issues.read").unwrap();
+    assert_eq!(read.description, "");
+    assert_eq!(read.ttl, Some(Duration::from_secs(90 * 60)));
+    assert_eq!(read.delegation, Delegation::Forbidden);
+    assert!(read.subjects.is_empty());
+    assert!(read.credential.is_none() && read.request.is_none());
+    assert_eq!(read.source.line, 16);
+
+    let slack = cat.get("slack.post").unwrap();
+    assert_eq!(slack.ttl, Some(MAX_TTL));
+    assert_eq!(slack.delegation, Delegation::Required);
+    assert_eq!(slack.subjects.len(), 2);
+    assert_eq!(slack.source.line, 2);
+    assert!(cat.get("slack.read").is_none());
+}
+
+#[test]
+fn permits_agent_and_subject() {
+    let (_dir, cat) = load(&[("github.toml", GITHUB), ("slack.toml", SLACK)]);
+    let cat = cat.unwrap();
+    let create = cat.get("github.issues.create").unwrap();
+    let read = cat.get("github.issues.read").unwrap();
+    let spire = ["example.org".to_owned()];
+
+    let triage = principal("k8s-prod", "system:serviceaccount:agents:triage", &[]);
+    assert!(create.permits_agent(&triage));
+    assert!(read.permits_agent(&triage));
+    let spiffe = principal("spire", "spiffe://example.org/agent/triage", &spire);
+    assert!(create.permits_agent(&spiffe));
+    assert!(!read.permits_agent(&spiffe));
+    // The same sub from another trust does not inherit the entitlement.
+    let other = principal(
+        "k8s-staging-other",
+        "system:serviceaccount:agents:triage",
+        &[],
+    );
+    assert!(!create.permits_agent(&other));
+
+    let alice = principal("corp-idp", "alice@example.org", &[]);
+    assert!(create.permits_subject(&alice));
+    assert!(!create.permits_subject(&principal("k8s-prod", "alice@example.org", &[])));
+    // Delegation forbidden: nobody may delegate, and agents are not subjects.
+    assert!(!read.permits_subject(&alice));
+    assert!(!read.permits_subject(&triage));
+}
+
+#[test]
+fn empty_directory_is_an_empty_catalogue() {
+    let (_dir, cat) = load(&[]);
+    let cat = cat.unwrap();
+    assert!(cat.is_empty());
+    assert_eq!(cat.len(), 0);
+    assert!(cat.audiences().is_empty());
+    let (_dir, cat) = load(&[("a.toml", ""), ("b.toml", "# only comments\n")]);
+    assert!(cat.unwrap().is_empty());
+}
+
+#[test]
+fn missing_directory_is_a_read_dir_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let err = Catalogue::load_dir(&missing, &trusts()).unwrap_err();
+    assert!(matches!(err, CatalogueError::ReadDir { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", missing.display()))
+    );
+    assert!(err.location().is_none());
+}
+
+#[test]
+fn the_design_doc_example_error() {
+    let text = r#"# scopes
+[[action]]
+name = "github.issues.create"
+audience = "https://github-shim.internal"
+ttl = "5m"
+
+agents = ["k8s-prod:a", "k8s-staging:system:serviceaccount:agents:*"]
+"#;
+    assert_eq!(
+        error_of(&[("github.toml", text)]),
+        r#"scopes/github.toml:7: agents[1]: unknown trust "k8s-staging""#
+    );
+    let (_dir, result) = load(&[("github.toml", text)]);
+    let err = result.unwrap_err();
+    assert_eq!(err.location().unwrap().line, 7);
+    assert_eq!(err.key(), Some("agents[1]"));
+    assert!(matches!(
+        err,
+        CatalogueError::Invalid {
+            problem: Problem::Pattern(PatternError::UnknownTrust { .. }),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn toml_shape_errors_name_line_and_key() {
+    let cases: &[(&str, &str)] = &[
+        // unknown key inside an action
+        (
+            &action_with("colour = \"red\"\n"),
+            "scopes/a.toml:6: colour: unknown field `colour`",
+        ),
+        // unknown top-level key
+        (
+            &format!("version = 2\n{}", action_with("")),
+            "scopes/a.toml:1: version: unknown field `version`",
+        ),
+        // missing key: the line of its [[action]]
+        (
+            "[[action]]\nname = \"a\"\naudience = \"b\"\nttl = \"1m\"\nagents = [\"k8s-prod:a\"]\n\n[[action]]\nname = \"b\"\nttl = \"1m\"\nagents = [\"k8s-prod:a\"]\n",
+            "scopes/a.toml:7: audience: missing field `audience`",
+        ),
+        // wrong type
+        (
+            "[[action]]\nname = \"a\"\naudience = \"b\"\nttl = 300\n",
+            "scopes/a.toml:4: ttl: invalid type: integer `300`, expected a string",
+        ),
+        (
+            &action_with("subjects = \"corp-idp:a\"\n"),
+            "scopes/a.toml:6: subjects: invalid type: string",
+        ),
+        (
+            "[[action]]\nname = \"a\"\nagents = [\"k8s-prod:a\",\n  7]\n",
+            "scopes/a.toml:4: agents[1]: invalid type: integer `7`",
+        ),
+        // `action` must be an array of tables
+        (
+            "[action]\nname = \"a\"\n",
+            "scopes/a.toml:1: action: invalid type: map, expected a sequence",
+        ),
+        // duplicate key
+        (
+            "[[action]]\nname = \"a\"\nname = \"b\"\n",
+            "scopes/a.toml:3: name: duplicate key",
+        ),
+        // request sub-table
+        (
+            &action_with("[action.request]\nmethod = \"GET\"\npath = \"/\"\nquery = \"x\"\n"),
+            "scopes/a.toml:9: request.query: unknown field `query`",
+        ),
+        (
+            &action_with("\n[action.request]\nmethod = \"GET\"\n"),
+            "scopes/a.toml:7: request.path: missing field `path`",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = error_in(text);
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}…");
+    }
+}
+
+#[test]
+fn toml_syntax_errors_name_line_and_key() {
+    let cases = [
+        (
+            "[[action]]\nname = \"a\"\naudience = \"unterminated\nttl = \"5m\"\n",
+            "scopes/a.toml:3: audience: ",
+        ),
+        (
+            "# fine\n\n[[action]\nname = \"a\"\n",
+            "scopes/a.toml:3: action: ",
+        ),
+        (
+            "[[action]]\nname = \"a\"\nagents = [\"k8s-prod:a\" \"x\"]\n",
+            "scopes/a.toml:3: agents[1]: ",
+        ),
+        (
+            "[[action]]\nname = \"a\"\n[action.request]\nmethod = GET\n",
+            "scopes/a.toml:4: request.method: ",
+        ),
+        (
+            "[[action]]\nname = \"a\"\nttl 5m\n",
+            "scopes/a.toml:3: ttl: ",
+        ),
+        (
+            "[[action]]\nname = \"a\"\n[action.request]\nmethod = \"GET\"\nmethod = \"GET\"\n",
+            "scopes/a.toml:5: request.method: duplicate key",
+        ),
+        ("a = 1\na = 2\n", "scopes/a.toml:2: a: duplicate key"),
+    ];
+    for (text, want) in cases {
+        let got = error_in(text);
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}…");
+        assert!(!got.trim_end().ends_with(':'), "no message in {got:?}");
+    }
+}
+
+#[test]
+fn validation_errors_name_line_and_key() {
+    let long_name = format!("a{}", "b".repeat(MAX_NAME_LEN));
+    let long_pattern = format!(
+        "agents = [\"k8s-prod:{}\"]\n",
+        "a".repeat(MAX_SUBJECT_LEN + 1)
+    );
+    let cases: Vec<(String, &str)> = vec![
+        // name
+        (
+            "[[action]]\nname = \"\"\n".to_owned()
+                + "audience = \"a\"\nttl = \"1m\"\nagents = [\"k8s-prod:a\"]\n",
+            "scopes/a.toml:2: name: must not be empty",
+        ),
+        (
+            action_with("").replace("x.y", "Github.create"),
+            "scopes/a.toml:2: name: invalid action name \"Github.create\": must start with a lowercase letter",
+        ),
+        (
+            action_with("").replace("x.y", "1github"),
+            "scopes/a.toml:2: name: invalid action name \"1github\": must start with a lowercase letter",
+        ),
+        (
+            action_with("").replace("x.y", "github issues"),
+            "scopes/a.toml:2: name: invalid action name \"github issues\": only [a-z0-9._-] allowed",
+        ),
+        (
+            action_with("").replace("x.y", &long_name),
+            "scopes/a.toml:2: name: invalid action name",
+        ),
+        // audience
+        (
+            action_with("").replace("https://x", ""),
+            "scopes/a.toml:3: audience: must not be empty",
+        ),
+        (
+            action_with("").replace("https://x", "https://x y"),
+            "scopes/a.toml:3: audience: audience \"https://x y\" must not hold whitespace",
+        ),
+        // ttl
+        (
+            action_with("").replace("5m", "0s"),
+            "scopes/a.toml:4: ttl: invalid ttl \"0s\": must be positive",
+        ),
+        (
+            action_with("").replace("5m", "24h 1s"),
+            "scopes/a.toml:4: ttl: invalid ttl \"24h 1s\": must be at most 24h",
+        ),
+        (
+            action_with("").replace("5m", "five minutes"),
+            "scopes/a.toml:4: ttl: invalid ttl \"five minutes\": ",
+        ),
+        // agents
+        (
+            action_with("").replace("[\"k8s-prod:a\"]", "[]"),
+            "scopes/a.toml:5: agents: must list at least one entry",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "system:serviceaccount:agents:x"),
+            "scopes/a.toml:5: agents[0]: unknown trust \"system\"",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "triage-bot"),
+            "scopes/a.toml:5: agents[0]: \"triage-bot\" names no trust: write TRUST:PATTERN, or a spiffe:// ID",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", ":triage-bot"),
+            "scopes/a.toml:5: agents[0]: \":triage-bot\" names no trust",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "k8s-prod:"),
+            "scopes/a.toml:5: agents[0]: empty pattern after trust \"k8s-prod\"",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", ""),
+            "scopes/a.toml:5: agents[0]: empty entry",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "spiffe://elsewhere.org/agent/*"),
+            "scopes/a.toml:5: agents[0]: no trust speaks for SPIFFE trust domain \"elsewhere.org\"",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "spiffe://*.org/agent"),
+            "scopes/a.toml:5: agents[0]: invalid SPIFFE ID pattern \"spiffe://*.org/agent\": the trust domain must be literal (no `*`)",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "spiffe://example.org"),
+            "scopes/a.toml:5: agents[0]: invalid SPIFFE ID pattern \"spiffe://example.org\": a path must follow the trust domain",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "spiffe://example.org/"),
+            "scopes/a.toml:5: agents[0]: invalid SPIFFE ID pattern \"spiffe://example.org/\": a path must follow the trust domain",
+        ),
+        (
+            action_with("").replace("k8s-prod:a", "spiffe:///agent"),
+            "scopes/a.toml:5: agents[0]: invalid SPIFFE ID pattern \"spiffe:///agent\": empty trust domain",
+        ),
+        (
+            action_with("").replace("agents = [\"k8s-prod:a\"]\n", &long_pattern),
+            "scopes/a.toml:5: agents[0]: pattern is 1025 bytes long",
+        ),
+        // delegation and subjects
+        (
+            action_with("delegation = \"sometimes\"\nsubjects = [\"corp-idp:*\"]\n"),
+            "scopes/a.toml:6: delegation: unknown delegation \"sometimes\"",
+        ),
+        (
+            action_with("delegation = \"required\"\n"),
+            "scopes/a.toml:6: delegation: delegation is required but no subjects are listed: say who may delegate",
+        ),
+        (
+            action_with("delegation = \"optional\"\n\nsubjects = []\n"),
+            "scopes/a.toml:8: subjects: delegation is optional but no subjects are listed",
+        ),
+        (
+            action_with("subjects = [\"corp-idp:*@example.org\"]\n"),
+            "scopes/a.toml:6: subjects: subjects are listed but delegation is forbidden",
+        ),
+        (
+            action_with("delegation = \"forbidden\"\nsubjects = [\"corp-idp:*@example.org\"]\n"),
+            "scopes/a.toml:7: subjects: subjects are listed but delegation is forbidden",
+        ),
+        (
+            action_with(
+                "delegation = \"optional\"\nsubjects = [\n  \"corp-idp:*\",\n  \"okta:*\",\n]\n",
+            ),
+            "scopes/a.toml:9: subjects[1]: unknown trust \"okta\"",
+        ),
+        // credential
+        (
+            action_with("credential = \"\"\n"),
+            "scopes/a.toml:6: credential: must not be empty",
+        ),
+        (
+            action_with("credential = \"/integrations/github\"\n"),
+            "scopes/a.toml:6: credential: invalid credential path \"/integrations/github\": no leading or trailing '/'",
+        ),
+        (
+            action_with("credential = \"integrations/../root\"\n"),
+            "scopes/a.toml:6: credential: invalid credential path \"integrations/../root\": no empty, '.' or '..' segment",
+        ),
+        (
+            action_with("credential = \"integrations/git hub\"\n"),
+            "scopes/a.toml:6: credential: invalid credential path \"integrations/git hub\": only [A-Za-z0-9._/-] allowed",
+        ),
+        // request
+        (
+            action_with("[action.request]\nmethod = \"CONNECT\"\npath = \"/\"\n"),
+            "scopes/a.toml:7: request.method: unsupported method \"CONNECT\"",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"repos\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"repos\": must start with '/'",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/search?q=x\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/search?q=x\": must not hold a query or fragment",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/repos//issues\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/repos//issues\": empty segment",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/repos/../admin\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/repos/../admin\": '.' and '..' segments are not allowed",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/repos/x{owner}\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/repos/x{owner}\": segment \"x{owner}\": a placeholder must be a whole segment, like {name}",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/repos/{Owner}\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/repos/{Owner}\": placeholder {Owner}: names are [a-z_][a-z0-9_]*",
+        ),
+        (
+            action_with("[action.request]\nmethod = \"GET\"\npath = \"/{a}/{a}\"\n"),
+            "scopes/a.toml:8: request.path: invalid path template \"/{a}/{a}\": placeholder {a} appears twice",
+        ),
+    ];
+    for (text, want) in &cases {
+        let got = error_in(text);
+        assert!(
+            got.starts_with(want),
+            "got  {got:?}\nwant {want:?}…\nfor\n{text}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_names_point_at_the_second_and_name_the_first() {
+    let first = action_with("");
+    let got = error_of(&[("a.toml", &first), ("b.toml", &format!("\n\n{first}"))]);
+    assert_eq!(
+        got,
+        "scopes/b.toml:4: name: action \"x.y\" is already defined at scopes/a.toml:2"
+    );
+    let twice = format!("{first}\n{first}");
+    assert_eq!(
+        error_in(&twice),
+        "scopes/a.toml:8: name: action \"x.y\" is already defined at scopes/a.toml:2"
+    );
+}
+
+#[test]
+fn files_load_in_name_order() {
+    // z.toml would come first in creation order; a.toml's definition wins.
+    let got = error_of(&[("z.toml", &action_with("")), ("a.toml", &action_with(""))]);
+    assert!(got.starts_with("scopes/z.toml:2: name: "), "{got}");
+    assert!(got.ends_with("already defined at scopes/a.toml:2"), "{got}");
+}
+
+#[test]
+fn check_dir_reports_every_error_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_b = action_with("credential = \"/x\"\n").replace("k8s-prod:a", "nobody:a");
+    fs::write(dir.path().join("b.toml"), bad_b).unwrap();
+    fs::write(dir.path().join("a.toml"), "[[action]\n").unwrap();
+    fs::write(
+        dir.path().join("c.toml"),
+        action_with("").replace("x.y", "c"),
+    )
+    .unwrap();
+    let errors = Catalogue::check_dir(dir.path(), &trusts()).unwrap_err();
+    let at: Vec<_> = errors
+        .iter()
+        .map(|e| {
+            let loc = e.location().unwrap();
+            (
+                loc.file.file_name().unwrap().to_string_lossy().into_owned(),
+                loc.line,
+                e.key().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [
+            ("a.toml".to_owned(), 1, at[0].2.clone()),
+            ("b.toml".to_owned(), 5, "agents[0]".to_owned()),
+            ("b.toml".to_owned(), 6, "credential".to_owned()),
+        ]
+    );
+    // A good directory checks clean.
+    let good = tempfile::tempdir().unwrap();
+    fs::write(good.path().join("c.toml"), action_with("")).unwrap();
+    assert_eq!(
+        Catalogue::check_dir(good.path(), &trusts()).unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn from_sources_uses_the_given_names() {
+    let cat = Catalogue::from_sources([("scopes/x.toml", action_with(""))], &trusts()).unwrap();
+    assert_eq!(
+        cat.get("x.y").unwrap().source.to_string(),
+        "scopes/x.toml:1"
+    );
+    let err = Catalogue::from_sources(
+        [("scopes/x.toml", action_with("delegation = \"required\"\n"))],
+        &trusts(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("scopes/x.toml:6: delegation: "),
+        "{err}"
+    );
+}
+
+// -- pattern matching ---------------------------------------------------
+
+fn pattern(text: &str) -> SubjectPattern {
+    SubjectPattern::parse(text, &trusts()).unwrap()
+}
+
+#[test]
+fn bound_patterns_match_only_their_trust() {
+    let p = pattern("k8s-prod:system:serviceaccount:agents:*");
+    assert_eq!(p.to_string(), "k8s-prod:system:serviceaccount:agents:*");
+    assert!(p.matches(&principal(
+        "k8s-prod",
+        "system:serviceaccount:agents:triage",
+        &[]
+    )));
+    // colons and slashes under `*`
+    assert!(p.matches(&principal(
+        "k8s-prod",
+        "system:serviceaccount:agents:a:b/c",
+        &[]
+    )));
+    assert!(p.matches(&principal("k8s-prod", "system:serviceaccount:agents:", &[])));
+    assert!(!p.matches(&principal(
+        "k8s-prod",
+        "system:serviceaccount:other:triage",
+        &[]
+    )));
+    // same sub, another issuer
+    assert!(!p.matches(&principal(
+        "k8s-staging-other",
+        "system:serviceaccount:agents:triage",
+        &[]
+    )));
+    // the trust must be equal, not a prefix
+    assert!(!p.matches(&principal(
+        "k8s-pro",
+        "system:serviceaccount:agents:triage",
+        &[]
+    )));
+    assert!(!p.matches(&principal(
+        "k8s-prod2",
+        "system:serviceaccount:agents:triage",
+        &[]
+    )));
+}
+
+#[test]
+fn spiffe_patterns_need_a_trust_speaking_for_the_domain() {
+    let example = ["example.org".to_owned()];
+    let other = ["other.example".to_owned()];
+    let p = pattern("spiffe://example.org/agent/*");
+    assert_eq!(p.trust(), None);
+    assert!(p.matches(&principal(
+        "spire",
+        "spiffe://example.org/agent/triage",
+        &example
+    )));
+    assert!(p.matches(&principal(
+        "spire",
+        "spiffe://example.org/agent/ns/x:y",
+        &example
+    )));
+    // same sub from a trust that does not speak for example.org
+    assert!(!p.matches(&principal(
+        "spire-b",
+        "spiffe://example.org/agent/triage",
+        &other
+    )));
+    assert!(!p.matches(&principal(
+        "k8s-prod",
+        "spiffe://example.org/agent/triage",
+        &[]
+    )));
+    // the domain is literal: no suffix or prefix tricks
+    assert!(!p.matches(&principal(
+        "spire",
+        "spiffe://example.org.evil/agent/x",
+        &example
+    )));
+    assert!(!p.matches(&principal(
+        "spire",
+        "spiffe://evil.example.org/agent/x",
+        &example
+    )));
+    assert!(!p.matches(&principal("spire", "spiffe://example.org/agentx", &example)));
+    // a bound pattern may also name SPIFFE IDs of a given trust
+    let bound = pattern("spire-b:spiffe://example.org/agent/*");
+    assert!(bound.matches(&principal(
+        "spire-b",
+        "spiffe://example.org/agent/triage",
+        &other
+    )));
+    assert!(!bound.matches(&principal(
+        "spire",
+        "spiffe://example.org/agent/triage",
+        &example
+    )));
+}
+
+#[test]
+fn literal_characters_are_literal() {
+    let p = pattern("corp-idp:*@example.org");
+    assert!(p.matches(&principal("corp-idp", "alice@example.org", &[])));
+    assert!(p.matches(&principal("corp-idp", "@example.org", &[])));
+    assert!(!p.matches(&principal("corp-idp", "alice@exampleXorg", &[])));
+    assert!(!p.matches(&principal("corp-idp", "alice@example.org.evil.com", &[])));
+    assert!(!p.matches(&principal("corp-idp", "alice@EXAMPLE.ORG", &[])));
+    let q = pattern("corp-idp:a?b[c]");
+    assert!(q.matches(&principal("corp-idp", "a?b[c]", &[])));
+    assert!(!q.matches(&principal("corp-idp", "axb[c]", &[])));
+    assert!(!q.matches(&principal("corp-idp", "abc", &[])));
+}
+
+#[test]
+fn catch_all_and_subject_bounds() {
+    let p = pattern("k8s-prod:*");
+    assert!(p.is_catch_all());
+    assert!(!pattern("k8s-prod:a*").is_catch_all());
+    assert!(p.matches(&principal("k8s-prod", "anything:at/all", &[])));
+    // Empty and over-long subjects never match.
+    assert!(!p.matches(&principal("k8s-prod", "", &[])));
+    let long = "a".repeat(MAX_SUBJECT_LEN + 1);
+    assert!(!p.matches(&principal("k8s-prod", &long, &[])));
+    let max = "a".repeat(MAX_SUBJECT_LEN);
+    assert!(p.matches(&principal("k8s-prod", &max, &[])));
+}
+
+#[test]
+fn pattern_parse_errors() {
+    let t = trusts();
+    let err = |s: &str| SubjectPattern::parse(s, &t).unwrap_err();
+    assert_eq!(err(""), PatternError::Empty);
+    assert!(matches!(err("alice"), PatternError::Unprefixed { .. }));
+    assert!(matches!(err("*"), PatternError::Unprefixed { .. }));
+    assert!(matches!(
+        err("spiffe://"),
+        PatternError::InvalidSpiffe { .. }
+    ));
+    assert!(matches!(
+        err("spiffe://Example.org/x"),
+        PatternError::InvalidSpiffe { .. }
+    ));
+    assert!(matches!(
+        err("spiffe://ex ample.org/x"),
+        PatternError::InvalidSpiffe { .. }
+    ));
+    assert!(matches!(
+        err("spiffe://h:1/x"),
+        PatternError::InvalidSpiffe { .. }
+    ));
+    assert!(matches!(
+        err("SPIFFE://example.org/x"),
+        PatternError::UnknownTrust { .. }
+    ));
+    assert!(matches!(err("*:x"), PatternError::UnknownTrust { .. }));
+    let domain = "spiffe://other.example/x";
+    assert_eq!(
+        SubjectPattern::parse(domain, &TrustDirectory::default()).unwrap_err(),
+        PatternError::UnservedDomain {
+            domain: "other.example".to_owned()
+        }
+    );
+    assert!(SubjectPattern::parse(domain, &t).is_ok());
+}
+
+// -- path templates -----------------------------------------------------
+
+#[test]
+fn path_templates_match_whole_segments() {
+    let t = PathTemplate::parse("/repos/{owner}/{repo}/issues").unwrap();
+    assert_eq!(t.as_str(), "/repos/{owner}/{repo}/issues");
+    assert_eq!(t.params().collect::<Vec<_>>(), ["owner", "repo"]);
+    assert!(t.matches("/repos/acme/widgets/issues"));
+    assert_eq!(
+        t.captures("/repos/acme/wid.gets/issues").unwrap(),
+        [("owner", "acme"), ("repo", "wid.gets")]
+    );
+    for bad in [
+        "/repos/acme/widgets/issues/",
+        "/repos/acme/widgets/issues/1",
+        "/repos/acme/issues",
+        "/repos//widgets/issues",
+        "/repos/acme/widgets/Issues",
+        "/repos/acme/a/b/issues",
+        "repos/acme/widgets/issues",
+        "/repos/../widgets/issues",
+        "/repos/./widgets/issues",
+        "/repos/acme/w?x/issues",
+        "/repos/acme/widgets/issues?state=open",
+        "",
+        "/",
+    ] {
+        assert!(!t.matches(bad), "{bad}");
+    }
+
+    let root = PathTemplate::parse("/").unwrap();
+    assert!(root.matches("/"));
+    assert!(!root.matches("/x"));
+    assert!(!root.matches(""));
+    assert!(!root.matches("//"));
+
+    let lit = PathTemplate::parse("/api/v1.2/*").unwrap();
+    assert!(lit.matches("/api/v1.2/*"));
+    assert!(!lit.matches("/api/v1.2/x"));
+    assert!(!lit.matches("/api/v1x2/*"));
+
+    let trailing = PathTemplate::parse("/a/{b}").unwrap();
+    assert!(trailing.matches("/a/x"));
+    assert!(!trailing.matches("/a/"));
+    assert!(!trailing.matches("/a"));
+}
+
+#[test]
+fn path_template_errors() {
+    use PathTemplateError as E;
+    let err = |s: &str| PathTemplate::parse(s).unwrap_err();
+    assert_eq!(err(""), E::NoLeadingSlash);
+    assert_eq!(err("x/y"), E::NoLeadingSlash);
+    assert_eq!(err("/x#y"), E::QueryOrFragment);
+    assert_eq!(err("/x y"), E::BadCharacter);
+    assert_eq!(err("/x/"), E::EmptySegment);
+    assert_eq!(err("//x"), E::EmptySegment);
+    assert_eq!(err("/./x"), E::DotSegment);
+    assert!(matches!(err("/{a}b"), E::PartialPlaceholder { .. }));
+    assert!(matches!(err("/{a"), E::PartialPlaceholder { .. }));
+    assert!(matches!(err("/{{a}}"), E::PartialPlaceholder { .. }));
+    assert!(matches!(err("/{}"), E::BadParamName { .. }));
+    assert!(matches!(err("/{1a}"), E::BadParamName { .. }));
+    assert!(matches!(err("/{a-b}"), E::BadParamName { .. }));
+    assert!(matches!(err("/{a}/x/{a}"), E::DuplicateParam { .. }));
+    assert!(PathTemplate::parse("/{_a1}/{b_2}").is_ok());
+}
+
+// -- the matcher --------------------------------------------------------
+
+fn glob(p: &str, t: &str) -> bool {
+    glob_match_counting(p.as_bytes(), t.as_bytes()).0
+}
+
+/// Reference matcher: dynamic programming over (pattern, text) prefixes.
+fn glob_reference(p: &[u8], t: &[u8]) -> bool {
+    let mut dp = vec![vec![false; t.len() + 1]; p.len() + 1];
+    dp[0][0] = true;
+    for i in 1..=p.len() {
+        for j in 0..=t.len() {
+            dp[i][j] = if p[i - 1] == b'*' {
+                dp[i - 1][j] || (j > 0 && dp[i][j - 1])
+            } else {
+                j > 0 && dp[i - 1][j - 1] && p[i - 1] == t[j - 1]
+            };
+        }
+    }
+    dp[p.len()][t.len()]
+}
+
+#[test]
+fn glob_basics() {
+    assert!(glob("", ""));
+    assert!(!glob("", "a"));
+    assert!(glob("*", ""));
+    assert!(glob("**", "abc"));
+    assert!(glob("a*", "a"));
+    assert!(glob("*a", "bba"));
+    assert!(!glob("*a", "bab"));
+    assert!(glob("a*b*c", "a:/b/:c"));
+    assert!(glob("a*b*c", "abbbcbc"));
+    assert!(!glob("a*b*c", "abbbcb"));
+    assert!(glob("*é*", "café au lait"));
+    assert!(!glob("é", "e"));
+}
+
+fn insert_stars(s: &str, positions: &[prop::sample::Index], stars: usize) -> String {
+    let boundaries: Vec<usize> = s
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(s.len()))
+        .collect();
+    let mut cuts: Vec<usize> = positions
+        .iter()
+        .take(stars)
+        .map(|ix| boundaries[ix.index(boundaries.len())])
+        .collect();
+    cuts.sort_unstable();
+    let mut out = String::new();
+    let mut last = 0;
+    for cut in cuts {
+        out.push_str(&s[last..cut]);
+        out.push('*');
+        last = cut;
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+proptest! {
+    #[test]
+    fn pattern_with_inserted_stars_matches_the_original(
+        s in "\\PC{0,200}",
+        positions in prop::collection::vec(any::<prop::sample::Index>(), 8),
+        stars in 0usize..8,
+    ) {
+        let pat = insert_stars(&s, &positions, stars);
+        prop_assert!(glob(&pat, &s), "{pat:?} vs {s:?}");
+        // and through the public API, bound to a trust
+        prop_assume!(!pat.is_empty());
+        let entry = SubjectPattern::parse(&format!("corp-idp:{pat}"), &trusts()).unwrap();
+        prop_assert_eq!(entry.matches(&principal("corp-idp", &s, &[])), !s.is_empty());
+        prop_assert!(!entry.matches(&principal("k8s-prod", &s, &[])));
+    }
+
+    #[test]
+    fn pattern_without_stars_matches_only_itself(
+        a in "[^*]{0,64}",
+        b in "[^*]{0,64}",
+        edit in 0usize..4,
+        at in any::<prop::sample::Index>(),
+    ) {
+        prop_assert!(glob(&a, &a));
+        prop_assert_eq!(glob(&a, &b), a == b);
+        // near misses: one byte dropped, appended or prefixed
+        let chars: Vec<char> = a.chars().collect();
+        let near: String = match edit {
+            0 if !chars.is_empty() => {
+                let i = at.index(chars.len());
+                chars.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, c)| c).collect()
+            }
+            1 => format!("{a}x"),
+            2 => format!("x{a}"),
+            _ => format!("{a}{b}"),
+        };
+        prop_assert_eq!(glob(&a, &near), a == near);
+    }
+
+    #[test]
+    fn matcher_agrees_with_reference(
+        p in "[ab*]{0,12}",
+        t in "[ab]{0,16}",
+    ) {
+        prop_assert_eq!(glob(&p, &t), glob_reference(p.as_bytes(), t.as_bytes()));
+    }
+
+    #[test]
+    fn matcher_is_fast_on_adversarial_input(
+        stars in 1usize..64,
+        len in 0usize..=MAX_SUBJECT_LEN,
+        tail in "[ab]{0,2}",
+    ) {
+        let pat = format!("{}*b", "*a".repeat(stars));
+        let text = format!("{}{tail}", "a".repeat(len));
+        let (matched, steps) = glob_match_counting(pat.as_bytes(), text.as_bytes());
+        prop_assert!(steps <= (pat.len() + 1) * (text.len() + 1), "{steps} steps");
+        prop_assert_eq!(matched, len >= stars && text.ends_with('b'));
+
+        let entry = SubjectPattern::parse(&format!("k8s-prod:{pat}"), &trusts()).unwrap();
+        let via_api = entry.matches(&principal("k8s-prod", &text, &[]));
+        prop_assert_eq!(via_api, matched && text.len() <= MAX_SUBJECT_LEN);
+    }
+
+    #[test]
+    fn matching_never_panics(p in "\\PC{0,300}", t in "\\PC{0,300}") {
+        let _ = glob(&p, &t);
+        if let Ok(entry) = SubjectPattern::parse(&p, &trusts()) {
+            let domains = ["example.org".to_owned()];
+            let _ = entry.matches(&principal("k8s-prod", &t, &domains));
+        }
+        if let Ok(template) = PathTemplate::parse(&p) {
+            let _ = template.captures(&t);
+        }
+    }
+}
