@@ -33,9 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_sts::catalogue::{Catalogue, Principal};
-use agent_sts::config::{Config, SigningAlgorithm};
+use agent_sts::config::Config;
 use agent_sts::identity::{TrustStore, unix_now};
 use agent_sts::keys::LoadedKey;
+use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
 use agent_sts::secret::SubjectToken;
 use agent_sts::shim::request_target;

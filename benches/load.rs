@@ -44,9 +44,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent_sts::config::SigningAlgorithm;
 use agent_sts::identity::unix_now;
 use agent_sts::keys::KeyStore;
+use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
 use axum::body::Bytes;
 use axum::extract::State;

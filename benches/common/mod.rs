@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_sts::config::{Config, SigningAlgorithm};
+use agent_sts::config::Config;
 use agent_sts::identity::unix_now;
 use agent_sts::keys::FileKeyStore;
+use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
 use agent_sts::secret::PrivateKeyPem;
 use axum::body::Bytes;

@@ -18,10 +18,22 @@ use agent_sts_verifier::jwks::parse_jwks_uri;
 use agent_sts_verifier::{Algorithm, IssuerConfig, KeySource, Limits};
 use serde::Deserialize;
 
+use crate::keys::signing_key::SigningAlgorithm;
+use crate::secret::VaultToken;
+
 /// Where environment variables come from.
+/// The one way the process environment is read (`AGENT_STS_*` overrides and
+/// `VAULT_TOKEN`), so tests pass a map instead of setting variables.
 pub trait Environment {
     /// All variables whose name starts with `prefix`.
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+
+    /// The variable `name`, if set (and valid Unicode).
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars_with_prefix(name)
+            .into_iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
 }
 
 /// The process environment.
@@ -33,6 +45,10 @@ impl Environment for ProcessEnv {
             .filter(|(k, _)| k.starts_with(prefix))
             .collect()
     }
+
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 impl Environment for BTreeMap<String, String> {
@@ -43,6 +59,9 @@ impl Environment for BTreeMap<String, String> {
             .collect()
     }
 }
+
+/// The variable token auth reads when `vault.token_file` is not set.
+pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "AGENT_STS_";
@@ -243,22 +262,6 @@ pub struct ServerConfig {
     pub scopes_dir: PathBuf,
 }
 
-/// Algorithms the STS signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-pub enum SigningAlgorithm {
-    ES256,
-    EdDSA,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlgorithm::ES256 => "ES256",
-            SigningAlgorithm::EdDSA => "EdDSA",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct TokensConfig {
     pub default_ttl: Duration,
@@ -310,6 +313,8 @@ pub struct VaultConfig {
     pub auth: VaultAuth,
     pub timeout: Duration,
     pub max_stale: Duration,
+    /// `VAULT_TOKEN`, read from the environment when the configuration was loaded.
+    pub env_token: Option<VaultToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,7 +455,11 @@ impl Config {
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
     pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)
+        let mut config = validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)?;
+        if let Some(v) = &mut config.vault {
+            v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
+        }
+        Ok(config)
     }
 }
 
@@ -468,7 +477,11 @@ impl ShimConfig {
         file: &str,
         env: &dyn Environment,
     ) -> Result<ShimConfig, ConfigError> {
-        validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)
+        let mut config = validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)?;
+        if let Some(v) = &mut config.vault {
+            v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
+        }
+        Ok(config)
     }
 }
 
@@ -1040,6 +1053,7 @@ fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
         auth,
         timeout: c.duration("vault.timeout", v.timeout.as_deref(), "2s")?,
         max_stale: c.duration("vault.max_stale", v.max_stale.as_deref(), "60s")?,
+        env_token: None,
     })
 }
 
@@ -1111,11 +1125,22 @@ path = "audit.log"
         let c = Config::from_toml(text, "sts.toml", &no_env()).unwrap();
         assert_eq!(c.tokens.max_ttl, Duration::from_secs(900));
         assert!(matches!(c.keys.store, KeyStoreKind::Vault { .. }));
-        assert_eq!(c.vault.unwrap().kv_version, 2);
+        assert_eq!(c.vault.as_ref().unwrap().kv_version, 2);
         assert_eq!(
             c.trusts[0].algorithms,
             vec![Algorithm::ES256, Algorithm::RS256]
         );
+        assert!(c.vault.as_ref().unwrap().env_token.is_none());
+
+        // VAULT_TOKEN comes through the Environment, and never prints.
+        let env = BTreeMap::from([("VAULT_TOKEN".to_string(), "hvs.canary-token".to_string())]);
+        let c = Config::from_toml(text, "sts.toml", &env).unwrap();
+        let vault = c.vault.unwrap();
+        assert_eq!(
+            vault.env_token.as_ref().unwrap().expose(),
+            "hvs.canary-token"
+        );
+        assert!(!format!("{vault:?}").contains("canary"));
     }
 
     #[test]

@@ -29,8 +29,9 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, Delegation, TrustDirectory};
-use crate::config::{Config, ShimConfig, SigningAlgorithm};
+use crate::config::{Config, ShimConfig};
 use crate::identity::unix_now;
+use crate::keys::signing_key::SigningAlgorithm;
 use crate::keys::signing_key::SigningKey;
 use crate::keys::{FileKeyStore, KeyStore};
 use crate::runtime::{self, StartError};

@@ -33,10 +33,10 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::SigningAlgorithm;
 use crate::keys::signing_key::{KeyMaterialError, SigningKey};
 use crate::secret::PrivateKeyPem;
 use crate::telemetry::metrics::Metrics;
+use signing_key::SigningAlgorithm;
 
 /// Margin added to `max_ttl` before a retiring key is removed, for clock skew between
 /// replicas and verifiers.
@@ -99,7 +99,7 @@ pub enum KeyStoreError {
     Conflict { location: String },
 }
 
-/// Where the keyring lives: the file store here, Vault in [`crate::store::vault`].
+/// Where the keyring lives: the file store here; Vault implements it in `store::vault`.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Reads the ring and its version.

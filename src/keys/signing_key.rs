@@ -17,8 +17,23 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::config::SigningAlgorithm;
 use crate::secret::PrivateKeyPem;
+
+/// Algorithms the STS signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SigningAlgorithm {
+    ES256,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+}
 
 /// Why a key cannot be used. Never carries key material.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -48,7 +63,7 @@ enum Pair {
 pub struct SigningKey {
     pub kid: String,
     pub algorithm: SigningAlgorithm,
-    /// The public JWK as published (`kty`, `crv`, `x`, [`y`], `kid`, `alg`, `use`).
+    /// The public JWK as published (`kty`, `crv`, `x`, `y`, `kid`, `alg`, `use`).
     pub public_jwk: Value,
     pair: Pair,
 }

@@ -49,7 +49,6 @@ use http_body_util::BodyExt;
 use crate::audit::{AuditLog, Outcome, ProxiedCall};
 use crate::catalogue::{self, Catalogue, TrustDirectory};
 use crate::config::ShimConfig;
-use crate::identity::{JwtError, unix_now};
 use crate::runtime::{self, StartError};
 use crate::shim::error::ShimError;
 use crate::shim::request_target::{self, Target};
@@ -60,6 +59,7 @@ use crate::store::vault::Vault;
 use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
 use agent_sts_verifier::layer::{BearerError, bearer_token};
 use agent_sts_verifier::{AccessToken, Verifier, VerifyError};
+use agent_sts_verifier::{JwtError, unix_now};
 
 /// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
 /// besides any header the `Connection` header names.

@@ -23,7 +23,6 @@ pub use secrets::{
 use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultConfig};
 use crate::keys::{FileKeyStore, KeyStore};
 use crate::runtime::StartError;
-use crate::secret::VaultToken;
 use vault::{Vault, VaultKeyStore, VaultSecretStore};
 
 /// The configured stores, and the Vault client behind them when one is configured.
@@ -66,9 +65,10 @@ pub async fn open(config: &Config) -> Result<Stores, StartError> {
 
 /// A Vault client for `v`, logged in once (a failed login is logged, not fatal).
 pub async fn connect_vault(v: &VaultConfig) -> Result<Arc<Vault>, StartError> {
-    let env_token = std::env::var("VAULT_TOKEN").ok().map(VaultToken::new);
-    let vault =
-        Arc::new(Vault::new(v, env_token).map_err(|e| StartError::Runtime(format!("vault: {e}")))?);
+    let vault = Arc::new(
+        Vault::new(v, v.env_token.clone())
+            .map_err(|e| StartError::Runtime(format!("vault: {e}")))?,
+    );
     if let Err(e) = vault.login(0).await {
         tracing::error!(error = %e, "vault login at startup failed; requests needing Vault are refused until it succeeds");
     }

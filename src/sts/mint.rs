@@ -129,7 +129,7 @@ pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintErro
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::config::SigningAlgorithm;
+    use crate::keys::signing_key::SigningAlgorithm;
     use crate::keys::signing_key::SigningKey;
 
     #[test]

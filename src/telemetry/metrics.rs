@@ -2,10 +2,10 @@
 //!
 //! Every label value comes from a closed set known before any request arrives: action
 //! names from the catalogue (anything else is counted as `other`), reason codes from
-//! [`crate::sts::oauth_error::Rejection::reason`], trust names from the configuration and
-//! fixed outcome words. No label is ever built from unverified input, so a client
-//! cannot grow the metric families (README, "Security properties" 7) or plant a secret in them
-//! (property 1).
+//! the STS's `Rejection::reason` and the shim's `ShimError::reason`, trust names from
+//! the configuration and fixed outcome words. No label is ever built from unverified
+//! input, so a client cannot grow the metric families (README, "Security properties"
+//! 7) or plant a secret in them (property 1).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -115,7 +115,7 @@ impl Metrics {
 pub struct ShimLabels {
     /// `allow` or `deny`.
     pub decision: &'static str,
-    /// `proxied`, or the refusal's reason code ([`crate::shim::error::ShimError::reason`]).
+    /// `proxied`, or the refusal's reason code (the shim's `ShimError::reason`).
     pub reason: &'static str,
 }
 

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_sts::config::{ShimConfig, SigningAlgorithm};
+use agent_sts::config::ShimConfig;
 use agent_sts::dev::echo::Echo;
+use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};

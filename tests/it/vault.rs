@@ -469,7 +469,7 @@ async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
     // A key whose stored public part belongs to another key, then plain garbage.
     let mut mismatched = good.clone();
     let other = agent_sts::keys::signing_key::SigningKey::generate(
-        agent_sts::config::SigningAlgorithm::ES256,
+        agent_sts::keys::signing_key::SigningAlgorithm::ES256,
     )
     .unwrap()
     .0;

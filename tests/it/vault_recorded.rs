@@ -10,7 +10,8 @@ use std::fmt::{Debug, Display};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_sts::config::{SigningAlgorithm, VaultAuth, VaultConfig};
+use agent_sts::config::{VaultAuth, VaultConfig};
+use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::{KeyState, KeyStore, KeyStoreError, StoreVersion, StoredRing, rotate};
 use agent_sts::secret::VaultToken;
 use agent_sts::store::secrets::SecretStore;
@@ -223,6 +224,7 @@ impl Fake {
             auth,
             timeout,
             max_stale: Duration::from_secs(2),
+            env_token: None,
         }
     }
 
