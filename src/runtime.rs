@@ -67,3 +67,69 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
         .await
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::every;
+
+    /// Lets spawned tasks run at the current (paused) instant.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_runs_one_interval_from_now_then_each_interval() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        every(Duration::from_secs(30), move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "not at once");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            settle().await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_run_delays_the_next_instead_of_piling_up() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        every(Duration::from_secs(10), move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Each run takes three intervals.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+        // 10 s: first run starts; it ends at 40 s; the next starts at 40 s, not in a
+        // burst of the ticks missed meanwhile.
+        for _ in 0..7 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            settle().await;
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "70 s: runs at 10 s and 40 s only"
+        );
+    }
+}

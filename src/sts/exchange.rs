@@ -370,3 +370,273 @@ impl Sts {
         })
     }
 }
+
+/// The order of the checks is the policy: for a request that would fail several steps,
+/// the earliest step's refusal wins. Each case below breaks one step and every step
+/// after it, and expects the refusal of the one it broke.
+#[cfg(test)]
+mod check_order {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::catalogue::TrustDirectory;
+    use crate::config::TrustConfig;
+    use crate::keys::signing_key::{SigningAlgorithm, SigningKey};
+    use crate::keys::{FileKeyStore, KeyStore};
+    use crate::secret::SubjectToken;
+    use crate::store::FileSecretStore;
+    use agent_sts_verifier::{Algorithm, KeySource, Limits, unix_now};
+
+    const STS: &str = "https://sts.test";
+    const IDP: &str = "https://idp.test";
+    const CATALOGUE: &str = r#"
+[[action]]
+name = "docs.read"
+audience = "https://docs.test"
+agents = ["idp:agent-*"]
+credential = "integrations/docs"
+
+[[action]]
+name = "docs.write"
+audience = "https://docs.test"
+agents = ["idp:agent-*"]
+delegation = "required"
+subjects = ["idp:user-*"]
+
+[[action]]
+name = "gone.read"
+audience = "https://gone.test"
+agents = ["idp:agent-*"]
+credential = "integrations/missing"
+"#;
+
+    /// The workload issuer (its key, its JWKS file) and a temp dir for the STS's state.
+    struct World {
+        dir: tempfile::TempDir,
+        idp: SigningKey,
+    }
+
+    /// What to break below the identity checks.
+    #[derive(Clone, Copy, Default)]
+    struct Breaks {
+        rate_burst_of_one: bool,
+        no_signing_key: bool,
+        audit_unwritable: bool,
+    }
+
+    impl World {
+        fn new() -> World {
+            let dir = tempfile::tempdir().unwrap();
+            let (idp, _) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+            let jwks = serde_json::json!({ "keys": [idp.public_jwk] });
+            std::fs::write(dir.path().join("idp.jwks"), jwks.to_string()).unwrap();
+            std::fs::write(
+                dir.path().join("secrets.toml"),
+                "[secret.\"integrations/docs\"]\nvalue = \"Bearer docs-canary\"\n",
+            )
+            .unwrap();
+            World { dir, idp }
+        }
+
+        fn token(&self, sub: &str) -> SubjectToken {
+            let now = unix_now();
+            let header = serde_json::json!({"alg": "ES256", "kid": self.idp.kid, "typ": "JWT"});
+            let claims = serde_json::json!({
+                "iss": IDP, "sub": sub, "aud": STS, "iat": now, "exp": now + 300,
+            });
+            SubjectToken::new(
+                self.idp
+                    .sign_compact(header.to_string().as_bytes(), claims.to_string().as_bytes())
+                    .unwrap(),
+            )
+        }
+
+        async fn sts(&self, breaks: Breaks) -> Sts {
+            let metrics = Arc::new(Metrics::new());
+            let trust = TrustConfig {
+                name: "idp".into(),
+                issuer: IDP.into(),
+                jwks: KeySource::File(self.dir.path().join("idp.jwks")),
+                algorithms: vec![Algorithm::ES256],
+                spiffe_trust_domains: vec![],
+                max_token_lifetime: Duration::from_secs(3600),
+                leeway: Duration::from_secs(30),
+                jwks_refresh: Duration::from_secs(300),
+                jwks_max_stale: Duration::from_secs(3600),
+            };
+            let trusts =
+                TrustStore::new(&[trust], STS, &Limits::default(), metrics.clone()).unwrap();
+            let directory = TrustDirectory::new([("idp".to_string(), vec![])]);
+            let catalogue =
+                Catalogue::from_sources([("test.toml", CATALOGUE)], &directory).unwrap();
+            let key_dir = tempfile::tempdir_in(self.dir.path()).unwrap();
+            let store: Arc<dyn KeyStore> = Arc::new(FileKeyStore::new(key_dir.keep()));
+            let max_ttl = Duration::from_secs(900);
+            if !breaks.no_signing_key {
+                crate::keys::rotate(
+                    store.as_ref(),
+                    SigningAlgorithm::ES256,
+                    unix_now(),
+                    Duration::from_secs(600),
+                    max_ttl,
+                )
+                .await
+                .unwrap();
+            }
+            let keyring = Arc::new(Keyring::new(store, max_ttl, None, metrics.clone()));
+            keyring.refresh(unix_now()).await.unwrap();
+            let secrets = Arc::new(FileSecretStore::new(self.dir.path().join("secrets.toml")));
+            let audit_path = if breaks.audit_unwritable {
+                std::path::PathBuf::from("/dev/full")
+            } else {
+                self.dir.path().join(format!("audit-{}.log", rand_suffix()))
+            };
+            let burst = if breaks.rate_burst_of_one { 1 } else { 100 };
+            Sts::new(StsParts {
+                issuer: STS.into(),
+                default_ttl: Duration::from_secs(300),
+                max_ttl,
+                trusts,
+                catalogue,
+                keyring,
+                credentials: CredentialCache::new(secrets, Duration::from_secs(30)),
+                audit: AuditLog::open(&audit_path).unwrap(),
+                metrics,
+                rate_limiter: IdentityRateLimiter::new(1, burst),
+            })
+        }
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    fn request(subject: SubjectToken, action: &str, audience: &str) -> ExchangeRequest {
+        ExchangeRequest {
+            subject_token: subject,
+            actor_token: None,
+            action: action.into(),
+            audiences: vec![audience.into()],
+            resources: vec![],
+        }
+    }
+
+    async fn refusal(sts: &Sts, request: ExchangeRequest) -> Rejection {
+        sts.exchange(request, unix_now()).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn each_steps_refusal_wins_over_every_later_one() {
+        let world = World::new();
+        let sts = world.sts(Breaks::default()).await;
+        let wrong = "https://elsewhere.test";
+
+        // 1. Identity first: a bad token for an unknown action at a wrong audience.
+        let forged = SubjectToken::new(format!("{}x", world.token("agent-1").expose()));
+        assert_eq!(
+            refusal(&sts, request(forged, "no.such", wrong)).await,
+            Rejection::InvalidSubjectToken
+        );
+        // 3. Catalogue before delegation, target and credential: an ungranted agent.
+        assert_eq!(
+            refusal(&sts, request(world.token("intruder"), "gone.read", wrong)).await,
+            Rejection::ActionNotPermitted
+        );
+        // 4. Delegation before target.
+        assert_eq!(
+            refusal(&sts, request(world.token("agent-1"), "docs.write", wrong)).await,
+            Rejection::DelegationRequired
+        );
+        // 5. Target before the credential gate.
+        assert_eq!(
+            refusal(&sts, request(world.token("agent-1"), "gone.read", wrong)).await,
+            Rejection::InvalidTarget
+        );
+        // 6. The credential gate.
+        assert_eq!(
+            refusal(
+                &sts,
+                request(world.token("agent-1"), "gone.read", "https://gone.test")
+            )
+            .await,
+            Rejection::CredentialUnavailable
+        );
+        // And a request that breaks nothing gets its token.
+        let issued = sts
+            .exchange(
+                request(world.token("agent-1"), "docs.read", "https://docs.test"),
+                unix_now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.scope, "docs.read");
+        assert!(!format!("{issued:?}").contains(issued.access_token.expose()));
+    }
+
+    #[tokio::test]
+    async fn rate_limit_signing_key_and_audit_come_in_their_places() {
+        let world = World::new();
+
+        // 2. The rate limit comes after identity and before the catalogue.
+        let sts = world
+            .sts(Breaks {
+                rate_burst_of_one: true,
+                ..Breaks::default()
+            })
+            .await;
+        let ok = request(world.token("agent-1"), "docs.read", "https://docs.test");
+        sts.exchange(ok, unix_now()).await.unwrap();
+        assert_eq!(
+            refusal(&sts, request(world.token("agent-1"), "no.such", "x")).await,
+            Rejection::RateLimited
+        );
+        // ...and an invalid token is refused before it: it has no identity to limit.
+        let forged = SubjectToken::new(format!("{}x", world.token("agent-1").expose()));
+        assert_eq!(
+            refusal(&sts, request(forged, "no.such", "x")).await,
+            Rejection::InvalidSubjectToken
+        );
+
+        // 7. The signing key comes after the credential gate.
+        let sts = world
+            .sts(Breaks {
+                no_signing_key: true,
+                ..Breaks::default()
+            })
+            .await;
+        assert_eq!(
+            refusal(
+                &sts,
+                request(world.token("agent-1"), "gone.read", "https://gone.test")
+            )
+            .await,
+            Rejection::CredentialUnavailable
+        );
+        assert_eq!(
+            refusal(
+                &sts,
+                request(world.token("agent-1"), "docs.read", "https://docs.test")
+            )
+            .await,
+            Rejection::SigningKeyUnavailable
+        );
+
+        // 8. The audit record comes last, and without it there is no token.
+        let sts = world
+            .sts(Breaks {
+                audit_unwritable: true,
+                ..Breaks::default()
+            })
+            .await;
+        assert_eq!(
+            refusal(
+                &sts,
+                request(world.token("agent-1"), "docs.read", "https://docs.test")
+            )
+            .await,
+            Rejection::AuditUnavailable
+        );
+    }
+}

@@ -430,9 +430,38 @@ impl TestSts {
     }
 
     /// Serves the configuration at `config_path` (kept in `dir`) in-process on
-    /// 127.0.0.1:0, after `keys rotate` bootstraps a key in its key store (file or
-    /// Vault).
+    /// 127.0.0.1:0, after bootstrapping a key.
     pub async fn serve(dir: tempfile::TempDir, config_path: PathBuf) -> TestSts {
+        let app = Self::bootstrap(&config_path).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = app.serve(listener, None).await;
+        });
+        TestSts {
+            url,
+            dir,
+            config_path,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The STS of the standard catalogue for `trusts`, built (a key bootstrapped) but
+    /// not served: for `oneshot` router tests. Keep the directory alive.
+    pub async fn app(trusts: &[TrustSpec<'_>]) -> (tempfile::TempDir, agent_sts::sts::App) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+        std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+        std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+        let config_path = dir.path().join("agent-sts.toml");
+        std::fs::write(&config_path, config_toml(dir.path(), trusts, "")).unwrap();
+        let app = Self::bootstrap(&config_path).await;
+        (dir, app)
+    }
+
+    /// Loads the configuration at `config_path`, bootstraps a key in its key store
+    /// (file or Vault) with `keys rotate`, and builds the STS.
+    async fn bootstrap(config_path: &Path) -> agent_sts::sts::App {
         let env = std::collections::BTreeMap::new();
         let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
         let stores = agent_sts::store::open(&config).await.unwrap();
@@ -445,18 +474,7 @@ impl TestSts {
         )
         .await
         .unwrap();
-        let app = agent_sts::sts::build(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let _ = app.serve(listener, None).await;
-        });
-        TestSts {
-            url,
-            dir,
-            config_path,
-            client: reqwest::Client::new(),
-        }
+        agent_sts::sts::build(&config).await.unwrap()
     }
 
     /// The standard three trusts: k8s-prod (RS256), spire (ES256, example.org),

@@ -9,6 +9,7 @@ mod harness;
 mod leaks;
 mod process;
 mod rotation;
+mod router;
 mod rvault;
 mod shim;
 mod vault;

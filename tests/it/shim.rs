@@ -1727,3 +1727,84 @@ async fn admin_routes_report_health_readiness_and_metrics_without_secrets() {
     // the upstream, refused without a token.
     assert_eq!(call(&url, "GET", "/metrics", None, "").await.status, 401);
 }
+
+// ---------------------------------------------------------------------------------
+// The shim's routers, driven with `oneshot`.
+
+/// The shim's routers without a socket: refusals decided before the upstream answer
+/// in the RFC 6750 shape and reach no upstream; a valid call goes through; the admin
+/// router reports readiness and the decisions it counted.
+#[tokio::test]
+async fn the_shim_routers_answer_with_oneshot() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
+    let app = shim.build().await;
+    let request = |token: Option<&str>| {
+        let mut r = axum::http::Request::post(ISSUES).header("content-type", "application/json");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(Body::from("{}")).unwrap()
+    };
+
+    let missing = app.router().oneshot(request(None)).await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert!(
+        missing.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_token\"")
+    );
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let garbled = app
+        .router()
+        .oneshot(request(Some(&flip_last(&token))))
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), 401);
+    assert_eq!(echo.hits(), 0, "a refusal reached the upstream");
+
+    let ok = app.router().oneshot(request(Some(&token))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(echo.hits(), 1);
+
+    let ready = app
+        .admin_router()
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = app
+        .admin_router()
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(metrics.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("{decision=\"allow\",reason=\"proxied\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("{decision=\"deny\",reason=\"bad_signature\"} 1"),
+        "{text}"
+    );
+}

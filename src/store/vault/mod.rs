@@ -38,6 +38,12 @@ const RENEW_AT: f64 = 0.7;
 const RENEW_MIN: Duration = Duration::from_secs(5);
 const RENEW_MAX: Duration = Duration::from_secs(3600);
 
+/// When to renew a token whose lease is `lease`: at 70% of it, clamped between
+/// [`RENEW_MIN`] and [`RENEW_MAX`].
+fn renew_after(lease: Duration) -> Duration {
+    lease.mul_f64(RENEW_AT).clamp(RENEW_MIN, RENEW_MAX)
+}
+
 /// Why a Vault operation failed. Never carries a response body or a token.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum VaultError {
@@ -377,7 +383,7 @@ impl Vault {
                     tokio::time::sleep(RENEW_MAX).await;
                     continue;
                 };
-                tokio::time::sleep(lease.mul_f64(RENEW_AT).clamp(RENEW_MIN, RENEW_MAX)).await;
+                tokio::time::sleep(renew_after(lease)).await;
                 let Some(session) = vault.session.load_full() else {
                     continue;
                 };
@@ -571,5 +577,20 @@ impl KeyStore for VaultKeyStore {
                 },
                 other => write_err(other.to_string()),
             })
+    }
+}
+
+#[cfg(test)]
+mod renewal_schedule {
+    use super::*;
+
+    #[test]
+    fn renews_at_seventy_percent_clamped() {
+        assert_eq!(
+            renew_after(Duration::from_secs(100)),
+            Duration::from_secs(70)
+        );
+        assert_eq!(renew_after(Duration::from_secs(1)), RENEW_MIN);
+        assert_eq!(renew_after(Duration::from_secs(30 * 24 * 3600)), RENEW_MAX);
     }
 }
