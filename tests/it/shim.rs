@@ -207,6 +207,18 @@ async fn access_token(sts: &TestSts, issuers: &Issuers, action: &str) -> String 
     r.token()
 }
 
+/// Where most shim tests start: the standard STS and issuers, an echo upstream, a
+/// shim for `GITHUB` in front of it (`extra` at the end of `[shim]`), and a
+/// `github.issues.create` token. Keep the STS and the issuers bound (as `_sts`,
+/// `_issuers` when unused): they hold the servers and files the shim relies on.
+async fn github_world(extra: &str) -> (TestSts, Issuers, Arc<Echo>, TestShim, String) {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, extra).await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    (sts, issuers, echo, shim, token)
+}
+
 /// Writes `request` to the server at `url` as is and reads the answer until the server
 /// closes (requests carry `Connection: close`) or 3 s pass: (status, whole answer).
 async fn raw(url: &str, request: &[u8]) -> (u16, String) {
@@ -369,10 +381,7 @@ fn assert_free_of(text: &str, forms: &[String], what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_injects_the_credential_scrubs_it_from_the_answer_and_audits_the_call() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
     let signature = token.rsplit('.').next().unwrap();
 
     let body = r#"{"title":"flaky test","body":"seen twice"}"#;
@@ -842,10 +851,7 @@ async fn requests_outside_the_actions_method_and_path_are_refused_with_403() {
 /// upstream routes another (the method twin of the path canonicalisation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_spelled_in_another_case_is_not_the_method_the_token_allows() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
     for method in ["post", "Post"] {
         let r = call(&shim.url, method, ISSUES, Some(&token), "{}").await;
         let seen = echo.last().map(|l| l["method"].clone());
@@ -860,10 +866,7 @@ async fn a_method_spelled_in_another_case_is_not_the_method_the_token_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_and_ambiguous_targets_are_refused_and_never_forwarded() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
 
     for target in [
         "/repos/acme/widgets/issues/../../../admin",
@@ -1011,10 +1014,7 @@ async fn a_missing_or_disabled_credential_answers_502_and_forwards_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_and_oversized_requests_are_refused_before_the_upstream() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "max_request_bytes = 1024").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("max_request_bytes = 1024").await;
     let head = format!(
         "POST {ISSUES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nConnection: close\r\n"
@@ -1119,10 +1119,7 @@ async fn ambiguous_framing_and_oversized_requests_are_refused_before_the_upstrea
 /// requests. The shim's contract (module doc, step 1) is to refuse the message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_beside_transfer_encoding_is_refused() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
     let head = format!(
         "POST {ISSUES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\n"
@@ -1577,10 +1574,7 @@ async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
 /// never reach the upstream (its session is the credential's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_and_url_overrides_and_cookies_never_reach_the_upstream() {
-    let (sts, issuers) = TestSts::standard().await;
-    let (echo, upstream) = start_echo().await;
-    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
-    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
     let overrides = [
         ("x-http-method-override", "DELETE"),
         ("x-http-method", "DELETE"),
