@@ -48,14 +48,14 @@ use agent_sts::identity::unix_now;
 use agent_sts::keys::KeyStore;
 use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
+use agent_sts_testkit::{GRANT, JWT_TYPE};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::{
-    AccessClaims, GRANT, JWT_TYPE, Knobs, Measured, Runtimes, SPIRE_ISSUER, STS_ISSUER, Source,
-    Unit, env_or,
+    AccessClaims, Knobs, Measured, Runtimes, SPIRE_ISSUER, STS_ISSUER, Source, Unit, env_or,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
@@ -188,7 +188,7 @@ struct Servers {
 /// Starts the issuer, the STS and the ceiling on the current runtime.
 async fn start_servers(issuer_key: &SigningKey) -> Servers {
     let issuer = common::spawn_issuer(issuer_key).await;
-    let sts = common::start_sts(issuer, SCOPES, SECRETS).await;
+    let sts = common::start_sts(&issuer, SCOPES, SECRETS).await;
 
     // The ceiling signs with the STS's own key and verifies with the issuer's JWK.
     let (ring, _) = sts.keys.load().await.unwrap();

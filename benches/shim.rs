@@ -167,7 +167,7 @@ header = "Authorization"
 value = "{CREDENTIAL}"
 "#
     );
-    let sts = common::start_sts(issuer, SCOPES, &secrets).await;
+    let sts = common::start_sts(&issuer, SCOPES, &secrets).await;
 
     let d = sts.dir.path();
     let shim_toml = format!(

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,18 +18,15 @@ use agent_sts::keys::signing_key::SigningKey;
 use agent_sts::secret::PrivateKeyPem;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::json;
 
+pub use agent_sts_testkit::b64;
+
 pub const STS_ISSUER: &str = "https://sts.bench.example";
 pub const SPIRE_ISSUER: &str = "https://spire.example.org";
-pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Distinct agent identities the subject tokens are for (each token is distinct by
 /// its `jti`; identities repeat, as workloads do).
 pub const AGENTS: usize = 64;
@@ -48,16 +44,9 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-/// A file of `keys/test/`.
+/// A file of `keys/test/`, as text.
 pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-pub fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
+    String::from_utf8(agent_sts_testkit::fixture(name)).unwrap()
 }
 
 /// A fresh 128-bit `jti`, as `mint` makes it.
@@ -133,12 +122,7 @@ pub fn on_every_core<T: Send>(n: usize, make: impl Fn(usize) -> T + Sync) -> Vec
 
 /// A form-encoded token-exchange request for `subject_token` and one action.
 pub fn exchange_form(subject_token: &str, scope: &str) -> Bytes {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    s.append_pair("grant_type", GRANT);
-    s.append_pair("subject_token", subject_token);
-    s.append_pair("subject_token_type", JWT_TYPE);
-    s.append_pair("scope", scope);
-    Bytes::from(s.finish())
+    Bytes::from(agent_sts_testkit::exchange_form(subject_token, scope))
 }
 
 // ---------------------------------------------------------------------------------
@@ -146,25 +130,15 @@ pub fn exchange_form(subject_token: &str, scope: &str) -> Bytes {
 
 /// Starts `router` on 127.0.0.1:0 on the current runtime; returns its address.
 pub async fn spawn_router(router: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    addr
+    agent_sts_testkit::serve(router).await
 }
 
-/// Serves `key`'s JWKS at `/jwks.json`, as the workload issuer would.
-pub async fn spawn_issuer(key: &SigningKey) -> SocketAddr {
-    let jwks = json!({ "keys": [key.public_jwk] });
-    spawn_router(axum::Router::new().route(
-        "/jwks.json",
-        get(move || {
-            let jwks = jwks.clone();
-            async move { axum::Json(jwks) }
-        }),
-    ))
-    .await
+/// Serves `key`'s JWKS at `/jwks.json`, as the workload issuer would; returns the
+/// JWKS URL.
+pub async fn spawn_issuer(key: &SigningKey) -> String {
+    agent_sts_testkit::JwksServer::start(json!({ "keys": [key.public_jwk] }))
+        .await
+        .uri
 }
 
 /// A running STS and its temp dir (configuration, keys, `scopes/bench.toml`,
@@ -176,11 +150,11 @@ pub struct Sts {
 }
 
 /// Starts the real STS on the current runtime: configuration written to a temp dir
-/// trusting the SPIRE issuer at `issuer` (its JWKS over HTTP), a key bootstrapped with
+/// trusting the SPIRE issuer whose JWKS is at `jwks_uri`, a key bootstrapped with
 /// [`agent_sts::keys::rotate`], [`agent_sts::sts::build`], served with `App::serve`.
 /// The catalogue is `scopes` and the file secret store `secrets`; the rate limit is too
 /// high to interfere.
-pub async fn start_sts(issuer: SocketAddr, scopes: &str, secrets: &str) -> Sts {
+pub async fn start_sts(jwks_uri: &str, scopes: &str, secrets: &str) -> Sts {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("scopes")).unwrap();
@@ -218,7 +192,7 @@ rate_burst = 1000000
 [[trust]]
 name = "spire"
 issuer = "{SPIRE_ISSUER}"
-jwks_uri = "http://{issuer}/jwks.json"
+jwks_uri = "{jwks_uri}"
 algorithms = ["ES256"]
 spiffe_trust_domains = ["example.org"]
 "#,

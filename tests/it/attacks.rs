@@ -787,6 +787,7 @@ async fn unknown_issuer_is_invalid_request_and_never_contacted() {
         "https://evil.example",
         "attacker-es256.pem",
         Algorithm::ES256,
+        STS_ISSUER,
     )
     .await;
     let token = rogue.token(&rogue.claims(TRIAGE_SVID));
@@ -816,6 +817,7 @@ async fn same_sub_from_another_trust_gets_nothing_extra() {
         "https://k8s-staging.example.org",
         "idp-es256.pem",
         Algorithm::ES256,
+        STS_ISSUER,
     )
     .await;
     let mut specs = issuers.specs();

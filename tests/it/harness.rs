@@ -1,180 +1,24 @@
-//! Real parts for the integration tests: fake workload issuers serving a JWKS over
-//! HTTP on 127.0.0.1:0 (with fixture keys from `keys/test/`), and an STS built from a
-//! configuration written to a temp dir, serving real HTTP on 127.0.0.1:0.
+//! Real parts for the integration tests: the standard fake workload issuers (the
+//! shared `agent-sts-testkit` issuers, fixture keys from `keys/test/`), the standard
+//! catalogue and secrets, and an STS built from a configuration written to a temp dir,
+//! serving real HTTP on 127.0.0.1:0.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub use agent_sts_testkit::{
+    GRANT, JWT_TYPE, JwksMode, TestIssuer, alg_name, b64, closing_server, exchange_form, fixture,
+    flip_last, form, now, serve,
+};
+
+/// The STS under test: `iss` of its tokens, the audience of workload tokens.
 pub const STS_ISSUER: &str = "https://sts.test.example";
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-pub fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// What the fake issuer's JWKS endpoint does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JwksMode {
-    Serve,
-    Fail,
-    Garbage,
-}
-
-struct IssuerShared {
-    jwks: Mutex<Value>,
-    mode: Mutex<JwksMode>,
-    fetches: AtomicUsize,
-}
-
-/// A workload issuer: signs tokens with a fixture key, serves its JWKS.
-pub struct TestIssuer {
-    pub iss: String,
-    pub jwks_uri: String,
-    pub alg: Algorithm,
-    pub kid: String,
-    key: EncodingKey,
-    shared: Arc<IssuerShared>,
-}
-
-async fn serve_jwks(State(s): State<Arc<IssuerShared>>) -> Response {
-    s.fetches.fetch_add(1, Ordering::SeqCst);
-    let mode = *s.mode.lock().unwrap();
-    match mode {
-        JwksMode::Serve => axum::Json(s.jwks.lock().unwrap().clone()).into_response(),
-        JwksMode::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        JwksMode::Garbage => "{\"keys\": 7".into_response(),
-    }
-}
-
-/// Starts an axum router on 127.0.0.1:0; returns its base URL.
-/// A server that accepts every connection and closes it at once: an upstream or Vault
-/// that is down. (A port that was bound and released instead could be taken by another
-/// test's server meanwhile, which would then receive the request.)
-pub async fn closing_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((connection, _)) = listener.accept().await {
-            drop(connection);
-        }
-    });
-    addr
-}
-
+/// Serves `router` on 127.0.0.1:0; returns its base URL.
 pub async fn spawn_router(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    format!("http://{addr}")
-}
-
-impl TestIssuer {
-    /// An issuer `iss` signing with fixture `pem` under `alg`.
-    pub async fn start(iss: &str, pem: &str, alg: Algorithm) -> TestIssuer {
-        let bytes = fixture(pem);
-        let key = match alg {
-            Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes).unwrap(),
-            Algorithm::ES256 => EncodingKey::from_ec_pem(&bytes).unwrap(),
-            other => panic!("unsupported fixture alg {other:?}"),
-        };
-        let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
-        let kid = format!("{}-key-1", pem.trim_end_matches(".pem"));
-        jwk.common.key_id = Some(kid.clone());
-        let shared = Arc::new(IssuerShared {
-            jwks: Mutex::new(json!({ "keys": [jwk] })),
-            mode: Mutex::new(JwksMode::Serve),
-            fetches: AtomicUsize::new(0),
-        });
-        let router = axum::Router::new()
-            .route("/jwks.json", get(serve_jwks))
-            .with_state(shared.clone());
-        let base = spawn_router(router).await;
-        TestIssuer {
-            iss: iss.to_string(),
-            jwks_uri: format!("{base}/jwks.json"),
-            alg,
-            kid,
-            key,
-            shared,
-        }
-    }
-
-    pub fn fetches(&self) -> usize {
-        self.shared.fetches.load(Ordering::SeqCst)
-    }
-
-    pub fn set_mode(&self, mode: JwksMode) {
-        *self.shared.mode.lock().unwrap() = mode;
-    }
-
-    /// Standard good claims for `sub`, audience the STS.
-    pub fn claims(&self, sub: &str) -> Value {
-        let n = now();
-        json!({"iss": self.iss, "sub": sub, "aud": [STS_ISSUER], "iat": n, "nbf": n, "exp": n + 600})
-    }
-
-    pub fn header(&self) -> Value {
-        json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"})
-    }
-
-    /// Signs `claims` under the standard header.
-    pub fn token(&self, claims: &Value) -> String {
-        self.token_with_header(&self.header(), claims)
-    }
-
-    /// Signs `claims` under an arbitrary `header`, with this issuer's key and alg.
-    pub fn token_with_header(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, self.alg).unwrap();
-        format!("{input}.{sig}")
-    }
-
-    /// A good token for `sub`.
-    pub fn token_for(&self, sub: &str) -> String {
-        self.token(&self.claims(sub))
-    }
-}
-
-pub fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::RS256 => "RS256",
-        Algorithm::ES256 => "ES256",
-        Algorithm::EdDSA => "EdDSA",
-        _ => "other",
-    }
+    format!("http://{}", serve(router).await)
 }
 
 /// The example catalogue used by most tests.
@@ -416,16 +260,7 @@ impl TestSts {
         extra_config: &str,
         tweaks: ConfigTweaks<'_>,
     ) -> TestSts {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-        std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
-        std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
-        let config_path = dir.path().join("agent-sts.toml");
-        std::fs::write(
-            &config_path,
-            config_toml_with(dir.path(), trusts, extra_config, tweaks),
-        )
-        .unwrap();
+        let (dir, config_path) = sts_files(trusts, scopes, extra_config, tweaks);
         TestSts::serve(dir, config_path).await
     }
 
@@ -449,12 +284,7 @@ impl TestSts {
     /// The STS of the standard catalogue for `trusts`, built (a key bootstrapped) but
     /// not served: for `oneshot` router tests. Keep the directory alive.
     pub async fn app(trusts: &[TrustSpec<'_>]) -> (tempfile::TempDir, agent_sts::sts::App) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-        std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-        std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
-        let config_path = dir.path().join("agent-sts.toml");
-        std::fs::write(&config_path, config_toml(dir.path(), trusts, "")).unwrap();
+        let (dir, config_path) = sts_files(trusts, SCOPES, "", ConfigTweaks::default());
         let app = Self::bootstrap(&config_path).await;
         (dir, app)
     }
@@ -463,7 +293,7 @@ impl TestSts {
     /// (file or Vault) with `keys rotate`, and builds the STS.
     async fn bootstrap(config_path: &Path) -> agent_sts::sts::App {
         let env = std::collections::BTreeMap::new();
-        let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+        let config = agent_sts::config::Config::load(config_path, &env).unwrap();
         let stores = agent_sts::store::open(&config).await.unwrap();
         agent_sts::keys::rotate(
             stores.keys.as_ref(),
@@ -552,34 +382,28 @@ pub async fn post_form(url: &str, body: String) -> Reply {
     reply(r).await
 }
 
-/// A plain exchange form of `subject` for `scope`.
-pub fn exchange_form(subject: &str, scope: &str) -> String {
-    form(&[
-        ("grant_type", GRANT),
-        ("subject_token", subject),
-        ("subject_token_type", JWT_TYPE),
-        ("scope", scope),
-    ])
-}
-
 /// A directory with the standard catalogue, secrets and a configuration for
 /// `issuers` (no keys yet): what `agent-sts serve --config` needs.
 pub fn sts_dir(issuers: &Issuers) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
-    let config = dir.path().join("agent-sts.toml");
-    std::fs::write(&config, config_toml(dir.path(), &issuers.specs(), "")).unwrap();
-    (dir, config)
+    sts_files(&issuers.specs(), SCOPES, "", ConfigTweaks::default())
 }
 
-pub fn form(params: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        s.append_pair(k, v);
-    }
-    s.finish()
+/// A temp dir holding `scopes/test.toml` (`scopes`), `secrets.toml` and
+/// `agent-sts.toml` for `trusts`; returns it and the configuration's path.
+pub fn sts_files(
+    trusts: &[TrustSpec<'_>],
+    scopes: &str,
+    extra_config: &str,
+    tweaks: ConfigTweaks<'_>,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
+    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+    let config_path = dir.path().join("agent-sts.toml");
+    let config = config_toml_with(dir.path(), trusts, extra_config, tweaks);
+    std::fs::write(&config_path, config).unwrap();
+    (dir, config_path)
 }
 
 /// The standard fake issuers.
@@ -597,20 +421,28 @@ impl Issuers {
                 "https://kubernetes.default.svc",
                 "k8s-rs256.pem",
                 Algorithm::RS256,
+                STS_ISSUER,
             )
             .await,
             spire: TestIssuer::start(
                 "https://spire.example.org",
                 "spire-es256.pem",
                 Algorithm::ES256,
+                STS_ISSUER,
             )
             .await,
-            idp: TestIssuer::start("https://idp.example.org", "idp-es256.pem", Algorithm::ES256)
-                .await,
+            idp: TestIssuer::start(
+                "https://idp.example.org",
+                "idp-es256.pem",
+                Algorithm::ES256,
+                STS_ISSUER,
+            )
+            .await,
             ci: TestIssuer::start(
                 "https://token.actions.githubusercontent.com",
                 "ci-rs256.pem",
                 Algorithm::RS256,
+                STS_ISSUER,
             )
             .await,
         }
@@ -723,10 +555,4 @@ pub async fn verify_independently(sts_url: &str, token: &str, audience: &str) ->
     )
     .expect("minted token verifies through the JWKS")
     .claims
-}
-
-/// `s` with its last character changed (a tampered signature that always differs).
-pub fn flip_last(s: &str) -> String {
-    let last = if s.ends_with('A') { "B" } else { "A" };
-    format!("{}{last}", &s[..s.len() - 1])
 }

@@ -1,0 +1,246 @@
+//! Fixtures the agent-sts integration tests (`tests/it/`) and benchmarks (`benches/`)
+//! share, so neither re-implements the other: the OAuth constants, the committed test
+//! keys of `keys/test/`, request forms, throwaway servers on `127.0.0.1:0`, and a
+//! workload issuer ([`TestIssuer`]) that signs tokens with a fixture key and serves its
+//! JWKS, with a switch to make that endpoint fail. Test code: it panics on any error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+
+/// RFC 8693 §2.1 `grant_type`.
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3 token type of a JWT subject or actor token.
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A file of `keys/test/` (committed fixtures, with the script that regenerates them).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../keys/test")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Unpadded base64url.
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `s` with its last character changed (a tampered signature that always differs).
+pub fn flip_last(s: &str) -> String {
+    let last = if s.ends_with('A') { "B" } else { "A" };
+    format!("{}{last}", &s[..s.len() - 1])
+}
+
+/// An `application/x-www-form-urlencoded` body of `params`, in order.
+pub fn form(params: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// The form of a plain token exchange of `subject_token` for `scope`.
+pub fn exchange_form(subject_token: &str, scope: &str) -> String {
+    form(&[
+        ("grant_type", GRANT),
+        ("subject_token", subject_token),
+        ("subject_token_type", JWT_TYPE),
+        ("scope", scope),
+    ])
+}
+
+/// Serves `router` on 127.0.0.1:0 on the current runtime; returns its address.
+pub async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+/// A server that accepts every connection and closes it at once: an upstream or Vault
+/// that is down. (A port that was bound and released instead could be taken by another
+/// test's server meanwhile, which would then receive the request.)
+pub async fn closing_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
+    addr
+}
+
+/// What a JWKS endpoint does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwksMode {
+    Serve,
+    Fail,
+    Garbage,
+}
+
+/// A JWKS endpoint (`/jwks.json`) that counts its fetches and can be made to fail.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub uri: String,
+    shared: Arc<JwksShared>,
+}
+
+struct JwksShared {
+    jwks: Mutex<Value>,
+    mode: Mutex<JwksMode>,
+    fetches: AtomicUsize,
+}
+
+impl JwksServer {
+    /// Serves `jwks` (a JWK set document) on 127.0.0.1:0.
+    pub async fn start(jwks: Value) -> JwksServer {
+        let shared = Arc::new(JwksShared {
+            jwks: Mutex::new(jwks),
+            mode: Mutex::new(JwksMode::Serve),
+            fetches: AtomicUsize::new(0),
+        });
+        let router = axum::Router::new()
+            .route("/jwks.json", get(serve_jwks))
+            .with_state(shared.clone());
+        let addr = serve(router).await;
+        JwksServer {
+            uri: format!("http://{addr}/jwks.json"),
+            shared,
+        }
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.shared.fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.shared.jwks.lock().unwrap() = jwks;
+    }
+}
+
+async fn serve_jwks(State(s): State<Arc<JwksShared>>) -> Response {
+    s.fetches.fetch_add(1, Ordering::SeqCst);
+    let mode = *s.mode.lock().unwrap();
+    match mode {
+        JwksMode::Serve => axum::Json(s.jwks.lock().unwrap().clone()).into_response(),
+        JwksMode::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        JwksMode::Garbage => "{\"keys\": 7".into_response(),
+    }
+}
+
+/// A workload issuer: signs tokens with a fixture key, serves its JWKS.
+pub struct TestIssuer {
+    pub iss: String,
+    pub jwks_uri: String,
+    pub alg: Algorithm,
+    pub kid: String,
+    /// The audience its standard claims name (the STS under test).
+    pub audience: String,
+    key: EncodingKey,
+    jwks: JwksServer,
+}
+
+impl TestIssuer {
+    /// An issuer `iss` signing with fixture `pem` under `alg` (RS256 or ES256), whose
+    /// standard tokens are for `audience`.
+    pub async fn start(iss: &str, pem: &str, alg: Algorithm, audience: &str) -> TestIssuer {
+        let bytes = fixture(pem);
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes).unwrap(),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&bytes).unwrap(),
+            other => panic!("unsupported fixture alg {other:?}"),
+        };
+        let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
+        let kid = format!("{}-key-1", pem.trim_end_matches(".pem"));
+        jwk.common.key_id = Some(kid.clone());
+        let jwks = JwksServer::start(json!({ "keys": [jwk] })).await;
+        TestIssuer {
+            iss: iss.to_string(),
+            jwks_uri: jwks.uri.clone(),
+            alg,
+            kid,
+            audience: audience.to_string(),
+            key,
+            jwks,
+        }
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.jwks.fetches()
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        self.jwks.set_mode(mode);
+    }
+
+    /// Standard good claims for `sub`: this issuer, the audience, ten minutes.
+    pub fn claims(&self, sub: &str) -> Value {
+        let n = now();
+        json!({"iss": self.iss, "sub": sub, "aud": [self.audience], "iat": n, "nbf": n, "exp": n + 600})
+    }
+
+    pub fn header(&self) -> Value {
+        json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"})
+    }
+
+    /// Signs `claims` under the standard header.
+    pub fn token(&self, claims: &Value) -> String {
+        self.token_with_header(&self.header(), claims)
+    }
+
+    /// Signs `claims` under an arbitrary `header`, with this issuer's key and alg.
+    pub fn token_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, self.alg).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A good token for `sub`.
+    pub fn token_for(&self, sub: &str) -> String {
+        self.token(&self.claims(sub))
+    }
+}
+
+/// The JOSE name of `alg`.
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "other",
+    }
+}
