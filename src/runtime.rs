@@ -76,6 +76,20 @@ mod tests {
 
     use super::every;
 
+    /// Starts [`every`] with a task that counts its runs and takes `busy` each.
+    fn counting_every(interval: Duration, busy: Duration) -> Arc<AtomicUsize> {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        every(interval, move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(busy).await;
+            }
+        });
+        runs
+    }
+
     /// Lets spawned tasks run at the current (paused) instant.
     async fn settle() {
         for _ in 0..10 {
@@ -85,14 +99,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_runs_one_interval_from_now_then_each_interval() {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counter = runs.clone();
-        every(Duration::from_secs(30), move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-        });
+        let runs = counting_every(Duration::from_secs(30), Duration::ZERO);
         settle().await;
         assert_eq!(runs.load(Ordering::SeqCst), 0, "not at once");
         tokio::time::advance(Duration::from_secs(29)).await;
@@ -110,16 +117,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_run_delays_the_next_instead_of_piling_up() {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counter = runs.clone();
-        every(Duration::from_secs(10), move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                // Each run takes three intervals.
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            }
-        });
+        // Each run takes three intervals.
+        let runs = counting_every(Duration::from_secs(10), Duration::from_secs(30));
         // 10 s: first run starts; it ends at 40 s; the next starts at 40 s, not in a
         // burst of the ticks missed meanwhile.
         for _ in 0..7 {

@@ -160,31 +160,8 @@ pub async fn start_sts(jwks_uri: &str, scopes: &str, secrets: &str) -> Sts {
     std::fs::create_dir_all(d.join("scopes")).unwrap();
     std::fs::write(d.join("scopes/bench.toml"), scopes).unwrap();
     std::fs::write(d.join("secrets.toml"), secrets).unwrap();
-    let config_text = format!(
+    let trust = format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-issuer = "{STS_ISSUER}"
-scopes_dir = "{dir}/scopes"
-
-[tokens]
-max_ttl = "15m"
-algorithm = "ES256"
-
-[keys]
-store = "file"
-dir = "{dir}/keys"
-refresh_interval = "30s"
-publish_lead = "10m"
-jwks_max_age = "5m"
-
-[secrets]
-store = "file"
-file = "{dir}/secrets.toml"
-
-[audit]
-path = "{dir}/audit.log"
-
 [limits]
 rate_per_second = 1000000
 rate_burst = 1000000
@@ -195,9 +172,10 @@ issuer = "{SPIRE_ISSUER}"
 jwks_uri = "{jwks_uri}"
 algorithms = ["ES256"]
 spiffe_trust_domains = ["example.org"]
-"#,
-        dir = d.display()
+"#
     );
+    let audit = d.join("audit.log").display().to_string();
+    let config_text = agent_sts_testkit::sts_config_toml(STS_ISSUER, d, "30s", &audit, &trust);
     let config_path = d.join("agent-sts.toml");
     std::fs::write(&config_path, config_text).unwrap();
     let config = Config::load(&config_path, &BTreeMap::new()).unwrap();

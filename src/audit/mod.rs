@@ -1029,64 +1029,64 @@ mod tests {
 
     #[test]
     fn tamper_edit_a_field_breaks_the_next_link() {
-        let (_dir, path) = temp_log();
-        write_records(&path, 5);
-        let mut lines = read_lines(&path);
-        let edited = String::from_utf8(lines[1].clone())
-            .unwrap()
-            .replace("\"n\":2", "\"n\":7");
-        assert_ne!(edited.as_bytes(), lines[1]);
-        lines[1] = edited.into_bytes();
-        write_lines(&path, &lines);
+        let (_dir, path) = tampered(|lines| {
+            let edited = String::from_utf8(lines[1].clone())
+                .unwrap()
+                .replace("\"n\":2", "\"n\":7");
+            assert_ne!(edited.as_bytes(), lines[1]);
+            lines[1] = edited.into_bytes();
+        });
         // Line 2 itself still links to line 1; line 3 no longer links to line 2.
         assert_broken_at(&path, 3, "prev");
     }
 
-    #[test]
-    fn tamper_edit_seq_is_caught_on_that_line() {
-        let (_dir, path) = temp_log();
+    /// A log of five records, with `edit` applied to its lines.
+    fn tampered(edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> (tempfile::TempDir, std::path::PathBuf) {
+        let (dir, path) = temp_log();
         write_records(&path, 5);
         let mut lines = read_lines(&path);
-        lines[1] = String::from_utf8(lines[1].clone())
-            .unwrap()
-            .replace("\"seq\":2", "\"seq\":9")
-            .into_bytes();
+        edit(&mut lines);
         write_lines(&path, &lines);
+        (dir, path)
+    }
+
+    #[test]
+    fn tamper_edit_seq_is_caught_on_that_line() {
+        let (_dir, path) = tampered(|lines| {
+            lines[1] = String::from_utf8(lines[1].clone())
+                .unwrap()
+                .replace("\"seq\":2", "\"seq\":9")
+                .into_bytes();
+        });
         assert_broken_at(&path, 2, "seq");
     }
 
     #[test]
     fn tamper_delete_a_middle_line() {
-        let (_dir, path) = temp_log();
-        write_records(&path, 5);
-        let mut lines = read_lines(&path);
-        lines.remove(2);
-        write_lines(&path, &lines);
+        let (_dir, path) = tampered(|lines| {
+            lines.remove(2);
+        });
         assert_broken_at(&path, 3, "seq");
     }
 
     #[test]
     fn tamper_swap_two_lines() {
-        let (_dir, path) = temp_log();
-        write_records(&path, 5);
-        let mut lines = read_lines(&path);
-        lines.swap(1, 2);
-        write_lines(&path, &lines);
+        let (_dir, path) = tampered(|lines| {
+            lines.swap(1, 2);
+        });
         assert_broken_at(&path, 2, "seq");
     }
 
     #[test]
     fn tamper_insert_a_forged_line() {
-        let (_dir, path) = temp_log();
-        write_records(&path, 5);
-        let mut lines = read_lines(&path);
-        // A well-formed forgery that links correctly to line 2 ...
-        let forged = format!(
-            r#"{{"seq":3,"prev":"{}","n":99,"note":"forged"}}"#,
-            hex_of(&lines[1])
-        );
-        lines.insert(2, forged.into_bytes());
-        write_lines(&path, &lines);
+        let (_dir, path) = tampered(|lines| {
+            // A well-formed forgery that links correctly to line 2 ...
+            let forged = format!(
+                r#"{{"seq":3,"prev":"{}","n":99,"note":"forged"}}"#,
+                hex_of(&lines[1])
+            );
+            lines.insert(2, forged.into_bytes());
+        });
         // ... is exposed by the genuine line after it.
         assert_broken_at(&path, 4, "seq");
 

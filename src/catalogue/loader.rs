@@ -184,24 +184,14 @@ impl<'t> Loader<'t> {
             validate_audience(raw.audience.get_ref())
                 .map_err(|p| site.invalid(raw.audience.span(), "audience", p)),
         );
-        let ttl = match &raw.ttl {
-            None => Some(None),
-            Some(ttl) => keep(
-                &mut errs,
-                validate_ttl(ttl.get_ref())
-                    .map(Some)
-                    .map_err(|p| site.invalid(ttl.span(), "ttl", p)),
-            ),
-        };
-        let credential = match &raw.credential {
-            None => Some(None),
-            Some(c) => keep(
-                &mut errs,
-                validate_credential(c.get_ref())
-                    .map(Some)
-                    .map_err(|p| site.invalid(c.span(), "credential", p)),
-            ),
-        };
+        let ttl = keep_optional(&mut errs, site, &raw.ttl, "ttl", validate_ttl);
+        let credential = keep_optional(
+            &mut errs,
+            site,
+            &raw.credential,
+            "credential",
+            validate_credential,
+        );
         let request = match &raw.request {
             None => Some(None),
             Some(r) => keep(&mut errs, self.request(site, r).map(Some)),
@@ -326,6 +316,26 @@ impl<'t> Loader<'t> {
 /// Records the error, if any, and keeps the value, if any.
 fn keep<T>(errs: &mut Vec<CatalogueError>, result: Result<T, CatalogueError>) -> Option<T> {
     result.map_err(|e| errs.push(e)).ok()
+}
+
+/// An optional string key checked by `validate`: `Some(None)` when absent,
+/// `Some(Some(value))` when valid, `None` (the error recorded at `key`) when not.
+fn keep_optional<T>(
+    errs: &mut Vec<CatalogueError>,
+    site: &Site<'_>,
+    raw: &Option<Spanned<String>>,
+    key: &'static str,
+    validate: fn(&str) -> Result<T, Problem>,
+) -> Option<Option<T>> {
+    match raw {
+        None => Some(None),
+        Some(value) => keep(
+            errs,
+            validate(value.get_ref())
+                .map(Some)
+                .map_err(|p| site.invalid(value.span(), key, p)),
+        ),
+    }
 }
 
 fn validate_name(name: &str) -> Result<String, Problem> {

@@ -1152,31 +1152,48 @@ path = "audit.log"
 
     #[test]
     fn invalid_values_name_the_key() {
-        let bad_ttl = MINIMAL.replace("[[trust]]", "[tokens]\nmax_ttl = \"2h\"\n[[trust]]");
-        assert!(err(&bad_ttl).contains("tokens.max_ttl"));
-        let hs = MINIMAL.replace("\"ES256\", \"RS256\"", "\"HS256\"");
-        assert!(err(&hs).contains("trust[0].algorithms"));
-        let none = MINIMAL.replace("\"ES256\", \"RS256\"", "\"none\"");
-        assert!(err(&none).contains("trust[0].algorithms"));
-        let http = MINIMAL.replace(
-            "https://kubernetes.default.svc/openid",
-            "http://kubernetes.default.svc/openid",
-        );
-        assert!(err(&http).contains("trust[0].jwks_uri"));
-        let own = MINIMAL.replace(
-            "issuer = \"https://kubernetes.default.svc\"",
-            "issuer = \"https://sts.example.org\"",
-        );
-        assert!(err(&own).contains("trust[0].issuer"));
-        let lead = MINIMAL.replace("[[trust]]", "[keys]\npublish_lead = \"1m\"\n[[trust]]");
-        assert!(err(&lead).contains("keys.publish_lead"));
-        let tight = MINIMAL.replace(
-            "[[trust]]",
-            "[keys]\npublish_lead = \"5m\"\njwks_max_age = \"5m\"\nrefresh_interval = \"1s\"\n[[trust]]",
-        );
-        assert!(err(&tight).contains("keys.publish_lead"));
-        let vault = MINIMAL.replace("[[trust]]", "[secrets]\nstore = \"vault\"\n[[trust]]");
-        assert!(err(&vault).contains("vault"));
+        let before_trust =
+            |section: &str| MINIMAL.replace("[[trust]]", &format!("{section}\n[[trust]]"));
+        let cases = [
+            (before_trust("[tokens]\nmax_ttl = \"2h\""), "tokens.max_ttl"),
+            (
+                MINIMAL.replace("\"ES256\", \"RS256\"", "\"HS256\""),
+                "trust[0].algorithms",
+            ),
+            (
+                MINIMAL.replace("\"ES256\", \"RS256\"", "\"none\""),
+                "trust[0].algorithms",
+            ),
+            (
+                MINIMAL.replace(
+                    "https://kubernetes.default.svc/openid",
+                    "http://kubernetes.default.svc/openid",
+                ),
+                "trust[0].jwks_uri",
+            ),
+            (
+                MINIMAL.replace(
+                    "issuer = \"https://kubernetes.default.svc\"",
+                    "issuer = \"https://sts.example.org\"",
+                ),
+                "trust[0].issuer",
+            ),
+            (
+                before_trust("[keys]\npublish_lead = \"1m\""),
+                "keys.publish_lead",
+            ),
+            (
+                before_trust(
+                    "[keys]\npublish_lead = \"5m\"\njwks_max_age = \"5m\"\nrefresh_interval = \"1s\"",
+                ),
+                "keys.publish_lead",
+            ),
+            (before_trust("[secrets]\nstore = \"vault\""), "vault"),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

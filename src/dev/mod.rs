@@ -102,16 +102,10 @@ dir = "{keys}"
 refresh_interval = "5s"
 publish_lead = "1m"
 jwks_max_age = "30s"
-
-[secrets]
-store = "file"
-file = "{keys}/dev-secrets.toml"
-
-[audit]
-path = "{keys}/dev-audit.log"
-"#,
+{stores}"#,
         scopes = scopes.display(),
         keys = keys.display(),
+        stores = file_stores_toml(keys, "dev-audit.log"),
     );
     for (name, issuer, domains) in DEV_TRUSTS {
         let domains: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
@@ -128,6 +122,15 @@ spiffe_trust_domains = [{}]
         ));
     }
     text
+}
+
+/// The `[secrets]` and `[audit]` sections of the dev STS and the demo shim: the dev
+/// secrets file and the audit log `audit_file`, both under `keys`.
+fn file_stores_toml(keys: &Path, audit_file: &str) -> String {
+    format!(
+        "\n[secrets]\nstore = \"file\"\nfile = \"{keys}/dev-secrets.toml\"\n\n[audit]\npath = \"{keys}/{audit_file}\"\n",
+        keys = keys.display()
+    )
 }
 
 /// The demo shim's configuration: in front of the echo upstream at `upstream`, for
@@ -149,16 +152,9 @@ issuer = "{sts}"
 jwks_uri = "{sts}/.well-known/jwks.json"
 scopes_dir = "{scopes}"
 refresh_interval = "5s"
-
-[secrets]
-store = "file"
-file = "{keys}/dev-secrets.toml"
-
-[audit]
-path = "{keys}/dev-shim-audit.log"
-"#,
+{stores}"#,
         scopes = scopes.display(),
-        keys = keys.display(),
+        stores = file_stores_toml(keys, "dev-shim-audit.log"),
     )
 }
 

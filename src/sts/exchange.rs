@@ -415,12 +415,13 @@ credential = "integrations/missing"
         idp: SigningKey,
     }
 
-    /// What to break below the identity checks.
-    #[derive(Clone, Copy, Default)]
-    struct Breaks {
-        rate_burst_of_one: bool,
-        no_signing_key: bool,
-        audit_unwritable: bool,
+    /// What to break below the identity checks, if anything.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Break {
+        Nothing,
+        RateBurstOfOne,
+        NoSigningKey,
+        AuditUnwritable,
     }
 
     impl World {
@@ -450,7 +451,7 @@ credential = "integrations/missing"
             )
         }
 
-        async fn sts(&self, breaks: Breaks) -> Sts {
+        async fn sts(&self, broken: Break) -> Sts {
             let metrics = Arc::new(Metrics::new());
             let trust = TrustConfig {
                 name: "idp".into(),
@@ -471,7 +472,7 @@ credential = "integrations/missing"
             let key_dir = tempfile::tempdir_in(self.dir.path()).unwrap();
             let store: Arc<dyn KeyStore> = Arc::new(FileKeyStore::new(key_dir.keep()));
             let max_ttl = Duration::from_secs(900);
-            if !breaks.no_signing_key {
+            if broken != Break::NoSigningKey {
                 crate::keys::rotate(
                     store.as_ref(),
                     SigningAlgorithm::ES256,
@@ -485,12 +486,16 @@ credential = "integrations/missing"
             let keyring = Arc::new(Keyring::new(store, max_ttl, None, metrics.clone()));
             keyring.refresh(unix_now()).await.unwrap();
             let secrets = Arc::new(FileSecretStore::new(self.dir.path().join("secrets.toml")));
-            let audit_path = if breaks.audit_unwritable {
+            let audit_path = if broken == Break::AuditUnwritable {
                 std::path::PathBuf::from("/dev/full")
             } else {
                 self.dir.path().join(format!("audit-{}.log", rand_suffix()))
             };
-            let burst = if breaks.rate_burst_of_one { 1 } else { 100 };
+            let burst = if broken == Break::RateBurstOfOne {
+                1
+            } else {
+                100
+            };
             Sts::new(StsParts {
                 issuer: STS.into(),
                 default_ttl: Duration::from_secs(300),
@@ -513,62 +518,75 @@ credential = "integrations/missing"
             .as_nanos() as u64
     }
 
-    fn request(subject: SubjectToken, action: &str, audience: &str) -> ExchangeRequest {
-        ExchangeRequest {
-            subject_token: subject,
+    /// The subject of a tampered token (its signature does not verify).
+    const FORGED: &str = "forged";
+    const WRONG: &str = "https://elsewhere.test";
+
+    /// What `sts` answers to a request for `action` at `audience` with a token for
+    /// `subject` ([`FORGED`]: a tampered one).
+    async fn answer(
+        world: &World,
+        sts: &Sts,
+        subject: &str,
+        action: &str,
+        audience: &str,
+    ) -> Result<Issued, Rejection> {
+        let subject_token = match subject {
+            FORGED => SubjectToken::new(format!("{}x", world.token("agent-1").expose())),
+            _ => world.token(subject),
+        };
+        let request = ExchangeRequest {
+            subject_token,
             actor_token: None,
             action: action.into(),
             audiences: vec![audience.into()],
             resources: vec![],
-        }
+        };
+        sts.exchange(request, unix_now()).await
     }
 
-    async fn refusal(sts: &Sts, request: ExchangeRequest) -> Rejection {
-        sts.exchange(request, unix_now()).await.unwrap_err()
+    /// Asserts each `(subject, action, audience)` is refused as given, in order.
+    async fn expect_refusals(world: &World, sts: &Sts, cases: &[(&str, &str, &str, Rejection)]) {
+        for (subject, action, audience, expected) in cases {
+            let got = answer(world, sts, subject, action, audience).await;
+            assert_eq!(got.err(), Some(*expected), "{subject} {action} {audience}");
+        }
     }
 
     #[tokio::test]
     async fn each_steps_refusal_wins_over_every_later_one() {
         let world = World::new();
-        let sts = world.sts(Breaks::default()).await;
-        let wrong = "https://elsewhere.test";
-
-        // 1. Identity first: a bad token for an unknown action at a wrong audience.
-        let forged = SubjectToken::new(format!("{}x", world.token("agent-1").expose()));
-        assert_eq!(
-            refusal(&sts, request(forged, "no.such", wrong)).await,
-            Rejection::InvalidSubjectToken
-        );
-        // 3. Catalogue before delegation, target and credential: an ungranted agent.
-        assert_eq!(
-            refusal(&sts, request(world.token("intruder"), "gone.read", wrong)).await,
-            Rejection::ActionNotPermitted
-        );
-        // 4. Delegation before target.
-        assert_eq!(
-            refusal(&sts, request(world.token("agent-1"), "docs.write", wrong)).await,
-            Rejection::DelegationRequired
-        );
-        // 5. Target before the credential gate.
-        assert_eq!(
-            refusal(&sts, request(world.token("agent-1"), "gone.read", wrong)).await,
-            Rejection::InvalidTarget
-        );
-        // 6. The credential gate.
-        assert_eq!(
-            refusal(
-                &sts,
-                request(world.token("agent-1"), "gone.read", "https://gone.test")
-            )
-            .await,
-            Rejection::CredentialUnavailable
-        );
+        let sts = world.sts(Break::Nothing).await;
+        let cases = [
+            // 1. Identity first: a bad token for an unknown action at a wrong audience.
+            (FORGED, "no.such", WRONG, Rejection::InvalidSubjectToken),
+            // 3. Catalogue before delegation, target and credential.
+            (
+                "intruder",
+                "gone.read",
+                WRONG,
+                Rejection::ActionNotPermitted,
+            ),
+            // 4. Delegation before target.
+            (
+                "agent-1",
+                "docs.write",
+                WRONG,
+                Rejection::DelegationRequired,
+            ),
+            // 5. Target before the credential gate.
+            ("agent-1", "gone.read", WRONG, Rejection::InvalidTarget),
+            // 6. The credential gate.
+            (
+                "agent-1",
+                "gone.read",
+                "https://gone.test",
+                Rejection::CredentialUnavailable,
+            ),
+        ];
+        expect_refusals(&world, &sts, &cases).await;
         // And a request that breaks nothing gets its token.
-        let issued = sts
-            .exchange(
-                request(world.token("agent-1"), "docs.read", "https://docs.test"),
-                unix_now(),
-            )
+        let issued = answer(&world, &sts, "agent-1", "docs.read", "https://docs.test")
             .await
             .unwrap();
         assert_eq!(issued.scope, "docs.read");
@@ -578,65 +596,36 @@ credential = "integrations/missing"
     #[tokio::test]
     async fn rate_limit_signing_key_and_audit_come_in_their_places() {
         let world = World::new();
+        let docs = ("agent-1", "docs.read", "https://docs.test");
 
-        // 2. The rate limit comes after identity and before the catalogue.
-        let sts = world
-            .sts(Breaks {
-                rate_burst_of_one: true,
-                ..Breaks::default()
-            })
-            .await;
-        let ok = request(world.token("agent-1"), "docs.read", "https://docs.test");
-        sts.exchange(ok, unix_now()).await.unwrap();
-        assert_eq!(
-            refusal(&sts, request(world.token("agent-1"), "no.such", "x")).await,
-            Rejection::RateLimited
-        );
-        // ...and an invalid token is refused before it: it has no identity to limit.
-        let forged = SubjectToken::new(format!("{}x", world.token("agent-1").expose()));
-        assert_eq!(
-            refusal(&sts, request(forged, "no.such", "x")).await,
-            Rejection::InvalidSubjectToken
-        );
+        // 2. The rate limit comes after identity and before the catalogue: the first
+        // call spends the burst of one; an invalid token has no identity to limit.
+        let limited = world.sts(Break::RateBurstOfOne).await;
+        answer(&world, &limited, docs.0, docs.1, docs.2)
+            .await
+            .unwrap();
+        let cases = [
+            ("agent-1", "no.such", WRONG, Rejection::RateLimited),
+            (FORGED, "no.such", WRONG, Rejection::InvalidSubjectToken),
+        ];
+        expect_refusals(&world, &limited, &cases).await;
 
         // 7. The signing key comes after the credential gate.
-        let sts = world
-            .sts(Breaks {
-                no_signing_key: true,
-                ..Breaks::default()
-            })
-            .await;
-        assert_eq!(
-            refusal(
-                &sts,
-                request(world.token("agent-1"), "gone.read", "https://gone.test")
-            )
-            .await,
-            Rejection::CredentialUnavailable
-        );
-        assert_eq!(
-            refusal(
-                &sts,
-                request(world.token("agent-1"), "docs.read", "https://docs.test")
-            )
-            .await,
-            Rejection::SigningKeyUnavailable
-        );
+        let keyless = world.sts(Break::NoSigningKey).await;
+        let cases = [
+            (
+                "agent-1",
+                "gone.read",
+                "https://gone.test",
+                Rejection::CredentialUnavailable,
+            ),
+            (docs.0, docs.1, docs.2, Rejection::SigningKeyUnavailable),
+        ];
+        expect_refusals(&world, &keyless, &cases).await;
 
         // 8. The audit record comes last, and without it there is no token.
-        let sts = world
-            .sts(Breaks {
-                audit_unwritable: true,
-                ..Breaks::default()
-            })
-            .await;
-        assert_eq!(
-            refusal(
-                &sts,
-                request(world.token("agent-1"), "docs.read", "https://docs.test")
-            )
-            .await,
-            Rejection::AuditUnavailable
-        );
+        let unaudited = world.sts(Break::AuditUnwritable).await;
+        let cases = [(docs.0, docs.1, docs.2, Rejection::AuditUnavailable)];
+        expect_refusals(&world, &unaudited, &cases).await;
     }
 }

@@ -32,6 +32,7 @@ pub struct FetchLabels {
 }
 
 /// The STS's metrics and the registry that renders them.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub tokens_issued: Family<ActionLabels, Counter>,
@@ -120,6 +121,7 @@ pub struct ShimLabels {
 }
 
 /// A shim's metrics (`agent_sts_shim_*`, on its admin listener).
+#[derive(Debug)]
 pub struct ShimMetrics {
     registry: Registry,
     pub requests: Family<ShimLabels, Counter>,
@@ -160,12 +162,6 @@ impl Default for ShimMetrics {
     }
 }
 
-impl std::fmt::Debug for ShimMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ShimMetrics")
-    }
-}
-
 /// The text exposition of `registry` (empty if encoding fails).
 fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -178,11 +174,5 @@ fn render(registry: &Registry) -> String {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
     }
 }

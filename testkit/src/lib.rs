@@ -72,6 +72,46 @@ pub fn exchange_form(subject_token: &str, scope: &str) -> String {
     ])
 }
 
+/// An STS configuration on the file stores of `dir` (keys in `dir/keys`, secrets in
+/// `dir/secrets.toml`, the catalogue in `dir/scopes`), issuing as `issuer` and
+/// listening on 127.0.0.1:0, the keyring re-read every `refresh_interval`, the audit
+/// log at `audit_path`; `extra` (more sections: `[limits]`, `[[trust]]`, ...) follows.
+pub fn sts_config_toml(
+    issuer: &str,
+    dir: &Path,
+    refresh_interval: &str,
+    audit_path: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+issuer = "{issuer}"
+scopes_dir = "{dir}/scopes"
+
+[tokens]
+max_ttl = "15m"
+
+[keys]
+store = "file"
+dir = "{dir}/keys"
+refresh_interval = "{refresh_interval}"
+publish_lead = "10m"
+jwks_max_age = "5m"
+
+[secrets]
+store = "file"
+file = "{dir}/secrets.toml"
+
+[audit]
+path = "{audit_path}"
+{extra}
+"#,
+        dir = dir.display()
+    )
+}
+
 /// Serves `router` on 127.0.0.1:0 on the current runtime; returns its address.
 pub async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

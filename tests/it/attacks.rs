@@ -864,14 +864,7 @@ async fn token_issued_by_this_sts_is_not_a_subject_token() {
     }
     // Nor as the actor of a delegation.
     let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            ("subject_token", &issuers.user_token("alice@example.org")),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &own),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", GITHUB),
-        ])
+        .exchange_delegated(&issuers.user_token("alice@example.org"), &own, GITHUB)
         .await;
     r.assert_error(400, "invalid_request", &secrets_of(&own));
     // Nor under the access-token type.

@@ -75,14 +75,7 @@ async fn delegation_carries_act_and_follows_the_action_rule() {
     let agent = issuers.k8s_token("triage");
     let user = issuers.user_token("alice@example.org");
     let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            ("subject_token", &user),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &agent),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", "github.issues.create"),
-        ])
+        .exchange_delegated(&user, &agent, "github.issues.create")
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     let claims = verify_independently(&sts.url, &r.token(), "https://github-shim.internal").await;
@@ -103,42 +96,24 @@ async fn delegation_carries_act_and_follows_the_action_rule() {
         .await;
     r.assert_error(400, "invalid_request", &[]);
     // Forbidden delegation with one.
-    let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            ("subject_token", &user),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &agent),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", "docs.read"),
-        ])
-        .await;
+    let r = sts.exchange_delegated(&user, &agent, "docs.read").await;
     r.assert_error(400, "invalid_request", &[]);
     // A delegating user the action does not list.
     let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            ("subject_token", &issuers.user_token("mallory@example.org")),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &issuers.k8s_token("sales-bot")),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", "salesforce.opportunity.update"),
-        ])
+        .exchange_delegated(
+            &issuers.user_token("mallory@example.org"),
+            &issuers.k8s_token("sales-bot"),
+            "salesforce.opportunity.update",
+        )
         .await;
     r.assert_error(400, "invalid_scope", &[]);
     // The listed user: allowed, and capped at the action's 2 minutes.
     let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            (
-                "subject_token",
-                &issuers.user_token("bob@sales.example.org"),
-            ),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &issuers.k8s_token("sales-bot")),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", "salesforce.opportunity.update"),
-        ])
+        .exchange_delegated(
+            &issuers.user_token("bob@sales.example.org"),
+            &issuers.k8s_token("sales-bot"),
+            "salesforce.opportunity.update",
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["expires_in"], 120);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 pub use agent_sts_testkit::{
     GRANT, JWT_TYPE, JwksMode, TestIssuer, alg_name, b64, closing_server, exchange_form, fixture,
-    flip_last, form, now, serve,
+    flip_last, form, now, serve, sts_config_toml,
 };
 
 /// The STS under test: `iss` of its tokens, the audience of workload tokens.
@@ -144,33 +144,7 @@ pub fn config_toml_with(
         Some(p) => p.to_string(),
         None => format!("{}/audit.log", dir.display()),
     };
-    let mut text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-issuer = "{STS_ISSUER}"
-scopes_dir = "{dir}/scopes"
-
-[tokens]
-max_ttl = "15m"
-
-[keys]
-store = "file"
-dir = "{dir}/keys"
-refresh_interval = "1s"
-publish_lead = "10m"
-jwks_max_age = "5m"
-
-[secrets]
-store = "file"
-file = "{dir}/secrets.toml"
-
-[audit]
-path = "{audit_path}"
-{extra}
-"#,
-        dir = dir.display()
-    );
+    let mut text = sts_config_toml(STS_ISSUER, dir, "1s", &audit_path, extra);
     for t in trusts {
         let domains: Vec<String> = t.domains.iter().map(|d| format!("{d:?}")).collect();
         text.push_str(&format!(
@@ -347,6 +321,19 @@ impl TestSts {
                 .await
                 .unwrap(),
         )
+        .await
+    }
+
+    /// A delegated exchange: `actor` acting for `subject`, for `scope`.
+    pub async fn exchange_delegated(&self, subject: &str, actor: &str, scope: &str) -> Reply {
+        self.exchange(&[
+            ("grant_type", GRANT),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("actor_token", actor),
+            ("actor_token_type", JWT_TYPE),
+            ("scope", scope),
+        ])
         .await
     }
 

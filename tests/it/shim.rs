@@ -678,50 +678,32 @@ async fn bad_tokens_are_refused_with_401_and_nothing_is_forwarded() {
 
     // Authorization headers that are not one bearer token.
     let long = format!("Bearer {}", "a".repeat(20 * 1024));
+    // (what, the Authorization values sent, status, audited reason).
+    let malformed = "malformed_authorization";
     let garbage: Vec<(&str, Vec<Vec<u8>>, u16, &str)> = vec![
         ("no Authorization", vec![], 401, "missing_token"),
-        (
-            "Bearer alone",
-            vec![b"Bearer".to_vec()],
-            401,
-            "malformed_authorization",
-        ),
+        ("Bearer alone", vec![b"Bearer".to_vec()], 401, malformed),
         (
             "Bearer and nothing",
             vec![b"Bearer ".to_vec()],
             401,
-            "malformed_authorization",
+            malformed,
         ),
-        (
-            "two words",
-            vec![b"Bearer a b".to_vec()],
-            401,
-            "malformed_authorization",
-        ),
-        (
-            "Basic",
-            vec![b"Basic xxx".to_vec()],
-            401,
-            "malformed_authorization",
-        ),
+        ("two words", vec![b"Bearer a b".to_vec()], 401, malformed),
+        ("Basic", vec![b"Basic xxx".to_vec()], 401, malformed),
         (
             "bearer in Basic",
             vec![format!("Basic {slack}").into_bytes()],
             401,
-            "malformed_authorization",
+            malformed,
         ),
         (
             "non-ASCII",
             vec![b"Bearer \xe2\x82\xac\xff".to_vec()],
             401,
-            "malformed_authorization",
+            malformed,
         ),
-        (
-            "20 KB token",
-            vec![long.into_bytes()],
-            401,
-            "malformed_authorization",
-        ),
+        ("20 KB token", vec![long.into_bytes()], 401, malformed),
         (
             "two Authorization headers",
             vec![format!("Bearer {slack}").into_bytes(), b"Bearer x".to_vec()],
@@ -1766,33 +1748,14 @@ async fn the_shim_routers_answer_with_oneshot() {
     assert_eq!(ok.status(), 200);
     assert_eq!(echo.hits(), 1);
 
-    let ready = app
-        .admin_router()
-        .oneshot(
-            axum::http::Request::get("/readyz")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
-    let metrics = app
-        .admin_router()
-        .oneshot(
-            axum::http::Request::get("/metrics")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        http_body_util::BodyExt::collect(metrics.into_body())
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let admin = |path: &str| {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        app.admin_router().oneshot(request)
+    };
+    assert_eq!(admin("/readyz").await.unwrap().status(), 200);
+    let metrics = admin("/metrics").await.unwrap().into_body();
+    let bytes = http_body_util::BodyExt::collect(metrics).await.unwrap();
+    let text = String::from_utf8(bytes.to_bytes().to_vec()).unwrap();
     assert!(
         text.contains("{decision=\"allow\",reason=\"proxied\"} 1"),
         "{text}"

@@ -68,70 +68,57 @@ fn clean_debug<T: Debug>(t: &T) {
 
 /// `GET /v1/<mount>/data/<path>` (KV v2 read secret version).
 fn kv2_read(data: Value, version: u64) -> Value {
-    json!({
-        "request_id": "b0a3a9e8-2c7a-4f53-9c9d-3c7f0f3e2b11",
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": {
-            "data": data,
-            "metadata": {
-                "created_time": "2018-03-22T02:24:06.945319214Z",
-                "custom_metadata": null,
-                "deletion_time": "",
-                "destroyed": false,
-                "version": version
-            }
-        },
-        "wrap_info": null,
-        "warnings": null,
-        "auth": null
-    })
+    let metadata = kv2_version("2018-03-22T02:24:06.945319214Z", version);
+    let data = json!({ "data": data, "metadata": metadata });
+    envelope("b0a3a9e8-2c7a-4f53-9c9d-3c7f0f3e2b11", data, Value::Null)
 }
 
 /// `POST /v1/<mount>/data/<path>` (KV v2 create/update secret).
 fn kv2_written(version: u64) -> Value {
+    let data = kv2_version("2018-03-22T02:36:43.986212308Z", version);
+    envelope("0f0e6c1c-7d3e-4b0e-9d68-0c6a1c6a9a01", data, Value::Null)
+}
+
+/// The metadata of one KV v2 version.
+fn kv2_version(created_time: &str, version: u64) -> Value {
     json!({
-        "request_id": "0f0e6c1c-7d3e-4b0e-9d68-0c6a1c6a9a01",
+        "created_time": created_time,
+        "custom_metadata": null,
+        "deletion_time": "",
+        "destroyed": false,
+        "version": version
+    })
+}
+
+/// Vault's response envelope around `data` and `auth`.
+fn envelope(request_id: &str, data: Value, auth: Value) -> Value {
+    json!({
+        "request_id": request_id,
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
-        "data": {
-            "created_time": "2018-03-22T02:36:43.986212308Z",
-            "custom_metadata": null,
-            "deletion_time": "",
-            "destroyed": false,
-            "version": version
-        },
+        "data": data,
         "wrap_info": null,
         "warnings": null,
-        "auth": null
+        "auth": auth
     })
 }
 
 /// A login (`auth/<mount>/login`) or `auth/token/renew-self` response.
 fn auth_response(token: &str, lease: u64, renewable: bool) -> Value {
-    json!({
-        "request_id": "1d5a8c1e-5f0e-7f2a-3c4d-6e7f8a9b0c1d",
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": null,
-        "wrap_info": null,
-        "warnings": null,
-        "auth": {
-            "client_token": token,
-            "accessor": "0e9e354a-520f-df04-6867-ee81cae3d42d",
-            "policies": ["default"],
-            "token_policies": ["default"],
-            "metadata": {"role_name": "my-role"},
-            "lease_duration": lease,
-            "renewable": renewable,
-            "entity_id": "8b8b1c63-6e1c-2a1a-7c5e-1f2b3c4d5e6f",
-            "token_type": "service",
-            "orphan": true
-        }
-    })
+    let auth = json!({
+        "client_token": token,
+        "accessor": "0e9e354a-520f-df04-6867-ee81cae3d42d",
+        "policies": ["default"],
+        "token_policies": ["default"],
+        "metadata": {"role_name": "my-role"},
+        "lease_duration": lease,
+        "renewable": renewable,
+        "entity_id": "8b8b1c63-6e1c-2a1a-7c5e-1f2b3c4d5e6f",
+        "token_type": "service",
+        "orphan": true
+    });
+    envelope("1d5a8c1e-5f0e-7f2a-3c4d-6e7f8a9b0c1d", Value::Null, auth)
 }
 
 fn errors(messages: &[&str]) -> Value {
@@ -168,6 +155,32 @@ fn forbidden() -> Reply {
     reply(403, errors(&["permission denied"]))
 }
 
+/// One route of the fake: method, path, and its replies in order (the last repeats).
+type Route = (&'static str, String, Vec<Reply>);
+
+fn route(method: &'static str, path: &str, replies: Vec<Reply>) -> Route {
+    (method, path.to_string(), replies)
+}
+
+/// `POST /v1/auth/approle/login`.
+fn approle_login(replies: Vec<Reply>) -> Route {
+    route("POST", "/v1/auth/approle/login", replies)
+}
+
+/// Two AppRole logins in turn: the first hands out `CLIENT_TOKEN`, the second
+/// `CLIENT_TOKEN_2`.
+fn approle_login_twice() -> Route {
+    approle_login(vec![
+        ok(auth_response(CLIENT_TOKEN, 3600, true)),
+        ok(auth_response(CLIENT_TOKEN_2, 3600, true)),
+    ])
+}
+
+/// `GET /v1/secret/data/{path}` (a KV v2 read at mount `secret`).
+fn kv2_get(path: &str, replies: Vec<Reply>) -> Route {
+    route("GET", &format!("/v1/secret/data/{path}"), replies)
+}
+
 #[derive(Debug, Clone)]
 struct Recorded {
     method: String,
@@ -189,11 +202,11 @@ struct Fake {
 }
 
 impl Fake {
-    async fn start(routes: Vec<(&str, &str, Vec<Reply>)>) -> Fake {
+    async fn start(routes: Vec<Route>) -> Fake {
         let state = Arc::new(FakeState {
             routes: routes
                 .into_iter()
-                .map(|(m, p, r)| ((m.to_string(), p.to_string()), r))
+                .map(|(m, p, r)| ((m.to_string(), p), r))
                 .collect(),
             log: Mutex::new(Vec::new()),
         });
@@ -309,6 +322,21 @@ fn approle_client(fake: &Fake, dir: &std::path::Path, timeout: Duration) -> Arc<
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `n` concurrent reads of `integrations/github`, each expected to fail: the errors.
+async fn failed_concurrent_reads(vault: &Arc<Vault>, n: usize) -> Vec<VaultError> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let vault = vault.clone();
+            tokio::spawn(async move { vault.kv_read("integrations/github").await })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.push(t.await.unwrap().unwrap_err());
+    }
+    errors
+}
+
 // ---------------------------------------------------------------------------------
 // 1. KV v2 key store.
 
@@ -316,8 +344,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 async fn kv2_key_store_loads_the_ring_and_saves_with_cas() {
     let path = "/v1/secret/data/sts/signing-keys";
     let fake = Fake::start(vec![
-        ("GET", path, vec![ok(kv2_read(ring_json(), 2))]),
-        ("POST", path, vec![ok(kv2_written(3))]),
+        route("GET", path, vec![ok(kv2_read(ring_json(), 2))]),
+        route("POST", path, vec![ok(kv2_written(3))]),
     ])
     .await;
     let vault = fake.token_client(TIMEOUT);
@@ -354,7 +382,7 @@ async fn kv2_key_store_loads_the_ring_and_saves_with_cas() {
 #[tokio::test]
 async fn kv2_cas_mismatch_is_a_conflict() {
     let path = "/v1/secret/data/sts/signing-keys";
-    let fake = Fake::start(vec![(
+    let fake = Fake::start(vec![route(
         "POST",
         path,
         vec![reply(
@@ -382,8 +410,8 @@ async fn kv2_cas_mismatch_is_a_conflict() {
 async fn rotate_creates_the_ring_with_cas_zero() {
     let path = "/v1/secret/data/sts/signing-keys";
     let fake = Fake::start(vec![
-        ("GET", path, vec![not_found()]),
-        ("POST", path, vec![ok(kv2_written(1))]),
+        route("GET", path, vec![not_found()]),
+        route("POST", path, vec![ok(kv2_written(1))]),
     ])
     .await;
     let store = VaultKeyStore::new(fake.token_client(TIMEOUT), KEYS_PATH);
@@ -432,7 +460,7 @@ async fn rotate_creates_the_ring_with_cas_zero() {
 /// nothing, so `save` (and `keys rotate`) must fail, not report success.
 #[tokio::test]
 async fn kv2_write_answered_404_is_not_success() {
-    let fake = Fake::start(vec![(
+    let fake = Fake::start(vec![route(
         "POST",
         "/v1/secret/data/sts/signing-keys",
         vec![reply(
@@ -460,27 +488,23 @@ async fn kv2_write_answered_404_is_not_success() {
 #[tokio::test]
 async fn kv2_secret_store_reads_disabled_deleted_and_missing() {
     let fake = Fake::start(vec![
-        (
-            "GET",
-            "/v1/secret/data/integrations/github",
+        kv2_get(
+            "integrations/github",
             vec![ok(kv2_read(
                 json!({"header": "Authorization", "value": SECRET_VALUE, "disabled": true}),
                 7,
             ))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/integrations/slack",
-            // A version deleted with `kv delete` (soft delete): data is null.
+        kv2_get(
+            "integrations/slack", // A version deleted with `kv delete` (soft delete): data is null.
             vec![ok({
                 let mut v = kv2_read(Value::Null, 3);
                 v["data"]["metadata"]["deletion_time"] = json!("2018-03-22T02:40:00.5Z");
                 v
             })],
         ),
-        (
-            "GET",
-            "/v1/secret/data/integrations/jira",
+        kv2_get(
+            "integrations/jira",
             vec![ok(kv2_read(json!({"value": SECRET_VALUE}), 1))],
         ),
     ])
@@ -526,14 +550,9 @@ async fn kv2_secret_store_reads_disabled_deleted_and_missing() {
 async fn approle_logs_in_from_files_and_reads_with_the_client_token() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![ok(auth_response(CLIENT_TOKEN, 3600, true))],
-        ),
-        (
-            "GET",
-            "/v1/secret/data/integrations/github",
+        approle_login(vec![ok(auth_response(CLIENT_TOKEN, 3600, true))]),
+        kv2_get(
+            "integrations/github",
             vec![ok(kv2_read(json!({"value": SECRET_VALUE}), 1))],
         ),
     ])
@@ -569,14 +588,13 @@ async fn kubernetes_login_sends_role_and_jwt_to_its_mount() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), JWT).unwrap();
     let fake = Fake::start(vec![
-        (
+        route(
             "POST",
             "/v1/auth/k8s-prod/login",
             vec![ok(auth_response(CLIENT_TOKEN, 3600, true))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/integrations/github",
+        kv2_get(
+            "integrations/github",
             vec![ok(kv2_read(json!({"value": SECRET_VALUE}), 1))],
         ),
     ])
@@ -619,15 +637,8 @@ async fn forbidden_logs_in_again_once_and_retries_once() {
     let dir = tempfile::tempdir().unwrap();
     let read_path = "/v1/secret/data/integrations/github";
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![
-                ok(auth_response(CLIENT_TOKEN, 3600, true)),
-                ok(auth_response(CLIENT_TOKEN_2, 3600, true)),
-            ],
-        ),
-        (
+        approle_login_twice(),
+        route(
             "GET",
             read_path,
             vec![forbidden(), ok(kv2_read(json!({"value": SECRET_VALUE}), 4))],
@@ -656,15 +667,8 @@ async fn a_second_forbidden_fails_with_forbidden() {
     let dir = tempfile::tempdir().unwrap();
     let read_path = "/v1/secret/data/integrations/github";
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![
-                ok(auth_response(CLIENT_TOKEN, 3600, true)),
-                ok(auth_response(CLIENT_TOKEN_2, 3600, true)),
-            ],
-        ),
-        ("GET", read_path, vec![forbidden()]),
+        approle_login_twice(),
+        route("GET", read_path, vec![forbidden()]),
     ])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
@@ -702,25 +706,12 @@ async fn a_second_forbidden_fails_with_forbidden() {
 async fn concurrent_forbidden_reads_cause_one_login_when_vault_refuses_everything() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::start(vec![
-        ("POST", "/v1/auth/approle/login", vec![forbidden()]),
-        (
-            "GET",
-            "/v1/secret/data/integrations/github",
-            vec![forbidden()],
-        ),
+        approle_login(vec![forbidden()]),
+        kv2_get("integrations/github", vec![forbidden()]),
     ])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let vault = vault.clone();
-            tokio::spawn(async move { vault.kv_read("integrations/github").await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap().unwrap_err());
-    }
+    let results = failed_concurrent_reads(&vault, 20).await;
     let logins = fake.requests_to("/v1/auth/approle/login").len();
     assert_eq!(logins, 1, "one login within the cooldown, not a storm");
     assert_eq!(
@@ -751,27 +742,16 @@ async fn concurrent_forbidden_reads_cause_one_relogin() {
     let dir = tempfile::tempdir().unwrap();
     let read_path = "/v1/secret/data/integrations/github";
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
+        approle_login(
             // The first login works; then the secret_id has been revoked.
             vec![ok(auth_response(CLIENT_TOKEN, 3600, true)), forbidden()],
         ),
-        ("GET", read_path, vec![forbidden()]),
+        route("GET", read_path, vec![forbidden()]),
     ])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
     vault.login(0).await.unwrap(); // as at startup
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let vault = vault.clone();
-            tokio::spawn(async move { vault.kv_read("integrations/github").await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap().unwrap_err());
-    }
+    let results = failed_concurrent_reads(&vault, 20).await;
     assert_eq!(
         fake.requests_to("/v1/auth/approle/login").len(),
         2,
@@ -800,17 +780,15 @@ async fn concurrent_forbidden_reads_cause_one_relogin() {
 #[tokio::test]
 async fn server_errors_and_rate_limits_are_retried_within_the_budget() {
     let fake = Fake::start(vec![
-        (
-            "GET",
-            "/v1/secret/data/a",
+        kv2_get(
+            "a",
             vec![
                 reply(500, errors(&["internal error"])),
                 ok(kv2_read(json!({"value": "x"}), 1)),
             ],
         ),
-        (
-            "GET",
-            "/v1/secret/data/b",
+        kv2_get(
+            "b",
             vec![
                 reply(
                     429,
@@ -819,11 +797,7 @@ async fn server_errors_and_rate_limits_are_retried_within_the_budget() {
                 ok(kv2_read(json!({"value": "x"}), 1)),
             ],
         ),
-        (
-            "GET",
-            "/v1/secret/data/c",
-            vec![reply(500, errors(&["internal error"]))],
-        ),
+        kv2_get("c", vec![reply(500, errors(&["internal error"]))]),
     ])
     .await;
     let vault = fake.token_client(TIMEOUT);
@@ -845,9 +819,8 @@ async fn server_errors_and_rate_limits_are_retried_within_the_budget() {
 
 #[tokio::test]
 async fn sealed_is_not_retried() {
-    let fake = Fake::start(vec![(
-        "GET",
-        "/v1/secret/data/a",
+    let fake = Fake::start(vec![kv2_get(
+        "a",
         vec![reply(503, errors(&["Vault is sealed"]))],
     )])
     .await;
@@ -866,9 +839,8 @@ async fn sealed_is_not_retried() {
 #[tokio::test]
 async fn a_hanging_vault_fails_within_the_timeout() {
     let timeout = Duration::from_millis(800);
-    let fake = Fake::start(vec![(
-        "GET",
-        "/v1/secret/data/a",
+    let fake = Fake::start(vec![kv2_get(
+        "a",
         vec![Reply {
             delay: Duration::from_secs(10),
             ..ok(kv2_read(json!({"value": "x"}), 1))
@@ -894,20 +866,15 @@ async fn a_relogin_after_403_stays_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_millis(1000);
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![
-                ok(auth_response(CLIENT_TOKEN, 3600, true)),
-                Reply {
-                    delay: Duration::from_secs(5),
-                    ..ok(auth_response(CLIENT_TOKEN_2, 3600, true))
-                },
-            ],
-        ),
-        (
-            "GET",
-            "/v1/secret/data/a",
+        approle_login(vec![
+            ok(auth_response(CLIENT_TOKEN, 3600, true)),
+            Reply {
+                delay: Duration::from_secs(5),
+                ..ok(auth_response(CLIENT_TOKEN_2, 3600, true))
+            },
+        ]),
+        kv2_get(
+            "a",
             vec![Reply {
                 delay: Duration::from_millis(600),
                 ..forbidden()
@@ -951,21 +918,13 @@ async fn wait_for(fake: &Fake, path: &str, count: usize, limit: Duration) -> Dur
 async fn renewal_renews_self_with_the_current_token() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![ok(auth_response(CLIENT_TOKEN, 6, true))],
-        ),
-        (
+        approle_login(vec![ok(auth_response(CLIENT_TOKEN, 6, true))]),
+        route(
             "POST",
             "/v1/auth/token/renew-self",
             vec![ok(auth_response(CLIENT_TOKEN, 6, true))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/a",
-            vec![ok(kv2_read(json!({"value": "x"}), 1))],
-        ),
+        kv2_get("a", vec![ok(kv2_read(json!({"value": "x"}), 1))]),
     ])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
@@ -1001,25 +960,16 @@ async fn renewal_renews_self_with_the_current_token() {
 async fn failed_renewal_logs_in_again() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::start(vec![
-        (
+        approle_login(vec![
+            ok(auth_response(CLIENT_TOKEN, 6, true)),
+            ok(auth_response(CLIENT_TOKEN_2, 3600, true)),
+        ]),
+        route(
             "POST",
-            "/v1/auth/approle/login",
-            vec![
-                ok(auth_response(CLIENT_TOKEN, 6, true)),
-                ok(auth_response(CLIENT_TOKEN_2, 3600, true)),
-            ],
-        ),
-        (
-            "POST",
-            "/v1/auth/token/renew-self",
-            // Past the token's max TTL.
+            "/v1/auth/token/renew-self", // Past the token's max TTL.
             vec![forbidden()],
         ),
-        (
-            "GET",
-            "/v1/secret/data/a",
-            vec![ok(kv2_read(json!({"value": "x"}), 1))],
-        ),
+        kv2_get("a", vec![ok(kv2_read(json!({"value": "x"}), 1))]),
     ])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
@@ -1050,14 +1000,10 @@ async fn failed_renewal_logs_in_again() {
 #[tokio::test]
 async fn a_non_renewable_lease_is_replaced_by_a_login() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::start(vec![(
-        "POST",
-        "/v1/auth/approle/login",
-        vec![
-            ok(auth_response(CLIENT_TOKEN, 6, false)),
-            ok(auth_response(CLIENT_TOKEN_2, 3600, false)),
-        ],
-    )])
+    let fake = Fake::start(vec![approle_login(vec![
+        ok(auth_response(CLIENT_TOKEN, 6, false)),
+        ok(auth_response(CLIENT_TOKEN_2, 3600, false)),
+    ])])
     .await;
     let vault = approle_client(&fake, dir.path(), TIMEOUT);
     vault.login(0).await.unwrap();
@@ -1077,66 +1023,47 @@ async fn no_error_nor_the_client_prints_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwt"), JWT).unwrap();
     let fake = Fake::start(vec![
-        (
-            "POST",
-            "/v1/auth/approle/login",
-            vec![ok(auth_response(CLIENT_TOKEN, 3600, true))],
-        ),
-        // A 200 whose body is not JSON but holds the secret.
-        (
-            "GET",
-            "/v1/secret/data/garbled",
+        approle_login(vec![ok(auth_response(CLIENT_TOKEN, 3600, true))]),
+        kv2_get(
+            "garbled",
             vec![Reply {
                 status: 200,
                 body: format!("{{\"data\": {{\"value\": \"{SECRET_VALUE}\" {CLIENT_TOKEN}"),
                 delay: Duration::ZERO,
             }],
         ),
-        // Valid JSON, wrong shape, secret inside.
-        (
-            "GET",
-            "/v1/secret/data/wrong-shape",
+        kv2_get(
+            "wrong-shape",
             vec![ok(json!({"data": {"data": [SECRET_VALUE, CLIENT_TOKEN]}}))],
         ),
-        // A credential with an invalid header name that is itself a secret.
-        (
-            "GET",
-            "/v1/secret/data/bad-header",
+        kv2_get(
+            "bad-header",
             vec![ok(kv2_read(
                 json!({"header": format!("X {SECRET_VALUE}"), "value": SECRET_VALUE}),
                 1,
             ))],
         ),
-        // A keyring with an unknown field whose value is secret.
-        (
-            "GET",
-            "/v1/secret/data/bad-ring",
+        kv2_get(
+            "bad-ring",
             vec![ok(kv2_read(
                 json!({"keys": [], SECRET_VALUE: PLANTED_KEY}),
                 1,
             ))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/sealed",
+        kv2_get(
+            "sealed",
             vec![reply(503, errors(&["Vault is sealed", CLIENT_TOKEN]))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/broken",
+        kv2_get(
+            "broken",
             vec![reply(500, errors(&["internal error", SECRET_VALUE]))],
         ),
-        (
-            "GET",
-            "/v1/secret/data/limited",
-            vec![reply(429, errors(&[SECRET_VALUE]))],
-        ),
-        (
-            "GET",
-            "/v1/secret/data/denied",
+        kv2_get("limited", vec![reply(429, errors(&[SECRET_VALUE]))]),
+        kv2_get(
+            "denied",
             vec![reply(403, errors(&["permission denied", SECRET_ID]))],
         ),
-        (
+        route(
             "POST",
             "/v1/auth/k8s/login",
             vec![reply(400, errors(&["invalid role name", JWT]))],
@@ -1224,13 +1151,9 @@ async fn no_error_nor_the_client_prints_a_secret() {
     record(clean(&e));
     clean_debug(&down);
 
-    let malformed_login = Fake::start(vec![(
-        "POST",
-        "/v1/auth/approle/login",
-        vec![ok(
-            json!({"auth": {"client_token": 7, "accessor": CLIENT_TOKEN}}),
-        )],
-    )])
+    let malformed_login = Fake::start(vec![approle_login(vec![ok(
+        json!({"auth": {"client_token": 7, "accessor": CLIENT_TOKEN}}),
+    )])])
     .await;
     let e = approle_client(&malformed_login, dir.path(), TIMEOUT)
         .login(0)

@@ -29,14 +29,11 @@ async fn minted_tokens_verify_offline_and_come_back_typed() {
 
     // Delegated: `act` comes back.
     let r = sts
-        .exchange(&[
-            ("grant_type", GRANT),
-            ("subject_token", &issuers.user_token("alice@example.org")),
-            ("subject_token_type", JWT_TYPE),
-            ("actor_token", &issuers.k8s_token("triage")),
-            ("actor_token_type", JWT_TYPE),
-            ("scope", "github.issues.create"),
-        ])
+        .exchange_delegated(
+            &issuers.user_token("alice@example.org"),
+            &issuers.k8s_token("triage"),
+            "github.issues.create",
+        )
         .await;
     let token = github.verify(&r.token(), now()).await.unwrap();
     assert_eq!(token.subject, "alice@example.org");

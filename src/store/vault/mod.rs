@@ -343,28 +343,18 @@ impl Vault {
         cas: Option<u64>,
     ) -> Result<(), VaultError> {
         let mount = &self.config.kv_mount;
-        if self.config.kv_version == 2 {
+        let (url, body) = if self.config.kv_version == 2 {
             let mut body = json!({ "data": data });
             if let Some(cas) = cas {
                 body["options"] = json!({ "cas": cas });
             }
-            self.call(
-                reqwest::Method::POST,
-                &format!("{mount}/data/{path}"),
-                Some(&body),
-            )
-            .await
-            .map(|_| ())
+            (format!("{mount}/data/{path}"), body)
         } else {
-            let body = Value::Object(data.clone());
-            self.call(
-                reqwest::Method::POST,
-                &format!("{mount}/{path}"),
-                Some(&body),
-            )
+            (format!("{mount}/{path}"), Value::Object(data.clone()))
+        };
+        self.call(reqwest::Method::POST, &url, Some(&body))
             .await
             .map(|_| ())
-        }
     }
 
     /// Keeps the token alive: renews at ~70% of its lease, re-logs in when renewal
