@@ -34,6 +34,9 @@
 //! (fail closed). One process writes one file: there is no file lock, and rotation is
 //! not handled here (`copytruncate` would break the chain; rotate by renaming and
 //! reopening, which starts a new chain at `seq` 1).
+//!
+//! A leaf: imports nothing of the crate's; the STS and the shim write their records
+//! through it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};

@@ -8,6 +8,9 @@
 //! `SocketAddr`s, enums), checking every cross-field rule. Every error names the file
 //! (or the environment variable) and the key. The environment is read through the
 //! [`Environment`] trait so tests never call `set_var`.
+//!
+//! May import the domain types it validates into (`keys::signing_key`, `secret`);
+//! components take the parts they need, never the whole configuration.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

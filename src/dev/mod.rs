@@ -14,6 +14,8 @@
 //! The dev issuer also mints workload tokens on demand (`POST /dev/issuers/<trust>/token`
 //! with a form field `sub`), for scripts. It exists only in `dev`, which listens on
 //! loopback by default.
+//!
+//! The top of the crate beside `main`: may import everything, and nothing imports it.
 
 pub mod echo;
 

@@ -10,6 +10,9 @@
 //! - each verified identity carries its trust's SPIFFE trust domains, for the
 //!   catalogue's unprefixed `spiffe://` patterns;
 //! - JWKS fetches are counted per trust and failures logged.
+//!
+//! May import `config` (the `[[trust]]` entries), `secret` and `telemetry`; the
+//! catalogue and both programs import it, never the reverse.
 
 pub mod principal;
 

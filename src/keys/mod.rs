@@ -22,6 +22,9 @@
 //! ring stays, the failure is logged and counted, and `/readyz` says why. Keys already
 //! loaded are reused by kid, so a refresh costs one read and no crypto for known keys.
 //! The current ring is published through `ArcSwap`: the hot path takes no lock.
+//!
+//! May import `secret` and `telemetry`; the Vault key store lives in `store` and
+//! implements [`KeyStore`] from there.
 
 pub mod signing_key;
 

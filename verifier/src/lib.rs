@@ -18,23 +18,11 @@
 //!   that refuses requests without a valid token (RFC 6750 §3) and hands the verified
 //!   [`AccessToken`] to the handler as a request extension.
 //!
-//! ```no_run
-//! # async fn example(token: &str) -> Result<(), Box<dyn std::error::Error>> {
-//! use agent_sts_verifier::{Verifier, unix_now};
-//! let verifier = Verifier::new(
-//!     "https://sts.example.org",
-//!     "https://github-shim.internal",
-//!     "https://sts.example.org/.well-known/jwks.json",
-//! )?;
-//! let token = verifier.verify(token, unix_now()).await?;
-//! assert_eq!(token.action, "github.issues.create");
-//! # Ok(()) }
-//! ```
-//!
 //! Key selection never follows the token: `jku`, `x5u`, `jwk` and `x5c` are not read,
 //! `kid` only picks among keys already fetched from the configured JWKS, and the
 //! algorithm must fit the key. Errors carry no token content.
 #![forbid(unsafe_code)]
+#![doc = include_str!("../README.md")]
 
 pub mod access_token;
 mod base64url;
