@@ -254,7 +254,14 @@ fn describe(a: &catalogue::Action) -> String {
             .unwrap_or_default(),
         a.request
             .as_ref()
-            .map(|r| format!(" request={} {}", r.method, r.path))
+            .map(|r| {
+                let headers = if r.headers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" headers={}", r.headers.join(","))
+                };
+                format!(" request={} {}{headers}", r.method, r.path)
+            })
             .unwrap_or_default()
     )
 }

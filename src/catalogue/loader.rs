@@ -69,6 +69,8 @@ struct RawAction {
 struct RawRequest {
     method: Spanned<String>,
     path: Spanned<String>,
+    #[serde(default)]
+    headers: Vec<Spanned<String>>,
 }
 
 /// One file being loaded: turns byte spans into locations.
@@ -309,8 +311,41 @@ impl<'t> Loader<'t> {
                 },
             )
         })?;
-        Ok(RequestShape { method, path })
+        let mut headers: Vec<String> = Vec::new();
+        for (i, raw_header) in raw.headers.iter().enumerate() {
+            let name = raw_header.get_ref().to_ascii_lowercase();
+            let problem = if name.is_empty() || !name.bytes().all(is_tchar) {
+                Some("not an HTTP field name")
+            } else if let Some(reason) = never_forwarded(&name) {
+                Some(reason)
+            } else if DEFAULT_HEADERS.iter().any(|(h, _)| *h == name) || headers.contains(&name) {
+                Some("listed twice (or forwarded already by default)")
+            } else {
+                None
+            };
+            if let Some(reason) = problem {
+                return Err(site.invalid(
+                    raw_header.span(),
+                    format!("request.headers[{i}]"),
+                    Problem::InvalidHeader {
+                        value: raw_header.get_ref().clone(),
+                        reason,
+                    },
+                ));
+            }
+            headers.push(name);
+        }
+        Ok(RequestShape {
+            method,
+            path,
+            headers,
+        })
     }
+}
+
+/// A `tchar` of an HTTP field name (RFC 9110 §5.1, §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Records the error, if any, and keeps the value, if any.

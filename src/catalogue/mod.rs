@@ -29,7 +29,9 @@ use std::time::Duration;
 pub use crate::identity::principal::{Principal, TrustDirectory};
 use loader::{Loader, toml_files};
 pub use pattern::{MAX_SUBJECT_LEN, PatternError, SubjectPattern};
-pub use request_shape::{METHODS, PathTemplate, PathTemplateError, RequestShape};
+pub use request_shape::{
+    DEFAULT_HEADERS, METHODS, PathTemplate, PathTemplateError, RequestShape, never_forwarded,
+};
 
 /// Longest allowed action name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -152,6 +154,8 @@ pub enum Problem {
         value: String,
         reason: PathTemplateError,
     },
+    #[error("header {value:?} cannot be forwarded: {reason}")]
+    InvalidHeader { value: String, reason: &'static str },
 }
 
 /// A catalogue that could not be loaded. Apart from the two I/O variants, each

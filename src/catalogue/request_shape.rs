@@ -1,5 +1,11 @@
 //! Request shapes: the one call an action lets through the shim (`[action.request]`),
-//! a method and a path template such as `/repos/{owner}/{repo}/issues`.
+//! a method, a path template such as `/repos/{owner}/{repo}/issues`, and the request
+//! headers the agent may send along.
+//!
+//! Headers are an allow-list (README, "The shim"): [`DEFAULT_HEADERS`], which an API
+//! call needs, plus the action's own `headers`. A header that would let the agent
+//! reach around the shim ([`never_forwarded`]: credentials, framing, byte ranges,
+//! encodings, client-address and method/URL overrides) cannot be added by any action.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -7,15 +13,85 @@ use std::fmt;
 /// The HTTP methods an `[action.request]` may name.
 pub const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
+/// Request headers every action forwards, each for a reason an API call has.
+pub const DEFAULT_HEADERS: [(&str, &str); 10] = [
+    (
+        "accept",
+        "content negotiation: which representation the agent can read",
+    ),
+    (
+        "accept-language",
+        "content negotiation: the language of messages",
+    ),
+    (
+        "content-type",
+        "the media type of the body the upstream must parse",
+    ),
+    (
+        "user-agent",
+        "some APIs refuse calls without one (GitHub) or rate-limit by it",
+    ),
+    (
+        "if-match",
+        "optimistic concurrency: update only the version the agent read",
+    ),
+    (
+        "if-none-match",
+        "conditional reads: 304 instead of the same body again",
+    ),
+    ("if-modified-since", "conditional reads by date"),
+    ("if-unmodified-since", "optimistic concurrency by date"),
+    (
+        "traceparent",
+        "W3C Trace Context: one trace across agent, shim and upstream",
+    ),
+    ("tracestate", "W3C Trace Context vendor data"),
+];
+
+/// Why `name` (lowercase) may never be forwarded, even when an action lists it.
+pub fn never_forwarded(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "authorization" | "proxy-authorization" | "cookie" => {
+            "credentials: the shim injects the action's own and never passes the agent's"
+        }
+        "host" | "content-length" | "transfer-encoding" | "te" | "trailer" | "connection"
+        | "keep-alive" | "proxy-connection" | "upgrade" | "expect" => {
+            "message framing and connection handling belong to the shim"
+        }
+        "range" | "if-range" => {
+            "byte ranges return the answer in pieces the scrubber cannot see whole"
+        }
+        "accept-encoding" => "the shim asks for identity encoding so it can scrub the answer",
+        "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip" => {
+            "client addresses an upstream may trust"
+        }
+        "x-http-method-override"
+        | "x-http-method"
+        | "x-method-override"
+        | "x-original-url"
+        | "x-rewrite-url" => "method and URL overrides would run another call than the token's",
+        _ if name.starts_with("x-forwarded-") => "client addresses an upstream may trust",
+        _ => return None,
+    })
+}
+
 /// The one call shape the shim lets through for an action.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestShape {
     /// Uppercase, one of [`METHODS`].
     pub method: String,
     pub path: PathTemplate,
+    /// Request headers forwarded beside [`DEFAULT_HEADERS`], lowercase.
+    pub headers: Vec<String>,
 }
 
 impl RequestShape {
+    /// Whether the agent's request header `name` (lowercase, as `http` keeps names)
+    /// goes to the upstream.
+    pub fn forwards(&self, name: &str) -> bool {
+        DEFAULT_HEADERS.iter().any(|(h, _)| *h == name) || self.headers.iter().any(|h| h == name)
+    }
+
     /// Whether a request (already-normalised path) fits. Methods are case-sensitive
     /// (RFC 9110 §9.1): `post` is not `POST`, and a shim forwards the spelling it got.
     pub fn matches(&self, method: &str, path: &str) -> bool {

@@ -969,3 +969,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn request_headers_are_checked_and_kept_lowercase() {
+    let with_headers = |list: &str| {
+        action_with(&format!(
+            "[action.request]\nmethod = \"GET\"\npath = \"/x\"\nheaders = [{list}]\n"
+        ))
+    };
+    let (_dir, good) = load(&[("a.toml", &with_headers("\"X-GitHub-Api-Version\", \"x-b\""))]);
+    let shape = good.unwrap().get("x.y").unwrap().request.clone().unwrap();
+    assert_eq!(shape.headers, ["x-github-api-version", "x-b"]);
+    assert!(shape.forwards("x-github-api-version") && shape.forwards("accept"));
+    assert!(!shape.forwards("range") && !shape.forwards("x-c"));
+
+    let refused = [
+        ("\"Range\"", "byte ranges"),
+        ("\"If-Range\"", "byte ranges"),
+        ("\"authorization\"", "credentials"),
+        ("\"Cookie\"", "credentials"),
+        ("\"accept-encoding\"", "identity encoding"),
+        ("\"X-Forwarded-For\"", "client addresses"),
+        ("\"x-http-method-override\"", "method and URL overrides"),
+        ("\"transfer-encoding\"", "framing"),
+        ("\"bad header\"", "not an HTTP field name"),
+        ("\"\"", "not an HTTP field name"),
+        ("\"x-a\", \"X-A\"", "listed twice"),
+        ("\"accept\"", "listed twice"),
+    ];
+    for (list, reason) in refused {
+        let e = error_in(&with_headers(list));
+        assert!(
+            e.starts_with("scopes/a.toml:9: request.headers["),
+            "{list}: {e}"
+        );
+        assert!(e.contains(reason), "{list}: {e}");
+    }
+}

@@ -55,6 +55,8 @@ pub enum ShimError {
     UpstreamTooLarge,
     #[error("the upstream response is compressed and cannot be scrubbed")]
     UpstreamEncoding,
+    #[error("the upstream answered with part of a representation, which cannot be scrubbed whole")]
+    UpstreamPartial,
     #[error("the token cannot be checked now: the STS's keys are unavailable")]
     KeysUnavailable,
     #[error("the audit log cannot be written")]
@@ -74,9 +76,11 @@ impl ShimError {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MissingToken | MalformedAuthorization | InvalidToken { .. } => StatusCode::UNAUTHORIZED,
             ActionNotServed | RequestNotAllowed => StatusCode::FORBIDDEN,
-            CredentialUnavailable | UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding => {
-                StatusCode::BAD_GATEWAY
-            }
+            CredentialUnavailable
+            | UpstreamUnreachable
+            | UpstreamTooLarge
+            | UpstreamEncoding
+            | UpstreamPartial => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             KeysUnavailable | AuditUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -93,7 +97,9 @@ impl ShimError {
             MissingToken | MalformedAuthorization | InvalidToken { .. } => "invalid_token",
             ActionNotServed | RequestNotAllowed => "insufficient_scope",
             CredentialUnavailable => "credential_unavailable",
-            UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding => "upstream_error",
+            UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding | UpstreamPartial => {
+                "upstream_error"
+            }
             UpstreamTimeout => "upstream_timeout",
             KeysUnavailable | AuditUnavailable | Overloaded => "temporarily_unavailable",
         }
@@ -120,6 +126,7 @@ impl ShimError {
             UpstreamTimeout => "upstream_timeout",
             UpstreamTooLarge => "upstream_too_large",
             UpstreamEncoding => "upstream_encoding",
+            UpstreamPartial => "upstream_partial",
             KeysUnavailable => "keys_unavailable",
             AuditUnavailable => "audit_unavailable",
             Overloaded => "overloaded",

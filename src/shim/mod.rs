@@ -4,6 +4,8 @@
 //!   forward, scrub, audit) and its assembly;
 //! - [`request_target`]: the one canonical origin-form path the shim matches and
 //!   forwards;
+//! - [`method_override`]: `_method` and its kin, in the query and in form, multipart
+//!   and JSON bodies;
 //! - [`scrub`]: removing the credential, in every encoding, from what comes back;
 //! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response.
 //!
@@ -12,6 +14,7 @@
 //! `runtime` and `secret`; never `sts`.
 
 pub mod error;
+pub mod method_override;
 pub mod proxy;
 pub mod request_target;
 pub mod scrub;

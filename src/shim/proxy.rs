@@ -10,19 +10,22 @@
 //!    shim's audience, expiry, `typ` at+jwt.
 //! 3. **Authorise**: the token's action has this audience in the catalogue and its
 //!    `[action.request]` method and path template match the canonical request.
-//! 4. **Strip and inject**: the agent's `Authorization`, any header of the credential's
-//!    name, hop-by-hop, forwarding, cookie and method/URL-override headers go (a
-//!    `_method` query parameter is refused); the credential from the secret store
-//!    (cached at most 30 s) goes in. A missing or disabled credential stops here: 502,
-//!    nothing forwarded.
+//! 4. **Forward only what is allowed, and inject**: of the agent's headers only the
+//!    allow-list passes (the defaults an API call needs plus the action's
+//!    `[action.request] headers`; never its `Authorization`, cookies, `Range`, framing,
+//!    forwarding or override headers, nor a header of the credential's name), and a
+//!    method override in the query or body is refused; the credential from the secret
+//!    store (cached at most 30 s) goes in. A missing or disabled credential stops here:
+//!    502, nothing forwarded.
 //! 5. **Forward** to the bound upstream only: no redirect is followed, connect and total
 //!    timeouts apply, and the request body is read whole first (capped), so an oversized
 //!    or truncated body never reaches the upstream.
 //! 6. **Scrub** the response: the body is read whole (capped) and every occurrence of
 //!    the credential, in its plain, base64, percent- and JSON-encoded forms, is replaced
 //!    in the body and in every header ([`crate::shim::scrub`]); `Set-Cookie` is dropped. A
-//!    compressed body cannot be scrubbed and answers 502; the shim asks the upstream
-//!    for `identity` encoding.
+//!    compressed body, or a partial one (`206`, `Content-Range`, `multipart/byteranges`),
+//!    cannot be scrubbed whole and answers 502; the shim asks the upstream for
+//!    `identity` encoding.
 //! 7. **Audit** one hash-chained line per request ([`crate::audit`], [`ProxiedCall`]) before
 //!    the response leaves; a line that cannot be written withholds the response (503),
 //!    and while the log fails no further call is forwarded.
@@ -47,10 +50,11 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
 use crate::audit::{AuditLog, Outcome, ProxiedCall};
-use crate::catalogue::{self, Catalogue, TrustDirectory};
+use crate::catalogue::{self, Catalogue, RequestShape, TrustDirectory};
 use crate::config::ShimConfig;
 use crate::runtime::{self, StartError};
 use crate::shim::error::ShimError;
+use crate::shim::method_override;
 use crate::shim::request_target::{self, Target};
 use crate::shim::scrub::Scrubber;
 use crate::store;
@@ -74,44 +78,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Request headers the shim sets itself or that the agent must not choose: its own
-/// token, framing (recomputed), encoding (the shim needs `identity` to scrub),
-/// `Expect` (the body is read before forwarding), cookies (the upstream session is the
-/// credential's, not the agent's), forwarding headers an agent could spoof to an
-/// upstream that trusts them, and the method and URL overrides that common frameworks
-/// honour (Symfony, Laravel, Express, ASP.NET, IIS): with them a token for one method
-/// and path would run another.
-const NOT_FORWARDED: [HeaderName; 20] = [
-    header::AUTHORIZATION,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::ACCEPT_ENCODING,
-    header::EXPECT,
-    header::COOKIE,
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-];
-
 /// Response headers never relayed: a session cookie the upstream sets for the injected
 /// credential would let the agent call the upstream directly, past its token's action
 /// and expiry.
 const NOT_RELAYED: [HeaderName; 1] = [header::SET_COOKIE];
-
-/// Query keys that override the method in common frameworks (Laravel, Symfony with
-/// `http_method_override`); a request carrying one is refused.
-const METHOD_OVERRIDE_PARAMS: [&str; 1] = ["_method"];
 
 /// The size caps and deadlines of one shim.
 #[derive(Debug, Clone, Copy)]
@@ -395,15 +365,12 @@ impl Shim {
         check_header_size(&parts, self.caps.header_bytes)?;
         check_framing(&parts.headers)?;
         let target = request_target::canonicalize(&parts.uri).map_err(ShimError::Target)?;
-        if let Some(query) = &target.query {
-            let overrides = form_urlencoded::parse(query.as_bytes()).any(|(key, _)| {
-                METHOD_OVERRIDE_PARAMS
-                    .iter()
-                    .any(|p| key.eq_ignore_ascii_case(p))
-            });
-            if overrides {
-                return Err(ShimError::MethodOverride);
-            }
+        if target
+            .query
+            .as_deref()
+            .is_some_and(method_override::in_query)
+        {
+            return Err(ShimError::MethodOverride);
         }
 
         let raw = bearer(&parts.headers, self.caps.token_bytes)?;
@@ -431,10 +398,20 @@ impl Shim {
             .ok_or(ShimError::CredentialUnavailable)?;
         let (credential, scrubber) = self.credential(path).await?;
         let body = read_body(body, &parts.headers, self.caps).await?;
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        method_override::in_body(content_type, body.as_deref().unwrap_or_default()).map_err(
+            |refusal| match refusal {
+                method_override::Refusal::Override => ShimError::MethodOverride,
+                method_override::Refusal::Unreadable => ShimError::BodyUnreadable,
+            },
+        )?;
         if !self.audit.accepting() {
             return Err(ShimError::AuditUnavailable);
         }
-        let upstream = self.upstream_request(&parts, &target, &credential, body)?;
+        let upstream = self.upstream_request(&parts, &target, shape, &credential, body)?;
 
         let response = self
             .client
@@ -470,12 +447,13 @@ impl Shim {
     }
 
     /// The upstream request: the bound upstream's origin and base path + the canonical
-    /// path and query, the agent's end-to-end headers minus what must not pass, plus
-    /// the credential.
+    /// path and query, the agent's headers that the action's shape forwards (an
+    /// allow-list: [`RequestShape::forwards`]), plus the credential.
     fn upstream_request(
         &self,
         parts: &request::Parts,
         target: &Target,
+        shape: &RequestShape,
         credential: &StoredCredential,
         body: Option<Bytes>,
     ) -> Result<reqwest::Request, ShimError> {
@@ -494,11 +472,7 @@ impl Shim {
         let listed = connection_listed(&parts.headers);
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         for (name, v) in &parts.headers {
-            if HOP_BY_HOP.contains(name)
-                || NOT_FORWARDED.contains(name)
-                || *name == injected
-                || listed.contains(name)
-            {
+            if !shape.forwards(name.as_str()) || *name == injected || listed.contains(name) {
                 continue;
             }
             headers.append(name.clone(), v.clone());
@@ -553,6 +527,9 @@ impl Shim {
             return Err(ShimError::UpstreamEncoding);
         }
         let status = upstream.status();
+        if is_partial(status, upstream.headers()) {
+            return Err(ShimError::UpstreamPartial);
+        }
         let (body, mut scrubbed) = scrubber.scrub(buffer.freeze());
 
         // A HEAD or 304 answer describes a body it does not carry: keep its length.
@@ -583,6 +560,21 @@ impl Shim {
         *response.headers_mut() = headers;
         Ok((response, scrubbed as u64))
     }
+}
+
+/// An answer that is a piece of a representation (a `206`, a `Content-Range`, a
+/// `multipart/byteranges` body): the scrubber would see only that piece, so a
+/// credential split across pieces could come back whole over several calls.
+fn is_partial(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::PARTIAL_CONTENT
+        || headers.contains_key(header::CONTENT_RANGE)
+        || headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
+            v.to_str().is_ok_and(|t| {
+                t.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/byteranges")
+            })
+        })
 }
 
 /// Refuses a header section larger than `cap` bytes (each field counted as

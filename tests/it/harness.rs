@@ -35,6 +35,7 @@ credential = "integrations/github"
 [action.request]
 method = "POST"
 path = "/repos/{owner}/{repo}/issues"
+headers = ["X-GitHub-Api-Version"]
 
 [[action]]
 name = "salesforce.opportunity.update"

@@ -17,7 +17,7 @@ use agent_sts::config::ShimConfig;
 use agent_sts::dev::echo::Echo;
 use agent_sts::keys::signing_key::SigningAlgorithm;
 use agent_sts::keys::signing_key::SigningKey;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -1764,4 +1764,187 @@ async fn the_shim_routers_answer_with_oneshot() {
         text.contains("{decision=\"deny\",reason=\"bad_signature\"} 1"),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Request headers are an allow-list; partial answers are refused.
+
+/// Only the default headers and the action's own `headers` reach the upstream: a
+/// `Range` (which would hand back the credential in pieces shorter than any scrubbing
+/// pattern), an unknown vendor header, and every override or forwarding header stay
+/// behind; the action's `X-GitHub-Api-Version` and the defaults pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_request_headers_reach_the_upstream() {
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
+    let sent = [
+        ("accept", "application/vnd.github+json"),
+        ("user-agent", "agent/1.0"),
+        ("if-match", "\"v1\""),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("x-github-api-version", "2022-11-28"),
+        ("range", "bytes=0-5"),
+        ("if-range", "\"v1\""),
+        ("x-custom-debug", "1"),
+        ("x-api-key", "agent-chosen"),
+        ("origin", "https://evil.example"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-http-method-override", "DELETE"),
+    ];
+    let mut request = client()
+        .post(format!("{}{ISSUES}", shim.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}");
+    for (name, value) in sent {
+        request = request.header(name, value);
+    }
+    let r = reply(request.send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = echo.last().unwrap();
+    let got: Vec<&str> = seen["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for passed in [
+        "accept",
+        "user-agent",
+        "if-match",
+        "traceparent",
+        "x-github-api-version",
+        "content-type",
+    ] {
+        assert!(got.contains(&passed), "{passed} not forwarded: {got:?}");
+    }
+    for kept in [
+        "range",
+        "if-range",
+        "x-custom-debug",
+        "x-api-key",
+        "origin",
+        "x-forwarded-host",
+        "x-http-method-override",
+    ] {
+        assert!(!got.contains(&kept), "{kept} forwarded: {got:?}");
+    }
+}
+
+/// An upstream that answers with a piece of a representation (it honours `Range` on
+/// its own, or always answers `206`, `Content-Range` or `multipart/byteranges`) gets
+/// a 502: the agent never receives a piece the scrubber could not see whole, so a
+/// credential cannot be read back six bytes at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_answers_are_refused_so_a_credential_never_comes_back_in_pieces() {
+    let (sts, issuers) = TestSts::standard().await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    // Each upstream echoes the Authorization it got, six bytes of it per answer.
+    let piece = |headers: &HeaderMap| {
+        let auth = headers["authorization"].to_str().unwrap().to_string();
+        auth.as_bytes()[..6].to_vec()
+    };
+    type Answer = fn(Vec<u8>) -> Response;
+    let shapes: [(&str, Answer); 3] = [
+        ("206", |b| {
+            (
+                StatusCode::PARTIAL_CONTENT,
+                [("content-range", "bytes 0-5/48")],
+                b,
+            )
+                .into_response()
+        }),
+        ("Content-Range on a 200", |b| {
+            (StatusCode::OK, [("content-range", "bytes 0-5/48")], b).into_response()
+        }),
+        ("multipart/byteranges", |b| {
+            let ct = "multipart/byteranges; boundary=X";
+            (StatusCode::OK, [("content-type", ct)], b).into_response()
+        }),
+    ];
+    for (what, answer) in shapes {
+        let (hits, upstream) = start_upstream(move |h: HeaderMap| answer(piece(&h))).await;
+        let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        assert_eq!(r.status, 502, "{what}: {r:?}");
+        assert_eq!(r.error(), "upstream_error", "{what}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{what}");
+        assert!(!r.text.contains(&CANARY_CREDENTIAL[..6]), "{what}: {r:?}");
+        assert_eq!(
+            shim.audit_line("upstream_partial")["upstream_status"],
+            if what == "206" { 206 } else { 200 },
+            "{what}"
+        );
+    }
+}
+
+/// A method override in the body (form, multipart or JSON, with PHP's name mangling)
+/// is refused before the upstream, as in the query; so is a form or JSON body the shim
+/// cannot read. A body that only mentions `_method` as a value passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_overrides_in_bodies_are_refused_before_the_upstream() {
+    let (_sts, _issuers, echo, shim, token) = github_world("").await;
+    let multipart =
+        "--b1\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b1--\r\n";
+    let cases = [
+        (
+            "application/x-www-form-urlencoded",
+            "title=x&_method=DELETE",
+            400,
+        ),
+        ("application/x-www-form-urlencoded", ".method=DELETE", 400),
+        ("application/x-www-form-urlencoded", "%5Bmethod=DELETE", 400),
+        (
+            "application/x-www-form-urlencoded",
+            "_method%5B%5D=DELETE",
+            400,
+        ),
+        ("multipart/form-data; boundary=b1", multipart, 400),
+        (
+            "application/json",
+            r#"{"title":"x","_METHOD":"DELETE"}"#,
+            400,
+        ),
+        ("application/json; charset=utf-8", "{not json", 400),
+        ("application/json", r#"{"title":"_method"}"#, 200),
+    ];
+    for (content_type, body, status) in cases {
+        let hits = echo.hits();
+        let r = reply(
+            client()
+                .post(format!("{}{ISSUES}", shim.url))
+                .bearer_auth(&token)
+                .header("content-type", content_type)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, status, "{content_type} {body}: {r:?}");
+        let forwarded = echo.hits() - hits;
+        assert_eq!(
+            forwarded,
+            usize::from(status == 200),
+            "{content_type} {body}"
+        );
+    }
+    // The query too, with mangled names.
+    for query in [
+        "%20method=DELETE",
+        "_Method=PUT",
+        "x-http-method-override=DELETE",
+    ] {
+        let r = call(
+            &shim.url,
+            "POST",
+            &format!("{ISSUES}?{query}"),
+            Some(&token),
+            "{}",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{query}: {r:?}");
+    }
 }
