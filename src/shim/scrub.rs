@@ -1,18 +1,23 @@
 //! Credential scrubbing for the shim's responses. The shim injects a durable credential
 //! (an `Authorization`-style header value) into requests upstream; an upstream may echo
 //! it back in a response header or body, and the agent must never see it. This module
-//! owns the list of byte strings that count as "the credential" and removes every
-//! occurrence of them from response bytes and header values. It scrubs whole buffers:
-//! the shim reads capped bodies whole rather than streaming them, so a match can never
-//! straddle a chunk boundary and no carry-over state is needed. Covered: the header value,
-//! its credential part after the auth scheme, and for `Basic` the decoded `user:pass` and
-//! the password; each plain, percent-encoded (upper- and lowercase hex), form-encoded,
-//! JSON-string-escaped (with and without `\/`), and base64 (standard and URL-safe,
-//! padded, unpadded, and embedded in a longer base64 blob at any byte alignment). Not
-//! covered, honestly: hex or other encodings, compressed bodies (the shim refuses
-//! compressed responses instead), credentials echoed with changed case or only in part,
-//! derived forms shorter than 8 bytes (too likely to destroy innocent bytes), and
-//! JSON's `\uXXXX` escapes of non-ASCII characters.
+//! owns what counts as "the credential" and removes every occurrence of it from response
+//! bytes and header values. It scrubs whole buffers: the shim reads capped bodies whole
+//! rather than streaming them (and refuses partial answers), so a match can never
+//! straddle a chunk boundary and no carry-over state is needed.
+//!
+//! The **texts** of a credential are the header value, its credential part after the
+//! auth scheme, and for `Basic` the decoded `user:pass` and the password; each as is and
+//! in base64 (standard and URL-safe, padded, unpadded, and embedded in a longer base64
+//! blob at any byte alignment). Every **character** of a text may then appear in the
+//! response independently in any of its spellings, in any mix: raw, percent-encoded
+//! (either hex case), form-encoded (`+` for a space), JSON-escaped (`\uXXXX` in either
+//! case, `\/`, `\"`, `\\`), or as an HTML/XML character reference (decimal or hex,
+//! leading zeros, with or without `;`, and the named references of ASCII punctuation).
+//! One byte regex matches all of it ([`spelling`] builds each character's alternatives).
+//! Not covered, honestly: other encodings (hex, double percent-encoding), compressed
+//! bodies (refused instead), credentials echoed with changed case or only in part, and
+//! derived texts shorter than 8 bytes (too likely to destroy innocent bytes).
 
 use std::collections::BTreeSet;
 
@@ -37,11 +42,15 @@ const MIN_PASSWORD_LEN: usize = 6;
 
 /// Removes one credential, in every encoding listed in the module doc, from responses.
 pub struct Scrubber {
+    /// The texts as they are: enough for a body without any escape introducer.
     matcher: Matcher,
+    /// Every spelling of the texts, built on the first body that could hold one.
+    spellings: std::sync::OnceLock<Option<regex::bytes::Regex>>,
+    texts: Vec<Vec<u8>>,
     needle_count: usize,
 }
 
-/// The automaton is the normal case; the fallbacks exist only so that an absurd
+/// The automaton is the normal case; the fallback exists only so that an absurd
 /// credential cannot make construction panic, and they still fail closed on the plain
 /// value.
 enum Matcher {
@@ -52,20 +61,18 @@ enum Matcher {
 impl Scrubber {
     /// Builds the scrubber for one credential header value.
     pub fn new(secret: &str) -> Scrubber {
-        let needles = needles(secret);
-        let needle_count = needles.len();
-        let matcher = match build_automaton(&needles) {
+        let texts = texts(secret);
+        let matcher = match build_automaton(&texts) {
             Some(ac) => Matcher::Automaton(ac),
-            // Losing the derived forms is better than losing the scrubber: keep at
+            // Losing the derived texts is better than losing the scrubber: keep at
             // least the value exactly as the shim sends it.
-            None => match build_automaton(&[secret.as_bytes().to_vec()]) {
-                Some(ac) => Matcher::Automaton(ac),
-                None => Matcher::Plain(secret.as_bytes().to_vec()),
-            },
+            None => Matcher::Plain(secret.as_bytes().to_vec()),
         };
         Scrubber {
             matcher,
-            needle_count,
+            spellings: std::sync::OnceLock::new(),
+            needle_count: texts.len(),
+            texts,
         }
     }
 
@@ -117,7 +124,20 @@ impl Scrubber {
     }
 
     /// Calls `f(start, end)` for each leftmost-longest, non-overlapping match, in order.
+    ///
+    /// Every spelling but the raw one starts with `%`, `\\`, `&` or `+`: a haystack
+    /// without those bytes can only hold raw texts, which the automaton finds at memory
+    /// speed; any other goes through the spellings regex (about ten times slower).
     fn for_each_match(&self, haystack: &[u8], mut f: impl FnMut(usize, usize)) {
+        let escaped = haystack
+            .iter()
+            .any(|b| matches!(b, b'%' | b'\\' | b'&' | b'+'));
+        if escaped && let Some(re) = self.spellings.get_or_init(|| spellings_regex(&self.texts)) {
+            for m in re.find_iter(haystack) {
+                f(m.start(), m.end());
+            }
+            return;
+        }
         match &self.matcher {
             Matcher::Automaton(ac) => {
                 for m in ac.find_iter(haystack) {
@@ -161,19 +181,147 @@ fn build_automaton(needles: &[Vec<u8>]) -> Option<AhoCorasick> {
         .ok()
 }
 
-/// Every needle for one credential header value, deduplicated, none empty.
-fn needles(secret: &str) -> Vec<Vec<u8>> {
+/// The texts of one credential header value (module doc), deduplicated, none empty.
+fn texts(secret: &str) -> Vec<Vec<u8>> {
     let mut derived = BTreeSet::new();
     for form in secret_forms(secret) {
-        add_encodings(&form, &mut derived);
+        add_base64_forms(&form, &mut derived);
     }
     derived.retain(|n: &Vec<u8>| n.len() >= MIN_DERIVED_LEN);
     if !secret.is_empty() {
-        // The value the shim itself sends is always a needle, however short: echoing it
+        // The value the shim itself sends is always a text, however short: echoing it
         // verbatim is the most likely leak.
         derived.insert(secret.as_bytes().to_vec());
     }
     derived.into_iter().collect()
+}
+
+/// One regex matching every text in every mix of character spellings, longest texts
+/// first (leftmost-first then prefers the whole value over its parts); None if it
+/// cannot be built (the caller falls back to the plain texts).
+fn spellings_regex(texts: &[Vec<u8>]) -> Option<regex::bytes::Regex> {
+    if texts.is_empty() {
+        return None;
+    }
+    let mut ordered: Vec<&Vec<u8>> = texts.iter().collect();
+    ordered.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    let alternatives: Vec<String> = ordered.iter().map(|text| text_pattern(text)).collect();
+    regex::bytes::RegexBuilder::new(&format!("(?-u:{})", alternatives.join("|")))
+        .unicode(false)
+        .size_limit(64 << 20)
+        .dfa_size_limit(16 << 20)
+        .build()
+        .ok()
+}
+
+/// The regex for `text`: each character in any of its spellings; a byte that is not
+/// part of valid UTF-8 (a decoded Basic pair may hold one) raw or percent-encoded.
+fn text_pattern(text: &[u8]) -> String {
+    let mut pattern = String::new();
+    for chunk in text.utf8_chunks() {
+        pattern.extend(chunk.valid().chars().map(spelling));
+        for b in chunk.invalid() {
+            pattern.push_str(&format!("(?:\\x{b:02x}|%{})", hex_ci(u32::from(*b), 2)));
+        }
+    }
+    pattern
+}
+
+/// The regex (non-Unicode, bytes) for every spelling of the character `c`.
+fn spelling(c: char) -> String {
+    let mut utf8 = [0u8; 4];
+    let bytes = c.encode_utf8(&mut utf8).as_bytes();
+    let code = u32::from(c);
+    let mut alternatives: Vec<String> = Vec::new();
+    // Raw, and percent-encoded byte by byte.
+    alternatives.push(bytes.iter().map(|b| format!("\\x{b:02x}")).collect());
+    alternatives.push(
+        bytes
+            .iter()
+            .map(|b| format!("%{}", hex_ci(u32::from(*b), 2)))
+            .collect(),
+    );
+    // JSON `\uXXXX` (a UTF-16 code unit, or a surrogate pair).
+    let mut units = [0u16; 2];
+    let json_u: String = c
+        .encode_utf16(&mut units)
+        .iter()
+        .map(|u| format!("\\\\u{}", hex_ci(u32::from(*u), 4)))
+        .collect();
+    alternatives.push(json_u);
+    // HTML/XML numeric character references.
+    alternatives.push(format!("&#0*{code};?"));
+    alternatives.push(format!("&#[xX]0*{};?", hex_ci_trimmed(code)));
+    for named in html_names(c) {
+        alternatives.push(format!("&{named};"));
+    }
+    match c {
+        ' ' => alternatives.push("\\+".into()),
+        '/' => alternatives.push("\\\\/".into()),
+        '"' => alternatives.push("\\\\\"".into()),
+        '\\' => alternatives.push("\\\\\\\\".into()),
+        _ => {}
+    }
+    format!("(?:{})", alternatives.join("|"))
+}
+
+/// `value` as `width` hex digits, each letter in either case (`[aA]`).
+fn hex_ci(value: u32, width: usize) -> String {
+    format!("{value:0width$x}")
+        .chars()
+        .map(|d| {
+            if d.is_ascii_alphabetic() {
+                format!("[{d}{}]", d.to_ascii_uppercase())
+            } else {
+                d.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `value` in hex without leading zeros, each letter in either case.
+fn hex_ci_trimmed(value: u32) -> String {
+    let width = format!("{value:x}").len();
+    hex_ci(value, width)
+}
+
+/// The HTML named character references that stand for the ASCII character `c`.
+fn html_names(c: char) -> &'static [&'static str] {
+    match c {
+        '&' => &["amp", "AMP"],
+        '<' => &["lt", "LT"],
+        '>' => &["gt", "GT"],
+        '"' => &["quot", "QUOT"],
+        '\'' => &["apos"],
+        '+' => &["plus"],
+        '/' => &["sol"],
+        '=' => &["equals"],
+        ':' => &["colon"],
+        '.' => &["period"],
+        ',' => &["comma"],
+        '_' => &["lowbar", "UnderBar"],
+        '#' => &["num"],
+        '!' => &["excl"],
+        '?' => &["quest"],
+        '%' => &["percnt"],
+        '$' => &["dollar"],
+        '@' => &["commat"],
+        '(' => &["lpar"],
+        ')' => &["rpar"],
+        '[' => &["lsqb", "lbrack"],
+        ']' => &["rsqb", "rbrack"],
+        '{' => &["lcub", "lbrace"],
+        '}' => &["rcub", "rbrace"],
+        '*' => &["ast", "midast"],
+        ';' => &["semi"],
+        '^' => &["Hat"],
+        '`' => &["grave", "DiacriticalGrave"],
+        '|' => &["verbar", "vert", "VerticalLine"],
+        '\\' => &["bsol"],
+        '\t' => &["Tab"],
+        '\n' => &["NewLine"],
+        _ => &[],
+    }
 }
 
 /// The byte strings that are the credential itself, before any encoding.
@@ -217,17 +365,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Adds `s` and each of its encodings to `out` (length filtering happens later).
-fn add_encodings(s: &[u8], out: &mut BTreeSet<Vec<u8>>) {
+/// Adds `s` and its base64 forms to `out` (length filtering happens later).
+fn add_base64_forms(s: &[u8], out: &mut BTreeSet<Vec<u8>>) {
     out.insert(s.to_vec());
-    out.insert(percent_encode(s, b"0123456789ABCDEF", false));
-    out.insert(percent_encode(s, b"0123456789abcdef", false));
-    out.insert(percent_encode(s, b"0123456789ABCDEF", true));
-    if let Some(escaped) = json_escape(s) {
-        // serde_json leaves `/` alone but other serializers (PHP, some Java) escape it.
-        out.insert(escaped.replace('/', "\\/").into_bytes());
-        out.insert(escaped.into_bytes());
-    }
     for engine in [&STANDARD, &URL_SAFE] {
         out.insert(engine.encode(s).into_bytes());
     }
@@ -237,30 +377,6 @@ fn add_encodings(s: &[u8], out: &mut BTreeSet<Vec<u8>>) {
             out.insert(base64_core(engine, s, k));
         }
     }
-}
-
-/// Percent-encoding of every byte outside RFC 3986 `unreserved`; `form` gives the
-/// `application/x-www-form-urlencoded` flavour, where a space is `+`.
-fn percent_encode(s: &[u8], hex: &[u8; 16], form: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len() * 3);
-    for &b in s {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b);
-        } else if form && b == b' ' {
-            out.push(b'+');
-        } else {
-            out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
-        }
-    }
-    out
-}
-
-/// The inside of the JSON string literal for `s`, or None when `s` is not UTF-8 (JSON
-/// text cannot carry it unescaped, and a `\u` rendering is not covered).
-fn json_escape(s: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(s).ok()?;
-    let quoted = serde_json::to_string(s).ok()?;
-    Some(quoted.strip_prefix('"')?.strip_suffix('"')?.to_owned())
 }
 
 /// The base64 characters that depend only on bytes of `s` when `s` starts `k` bytes
@@ -288,6 +404,47 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+
+    /// The texts and, for each, its whole-string percent (both hex cases, and form)
+    /// and JSON encodings: forms that must all be gone after scrubbing.
+    fn needles(secret: &str) -> Vec<Vec<u8>> {
+        let mut all = BTreeSet::new();
+        for text in texts(secret) {
+            all.insert(percent_encode(&text, b"0123456789ABCDEF", false));
+            all.insert(percent_encode(&text, b"0123456789abcdef", false));
+            all.insert(percent_encode(&text, b"0123456789ABCDEF", true));
+            if let Some(escaped) = json_escape(&text) {
+                all.insert(escaped.replace('/', "\\/").into_bytes());
+                all.insert(escaped.into_bytes());
+            }
+            all.insert(text);
+        }
+        all.into_iter().collect()
+    }
+
+    /// Percent-encoding of every byte outside RFC 3986 `unreserved`; `form` gives the
+    /// `application/x-www-form-urlencoded` flavour, where a space is `+`.
+    fn percent_encode(s: &[u8], hex: &[u8; 16], form: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(s.len() * 3);
+        for &b in s {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b);
+            } else if form && b == b' ' {
+                out.push(b'+');
+            } else {
+                out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
+            }
+        }
+        out
+    }
+
+    /// The inside of the JSON string literal for `s`, or None when `s` is not UTF-8 (JSON
+    /// text cannot carry it unescaped, and a `\u` rendering is not covered).
+    fn json_escape(s: &[u8]) -> Option<String> {
+        let s = std::str::from_utf8(s).ok()?;
+        let quoted = serde_json::to_string(s).ok()?;
+        Some(quoted.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+    }
 
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
@@ -466,25 +623,70 @@ mod tests {
 
     #[test]
     fn needle_rules() {
-        let n = needles(BEARER);
+        let n = texts(BEARER);
         assert!(n.iter().all(|x| x.len() >= MIN_DERIVED_LEN));
         assert!(n.contains(&TOKEN.as_bytes().to_vec()));
         // The whole value stays even when it is short; its derived forms do not.
-        assert_eq!(needles("abc"), vec![b"abc".to_vec()]);
+        assert_eq!(texts("abc"), vec![b"abc".to_vec()]);
         // A scheme that is not a token is not split off.
-        assert!(!needles("Bea(rer) 0123456789ab").contains(&b"0123456789ab".to_vec()));
+        assert!(!texts("Bea(rer) 0123456789ab").contains(&b"0123456789ab".to_vec()));
         assert!(Scrubber::new(BEARER).needle_count() == n.len());
+        assert!(spellings_regex(&n).is_some());
     }
 
     #[test]
     fn plain_fallback_matches_like_the_automaton() {
         let s = Scrubber {
             matcher: Matcher::Plain(b"aba".to_vec()),
+            spellings: std::sync::OnceLock::from(None),
+            texts: vec![b"aba".to_vec()],
             needle_count: 1,
         };
         let (out, removed) = s.scrub(Bytes::from_static(b"xababa-aba"));
         assert_eq!(&out[..], b"x[redacted]ba-[redacted]");
         assert_eq!(removed, 6);
+    }
+
+    /// One spelling of `c`, chosen by `pick` (any number; taken modulo the choices).
+    fn spell(c: char, pick: usize) -> String {
+        let code = u32::from(c);
+        let mut choices = vec![
+            c.to_string(),
+            format!("%{code:02X}"),
+            format!("%{code:02x}"),
+            format!("\\u{code:04X}"),
+            format!("\\u{code:04x}"),
+            format!("&#{code};"),
+            format!("&#00{code};"),
+            format!("&#x{code:X};"),
+            format!("&#X{code:04x};"),
+        ];
+        choices.extend(html_names(c).iter().map(|n| format!("&{n};")));
+        if c == ' ' {
+            choices.push("+".into());
+        }
+        if c == '/' {
+            choices.push("\\/".into());
+        }
+        choices.swap_remove(pick % choices.len())
+    }
+
+    #[test]
+    fn what_real_serializers_write_is_removed() {
+        let secret = "Bearer tok+en/with=sign+slash/0123";
+        let cases = [
+            // .NET's JSON writer escapes `+` as \u002B.
+            "tok\\u002Ben/with=sign\\u002Bslash/0123",
+            // Python's quote() and JS encodeURI leave `/` alone.
+            "tok%2Ben/with%3Dsign%2Bslash/0123",
+            "Bearer%20tok%2ben/with%3dsign%2bslash/0123",
+            // HTML templates.
+            "tok&#43;en&#x2F;with&equals;sign&plus;slash&sol;0123",
+            "Bearer&#32;tok&#0043en/with=sign+slash/0123",
+        ];
+        for body in cases {
+            assert_gone(secret, body.as_bytes(), &[body.as_bytes()]);
+        }
     }
 
     proptest! {
@@ -506,6 +708,30 @@ mod tests {
                 prop_assert!(core.is_empty() || contains(padded.encode(&blob).as_bytes(), &core));
                 prop_assert!(core.is_empty() || contains(unpadded.encode(&blob).as_bytes(), &core));
             }
+        }
+
+        /// Every character of the credential spelled independently (raw, percent in
+        /// either case, JSON `\\u` in either case, an HTML reference decimal, hex or
+        /// named, `+` for a space), in any mix, anywhere in a body: always redacted.
+        #[test]
+        fn any_mix_of_character_spellings_is_redacted(
+            token in "[!-Z^-~]{8,40}",
+            picks in proptest::collection::vec(any::<usize>(), 48),
+            scheme in prop::bool::ANY,
+            before in "[ -~]{0,20}",
+            after in "[ -~]{0,20}",
+        ) {
+            let secret = if scheme { format!("Bearer {token}") } else { token.clone() };
+            let spelled: String = secret
+                .chars()
+                .zip(picks.iter().cycle())
+                .map(|(c, pick)| spell(c, *pick))
+                .collect();
+            let body = format!("{before}{spelled}{after}");
+            let s = Scrubber::new(&secret);
+            let (out, removed) = s.scrub(Bytes::from(body.clone()));
+            prop_assert!(removed > 0, "{spelled:?} not found in {body:?}");
+            prop_assert!(!contains(&out, spelled.as_bytes()), "{spelled:?} survived");
         }
 
         /// Secrets exclude `[` and `]`, and the assumption below rejects the rare
