@@ -417,8 +417,10 @@ fn validate_ttl(value: &str) -> Result<Duration, Problem> {
         reason,
     };
     let ttl = humantime::parse_duration(value).map_err(|e| invalid(e.to_string()))?;
-    if ttl.is_zero() {
-        return Err(invalid("must be positive".to_owned()));
+    // Token lifetimes are whole seconds (`exp` is a NumericDate): less than one second
+    // would mint tokens that are expired when they are issued.
+    if ttl < Duration::from_secs(1) {
+        return Err(invalid("must be at least 1s".to_owned()));
     }
     if ttl > MAX_TTL {
         return Err(invalid("must be at most 24h".to_owned()));

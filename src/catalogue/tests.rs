@@ -372,7 +372,11 @@ fn validation_errors_name_line_and_key() {
         // ttl
         (
             action_with("").replace("5m", "0s"),
-            "scopes/a.toml:4: ttl: invalid ttl \"0s\": must be positive",
+            "scopes/a.toml:4: ttl: invalid ttl \"0s\": must be at least 1s",
+        ),
+        (
+            action_with("").replace("5m", "500ms"),
+            "scopes/a.toml:4: ttl: invalid ttl \"500ms\": must be at least 1s",
         ),
         (
             action_with("").replace("5m", "24h 1s"),

@@ -49,8 +49,12 @@ pub enum TargetError {
          that is only ';' parameters)"
     )]
     EmptySegment,
-    #[error("the request path must not hold a '.' or '..' segment, encoded or with ';' parameters")]
+    #[error(
+        "the request path must not hold a segment a server could read as '.' or '..' (encoded, with ';' parameters, or with trailing dots or spaces)"
+    )]
     DotSegment,
+    #[error("the request path must not name an NTFS alternate data stream (':$' or '::')")]
+    AlternateStream,
     #[error("the request path must not hold a backslash")]
     Backslash,
     #[error("the request path must not hold an encoded separator (%2F or %5C)")]
@@ -78,6 +82,7 @@ impl TargetError {
             Self::TooLong => "too_long",
             Self::EmptySegment => "empty_segment",
             Self::DotSegment => "dot_segment",
+            Self::AlternateStream => "alternate_stream",
             Self::Backslash => "backslash",
             Self::EncodedSeparator => "encoded_separator",
             Self::BadEscape => "bad_escape",
@@ -217,24 +222,7 @@ fn check_unicode(segment: &str) -> Result<(), TargetError> {
     if !segment.contains('%') {
         return Ok(());
     }
-    let raw = segment.as_bytes();
-    let mut bytes = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        let escaped = (b == b'%')
-            .then(|| Some((hex_value(*raw.get(i + 1)?)? << 4) | hex_value(*raw.get(i + 2)?)?))
-            .flatten();
-        match escaped {
-            Some(decoded) => {
-                bytes.push(decoded);
-                i += 3;
-            }
-            None => {
-                bytes.push(b);
-                i += 1;
-            }
-        }
-    }
+    let bytes = decoded_bytes(segment);
     if bytes.is_ascii() {
         return Ok(());
     }
@@ -254,11 +242,68 @@ fn check_segment(segment: &str) -> Result<(), TargetError> {
         .flatten()
         .min()
         .unwrap_or(segment.len());
-    match segment.get(..stem_end).unwrap_or(segment) {
-        "." | ".." => Err(TargetError::DotSegment),
-        "" => Err(TargetError::EmptySegment),
-        _ => Ok(()),
+    let stem = segment.get(..stem_end).unwrap_or(segment);
+    if stem.is_empty() {
+        return Err(TargetError::EmptySegment);
     }
+    let decoded = percent_decoded(stem);
+    // Windows (IIS, http.sys) drops trailing dots and spaces, and some servers trim any
+    // whitespace: a segment of dots and blanks may be read as '.' or '..', or vanish.
+    let visible: String = decoded
+        .chars()
+        .filter(|c| !c.is_whitespace() && !is_invisible(*c))
+        .collect();
+    if visible.is_empty() {
+        return Err(TargetError::EmptySegment);
+    }
+    if visible.chars().all(|c| c == '.') {
+        return Err(TargetError::DotSegment);
+    }
+    // `name::$DATA`, `name:stream:$DATA`: NTFS reads the file's data stream.
+    if decoded.contains(":$") || decoded.contains("::") {
+        return Err(TargetError::AlternateStream);
+    }
+    Ok(())
+}
+
+/// Zero-width and other invisible format characters some servers drop.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
+    )
+}
+
+/// `segment` with its percent-escapes decoded (lossily: invalid UTF-8 was refused
+/// already by [`check_unicode`]).
+fn percent_decoded(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_string();
+    }
+    String::from_utf8_lossy(&decoded_bytes(segment)).into_owned()
+}
+
+/// The bytes of `segment` with its `%XX` escapes decoded.
+fn decoded_bytes(segment: &str) -> Vec<u8> {
+    let raw = segment.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let escaped = (b == b'%')
+            .then(|| Some((hex_value(*raw.get(i + 1)?)? << 4) | hex_value(*raw.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(decoded) => {
+                bytes.push(decoded);
+                i += 3;
+            }
+            None => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    bytes
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -330,7 +375,6 @@ mod tests {
             ("/a?", "/a", Some("")),
             ("/a;v=1/b", "/a;v=1/b", None),
             ("/a/.well-known/x", "/a/.well-known/x", None),
-            ("/a/.../b", "/a/.../b", None),
             ("/a/..a/b.json", "/a/..a/b.json", None),
             ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,=", None),
         ];
@@ -359,6 +403,16 @@ mod tests {
             ("/a/.;/b", DotSegment),
             ("/a/%2e%2e%3b/b", DotSegment),
             ("/a/..%3Bx/b", DotSegment),
+            ("/a/.../b", DotSegment),
+            ("/a/..%20/b", DotSegment),
+            ("/a/.%20/b", DotSegment),
+            ("/a/..%C2%A0/b", DotSegment),
+            ("/a/%20../b", DotSegment),
+            ("/a/.%E2%80%8B./b", DotSegment),
+            ("/a/%20/b", EmptySegment),
+            ("/a/x::$DATA", AlternateStream),
+            ("/a/x:stream:$data", AlternateStream),
+            ("/a/x%3A%3A%24DATA", AlternateStream),
             ("/a//b", EmptySegment),
             ("/a/", EmptySegment),
             ("/a/;x/b", EmptySegment),
@@ -471,6 +525,9 @@ mod tests {
             BadEscape,
             ControlCharacter,
             InvalidCharacter,
+            DoubleEncoding,
+            AmbiguousUnicode,
+            AlternateStream,
         ];
         let mut reasons: Vec<_> = all.iter().map(TargetError::reason).collect();
         assert!(

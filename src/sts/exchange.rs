@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Decision, Outcome};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal};
-use crate::identity::{TrustStore, VerifiedToken};
+use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
 use crate::secret::MintedJwt;
 use crate::store::secrets::{CredentialCache, CredentialError};
@@ -116,6 +116,19 @@ fn principal(v: &VerifiedToken) -> Principal<'_> {
         trust: &v.trust,
         subject: &v.subject,
         spiffe_domains: &v.spiffe_domains,
+    }
+}
+
+/// The refusal for a subject or actor token that did not verify: `invalid` (400), or
+/// 503 when the cause is ours (the issuer's keys could not be fetched and none are
+/// cached), so a client retries instead of giving up on a good token.
+fn refused_identity(error: &JwtError, which: &'static str, invalid: Rejection) -> Rejection {
+    if let JwtError::JwksUnavailable { .. } = error {
+        tracing::warn!(token = which, error = %error, "token not checked: the issuer's keys are unavailable");
+        Rejection::IssuerKeysUnavailable
+    } else {
+        tracing::debug!(token = which, error = %error, "token refused");
+        invalid
     }
 }
 
@@ -265,16 +278,12 @@ impl Sts {
             .trusts
             .verify(&req.subject_token, now)
             .await
-            .map_err(|e| {
-                tracing::debug!(error = %e, "subject_token rejected");
-                Rejection::InvalidSubjectToken
-            })?;
+            .map_err(|e| refused_identity(&e, "subject_token", Rejection::InvalidSubjectToken))?;
         facts.subject = Some(subject.clone());
         let actor = match &req.actor_token {
             Some(t) => {
                 let a = self.trusts.verify(t, now).await.map_err(|e| {
-                    tracing::debug!(error = %e, "actor_token rejected");
-                    Rejection::InvalidActorToken
+                    refused_identity(&e, "actor_token", Rejection::InvalidActorToken)
                 })?;
                 facts.actor = Some(a.clone());
                 Some(a)

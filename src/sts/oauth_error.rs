@@ -71,6 +71,9 @@ pub enum Rejection {
     SigningKeyUnavailable,
     /// The secret store cannot be read right now.
     SecretStoreUnavailable,
+    /// A token's issuer keys cannot be fetched (and none are cached): ours, not the
+    /// client's, to fix.
+    IssuerKeysUnavailable,
     /// The audit log cannot be written: no record, no token.
     AuditUnavailable,
     /// The request did not finish within the server's deadline.
@@ -93,9 +96,11 @@ impl Rejection {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ClientAuthentication => StatusCode::UNAUTHORIZED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            SigningKeyUnavailable | SecretStoreUnavailable | AuditUnavailable | RequestTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            SigningKeyUnavailable
+            | SecretStoreUnavailable
+            | IssuerKeysUnavailable
+            | AuditUnavailable
+            | RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -112,6 +117,7 @@ impl Rejection {
             RateLimited
             | SigningKeyUnavailable
             | SecretStoreUnavailable
+            | IssuerKeysUnavailable
             | AuditUnavailable
             | RequestTimeout => "temporarily_unavailable",
             Internal => "server_error",
@@ -159,6 +165,7 @@ impl Rejection {
             RateLimited => "too many requests for this identity; retry later",
             SigningKeyUnavailable => "no signing key is available; retry later",
             SecretStoreUnavailable => "the secret store is unavailable; retry later",
+            IssuerKeysUnavailable => "the token issuer's keys cannot be fetched; retry later",
             AuditUnavailable => "the audit log is unavailable; no token was issued",
             RequestTimeout => "the request took too long; retry later",
             Internal => "internal error",
@@ -195,6 +202,7 @@ impl Rejection {
             RateLimited => "rate_limited",
             SigningKeyUnavailable => "signing_key_unavailable",
             SecretStoreUnavailable => "secret_store_unavailable",
+            IssuerKeysUnavailable => "issuer_keys_unavailable",
             AuditUnavailable => "audit_unavailable",
             RequestTimeout => "request_timeout",
             Internal => "internal",

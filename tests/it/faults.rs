@@ -1,4 +1,4 @@
-//! Faults (SECURITY.md "Faults"): the issuer's JWKS down or slow, the audit log
+//! Faults (README, "Security properties"): the issuer's JWKS down or slow, the audit log
 //! unwritable, the catalogue changed under a running STS. In every case the STS fails
 //! closed: no token, a standard error, and `Retry-After` when waiting helps.
 
@@ -64,13 +64,15 @@ async fn jwks_down_last_good_keys_serve_until_stale_then_refusal() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // An outage of the issuer is ours to report: 503 with Retry-After, not a bad token.
     let (token, r) = refused.expect("stale keys stop serving");
-    r.assert_error(400, "invalid_request", &[&token]);
+    r.assert_error(503, "temporarily_unavailable", &[&token]);
+    assert!(r.headers.contains_key("retry-after"), "{r:?}");
     // And it stays refused while the issuer is down: no fallback key.
     for _ in 0..3 {
         let token = next();
         let r = sts.exchange_for(&token, "github.issues.create").await;
-        r.assert_error(400, "invalid_request", &[&token]);
+        r.assert_error(503, "temporarily_unavailable", &[&token]);
     }
 
     // The issuer comes back: after the cooldown the keys are fetched again.
@@ -93,14 +95,15 @@ async fn jwks_garbage_is_not_a_key_set() {
     let issuers = Issuers::start().await;
     let sts = TestSts::start(&issuers.specs(), SCOPES, "").await;
     // Never fetched successfully: garbage from the start gives nothing to serve.
+    // The fault is the issuer's, not the client's: 503, retry later.
     issuers.spire.set_mode(JwksMode::Garbage);
     let token = issuers.svid("agent/triage");
     let r = sts.exchange_for(&token, "github.issues.create").await;
-    r.assert_error(400, "invalid_request", &[&token]);
+    r.assert_error(503, "temporarily_unavailable", &[&token]);
     issuers.spire.set_mode(JwksMode::Fail);
     let token = fresh_svid(&issuers, "agent/triage", 1);
     let r = sts.exchange_for(&token, "github.issues.create").await;
-    r.assert_error(400, "invalid_request", &[&token]);
+    r.assert_error(503, "temporarily_unavailable", &[&token]);
     // Other trusts are unaffected.
     let r = sts
         .exchange_for(&issuers.k8s_token("triage"), "docs.read")

@@ -9,6 +9,8 @@ pub enum JwtError {
     Malformed(&'static str),
     #[error("token has a crit header; no JWS extension is supported")]
     CriticalHeader,
+    #[error("token header has a parameter that changes processing and is not implemented")]
+    UnsupportedHeader,
     #[error("token issuer is not a configured trust")]
     UnknownIssuer,
     #[error("token issuer is refused here")]

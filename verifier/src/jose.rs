@@ -3,9 +3,10 @@
 //!
 //! Only asymmetric algorithms exist in [`Algorithm`]: `none` and `HS*` cannot be
 //! configured or parsed, since a public JWKS cannot key an HMAC. Of the header only
-//! `alg`, `kid`, `typ` and `crit` are read; `jku`, `x5u`, `jwk` and `x5c` are ignored
-//! (keys come from configuration only), and any `crit` is refused because no JWS
-//! extension is implemented (RFC 7515 §4.1.11).
+//! `alg`, `kid` and `typ` are read; `jku`, `x5u`, `jwk`, `x5c` and `x5t` are tolerated
+//! and ignored (keys come from configuration only); any `crit` is refused because no JWS
+//! extension is implemented (RFC 7515 §4.1.11), and so is every other parameter that
+//! would change processing (`zip`, `b64`, a nested `cty: JWT`, JWE parameters).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -104,25 +105,39 @@ pub struct JoseHeader {
     pub kid: Option<String>,
     #[serde(default)]
     pub typ: Option<String>,
-    /// Present at all (even `null`) means refused.
-    #[serde(default, deserialize_with = "present")]
-    pub crit: Option<Value>,
 }
 
-/// `Some` whenever the member is present, `null` included.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
+/// Header parameters a token may carry. Only `alg`, `kid` and `typ` are used; the
+/// key-reference parameters (`jku`, `x5u`, `jwk`, `x5c`, `x5t`, `x5t#S256`) are
+/// tolerated because real issuers send them, and never read; `cty` is tolerated
+/// unless it announces a nested JWT. Anything else (`zip` compression, `b64`
+/// unencoded payloads, JWE parameters, extensions) changes how the token must be
+/// processed, and is refused rather than ignored.
+const KNOWN_HEADER_PARAMETERS: [&str; 10] = [
+    "alg", "kid", "typ", "cty", "jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256",
+];
 
 /// Decodes and checks the protected header.
 pub fn parse_header(segment: &str) -> Result<JoseHeader, JwtError> {
     let bytes = base64url::decode(segment).ok_or(JwtError::Malformed("header is not base64url"))?;
-    let header: JoseHeader = serde_json::from_slice(&bytes)
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|_| JwtError::Malformed("header is not a JOSE header"))?;
-    if header.crit.is_some() {
+    if object.contains_key("crit") {
         return Err(JwtError::CriticalHeader);
     }
-    Ok(header)
+    let nested = object
+        .get("cty")
+        .and_then(Value::as_str)
+        .is_some_and(|cty| cty.eq_ignore_ascii_case("jwt"));
+    if nested
+        || !object
+            .keys()
+            .all(|k| KNOWN_HEADER_PARAMETERS.contains(&k.as_str()))
+    {
+        return Err(JwtError::UnsupportedHeader);
+    }
+    serde_json::from_value(Value::Object(object))
+        .map_err(|_| JwtError::Malformed("header is not a JOSE header"))
 }
 
 /// Decodes the payload as a JSON object (the JWT claims set, RFC 7519 §7.2).
@@ -168,6 +183,31 @@ mod tests {
         }
         let h = parse_header(&encode(br#"{"alg":"ES256","kid":"k","jku":"http://x"}"#));
         assert_eq!(h.unwrap().kid.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn parameters_that_change_processing_are_refused() {
+        for header in [
+            r#"{"alg":"ES256","zip":"DEF"}"#,
+            r#"{"alg":"ES256","b64":false}"#,
+            r#"{"alg":"ES256","cty":"JWT"}"#,
+            r#"{"alg":"ES256","enc":"A128GCM"}"#,
+            r#"{"alg":"ES256","epk":{}}"#,
+            r#"{"alg":"ES256","x-custom":1}"#,
+        ] {
+            assert_eq!(
+                parse_header(&encode(header.as_bytes())).unwrap_err(),
+                JwtError::UnsupportedHeader,
+                "{header}"
+            );
+        }
+        for header in [
+            r#"{"alg":"RS256","kid":"k","typ":"JWT","x5t":"abc"}"#,
+            r#"{"alg":"ES256","x5t#S256":"abc","x5c":["a"],"jwk":{},"x5u":"u"}"#,
+            r#"{"alg":"ES256","cty":"application/json"}"#,
+        ] {
+            assert!(parse_header(&encode(header.as_bytes())).is_ok(), "{header}");
+        }
     }
 
     #[test]
