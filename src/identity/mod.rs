@@ -8,13 +8,16 @@
 //! - a token this STS issued is refused as a subject token ([`JwtError::RefusedIssuer`])
 //!   until delegation chains define how a re-exchange may only narrow;
 //! - each verified identity carries its trust's SPIFFE trust domains, for the
-//!   catalogue's unprefixed `spiffe://` patterns;
+//!   catalogue's unprefixed `spiffe://` patterns, and a subject that claims to be a
+//!   SPIFFE ID must be a valid one ([`spiffe`]) before any pattern sees it;
+//! - a token carrying `act` (itself delegated) is refused: its chain would be lost;
 //! - JWKS fetches are counted per trust and failures logged.
 //!
 //! May import `config` (the `[[trust]]` entries), `secret` and `telemetry`; the
 //! catalogue and both programs import it, never the reverse.
 
 pub mod principal;
+pub mod spiffe;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -88,6 +91,22 @@ impl TrustStore {
     /// keys and the claim rules; results are cached until the token expires.
     pub async fn verify(&self, token: &SubjectToken, now: u64) -> Result<VerifiedToken, JwtError> {
         let jwt = self.issuers.verify(token.expose(), now).await?;
+        let claim_error = |claim, problem| JwtError::Claim {
+            trust: jwt.trust.to_string(),
+            claim,
+            problem,
+        };
+        if spiffe::looks_like_spiffe(&jwt.subject) {
+            spiffe::is_valid_spiffe_id(&jwt.subject).map_err(|p| claim_error("sub", p))?;
+        }
+        // A workload token that is itself delegated: its chain would be dropped here,
+        // so it is refused until delegation chains define how one may only narrow.
+        if jwt.claims.contains_key("act") {
+            return Err(claim_error(
+                "act",
+                "delegated workload tokens are not accepted",
+            ));
+        }
         let spiffe_domains = self
             .spiffe_domains
             .iter()

@@ -9,7 +9,8 @@
 //! 3. the catalogue: the action exists and is granted to the agent, bound to its
 //!    (trust, subject); an unknown action and an ungranted one are the same refusal,
 //!    so the catalogue cannot be enumerated;
-//! 4. delegation as the action allows, the delegating subject granted by `subjects`;
+//! 4. delegation as the action allows, the delegating subject granted by `subjects`,
+//!    and the actor named by the subject token's `may_act` when it has one;
 //! 5. `audience`/`resource`, if sent, name the action's audience;
 //! 6. the action's credential is present and enabled at the source;
 //! 7. a signing key is active; mint with `exp = min(action ttl, max_ttl, subject exp)`;
@@ -130,6 +131,21 @@ fn refused_identity(error: &JwtError, which: &'static str, invalid: Rejection) -
         tracing::debug!(token = which, error = %error, "token refused");
         invalid
     }
+}
+
+/// Whether the subject token lets `actor` act for it: no `may_act` claim (RFC 8693
+/// §4.4) leaves it to the catalogue; one that is present must name the actor's `sub`
+/// (and `iss`, when it gives one). A malformed `may_act` allows no one.
+fn may_act(subject: &VerifiedToken, actor: &VerifiedToken) -> bool {
+    let Some(may) = subject.claims.get("may_act") else {
+        return true;
+    };
+    let named = |k: &str| may.get(k).and_then(serde_json::Value::as_str);
+    named("sub") == Some(actor.subject.as_str())
+        && match may.get("iss") {
+            None => true,
+            Some(_) => named("iss") == Some(&*actor.issuer),
+        }
 }
 
 /// `trust:subject`: an identity qualified by the trust it verified under.
@@ -315,6 +331,9 @@ impl Sts {
             (None, Delegation::Required) => return Err(Rejection::DelegationRequired),
             (Some(_), _) if !action.permits_subject(&principal(&subject)) => {
                 return Err(Rejection::ActionNotPermitted);
+            }
+            (Some(actor), _) if !may_act(&subject, actor) => {
+                return Err(Rejection::ActorNotAllowed);
             }
             _ => {}
         }

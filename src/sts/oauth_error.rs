@@ -59,6 +59,8 @@ pub enum Rejection {
     DelegationRequired,
     /// The action forbids delegation but an `actor_token` was sent.
     DelegationForbidden,
+    /// The subject token's `may_act` (RFC 8693 §4.4) does not name the actor.
+    ActorNotAllowed,
     /// The action's integration credential is missing or disabled at the source.
     CredentialUnavailable,
     /// `audience` or `resource` is not the action's audience.
@@ -157,6 +159,7 @@ impl Rejection {
             ActionNotPermitted => "the requested action is not permitted",
             DelegationRequired => "the requested action requires an actor_token (delegation)",
             DelegationForbidden => "the requested action does not allow delegation",
+            ActorNotAllowed => "the subject_token does not allow this actor to act for it",
             CredentialUnavailable => "the requested action's credential is unavailable",
             InvalidTarget => "audience or resource does not match the requested action",
             ClientAuthentication => {
@@ -196,6 +199,7 @@ impl Rejection {
             ActionNotPermitted => "action_not_permitted",
             DelegationRequired => "delegation_required",
             DelegationForbidden => "delegation_forbidden",
+            ActorNotAllowed => "actor_not_allowed",
             CredentialUnavailable => "credential_unavailable",
             InvalidTarget => "invalid_target",
             ClientAuthentication => "client_authentication",

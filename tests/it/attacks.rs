@@ -1347,3 +1347,108 @@ async fn iss_must_be_a_string_and_sub_a_non_empty_string() {
         assert_refused(&sts, &format!("{input}.{sig}"), GITHUB, "payload").await;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Identities are what their specs say; claims and headers that would change meaning.
+
+/// SPIFFE IDs that break the SPIFFE ID syntax never reach a pattern (the catalogue
+/// grants `spiffe://example.org/agent/triage`); a `sub` with bidirectional or
+/// zero-width characters, an `nbf` after `exp`, an `act` inside a workload token, and
+/// header parameters that change processing are refused as invalid tokens.
+#[tokio::test]
+async fn malformed_identities_claims_and_headers_are_refused() {
+    let (sts, issuers) = TestSts::standard().await;
+    let spire = &issuers.spire;
+    let n = now();
+    let svid = |sub: &str| json!({"sub": sub, "aud": [STS_ISSUER], "exp": n + 300, "iat": n, "iss": spire.iss});
+    let good = spire.token(&svid("spiffe://example.org/agent/triage"));
+    assert_eq!(
+        sts.exchange_for(&good, "github.issues.create").await.status,
+        200
+    );
+
+    let mut bad: Vec<(&str, String)> = [
+        "spiffe://example.org/agent/../agent/triage",
+        "spiffe://example.org/agent/./triage",
+        "spiffe://example.org/agent/triage/",
+        "spiffe://example.org//agent/triage",
+        "spiffe://Example.org/agent/triage",
+        "SPIFFE://example.org/agent/triage",
+        "spiffe://example.org/agent/%74riage",
+        "spiffe://example.org:443/agent/triage",
+        "spiffe://example.org/agent/triage\u{200B}",
+        "spiffe://example.org/agent/\u{202E}egairt",
+    ]
+    .into_iter()
+    .map(|sub| (sub, spire.token(&svid(sub))))
+    .collect();
+    let mut claims = svid("spiffe://example.org/agent/triage");
+    claims["nbf"] = json!(n + 10);
+    claims["exp"] = json!(n + 5);
+    bad.push(("nbf after exp", spire.token(&claims)));
+    let mut claims = svid("spiffe://example.org/agent/triage");
+    claims["act"] = json!({"sub": "spiffe://example.org/agent/other"});
+    bad.push(("act in a workload token", spire.token(&claims)));
+    for extra in [
+        json!({"zip": "DEF"}),
+        json!({"b64": false}),
+        json!({"cty": "JWT"}),
+    ] {
+        let mut header = spire.header();
+        header
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let claims = svid("spiffe://example.org/agent/triage");
+        bad.push((
+            "header parameter",
+            spire.token_with_header(&header, &claims),
+        ));
+    }
+    for (what, token) in bad {
+        let r = sts.exchange_for(&token, "github.issues.create").await;
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        r.assert_error(400, "invalid_request", &[&token]);
+    }
+}
+
+/// A subject token's `may_act` (RFC 8693 §4.4) decides which actor may act for it:
+/// another actor is refused even where the catalogue would allow it.
+#[tokio::test]
+async fn may_act_names_the_only_actor_allowed() {
+    let (sts, issuers) = TestSts::standard().await;
+    let n = now();
+    let user = |may_act: Value| {
+        let mut claims = json!({
+            "iss": issuers.idp.iss, "sub": "alice@example.org", "aud": STS_ISSUER,
+            "exp": n + 900, "iat": n,
+        });
+        if !may_act.is_null() {
+            claims["may_act"] = may_act;
+        }
+        issuers.idp.token(&claims)
+    };
+    let triage = "system:serviceaccount:agents:triage";
+    let actor = issuers.k8s_token("triage");
+    let cases = [
+        (Value::Null, 200),
+        (json!({"sub": triage}), 200),
+        (json!({"sub": triage, "iss": issuers.k8s.iss}), 200),
+        (json!({"sub": "system:serviceaccount:agents:other"}), 400),
+        (
+            json!({"sub": triage, "iss": "https://elsewhere.example"}),
+            400,
+        ),
+        (json!({"iss": issuers.k8s.iss}), 400),
+        (json!("triage"), 400),
+    ];
+    for (may_act, status) in cases {
+        let r = sts
+            .exchange_delegated(&user(may_act.clone()), &actor, "github.issues.create")
+            .await;
+        assert_eq!(r.status, status, "may_act {may_act}: {r:?}");
+        if status == 400 {
+            r.assert_error(400, "invalid_request", &[&actor]);
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! The registered claims (RFC 7519 §4.1), checked with our own strict code rather than a
 //! JWT library's defaults, which accept a missing `aud` or `iss`, an `iss` array, a
 //! far-future `exp` or a future `nbf`:
-//! - `sub` a non-empty string without control characters, at most 1 KiB;
+//! - `sub` a non-empty string without control, invisible or bidirectional-control
+//!   characters, at most 1 KiB;
 //! - `aud` a string, or a non-empty array of strings, naming the expected audience;
-//! - `exp` and `iat` present, `nbf` honoured when present, all NumericDates (§2);
+//! - `exp` and `iat` present, `nbf` honoured when present (and not after `exp`), all
+//!   NumericDates (§2);
 //! - an explicit leeway, and a cap on both `exp - iat` and `exp - now`.
 //!
 //! `iss` is matched before this (it chooses the keys): see [`crate::issuers`].
@@ -34,6 +36,23 @@ pub struct CheckedClaims {
 
 /// A refused claim: its name and a fixed description of the problem.
 pub type ClaimProblem = (&'static str, &'static str);
+
+/// Characters that make one identity look like another: zero-width and other
+/// invisible format characters, and bidirectional controls (which reorder what an
+/// operator reads in a log line).
+pub fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
 
 /// A NumericDate (RFC 7519 §2): a JSON number of seconds. Fractions are truncated;
 /// negative, non-finite or non-number values are refused.
@@ -76,6 +95,12 @@ pub fn check_claims(
     if subject.chars().any(char::is_control) {
         return Err(("sub", "contains control characters"));
     }
+    if subject.chars().any(is_invisible_or_bidi) {
+        return Err((
+            "sub",
+            "contains invisible or bidirectional-control characters",
+        ));
+    }
 
     match claims.get("aud") {
         Some(Value::String(a)) if a == audience => {}
@@ -110,10 +135,13 @@ pub fn check_claims(
     if exp - iat > max_life {
         return Err(("exp", "token lifetime exceeds the allowed maximum"));
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")?
-        && nbf > now.saturating_add(leeway)
-    {
-        return Err(("nbf", "is in the future"));
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > now.saturating_add(leeway) {
+            return Err(("nbf", "is in the future"));
+        }
+        if nbf > exp {
+            return Err(("nbf", "is after exp"));
+        }
     }
     Ok(CheckedClaims {
         subject,
@@ -202,6 +230,18 @@ mod tests {
             (
                 json!({"sub":"a\u{7}","aud":"https://sts","exp":NOW+60,"iat":NOW}),
                 "sub",
+            ),
+            (
+                json!({"sub":"adm\u{202E}nimda","aud":"https://sts","exp":NOW+60,"iat":NOW}),
+                "sub",
+            ),
+            (
+                json!({"sub":"a\u{200B}b","aud":"https://sts","exp":NOW+60,"iat":NOW}),
+                "sub",
+            ),
+            (
+                json!({"sub":"a","aud":"https://sts","exp":NOW+10,"iat":NOW-10,"nbf":NOW+20}),
+                "nbf",
             ),
         ];
         for (c, claim) in cases {
