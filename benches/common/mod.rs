@@ -159,7 +159,7 @@ pub async fn start_sts(jwks_uri: &str, scopes: &str, secrets: &str) -> Sts {
     let d = dir.path();
     std::fs::create_dir_all(d.join("scopes")).unwrap();
     std::fs::write(d.join("scopes/bench.toml"), scopes).unwrap();
-    std::fs::write(d.join("secrets.toml"), secrets).unwrap();
+    agent_sts_testkit::write_secret_file(&d.join("secrets.toml"), secrets);
     let trust = format!(
         r#"
 [limits]

@@ -717,6 +717,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut trusts = Vec::with_capacity(raw.trust.len());
     let mut names = HashSet::new();
     let mut issuers = HashSet::new();
+    let mut spiffe_domains = HashSet::new();
     for (i, t) in raw.trust.into_iter().enumerate() {
         let key = |k: &str| format!("trust[{i}].{k}");
         if t.name.is_empty()
@@ -771,10 +772,24 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             }
         }
         for d in &t.spiffe_trust_domains {
-            if d.is_empty() || d.contains(['/', ':', '*']) || d.chars().any(char::is_whitespace) {
+            // The SPIFFE ID specification's trust domain: lowercase letters, digits,
+            // '.', '-' and '_'.
+            let valid = !d.is_empty()
+                && d.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+                });
+            if !valid {
                 return Err(c.err(
                     &key("spiffe_trust_domains"),
-                    format!("not a trust domain: {d:?}"),
+                    format!("not a trust domain (lowercase [a-z0-9.-_]): {d:?}"),
+                ));
+            }
+            // One issuer speaks for a trust domain: two would let either mint any
+            // identity of the other's workloads.
+            if !spiffe_domains.insert(d.clone()) {
+                return Err(c.err(
+                    &key("spiffe_trust_domains"),
+                    format!("trust domain {d:?} is already claimed by another trust"),
                 ));
             }
         }
@@ -1013,7 +1028,15 @@ fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, Co
 
 fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
     let address = v.address;
+    // The Vault token, the signing keys and the credentials cross this connection:
+    // plain http only to a loopback host, as for JWKS URLs.
     match reqwest::Url::parse(&address) {
+        Ok(u) if u.scheme() == "http" && parse_jwks_uri(&address).is_err() => {
+            return Err(c.err(
+                "vault.address",
+                "must be https (plain http only to a loopback host): the Vault token, keys and credentials would cross the network in clear",
+            ));
+        }
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
         _ => return Err(c.err("vault.address", "must be an http(s) URL")),
     }

@@ -124,6 +124,11 @@ impl FileKeyStore {
         }
     }
 
+    /// The keyring file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -195,24 +200,65 @@ impl KeyStore for FileKeyStore {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename), readable by the owner
-/// only.
+/// Writes `bytes` to `path` atomically, readable by the owner only: a temporary file
+/// with an unpredictable name beside it, created exclusively (`O_CREAT|O_EXCL`, which
+/// never follows a symlink planted at that name, nor reuses a file left there) with
+/// mode 0600 from its first byte, synced, then renamed over `path`.
 pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let mut attempts = 0;
+    let (tmp, mut file) = loop {
+        let mut nonce = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| std::io::Error::other("no randomness"))?;
+        let name = format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hex::encode(nonce)
+        );
+        let tmp = path.with_file_name(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(file) => break (tmp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 3 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)
+}
+
+/// Refuses a file holding a secret that group or others may read or write (as ssh
+/// does for private keys). A missing file is not checked: it holds nothing yet.
+pub fn check_private_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: holds secrets but is accessible to group or others (mode {mode:04o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A key's state at a given time.
@@ -642,5 +688,50 @@ mod tests {
         store.save(&ring, &version).await.unwrap();
         let err = store.save(&ring, &version).await.unwrap_err();
         assert!(matches!(err, KeyStoreError::Conflict { .. }));
+    }
+}
+
+#[cfg(test)]
+mod private_files {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_never_follow_a_planted_link_nor_keep_a_loose_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing-keys.json");
+        // An attacker's symlinks at the names a predictable writer would use, and a
+        // group-readable file already in place.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        for planted in ["signing-keys.tmp", ".signing-keys.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+        }
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        write_private_file(&path, b"{\"keys\":[]}").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"keys\":[]}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(check_private_file(&path), Ok(()));
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.ends_with(".tmp")
+                    && !n.starts_with("signing-keys")
+                    && n != ".signing-keys.json.tmp"
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = check_private_file(&path).unwrap_err();
+        assert!(e.contains("chmod 600") && e.contains("0640"), "{e}");
+        assert_eq!(check_private_file(&dir.path().join("missing")), Ok(()));
     }
 }

@@ -151,6 +151,8 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     if served == 0 {
         tracing::warn!(audience = %s.audience, "no catalogue action has this shim's audience and an [action.request]: every request will be refused");
     }
+    // The shim keeps no keyring: its secrets and Vault files are checked.
+    store::check_secret_files(None, &config.secrets, config.vault.as_ref())?;
     let vault = match (&config.secrets, &config.vault) {
         (crate::config::SecretsConfig::Vault, Some(v)) => Some(store::connect_vault(v).await?),
         _ => None,

@@ -20,7 +20,7 @@ pub use secrets::{
     SecretStoreError, StoredCredential,
 };
 
-use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultConfig};
+use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultAuth, VaultConfig};
 use crate::keys::{FileKeyStore, KeyStore};
 use crate::runtime::StartError;
 use vault::{Vault, VaultKeyStore, VaultSecretStore};
@@ -37,6 +37,11 @@ pub struct Stores {
 /// login is logged, not fatal: every Vault call logs in again when it can, and until
 /// then the STS refuses tokens (fail closed) and reports not ready.
 pub async fn open(config: &Config) -> Result<Stores, StartError> {
+    check_secret_files(
+        Some(&config.keys.store),
+        &config.secrets,
+        config.vault.as_ref(),
+    )?;
     let uses_vault = matches!(config.keys.store, KeyStoreKind::Vault { .. })
         || matches!(config.secrets, SecretsConfig::Vault);
     let vault = match (&config.vault, uses_vault) {
@@ -61,6 +66,38 @@ pub async fn open(config: &Config) -> Result<Stores, StartError> {
         secrets,
         vault,
     })
+}
+
+/// Refuses to start with a file of secrets (the file keyring, the file secret store,
+/// Vault's token, role-id and secret-id files) that group or others can access. The
+/// Kubernetes service-account token is the platform's to mount and is not checked.
+pub fn check_secret_files(
+    keys: Option<&KeyStoreKind>,
+    secrets: &SecretsConfig,
+    vault: Option<&VaultConfig>,
+) -> Result<(), StartError> {
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(KeyStoreKind::File { dir }) = keys {
+        files.push(FileKeyStore::new(dir).path().to_path_buf());
+    }
+    if let SecretsConfig::File { path } = secrets {
+        files.push(path.clone());
+    }
+    match vault.map(|v| &v.auth) {
+        Some(VaultAuth::Token {
+            token_file: Some(f),
+        }) => files.push(f.clone()),
+        Some(VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+            ..
+        }) => files.extend([role_id_file.clone(), secret_id_file.clone()]),
+        _ => {}
+    }
+    files
+        .iter()
+        .try_for_each(|f| crate::keys::check_private_file(f))
+        .map_err(StartError::Config)
 }
 
 /// A Vault client for `v`, logged in once (a failed login is logged, not fatal).

@@ -211,3 +211,45 @@ async fn audit_verify_passes_a_real_log_and_fails_at_the_first_broken_link() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("line"), "{}", text(&bad.stderr));
 }
+
+/// Insecure setups do not start without a word: a secrets file others can read (as
+/// ssh refuses a readable private key, naming the file and the fix), Vault over plain
+/// http to another host, two trusts claiming one SPIFFE trust domain.
+#[test]
+fn insecure_configurations_exit_2_and_say_why() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let issuers = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Issuers::start());
+    let (dir, config) = sts_dir(&issuers);
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("secrets.toml") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let original = std::fs::read_to_string(&config).unwrap();
+    let cases = [
+        (
+            "\n[vault]\naddress = \"http://vault.example.org:8200\"\n",
+            "vault.address",
+        ),
+        (
+            "\n[[trust]]\nname = \"spire-2\"\nissuer = \"https://spire-2.example.org\"\njwks_uri = \"https://spire-2.example.org/jwks\"\nalgorithms = [\"ES256\"]\nspiffe_trust_domains = [\"example.org\"]\n",
+            "spiffe_trust_domains",
+        ),
+    ];
+    for (extra, key) in cases {
+        std::fs::write(&config, format!("{original}{extra}")).unwrap();
+        let out = run(&["serve", "--config", config.to_str().unwrap()], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let err = text(&out.stderr);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 pub use agent_sts_testkit::{
     GRANT, JWT_TYPE, JwksMode, TestIssuer, alg_name, b64, closing_server, exchange_form, fixture,
-    flip_last, form, now, serve, sts_config_toml,
+    flip_last, form, now, serve, sts_config_toml, write_secret_file,
 };
 
 /// The STS under test: `iss` of its tokens, the audience of workload tokens.
@@ -387,7 +387,7 @@ pub fn sts_files(
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
-    std::fs::write(dir.path().join("secrets.toml"), secrets_toml()).unwrap();
+    write_secret_file(&dir.path().join("secrets.toml"), secrets_toml());
     let config_path = dir.path().join("agent-sts.toml");
     let config = config_toml_with(dir.path(), trusts, extra_config, tweaks);
     std::fs::write(&config_path, config).unwrap();

@@ -518,7 +518,7 @@ async fn credential_handed_back_in_any_encoding_or_header_never_reaches_the_agen
         &serde_json::to_string(&tricky).unwrap(),
         1,
     );
-    std::fs::write(sts.dir.path().join("secrets.toml"), secrets).unwrap();
+    write_secret_file(&sts.dir.path().join("secrets.toml"), secrets);
 
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let log = seen.clone();

@@ -56,7 +56,7 @@ pub async fn plant_credentials(vault: &Rvault) {
 
 pub fn token_file_auth(dir_hint: &Rvault) -> String {
     let path = dir_hint.dir().join("root-token");
-    std::fs::write(&path, &dir_hint.root_token).unwrap();
+    write_secret_file(&path, &dir_hint.root_token);
     format!("auth = \"token\"\ntoken_file = \"{}\"", path.display())
 }
 
@@ -140,8 +140,8 @@ async fn approle_login_works_and_a_bad_token_fails_closed() {
     plant_credentials(&vault).await;
     let (role_id, secret_id) = vault.enable_approle("agent-sts").await;
     let dir = vault.dir();
-    std::fs::write(dir.join("role-id"), &role_id).unwrap();
-    std::fs::write(dir.join("secret-id"), &secret_id).unwrap();
+    write_secret_file(&dir.join("role-id"), &role_id);
+    write_secret_file(&dir.join("secret-id"), &secret_id);
     let issuers = Issuers::start().await;
     // Keys are bootstrapped with the root token (ops), the STS reads with AppRole.
     let approle = format!(
@@ -157,7 +157,7 @@ async fn approle_login_works_and_a_bad_token_fails_closed() {
 
     // A bad token: every request fails closed, quickly, with 503 and Retry-After.
     let bad = vault.dir().join("bad-token");
-    std::fs::write(&bad, "not-a-valid-token").unwrap();
+    write_secret_file(&bad, "not-a-valid-token");
     let extra = format!(
         "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"token\"\ntoken_file = \"{}\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
         vault.addr,
@@ -257,8 +257,8 @@ async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    std::fs::write(dir.path().join("role-id"), &role_id).unwrap();
-    std::fs::write(dir.path().join("secret-id"), &secret_id).unwrap();
+    write_secret_file(&dir.path().join("role-id"), &role_id);
+    write_secret_file(&dir.path().join("secret-id"), &secret_id);
     let extra = format!(
         "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
         vault.addr,
