@@ -194,6 +194,10 @@ pub struct ProxiedCall<'a> {
     pub shim: &'a str,
     /// `sub` of the access token.
     pub subject: Option<&'a str>,
+    /// `iss` of the access token (the STS that minted it).
+    pub issuer: Option<&'a str>,
+    /// `client_id` of the access token: the agent as `TRUST:SUB`.
+    pub client_id: Option<&'a str>,
     /// `act.sub`, when delegated.
     pub actor: Option<&'a str>,
     /// `scope`: the action.
@@ -881,6 +885,8 @@ mod tests {
                 time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
                 shim: "https://shim.example",
                 subject,
+                issuer: Some("https://sts.example"),
+                client_id: Some("k8s:agent"),
                 actor: None,
                 action: Some("docs.read"),
                 jti: Some("j1"),

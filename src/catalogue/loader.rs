@@ -373,6 +373,11 @@ fn keep_optional<T>(
     }
 }
 
+/// Whether `name` is a well-formed action name (what [`validate_name`] accepts).
+pub fn is_action_name(name: &str) -> bool {
+    validate_name(name).is_ok()
+}
+
 fn validate_name(name: &str) -> Result<String, Problem> {
     let invalid = |reason| Problem::InvalidName {
         name: name.to_owned(),

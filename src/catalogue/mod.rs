@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::identity::principal::{Principal, TrustDirectory};
+pub use loader::is_action_name;
 use loader::{Loader, toml_files};
 pub use pattern::{MAX_SUBJECT_LEN, PatternError, SubjectPattern};
 pub use request_shape::{

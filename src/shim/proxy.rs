@@ -315,6 +315,8 @@ impl Shim {
             time: SystemTime::now(),
             shim: &self.audience,
             subject: token.map(|t| t.subject.as_str()),
+            issuer: token.map(|t| t.issuer.as_str()),
+            client_id: token.map(|t| t.client_id.as_str()),
             actor: token.and_then(|t| t.actor.as_ref()).map(|a| a.sub.as_str()),
             action: token.map(|t| t.action.as_str()),
             jti: token.map(|t| t.jti.as_str()),

@@ -108,7 +108,11 @@ impl Readiness {
 struct Facts {
     subject: Option<VerifiedToken>,
     actor: Option<VerifiedToken>,
+    /// The catalogue action, once known to exist and be granted (metric label).
     action: Option<Arc<str>>,
+    /// The action asked for, when it is a well-formed action name: the audit log
+    /// records it even when it is unknown or not granted (never a metric label).
+    requested: Option<String>,
     audience: Option<String>,
 }
 
@@ -222,7 +226,7 @@ impl Sts {
             trust: facts.subject.as_ref().map(|s| &*s.trust),
             subject: facts.subject.as_ref().map(|s| s.subject.as_str()),
             actor: actor.as_deref(),
-            action: facts.action.as_deref(),
+            action: facts.action.as_deref().or(facts.requested.as_deref()),
             audience: facts.audience.as_deref(),
             jti: minted.map(|m| m.jti.as_str()),
             kid: minted.map(|m| m.kid.as_str()),
@@ -315,6 +319,9 @@ impl Sts {
         }
 
         // 3. Catalogue.
+        if crate::catalogue::is_action_name(&req.action) {
+            facts.requested = Some(req.action.clone());
+        }
         let catalogue = self.catalogue.load();
         let action: &Action = catalogue
             .get(&req.action)

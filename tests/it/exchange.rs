@@ -1,6 +1,8 @@
 //! The happy paths: the real shapes of workload tokens exchanged for one-action
 //! tokens, verified independently through the JWKS.
 
+use serde_json::Value;
+
 use crate::harness::*;
 
 #[tokio::test]
@@ -223,4 +225,29 @@ async fn concurrent_first_requests_all_wait_for_the_one_jwks_fetch() {
         1,
         "one fetch served every first request"
     );
+}
+
+/// A refused request for a well-formed action name records the name asked for in the
+/// audit log (unknown or not granted alike), and a malformed one records nothing; the
+/// denial metric never takes the asked-for name as a label (only catalogue actions).
+#[tokio::test]
+async fn refusals_record_the_action_asked_for_but_metrics_stay_closed() {
+    let (sts, issuers) = TestSts::standard().await;
+    let agent = issuers.k8s_token("triage");
+    for (scope, recorded) in [
+        (
+            "salesforce.opportunity.update",
+            Value::from("salesforce.opportunity.update"),
+        ),
+        ("no.such.action", Value::from("no.such.action")),
+        ("Not An Action!", Value::Null),
+    ] {
+        let r = sts.exchange_for(&agent, scope).await;
+        assert_eq!(r.status, 400, "{scope}: {r:?}");
+        let audit = std::fs::read_to_string(sts.audit_path()).unwrap();
+        let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+        assert_eq!(last["action"], recorded, "{scope}");
+    }
+    let metrics = sts.get("/metrics").await.text;
+    assert!(!metrics.contains("no.such.action"), "{metrics}");
 }

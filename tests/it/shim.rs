@@ -440,6 +440,8 @@ async fn full_flow_injects_the_credential_scrubs_it_from_the_answer_and_audits_t
     assert_eq!(line["upstream_status"], 200);
     assert!(line["bytes_scrubbed"].as_u64().unwrap() > 0, "{line}");
     assert_eq!(line["subject"], claims["sub"]);
+    assert_eq!(line["issuer"], STS_ISSUER);
+    assert_eq!(line["client_id"], claims["client_id"]);
     assert_eq!(line["action"], "github.issues.create");
     assert_eq!(line["jti"], claims["jti"]);
     let audit = std::fs::read_to_string(&shim.audit_path).unwrap();

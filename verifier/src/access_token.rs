@@ -38,6 +38,8 @@ pub struct Actor {
 /// A verified agent-sts access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessToken {
+    /// `iss`: the STS that minted it.
+    pub issuer: String,
     /// `sub`: the agent, or the delegating user.
     pub subject: String,
     /// `act`, when delegated: the agent acting for the subject.
@@ -146,6 +148,7 @@ impl Verifier {
             }
         };
         Ok(AccessToken {
+            issuer: verified.issuer.to_string(),
             subject: verified.subject.clone(),
             actor,
             action,
