@@ -1,6 +1,10 @@
-//! The process runtime both programs share: binding a listener, waiting for a shutdown
-//! signal, periodic background tasks, and the startup error whose exit code the README
-//! documents (2 for invalid configuration, 1 for a runtime failure).
+//! The process runtime both programs share: binding a listener and serving it within
+//! connection limits, waiting for a shutdown signal, periodic background tasks, and the
+//! startup error whose exit code the README documents (2 for invalid configuration, 1
+//! for a runtime failure).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Why the STS or the shim could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,147 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
+}
+
+/// What bounds the connections of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Longest wait for a request's header section (idle keep-alive included).
+    pub header_read_timeout: Duration,
+    /// Open connections at most, before the descriptor reserve lowers it.
+    pub max_connections: usize,
+    /// Open connections at most from one peer address.
+    pub max_connections_per_peer: usize,
+    /// Largest header section a request may have; hyper's read buffer is bounded by it.
+    pub header_bytes: usize,
+}
+
+/// File descriptors kept for everything but client connections: the keyring and
+/// catalogue refreshers, Vault, JWKS fetches, the audit log, the upstream.
+pub const FD_RESERVE: usize = 128;
+
+/// Serves `router` on `listener` until `shutdown` completes, HTTP/1.1, within
+/// `limits`: a connection that does not send a whole header section within
+/// `header_read_timeout` is closed (so half-sent requests and idle keep-alive
+/// connections cannot pile up); at most `max_connections` are open (lowered so that
+/// [`FD_RESERVE`] descriptors stay free under `RLIMIT_NOFILE`), further ones wait in
+/// the kernel's backlog; a peer beyond `max_connections_per_peer` has its new
+/// connections closed at once. The peer's address reaches handlers as
+/// `ConnectInfo<SocketAddr>`. In-flight requests finish on shutdown, for at most 10 s.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(effective_max_connections(
+        limits.max_connections,
+    )));
+    let peers = Arc::new(PeerCounts::default());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_bytes.saturating_mul(2).max(16 * 1024));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permit else { break };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(peer_slot) = peers.enter(peer.ip(), limits.max_connections_per_peer) else {
+            tracing::debug!(%peer, "connection refused: too many from this peer");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop((permit, peer_slot));
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
+    Ok(())
+}
+
+/// `configured`, lowered so that [`FD_RESERVE`] descriptors stay free under the
+/// process's soft `RLIMIT_NOFILE` (read from `/proc/self/limits` where there is one).
+fn effective_max_connections(configured: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<usize>().ok())
+        });
+    match soft {
+        Some(soft) => configured.min(soft.saturating_sub(FD_RESERVE).max(1)),
+        None => configured,
+    }
+}
+
+/// Open connections per peer address.
+#[derive(Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One open connection of a peer; dropping it frees the slot.
+struct PeerSlot {
+    peers: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().ok()?;
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.peers.0.lock()
+            && let Some(count) = counts.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

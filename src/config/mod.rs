@@ -205,6 +205,9 @@ struct RawLimits {
     jwks_fetch_timeout: Option<String>,
     jwks_max_bytes: Option<i64>,
     jwks_refetch_cooldown: Option<String>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<i64>,
+    max_connections_per_peer: Option<i64>,
 }
 
 /// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`.
@@ -370,6 +373,13 @@ pub struct LimitsConfig {
     pub jwks_fetch_timeout: Duration,
     pub jwks_max_bytes: usize,
     pub jwks_refetch_cooldown: Duration,
+    /// Longest wait for a request's header section, the wait for its first byte on a
+    /// kept-alive connection included; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Open connections at most (lowered to leave file descriptors in reserve).
+    pub max_connections: usize,
+    /// Open connections at most from one peer address.
+    pub max_connections_per_peer: usize,
 }
 
 /// The `[limits]` defaults (README, configuration table); those that bound token
@@ -388,11 +398,24 @@ impl Default for LimitsConfig {
             jwks_fetch_timeout: verify.jwks_fetch_timeout,
             jwks_max_bytes: verify.jwks_max_bytes,
             jwks_refetch_cooldown: verify.jwks_refetch_cooldown,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_peer: 256,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The limits that bound connections (header section read with `header_bytes`).
+    pub fn connections(&self, header_bytes: usize) -> crate::runtime::ConnectionLimits {
+        crate::runtime::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            header_bytes,
+        }
+    }
+
     /// The limits that bound token verification.
     pub fn verification(&self) -> Limits {
         Limits {
@@ -979,6 +1002,23 @@ fn validate_limits(c: &Check, l: RawLimits) -> Result<LimitsConfig, ConfigError>
             l.request_timeout.as_deref(),
             d.request_timeout,
         )?,
+        header_read_timeout: c.duration_or(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_deref(),
+            d.header_read_timeout,
+        )?,
+        max_connections: c.positive(
+            "limits.max_connections",
+            l.max_connections,
+            d.max_connections as i64,
+            1 << 20,
+        )? as usize,
+        max_connections_per_peer: c.positive(
+            "limits.max_connections_per_peer",
+            l.max_connections_per_peer,
+            d.max_connections_per_peer as i64,
+            1 << 20,
+        )? as usize,
         max_concurrency: c.positive(
             "limits.max_concurrency",
             l.max_concurrency,

@@ -130,6 +130,7 @@ pub struct ShimApp {
     refresh_interval: Duration,
     admin_listen: Option<std::net::SocketAddr>,
     vault: Option<Arc<Vault>>,
+    connections: runtime::ConnectionLimits,
 }
 
 /// Wires a shim from its configuration.
@@ -195,6 +196,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         refresh_interval: s.refresh_interval,
         admin_listen: s.admin_listen,
         vault,
+        connections: config.limits.connections(s.max_header_bytes),
     })
 }
 
@@ -243,16 +245,23 @@ impl ShimApp {
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             tracing::info!(listen = %local, "agent-sts shim admin serving");
             let router = self.admin_router();
+            let limits = self.connections;
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router).await {
+                let forever = std::future::pending();
+                if let Err(e) = runtime::serve(admin, router, limits, forever).await {
                     tracing::error!(error = %e, "shim admin listener stopped");
                 }
             });
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(runtime::shutdown_signal())
-            .await
-            .map_err(|e| StartError::Runtime(format!("server: {e}")))
+        let router = self.router();
+        runtime::serve(
+            listener,
+            router,
+            self.connections,
+            runtime::shutdown_signal(),
+        )
+        .await
+        .map_err(|e| StartError::Runtime(format!("server: {e}")))
     }
 }
 

@@ -14,12 +14,15 @@ use crate::catalogue::{self, Catalogue, TrustDirectory};
 use crate::config::{Config, KeyStoreKind};
 use crate::identity::{TrustStore, unix_now};
 use crate::keys::Keyring;
-use crate::runtime::{StartError, every, shutdown_signal};
+use crate::runtime::{self, ConnectionLimits, StartError, every, shutdown_signal};
 use crate::store::{self, CredentialCache, vault::Vault};
 use crate::sts::exchange::{Sts, StsParts};
 use crate::sts::http::{AppState, Layers};
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::telemetry::metrics::Metrics;
+
+/// The largest header section a token request needs (the token travels in the body).
+const STS_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The trust names and SPIFFE domains of a configuration, for the catalogue.
 pub fn trust_directory(config: &Config) -> TrustDirectory {
@@ -40,6 +43,8 @@ pub struct App {
     pub directory: Arc<TrustDirectory>,
     pub refresh_interval: std::time::Duration,
     pub vault: Option<Arc<Vault>>,
+    /// Header-read timeout and connection caps of the listener.
+    pub connections: ConnectionLimits,
 }
 
 /// Wires every part from `config`.
@@ -107,6 +112,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             request_timeout: config.limits.request_timeout,
             max_concurrency: config.limits.max_concurrency,
         },
+        connections: config.limits.connections(STS_MAX_HEADER_BYTES),
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
@@ -152,8 +158,7 @@ impl App {
     ) -> Result<(), StartError> {
         self.spawn_refreshers();
         let router = self.router(extra);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
+        runtime::serve(listener, router, self.connections, shutdown_signal())
             .await
             .map_err(|e| StartError::Runtime(format!("server: {e}")))
     }

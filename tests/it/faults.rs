@@ -218,3 +218,62 @@ agents = ["k8s-prod:system:serviceaccount:agents:*", "ci:repo:example/agent-sts:
     let body: Value = r.json();
     assert_eq!(body["scope"], "github.issues.create");
 }
+
+/// Slowloris and connection floods: half-sent requests are closed after
+/// `header_read_timeout`, a peer over `max_connections_per_peer` has its new
+/// connections closed at once, and once the half-open ones are gone the STS answers
+/// again. Every wait is bounded.
+#[tokio::test]
+async fn half_sent_requests_are_closed_and_one_peer_cannot_hold_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(
+        &issuers.specs(),
+        SCOPES,
+        "[limits]\nheader_read_timeout = \"1s\"\nmax_connections_per_peer = 8\n",
+    )
+    .await;
+    let addr = sts.url.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"POST /token HTTP/1.1\r\nHost: sts\r\nContent-Type: appl")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    // The ninth connection from the same peer is closed without an answer.
+    let mut ninth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = ninth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: sts\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), ninth.read(&mut buf))
+        .await
+        .expect("the ninth connection is closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+
+    // The half-sent requests are closed by the server after the header timeout.
+    for mut c in held {
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("a half-sent request is closed within the header timeout");
+        let answer = String::from_utf8_lossy(&buf[..read.unwrap_or(0)]).into_owned();
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+    // And the STS answers again.
+    let mut answered = false;
+    for _ in 0..50 {
+        if sts.get("/healthz").await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered);
+}
