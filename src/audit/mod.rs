@@ -217,6 +217,92 @@ pub struct ProxiedCall<'a> {
     pub bytes_scrubbed: u64,
 }
 
+/// A summary line: how many refusals of one reason, decided before any identity was
+/// known, were counted since `since` without a line of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RefusalSummary<'a> {
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub since: SystemTime,
+    /// Always `deny`.
+    pub decision: Outcome,
+    pub reason: &'a str,
+    /// Refusals of this reason not written one by one.
+    pub count: u64,
+}
+
+/// Bounds what anonymous traffic writes to the audit log (README, "Security
+/// properties" 12). A refusal decided before any identity is known (bad framing, no
+/// token, a token that does not verify) gets its own line only if it is the first of
+/// its reason in the current window; the others are counted, and [`flush`](Self::flush)
+/// writes one [`RefusalSummary`] line per reason. So the record stays complete (every
+/// refusal is counted in a line) while its size grows with the number of reasons and
+/// windows, never with the attacker's request rate. Reasons are fixed codes: the
+/// counters are bounded by the code's set of reasons.
+#[derive(Debug)]
+pub struct RefusalWindow {
+    state: Mutex<WindowState>,
+}
+
+#[derive(Debug)]
+struct WindowState {
+    since: SystemTime,
+    /// Per reason: refusals seen in this window (the first was written in full).
+    seen: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Default for RefusalWindow {
+    fn default() -> Self {
+        RefusalWindow {
+            state: Mutex::new(WindowState {
+                since: SystemTime::now(),
+                seen: std::collections::BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+impl RefusalWindow {
+    /// Counts one anonymous refusal; true when it is the first of its reason in this
+    /// window and must be written in full.
+    pub fn admit(&self, reason: &'static str) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return true; // a poisoned lock: write everything rather than lose it
+        };
+        let seen = state.seen.entry(reason).or_insert(0);
+        *seen += 1;
+        *seen == 1
+    }
+
+    /// Writes one summary line per reason with refusals not written one by one, and
+    /// starts a new window. Returns the number of lines written.
+    pub fn flush(&self, log: &AuditLog) -> Result<usize, AuditError> {
+        let (since, seen) = {
+            let Ok(mut state) = self.state.lock() else {
+                return Ok(0);
+            };
+            let since = std::mem::replace(&mut state.since, SystemTime::now());
+            (since, std::mem::take(&mut state.seen))
+        };
+        let now = SystemTime::now();
+        let mut lines = 0;
+        for (reason, seen) in seen {
+            if seen > 1 {
+                log.append(&RefusalSummary {
+                    time: now,
+                    since,
+                    decision: Outcome::Deny,
+                    reason,
+                    count: seen - 1,
+                })?;
+                lines += 1;
+            }
+        }
+        Ok(lines)
+    }
+}
+
 fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     // humantime panics on a time before the epoch and fails (which serde_json turns
     // into a panic) after year 9999: check the range first.
@@ -1535,5 +1621,39 @@ mod tests {
             Err(AuditError::Corrupt { .. })
         ));
         assert!(chain.sink.bytes.is_empty());
+    }
+
+    #[test]
+    fn anonymous_refusals_write_one_line_per_reason_per_window() {
+        let (_dir, path) = temp_log();
+        let log = AuditLog::open(&path).unwrap();
+        let window = RefusalWindow::default();
+        let mut written = 0;
+        for i in 0..10_000 {
+            let reason = if i % 2 == 0 {
+                "missing_token"
+            } else {
+                "bad_signature"
+            };
+            if window.admit(reason) {
+                log.append(&serde_json::json!({"decision": "deny", "reason": reason}))
+                    .unwrap();
+                written += 1;
+            }
+        }
+        assert_eq!(written, 2, "the first of each reason only");
+        assert_eq!(window.flush(&log).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let counts: u64 = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["count"].as_u64())
+            .sum();
+        assert_eq!(counts + 2, 10_000, "every refusal is counted in some line");
+        assert_eq!(text.lines().count(), 4);
+        // A new window: the next refusal gets its own line again; nothing to summarise.
+        assert!(window.admit("missing_token"));
+        assert_eq!(window.flush(&log).unwrap(), 0);
+        assert_eq!(verify(&path).unwrap().lines, 4);
     }
 }

@@ -190,6 +190,7 @@ struct RawTrust {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: Option<String>,
+    summary_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +360,9 @@ impl TrustConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub path: PathBuf,
+    /// How often refusals decided before any identity is known are summarised: the
+    /// first of each reason per interval gets its own line, the rest one count line.
+    pub summary_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -842,7 +846,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         });
     }
 
-    let audit = validate_audit(&raw.audit);
+    let audit = validate_audit(&c, &raw.audit)?;
     let limits = validate_limits(&c, raw.limits)?;
 
     Ok(Config {
@@ -944,7 +948,7 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         shim,
         secrets,
         vault,
-        audit: validate_audit(&raw.audit),
+        audit: validate_audit(&c, &raw.audit)?,
         limits: validate_limits(&c, raw.limits)?,
     })
 }
@@ -975,10 +979,15 @@ fn validate_secrets(c: &Check, raw: &RawSecrets) -> Result<SecretsConfig, Config
 }
 
 /// `[audit]`, shared by the STS and the shim.
-fn validate_audit(raw: &RawAudit) -> AuditConfig {
-    AuditConfig {
+fn validate_audit(c: &Check, raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
+    Ok(AuditConfig {
         path: PathBuf::from(raw.path.as_deref().unwrap_or("audit.log")),
-    }
+        summary_interval: c.duration(
+            "audit.summary_interval",
+            raw.summary_interval.as_deref(),
+            "10s",
+        )?,
+    })
 }
 
 /// `[limits]`, shared by the STS and the shim.

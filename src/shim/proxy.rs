@@ -49,7 +49,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
-use crate::audit::{AuditLog, Outcome, ProxiedCall};
+use crate::audit::{AuditLog, Outcome, ProxiedCall, RefusalWindow};
 use crate::catalogue::{self, Catalogue, RequestShape, TrustDirectory};
 use crate::config::ShimConfig;
 use crate::runtime::{self, StartError};
@@ -106,6 +106,8 @@ pub struct Shim {
     scrubbers: moka::sync::Cache<String, (Arc<StoredCredential>, Arc<Scrubber>)>,
     client: reqwest::Client,
     audit: AuditLog,
+    /// Refusals before a token verified, summarised per window.
+    anonymous: RefusalWindow,
     caps: Caps,
     /// Requests in flight (`[limits] max_concurrency`); one waits for a slot at most
     /// `[limits] request_timeout`, then answers 503.
@@ -131,6 +133,7 @@ pub struct ShimApp {
     admin_listen: Option<std::net::SocketAddr>,
     vault: Option<Arc<Vault>>,
     connections: runtime::ConnectionLimits,
+    summary_interval: Duration,
 }
 
 /// Wires a shim from its configuration.
@@ -179,6 +182,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         scrubbers: moka::sync::Cache::new(10_000),
         client,
         audit,
+        anonymous: RefusalWindow::default(),
         caps: Caps {
             request_bytes: s.max_request_bytes,
             response_bytes: s.max_response_bytes,
@@ -197,6 +201,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         admin_listen: s.admin_listen,
         vault,
         connections: config.limits.connections(s.max_header_bytes),
+        summary_interval: config.audit.summary_interval,
     })
 }
 
@@ -214,6 +219,15 @@ impl ShimApp {
         if let Some(vault) = &self.vault {
             vault.spawn_renewal();
         }
+        let shim = self.shim.clone();
+        runtime::every(self.summary_interval, move || {
+            let shim = shim.clone();
+            async move {
+                if let Err(e) = shim.anonymous.flush(&shim.audit) {
+                    tracing::error!(error = %e, "audit summary of anonymous refusals not written");
+                }
+            }
+        });
         let shim = self.shim.clone();
         catalogue::spawn_reloader(
             self.scopes_dir.clone(),
@@ -336,7 +350,15 @@ impl Shim {
             upstream_status: call.upstream_status,
             bytes_scrubbed: call.scrubbed,
         };
-        let audited = self.audit.append_call(&record);
+        // Refusals before the token verified are anonymous: the first of each reason per
+        // window is written, the rest counted into a summary line.
+        let summarised =
+            outcome == Outcome::Deny && token.is_none() && !self.anonymous.admit(reason);
+        let audited = if summarised {
+            Ok(())
+        } else {
+            self.audit.append_call(&record)
+        };
         let decision = match (outcome, &audited) {
             (Outcome::Allow, Ok(())) => ("allow", reason),
             (Outcome::Allow, Err(_)) => ("deny", ShimError::AuditUnavailable.reason()),

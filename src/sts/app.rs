@@ -45,6 +45,8 @@ pub struct App {
     pub vault: Option<Arc<Vault>>,
     /// Header-read timeout and connection caps of the listener.
     pub connections: ConnectionLimits,
+    /// How often anonymous refusals are summarised in the audit log.
+    pub summary_interval: std::time::Duration,
 }
 
 /// Wires every part from `config`.
@@ -113,6 +115,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             max_concurrency: config.limits.max_concurrency,
         },
         connections: config.limits.connections(STS_MAX_HEADER_BYTES),
+        summary_interval: config.audit.summary_interval,
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
@@ -131,6 +134,11 @@ impl App {
         every(self.refresh_interval, move || {
             let sts = sts.clone();
             async move { sts.refresh_keys(unix_now()).await }
+        });
+        let sts = self.state.sts.clone();
+        every(self.summary_interval, move || {
+            let sts = sts.clone();
+            async move { sts.flush_anonymous_refusals() }
         });
         let sts = self.state.sts.clone();
         catalogue::spawn_reloader(

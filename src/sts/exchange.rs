@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::audit::{AuditLog, Decision, Outcome};
+use crate::audit::{AuditLog, Decision, Outcome, RefusalWindow};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal};
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
@@ -71,6 +71,8 @@ pub struct Sts {
     keyring: Arc<Keyring>,
     credentials: CredentialCache,
     audit: AuditLog,
+    /// Refusals before any identity is known, summarised per window.
+    anonymous: RefusalWindow,
     metrics: Arc<Metrics>,
     rate_limiter: IdentityRateLimiter,
 }
@@ -168,6 +170,7 @@ impl Sts {
             keyring: parts.keyring,
             credentials: parts.credentials,
             audit: parts.audit,
+            anonymous: RefusalWindow::default(),
             metrics: parts.metrics,
             rate_limiter: parts.rate_limiter,
         }
@@ -181,6 +184,13 @@ impl Sts {
     /// The JWKS document at `now`: next, active and retiring keys.
     pub fn jwks(&self, now: u64) -> serde_json::Value {
         self.keyring.jwks(now)
+    }
+
+    /// Writes the summary lines of the anonymous refusals counted since the last call.
+    pub fn flush_anonymous_refusals(&self) {
+        if let Err(e) = self.anonymous.flush(&self.audit) {
+            tracing::error!(error = %e, "audit summary of anonymous refusals not written");
+        }
     }
 
     /// Re-reads the keyring (the periodic refresher); failures keep the last good ring.
@@ -233,7 +243,16 @@ impl Sts {
             expires_at: minted.map(|m| m.expires_at),
             ..Decision::now(outcome, reason)
         };
-        if let Err(e) = self.audit.append_decision(&record) {
+        // A refusal before any identity verified is anonymous: the first of each reason
+        // per window is written, the rest counted into a summary line.
+        let summarised =
+            minted.is_none() && facts.subject.is_none() && !self.anonymous.admit(reason);
+        let written = if summarised {
+            Ok(())
+        } else {
+            self.audit.append_decision(&record)
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, "audit log write failed; refusing the request");
             self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
             return Err(Rejection::AuditUnavailable);
@@ -265,7 +284,12 @@ impl Sts {
     /// form errors): audited and counted like any other decision.
     pub fn refuse(&self, rejection: Rejection) -> Rejection {
         let record = Decision::now(Outcome::Deny, rejection.reason());
-        let rejection = match self.audit.append_decision(&record) {
+        let written = if self.anonymous.admit(rejection.reason()) {
+            self.audit.append_decision(&record)
+        } else {
+            Ok(())
+        };
+        let rejection = match written {
             Ok(()) => rejection,
             Err(e) => {
                 tracing::error!(error = %e, "audit log write failed");

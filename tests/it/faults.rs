@@ -277,3 +277,60 @@ async fn half_sent_requests_are_closed_and_one_peer_cannot_hold_every_connection
     }
     assert!(answered);
 }
+
+/// A flood of anonymous refusals (no token, a form with garbage) grows the audit log
+/// by one line per reason per summary window, not per request, while every refusal is
+/// still counted; a legitimate agent gets its token during and after the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_flood_does_not_grow_the_audit_log() {
+    let (sts, issuers) = TestSts::standard().await;
+    let before = std::fs::read_to_string(sts.audit_path()).unwrap_or_default();
+    let flood = 2000;
+    let client = reqwest::Client::new();
+    let url = format!("{}/token", sts.url);
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..flood / 16 {
+                let request = if (i + worker) % 2 == 0 {
+                    client.get(&url)
+                } else {
+                    client
+                        .post(&url)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(format!("grant_type={GRANT}&subject_token=junk{i}&subject_token_type={JWT_TYPE}&scope=docs.read"))
+                };
+                let status = request.send().await.unwrap().status().as_u16();
+                assert!(status == 400 || status == 405, "{status}");
+            }
+        }));
+    }
+    // A legitimate agent during the flood.
+    let r = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = std::fs::read_to_string(sts.audit_path()).unwrap();
+    let grown = after.lines().count() - before.lines().count();
+    assert!(
+        grown <= 8,
+        "{grown} audit lines for {flood} anonymous refusals"
+    );
+    // Every refusal is counted in the metrics.
+    let metrics = sts.get("/metrics").await.text;
+    let denied: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("agent_sts_tokens_denied_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(denied >= f64::from(flood), "{denied} denials counted");
+    // And after it.
+    let r = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
