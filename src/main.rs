@@ -90,8 +90,10 @@ enum ScopesCommand {
 enum AuditCommand {
     /// Verify the hash chain; fails at the first broken link.
     Verify {
-        /// Audit log file.
-        file: PathBuf,
+        /// Audit log files of one chain, oldest first (`audit.log.1 audit.log.2
+        /// audit.log` after rotation).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -226,10 +228,19 @@ async fn run(command: Command) -> Result<(), StartError> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { file },
+            command: AuditCommand::Verify { files },
         } => {
-            let report = audit::verify(&file).map_err(|e| StartError::Runtime(e.to_string()))?;
-            println!("{}: {} lines, chain intact", file.display(), report.lines);
+            let report =
+                audit::verify_files(&files).map_err(|e| StartError::Runtime(e.to_string()))?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!("{}: {} lines, chain intact", names.join(" "), report.lines);
+            if let Some(prev) = report.continues {
+                println!(
+                    "the chain starts at seq {} and continues an earlier file not given: its last line must hash to {prev}",
+                    report.first_seq
+                );
+            }
+            println!("last line hash {}", report.last_hash);
             Ok(())
         }
     }

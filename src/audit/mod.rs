@@ -31,9 +31,12 @@
 //! stalled disk (dirty-page throttling, a network filesystem) stalls the calling tokio
 //! worker too. A failed write does not advance the chain, and the bytes it may have
 //! written are truncated away; if even that fails, the log refuses every later append
-//! (fail closed). One process writes one file: there is no file lock, and rotation is
-//! not handled here (`copytruncate` would break the chain; rotate by renaming and
-//! reopening, which starts a new chain at `seq` 1).
+//! (fail closed). One process writes one file: there is no file lock.
+//!
+//! Rotation is the log's own ([`AuditLog::open_rotating`], `[audit] max_file_bytes`):
+//! a full file is renamed to `<path>.<N>` and the chain continues in a new file, its
+//! first line linking to the last line before; [`verify_files`] checks the files in
+//! order. (External `copytruncate` would break the chain.)
 //!
 //! A leaf: imports nothing of the crate's; the STS and the shim write their records
 //! through it.
@@ -217,6 +220,52 @@ pub struct ProxiedCall<'a> {
     pub bytes_scrubbed: u64,
 }
 
+/// Opens (creating, mode 0640) a log file for appending and reading its tail.
+fn open_log_file(path: &Path) -> Result<File, AuditError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o640);
+    }
+    options.open(path).map_err(|source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `<path>.<n>`.
+fn rotated_name(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The highest `n` of the `<path>.<n>` files beside `path`.
+fn newest_index(path: &Path) -> Option<u64> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = path.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&base)?
+                .strip_prefix('.')?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+}
+
+/// The newest rotated file of `path`, if any.
+fn newest_rotated(path: &Path) -> Option<PathBuf> {
+    newest_index(path).map(|n| rotated_name(path, n))
+}
+
 /// A summary line: how many refusals of one reason, decided before any identity was
 /// known, were counted since `since` without a line of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -319,6 +368,12 @@ fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::
 pub struct VerifyReport {
     /// Number of lines (records) in the log.
     pub lines: u64,
+    /// `seq` of the first line: 1, or more when the first file continues an earlier
+    /// one that was not given (rotated away).
+    pub first_seq: u64,
+    /// When `first_seq` > 1: the `prev` of the first line, i.e. the hash the last line
+    /// of the missing earlier file must have.
+    pub continues: Option<String>,
     /// Lowercase hex SHA-256 of the last line (64 zeros for an empty log): the value the
     /// next line's `prev` will hold. Recorded elsewhere, it anchors the tail, which the
     /// chain alone cannot protect against truncation or rewriting.
@@ -332,6 +387,8 @@ pub struct VerifyReport {
 pub struct AuditLog {
     path: PathBuf,
     chain: Mutex<Chain<File>>,
+    /// Rotate once the file holds this many bytes (0: never).
+    max_file_bytes: u64,
     /// Whether the last append succeeded (see [`AuditLog::accepting`]).
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -351,25 +408,69 @@ impl AuditLog {
     /// whose last line is torn (no trailing newline), too long, or not a JSON object
     /// with a numeric `seq` is refused: run [`verify`] to find the damage.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        let open_error = |source| AuditError::Open {
-            path: path.to_path_buf(),
-            source,
+        Self::open_rotating(path, 0)
+    }
+
+    /// Like [`open`](Self::open), rotating the file once it holds `max_file_bytes`
+    /// (0: never): the full file is renamed to `<path>.<N>` (N one more than the
+    /// highest already there) and a new file continues the same chain, its first line
+    /// linking to the last line of the one before. An empty file beside rotated ones
+    /// resumes the chain from the newest of them. [`verify_files`] checks a set of them
+    /// in order.
+    pub fn open_rotating(path: &Path, max_file_bytes: u64) -> Result<AuditLog, AuditError> {
+        let mut file = open_log_file(path)?;
+        let len = file
+            .metadata()
+            .map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        let (last_seq, prev_hex) = match (len, newest_rotated(path)) {
+            (0, Some(rotated)) => {
+                let mut old = File::open(&rotated).map_err(|source| AuditError::Open {
+                    path: rotated.clone(),
+                    source,
+                })?;
+                let old_len = old
+                    .metadata()
+                    .map_err(|source| AuditError::Open {
+                        path: rotated.clone(),
+                        source,
+                    })?
+                    .len();
+                read_tail(&mut old, old_len, &rotated)?
+            }
+            _ => read_tail(&mut file, len, path)?,
         };
-        let mut options = OpenOptions::new();
-        options.read(true).append(true).create(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o640);
-        }
-        let mut file = options.open(path).map_err(open_error)?;
-        let len = file.metadata().map_err(open_error)?.len();
-        let (last_seq, prev_hex) = read_tail(&mut file, len, path)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             chain: Mutex::new(Chain::new(file, last_seq, prev_hex, len)),
+            max_file_bytes,
             accepting: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Renames the full file aside and continues the chain in a new one; on failure
+    /// the current file keeps growing (a warning, not a refused request).
+    fn rotate(&self, chain: &mut Chain<File>) {
+        let target = rotated_name(&self.path, newest_index(&self.path).map_or(1, |n| n + 1));
+        let renamed = std::fs::rename(&self.path, &target);
+        match renamed.and_then(|()| {
+            open_log_file(&self.path).map_err(|e| match e {
+                AuditError::Open { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        }) {
+            Ok(file) => {
+                chain.sink = file;
+                chain.len = 0;
+                tracing::info!(rotated = %target.display(), "audit log rotated; the chain continues in a new file");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit log rotation failed; the file keeps growing");
+            }
+        }
     }
 
     /// The file this log writes.
@@ -413,7 +514,14 @@ impl AuditLog {
 
     fn commit(&self, encoded: &mut Encoded) -> Result<(), AuditError> {
         let result = match self.chain.lock() {
-            Ok(mut chain) => chain.commit(encoded, &self.path),
+            Ok(mut chain) => {
+                let committed = chain.commit(encoded, &self.path);
+                if committed.is_ok() && self.max_file_bytes > 0 && chain.len >= self.max_file_bytes
+                {
+                    self.rotate(&mut chain);
+                }
+                committed
+            }
             Err(_) => Err(AuditError::Poisoned),
         };
         self.accepting
@@ -667,16 +775,52 @@ impl<S: Sink> Chain<S> {
 /// previous line (64 zeros first), every line ending in a newline. An empty file
 /// verifies with 0 lines. See the module documentation for what this cannot detect.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let file = File::open(path).map_err(|source| AuditError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    verify_stream(BufReader::with_capacity(64 * 1024, file), path)
+    verify_files(&[path])
 }
 
-fn verify_stream<R: BufRead>(mut reader: R, path: &Path) -> Result<VerifyReport, AuditError> {
+/// Verifies one chain spread over `paths` (oldest first, e.g. `audit.log.1
+/// audit.log.2 audit.log`): each file's first line must continue the previous file's
+/// last. The first file may itself continue an earlier one that is not given (its
+/// first `seq` above 1); the report says so and which hash that file must end with.
+pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> Result<VerifyReport, AuditError> {
+    let mut state: Option<Link> = None;
+    let mut report = VerifyReport {
+        lines: 0,
+        first_seq: 1,
+        continues: None,
+        last_hash: String::new(),
+    };
+    for path in paths {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let reader = BufReader::with_capacity(64 * 1024, file);
+        let (lines, last) = verify_stream(reader, path, &mut state, &mut report)?;
+        report.lines += lines;
+        if let Some(last) = last {
+            state = Some(last);
+        }
+    }
+    let prev_hex = state.map_or(GENESIS, |(_, hash)| hash);
+    report.last_hash = prev_hex.iter().map(|&b| char::from(b)).collect();
+    Ok(report)
+}
+
+/// The `seq` and hex SHA-256 of the last line verified.
+type Link = (u64, [u8; 64]);
+
+/// Verifies one file's lines, continuing `state` (the last link so far, if any line
+/// came before). Returns the lines read and the new last link.
+fn verify_stream<R: BufRead>(
+    mut reader: R,
+    path: &Path,
+    state: &mut Option<Link>,
+    report: &mut VerifyReport,
+) -> Result<(u64, Option<Link>), AuditError> {
     let mut buf = Vec::with_capacity(1024);
-    let mut prev_hex = GENESIS;
+    let mut last = *state;
     let mut lines = 0u64;
     loop {
         buf.clear();
@@ -703,18 +847,33 @@ fn verify_stream<R: BufRead>(mut reader: R, path: &Path) -> Result<VerifyReport,
             }));
         };
         let head = parse_head(line).map_err(broken)?;
-        if head.seq != lines {
-            return Err(broken("seq is not the previous seq plus one"));
+        match last {
+            Some((seq, prev_hex)) => {
+                if Some(head.seq) != seq.checked_add(1) {
+                    return Err(broken("seq is not the previous seq plus one"));
+                }
+                if head.prev.as_bytes() != prev_hex {
+                    return Err(broken("prev is not the hash of the previous line"));
+                }
+            }
+            // The very first line of the chain: seq 1 from the genesis hash, or a
+            // continuation of an earlier file that was not given.
+            None if head.seq == 1 => {
+                if head.prev.as_bytes() != GENESIS {
+                    return Err(broken("prev is not the hash of the previous line"));
+                }
+            }
+            None => {
+                if head.seq == 0 || head.prev.len() != 64 {
+                    return Err(broken("seq is not the previous seq plus one"));
+                }
+                report.first_seq = head.seq;
+                report.continues = Some(head.prev.to_string());
+            }
         }
-        if head.prev.as_bytes() != prev_hex {
-            return Err(broken("prev is not the hash of the previous line"));
-        }
-        prev_hex = sha256_hex(line);
+        last = Some((head.seq, sha256_hex(line)));
     }
-    Ok(VerifyReport {
-        lines,
-        last_hash: prev_hex.iter().map(|&b| char::from(b)).collect(),
-    })
+    Ok((lines, last))
 }
 
 /// The chain fields of a line; other fields are skipped (but must be valid JSON).
@@ -1494,8 +1653,20 @@ mod tests {
         assert_eq!(chain.sink.bytes.len() as u64, len, "partial line removed");
 
         commit(&mut chain, 4).unwrap();
-        let report = verify_stream(chain.sink.bytes.as_slice(), Path::new("test.jsonl")).unwrap();
-        assert_eq!(report.lines, 3);
+        let mut report = VerifyReport {
+            lines: 0,
+            first_seq: 1,
+            continues: None,
+            last_hash: String::new(),
+        };
+        let (lines, _) = verify_stream(
+            chain.sink.bytes.as_slice(),
+            Path::new("test.jsonl"),
+            &mut None,
+            &mut report,
+        )
+        .unwrap();
+        assert_eq!(lines, 3);
         let text = String::from_utf8(chain.sink.bytes.clone()).unwrap();
         let third: serde_json::Value = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
         assert_eq!(third["seq"], 3);
@@ -1655,5 +1826,51 @@ mod tests {
         assert!(window.admit("missing_token"));
         assert_eq!(window.flush(&log).unwrap(), 0);
         assert_eq!(verify(&path).unwrap().lines, 4);
+    }
+
+    #[test]
+    fn rotation_continues_the_chain_across_files_and_verify_follows_it() {
+        let (dir, path) = temp_log();
+        let log = AuditLog::open_rotating(&path, 300).unwrap();
+        for n in 0..20 {
+            log.append(&serde_json::json!({"n": n, "pad": "x".repeat(40)}))
+                .unwrap();
+        }
+        drop(log);
+        let mut files: Vec<PathBuf> = (1..)
+            .map(|n| rotated_name(&path, n))
+            .take_while(|p| p.exists())
+            .collect();
+        assert!(files.len() >= 3, "{files:?}");
+        files.push(path.clone());
+        let all = verify_files(&files).unwrap();
+        assert_eq!(
+            (all.lines, all.first_seq, all.continues.as_deref()),
+            (20, 1, None)
+        );
+        // The newest files alone: a continuation, and the hash the missing file ends with.
+        let tail = verify_files(&files[1..]).unwrap();
+        assert!(tail.first_seq > 1);
+        assert_eq!(tail.last_hash, all.last_hash);
+        let head = verify_files(&files[..1]).unwrap();
+        assert_eq!(tail.continues.as_deref(), Some(head.last_hash.as_str()));
+        // Out of order, or with a file missing in the middle, the chain breaks.
+        assert!(verify_files(&[&files[1], &files[0]]).is_err());
+        assert!(verify_files(&[&files[0], &files[2]]).is_err());
+        // An empty current file beside rotated ones (say, rotated just before a crash)
+        // resumes the chain from the newest rotated file.
+        let rotated = &files[..files.len() - 1];
+        let before = verify_files(rotated).unwrap();
+        std::fs::write(&path, "").unwrap();
+        let log = AuditLog::open_rotating(&path, 0).unwrap();
+        log.append(&serde_json::json!({"n": "resumed"})).unwrap();
+        drop(log);
+        let resumed = verify_files(&files).unwrap();
+        assert_eq!(resumed.lines, before.lines + 1);
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+        assert_eq!(line["seq"], before.lines + 1);
+        assert_eq!(line["prev"], before.last_hash.as_str());
+        drop(dir);
     }
 }

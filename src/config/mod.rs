@@ -191,6 +191,7 @@ struct RawTrust {
 struct RawAudit {
     path: Option<String>,
     summary_interval: Option<String>,
+    max_file_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,6 +364,9 @@ pub struct AuditConfig {
     /// How often refusals decided before any identity is known are summarised: the
     /// first of each reason per interval gets its own line, the rest one count line.
     pub summary_interval: Duration,
+    /// Rotate the log file once it holds this many bytes (0: never); the chain
+    /// continues in the next file.
+    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -987,6 +991,16 @@ fn validate_audit(c: &Check, raw: &RawAudit) -> Result<AuditConfig, ConfigError>
             raw.summary_interval.as_deref(),
             "10s",
         )?,
+        max_file_bytes: match raw.max_file_bytes {
+            None | Some(0) => 0,
+            Some(n) if (1 << 16..=1 << 40).contains(&n) => n as u64,
+            Some(_) => {
+                return Err(c.err(
+                    "audit.max_file_bytes",
+                    "must be 0 (no rotation) or between 64 KiB and 1 TiB",
+                ));
+            }
+        },
     })
 }
 

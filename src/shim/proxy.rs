@@ -171,8 +171,8 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         .timeout(s.upstream_timeout)
         .build()
         .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
-    let audit =
-        AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let audit = AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes)
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let shim = Shim {
         audience: s.audience.clone(),
         upstream: s.upstream.clone(),

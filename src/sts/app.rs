@@ -85,8 +85,8 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     }
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
-    let audit =
-        AuditLog::open(&config.audit.path).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let audit = AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes)
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let sts = Sts::new(StsParts {
         issuer: config.server.issuer.clone(),
         default_ttl: config.tokens.default_ttl,

@@ -253,3 +253,49 @@ fn insecure_configurations_exit_2_and_say_why() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+/// With `[audit] max_file_bytes`, the log rotates into `audit.log.1`, `.2`, ... and
+/// the chain continues across files: `audit verify` over all of them, oldest first,
+/// passes; over the newest alone it says which earlier file it continues; in the
+/// wrong order it fails.
+#[tokio::test]
+async fn a_rotated_audit_log_verifies_as_one_chain() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(
+        &issuers.specs(),
+        SCOPES,
+        "max_file_bytes = 65536\n[limits]\nrate_per_second = 100000\nrate_burst = 100000\n",
+    )
+    .await;
+    let token = issuers.k8s_token("triage");
+    let audit = sts.audit_path();
+    let first = std::path::PathBuf::from(format!("{}.1", audit.display()));
+    let mut exchanges = 0;
+    while !std::path::PathBuf::from(format!("{}.2", audit.display())).exists() {
+        assert_eq!(sts.exchange_for(&token, "docs.read").await.status, 200);
+        exchanges += 1;
+        assert!(exchanges < 5000, "no rotation after {exchanges} exchanges");
+    }
+    assert!(first.exists());
+    // One more, so the current file holds a line of its own.
+    assert_eq!(sts.exchange_for(&token, "docs.read").await.status, 200);
+    exchanges += 1;
+    let second = format!("{}.2", audit.display());
+    let (first, current) = (first.display().to_string(), audit.display().to_string());
+
+    let all = run(
+        &["audit", "verify", &first, &second, &current],
+        sts.dir.path(),
+    );
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    let out = text(&all.stdout);
+    assert!(out.contains(&format!("{exchanges} lines")), "{out}");
+    assert!(!out.contains("continues"), "{out}");
+
+    let newest = run(&["audit", "verify", &current], sts.dir.path());
+    assert!(newest.status.success(), "{}", text(&newest.stderr));
+    assert!(text(&newest.stdout).contains("continues an earlier file"));
+
+    let swapped = run(&["audit", "verify", &second, &first], sts.dir.path());
+    assert_eq!(swapped.status.code(), Some(1));
+}
