@@ -5,7 +5,8 @@
 //! cap), hands the body to [`crate::sts::token_exchange::parse`] and the result to
 //! [`crate::sts::exchange::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2 response.
 //! Every refusal, even one decided before the form is read, goes through
-//! [`Sts::refuse`] so it is audited and counted like any other decision.
+//! [`Sts::refuse`] so it is audited (anonymous ones summarised per window) and counted
+//! like any other decision.
 //!
 //! Layers (tower-http and tower): a request body cap (413), a request deadline (503),
 //! a global concurrency cap, and a trace span that records the method and path only:

@@ -364,11 +364,50 @@ fn percent(s: &str, upper: bool) -> String {
 /// `part`: each plain, percent-, form- and JSON-encoded, base64 in both alphabets
 /// (padded or not), and the stretch of base64 that encodes only the credential when it
 /// sits inside a longer blob at each of the three byte alignments.
+/// `s` as serializers and templates write it when they escape some characters and
+/// leave others: .NET's JSON writer (`\u002B` for `+`, `\u0022` for `"`), Python's
+/// `quote` and JS `encodeURI` (`/` left alone), HTML templates (numeric and named
+/// character references), and a mix of all of them, character by character.
+fn mixed_spellings(s: &str) -> Vec<String> {
+    let dotnet: String = s
+        .chars()
+        .map(|c| match c {
+            '+' | '"' | '\'' | '<' | '>' | '&' => format!("\\u{:04X}", u32::from(c)),
+            '\\' => "\\\\".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let quote = percent(s, true).replace("%2F", "/");
+    let html: String = s
+        .chars()
+        .map(|c| match c {
+            '+' => "&#43;".to_string(),
+            '/' => "&#x2F;".to_string(),
+            '=' => "&equals;".to_string(),
+            '"' => "&quot;".to_string(),
+            c if c.is_ascii_alphanumeric() => c.to_string(),
+            c => format!("&#{};", u32::from(c)),
+        })
+        .collect();
+    let mixed: String = s
+        .chars()
+        .enumerate()
+        .map(|(i, c)| match i % 4 {
+            0 => c.to_string(),
+            1 => format!("%{:02x}", u32::from(c)),
+            2 => format!("\\u{:04x}", u32::from(c)),
+            _ => format!("&#x{:X};", u32::from(c)),
+        })
+        .collect();
+    vec![dotnet, quote, html, mixed]
+}
+
 fn forbidden_forms(v: &str, part: &str) -> Vec<String> {
     let mut forms = Vec::new();
     for s in [v, part] {
         let json = serde_json::to_string(s).unwrap();
         let json = json[1..json.len() - 1].to_string();
+        forms.extend(mixed_spellings(s));
         forms.extend([
             s.to_string(),
             percent(s, true),
@@ -501,6 +540,13 @@ fn hand_back_in_every_encoding(headers: HeaderMap) -> Response {
         format!("pct-part: {}", percent(&part, true)),
         format!("form: {form}"),
     ];
+    for (i, spelled) in mixed_spellings(&v)
+        .into_iter()
+        .chain(mixed_spellings(&part))
+        .enumerate()
+    {
+        lines.push(format!("mixed-{i}: {spelled}"));
+    }
     for s in [&v, &part] {
         for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
             lines.push(format!("b64: {}", engine.encode(s)));
@@ -1291,6 +1337,9 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
             &format!("X-Pad: {}\r\n", "p".repeat(20 * 1024)),
         ),
         raw_post(ISSUES, &token, "Transfer-Encoding: chunked\r\n"),
+        // Byte ranges would hand the credential back in pieces: never forwarded.
+        raw_post(ISSUES, &token, "Range: bytes=0-5\r\nIf-Range: x\r\n"),
+        raw_post(ISSUES, &token, "Range: bytes=6-11\r\n"),
     ] {
         responses.push_str(&raw(&shim.url, &request).await.1);
         responses.push('\n');
@@ -1300,9 +1349,10 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
 
     // The work really happened, at TRACE.
     assert!(stderr.contains("TRACE"), "no TRACE lines captured");
-    assert_eq!(echo.hits(), 2);
+    assert_eq!(echo.hits(), 4, "the two Range requests went through, without Range");
+    assert!(echo.last().unwrap()["headers"].get("range").is_none());
     assert_eq!(proxied, 2, "{responses}");
-    assert_eq!(audit.lines().count(), 13, "{audit}");
+    assert_eq!(audit.lines().count(), 15, "{audit}");
     agent_sts::audit::verify(&config.audit_path).unwrap();
 
     let mut secrets = forbidden_forms(CANARY_CREDENTIAL, CANARY_PART);
