@@ -1349,7 +1349,11 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
 
     // The work really happened, at TRACE.
     assert!(stderr.contains("TRACE"), "no TRACE lines captured");
-    assert_eq!(echo.hits(), 4, "the two Range requests went through, without Range");
+    assert_eq!(
+        echo.hits(),
+        4,
+        "the two Range requests went through, without Range"
+    );
     assert!(echo.last().unwrap()["headers"].get("range").is_none());
     assert_eq!(proxied, 2, "{responses}");
     assert_eq!(audit.lines().count(), 15, "{audit}");
