@@ -94,6 +94,10 @@ enum AuditCommand {
         /// audit.log` after rotation).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The first file continues an earlier one that was rotated away: accept a
+        /// first `seq` above 1 and print the hash the earlier file must end with.
+        #[arg(long)]
+        continued: bool,
     },
 }
 
@@ -228,10 +232,10 @@ async fn run(command: Command) -> Result<(), StartError> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { files },
+            command: AuditCommand::Verify { files, continued },
         } => {
-            let report =
-                audit::verify_files(&files).map_err(|e| StartError::Runtime(e.to_string()))?;
+            let report = audit::verify_files(&files, continued)
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             println!("{}: {} lines, chain intact", names.join(" "), report.lines);
             if let Some(prev) = report.continues {

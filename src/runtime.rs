@@ -83,6 +83,9 @@ pub struct ConnectionLimits {
     pub max_connections_per_peer: usize,
     /// Largest header section a request may have; hyper's read buffer is bounded by it.
     pub header_bytes: usize,
+    /// Longest a connection stays open, whatever it does (a client that stops reading
+    /// its answer holds a slot no longer than this).
+    pub max_connection_age: Duration,
 }
 
 /// File descriptors kept for everything but client connections: the keyring and
@@ -96,7 +99,8 @@ pub const FD_RESERVE: usize = 128;
 /// [`FD_RESERVE`] descriptors stay free under `RLIMIT_NOFILE`), further ones wait in
 /// the kernel's backlog; a peer beyond `max_connections_per_peer` has its new
 /// connections closed at once. The peer's address reaches handlers as
-/// `ConnectInfo<SocketAddr>`. In-flight requests finish on shutdown, for at most 10 s.
+/// `ConnectInfo<SocketAddr>`. A connection lives at most `max_connection_age`. IPv6
+/// peers are counted per /64. In-flight requests finish on shutdown, for at most 10 s.
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -136,7 +140,8 @@ where
             },
             () = &mut shutdown => break,
         };
-        let Some(peer_slot) = peers.enter(peer.ip(), limits.max_connections_per_peer) else {
+        let Some(peer_slot) = peers.enter(peer_key(peer.ip()), limits.max_connections_per_peer)
+        else {
             tracing::debug!(%peer, "connection refused: too many from this peer");
             continue;
         };
@@ -146,8 +151,9 @@ where
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
         );
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let max_age = limits.max_connection_age;
         tokio::spawn(async move {
-            let _ = connection.await;
+            let _ = tokio::time::timeout(max_age, connection).await;
             drop((permit, peer_slot));
         });
     }
@@ -172,6 +178,20 @@ fn effective_max_connections(configured: usize) -> usize {
     match soft {
         Some(soft) => configured.min(soft.saturating_sub(FD_RESERVE).max(1)),
         None => configured,
+    }
+}
+
+/// The address a per-peer cap counts: an IPv4 address, or an IPv6 address's /64 (one
+/// host usually holds a whole /64, so counting single addresses would count nothing).
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
     }
 }
 
@@ -215,6 +235,7 @@ impl Drop for PeerSlot {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -275,5 +296,15 @@ mod tests {
             2,
             "70 s: runs at 10 s and 40 s only"
         );
+    }
+
+    #[test]
+    fn peers_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+        use super::peer_key;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(peer_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:ffff::9")), ip("2001:db8:1:2::"));
+        assert_eq!(peer_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 }

@@ -104,8 +104,12 @@ pub enum AuditError {
     #[error("audit log {} is in an unknown state after a failed write", path.display())]
     Broken { path: PathBuf },
     /// `verify` found a line that breaks the chain (1-based line number).
-    #[error("audit chain broken at line {line}: {reason}")]
-    BrokenLink { line: u64, reason: &'static str },
+    #[error("audit chain broken at {} line {line}: {reason}", path.display())]
+    BrokenLink {
+        path: PathBuf,
+        line: u64,
+        reason: &'static str,
+    },
     /// The record does not serialize to a JSON object.
     #[error("audit record does not serialize to a JSON object")]
     NotAnObject,
@@ -336,17 +340,27 @@ impl RefusalWindow {
         };
         let now = SystemTime::now();
         let mut lines = 0;
-        for (reason, seen) in seen {
-            if seen > 1 {
-                log.append(&RefusalSummary {
-                    time: now,
-                    since,
-                    decision: Outcome::Deny,
-                    reason,
-                    count: seen - 1,
-                })?;
-                lines += 1;
+        let mut pending = seen.into_iter().filter(|(_, seen)| *seen > 1);
+        while let Some((reason, seen)) = pending.next() {
+            let summary = RefusalSummary {
+                time: now,
+                since,
+                decision: Outcome::Deny,
+                reason,
+                count: seen - 1,
+            };
+            if let Err(e) = log.append(&summary) {
+                // Keep what was not written for the next flush: every refusal stays
+                // counted in some line.
+                if let Ok(mut state) = self.state.lock() {
+                    state.since = since;
+                    for (reason, seen) in std::iter::once((reason, seen)).chain(pending) {
+                        *state.seen.entry(reason).or_insert(0) += seen;
+                    }
+                }
+                return Err(e);
             }
+            lines += 1;
         }
         Ok(lines)
     }
@@ -775,14 +789,19 @@ impl<S: Sink> Chain<S> {
 /// previous line (64 zeros first), every line ending in a newline. An empty file
 /// verifies with 0 lines. See the module documentation for what this cannot detect.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    verify_files(&[path])
+    verify_files(&[path], false)
 }
 
 /// Verifies one chain spread over `paths` (oldest first, e.g. `audit.log.1
 /// audit.log.2 audit.log`): each file's first line must continue the previous file's
-/// last. The first file may itself continue an earlier one that is not given (its
-/// first `seq` above 1); the report says so and which hash that file must end with.
-pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> Result<VerifyReport, AuditError> {
+/// last, and the chain must start at `seq` 1, so lines deleted from its head are
+/// caught. With `continued`, the first file may continue an earlier one that was
+/// rotated away (its first `seq` above 1); the report then says which hash that
+/// earlier file must end with, an anchor to check elsewhere.
+pub fn verify_files<P: AsRef<Path>>(
+    paths: &[P],
+    continued: bool,
+) -> Result<VerifyReport, AuditError> {
     let mut state: Option<Link> = None;
     let mut report = VerifyReport {
         lines: 0,
@@ -797,7 +816,7 @@ pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> Result<VerifyReport, AuditEr
             source,
         })?;
         let reader = BufReader::with_capacity(64 * 1024, file);
-        let (lines, last) = verify_stream(reader, path, &mut state, &mut report)?;
+        let (lines, last) = verify_stream(reader, path, &mut state, &mut report, continued)?;
         report.lines += lines;
         if let Some(last) = last {
             state = Some(last);
@@ -818,6 +837,7 @@ fn verify_stream<R: BufRead>(
     path: &Path,
     state: &mut Option<Link>,
     report: &mut VerifyReport,
+    continued: bool,
 ) -> Result<(u64, Option<Link>), AuditError> {
     let mut buf = Vec::with_capacity(1024);
     let mut last = *state;
@@ -836,6 +856,7 @@ fn verify_stream<R: BufRead>(
         }
         lines += 1;
         let broken = |reason| AuditError::BrokenLink {
+            path: path.to_path_buf(),
             line: lines,
             reason,
         };
@@ -864,8 +885,10 @@ fn verify_stream<R: BufRead>(
                 }
             }
             None => {
-                if head.seq == 0 || head.prev.len() != 64 {
-                    return Err(broken("seq is not the previous seq plus one"));
+                if !continued || head.seq == 0 || head.prev.len() != 64 {
+                    return Err(broken(
+                        "seq does not start at 1 (a continued file needs --continued)",
+                    ));
                 }
                 report.first_seq = head.seq;
                 report.continues = Some(head.prev.to_string());
@@ -1017,7 +1040,7 @@ mod tests {
 
     fn assert_broken_at(path: &Path, expected_line: u64, expected_reason: &str) {
         match verify(path) {
-            Err(AuditError::BrokenLink { line, reason }) => {
+            Err(AuditError::BrokenLink { line, reason, .. }) => {
                 assert_eq!(line, expected_line, "reason: {reason}");
                 assert!(reason.contains(expected_reason), "reason: {reason}");
             }
@@ -1664,6 +1687,7 @@ mod tests {
             Path::new("test.jsonl"),
             &mut None,
             &mut report,
+            false,
         )
         .unwrap();
         assert_eq!(lines, 3);
@@ -1843,29 +1867,31 @@ mod tests {
             .collect();
         assert!(files.len() >= 3, "{files:?}");
         files.push(path.clone());
-        let all = verify_files(&files).unwrap();
+        let all = verify_files(&files, false).unwrap();
         assert_eq!(
             (all.lines, all.first_seq, all.continues.as_deref()),
             (20, 1, None)
         );
-        // The newest files alone: a continuation, and the hash the missing file ends with.
-        let tail = verify_files(&files[1..]).unwrap();
+        // The newest files alone: refused unless declared a continuation, and then the
+        // report names the hash the missing file must end with.
+        assert!(verify_files(&files[1..], false).is_err());
+        let tail = verify_files(&files[1..], true).unwrap();
         assert!(tail.first_seq > 1);
         assert_eq!(tail.last_hash, all.last_hash);
-        let head = verify_files(&files[..1]).unwrap();
+        let head = verify_files(&files[..1], false).unwrap();
         assert_eq!(tail.continues.as_deref(), Some(head.last_hash.as_str()));
         // Out of order, or with a file missing in the middle, the chain breaks.
-        assert!(verify_files(&[&files[1], &files[0]]).is_err());
-        assert!(verify_files(&[&files[0], &files[2]]).is_err());
+        assert!(verify_files(&[&files[1], &files[0]], true).is_err());
+        assert!(verify_files(&[&files[0], &files[2]], true).is_err());
         // An empty current file beside rotated ones (say, rotated just before a crash)
         // resumes the chain from the newest rotated file.
         let rotated = &files[..files.len() - 1];
-        let before = verify_files(rotated).unwrap();
+        let before = verify_files(rotated, false).unwrap();
         std::fs::write(&path, "").unwrap();
         let log = AuditLog::open_rotating(&path, 0).unwrap();
         log.append(&serde_json::json!({"n": "resumed"})).unwrap();
         drop(log);
-        let resumed = verify_files(&files).unwrap();
+        let resumed = verify_files(&files, false).unwrap();
         assert_eq!(resumed.lines, before.lines + 1);
         let line: serde_json::Value =
             serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();

@@ -62,6 +62,7 @@ pub fn never_forwarded(name: &str) -> Option<&'static str> {
             "byte ranges return the answer in pieces the scrubber cannot see whole"
         }
         "accept-encoding" => "the shim asks for identity encoding so it can scrub the answer",
+        "content-encoding" => "a compressed body cannot be checked for method overrides",
         "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip" => {
             "client addresses an upstream may trust"
         }

@@ -208,6 +208,7 @@ struct RawLimits {
     jwks_max_bytes: Option<i64>,
     jwks_refetch_cooldown: Option<String>,
     header_read_timeout: Option<String>,
+    max_connection_age: Option<String>,
     max_connections: Option<i64>,
     max_connections_per_peer: Option<i64>,
 }
@@ -384,6 +385,8 @@ pub struct LimitsConfig {
     /// Longest wait for a request's header section, the wait for its first byte on a
     /// kept-alive connection included; then the connection is closed.
     pub header_read_timeout: Duration,
+    /// Longest a connection stays open, whatever it does.
+    pub max_connection_age: Duration,
     /// Open connections at most (lowered to leave file descriptors in reserve).
     pub max_connections: usize,
     /// Open connections at most from one peer address.
@@ -407,6 +410,7 @@ impl Default for LimitsConfig {
             jwks_max_bytes: verify.jwks_max_bytes,
             jwks_refetch_cooldown: verify.jwks_refetch_cooldown,
             header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
             max_connections: 4096,
             max_connections_per_peer: 256,
         }
@@ -421,6 +425,7 @@ impl LimitsConfig {
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
             header_bytes,
+            max_connection_age: self.max_connection_age,
         }
     }
 
@@ -1029,6 +1034,11 @@ fn validate_limits(c: &Check, l: RawLimits) -> Result<LimitsConfig, ConfigError>
             "limits.header_read_timeout",
             l.header_read_timeout.as_deref(),
             d.header_read_timeout,
+        )?,
+        max_connection_age: c.duration_or(
+            "limits.max_connection_age",
+            l.max_connection_age.as_deref(),
+            d.max_connection_age,
         )?,
         max_connections: c.positive(
             "limits.max_connections",

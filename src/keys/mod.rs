@@ -236,11 +236,11 @@ pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
         }
     };
     let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    if let Err(e) = written {
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path)
+    Ok(())
 }
 
 /// Refuses a file holding a secret that group or others may read or write (as ssh

@@ -35,20 +35,21 @@ pub fn in_query(query: &str) -> bool {
     form_urlencoded::parse(query.as_bytes()).any(|(key, _)| is_override(&key))
 }
 
-/// Checks a body of `content_type` (the request's `Content-Type`, if any).
+/// Checks a body of `content_type` (the request's `Content-Type`, if any). A body
+/// without a type is read as a form, as Rack does.
 pub fn in_body(content_type: Option<&str>, body: &[u8]) -> Result<(), Refusal> {
     if body.is_empty() {
         return Ok(());
     }
-    let Some(content_type) = content_type else {
-        return Ok(());
-    };
+    let content_type = content_type.unwrap_or("application/x-www-form-urlencoded");
     let media = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    // Laravel reads any type containing `/json` or `+json` as JSON.
+    let json = media.contains("/json") || media.contains("+json");
     let found = if media == "application/x-www-form-urlencoded" {
         let text = std::str::from_utf8(body).map_err(|_| Refusal::Unreadable)?;
         in_query(text)
@@ -57,7 +58,7 @@ pub fn in_body(content_type: Option<&str>, body: &[u8]) -> Result<(), Refusal> {
         multipart_names(body, &boundary)?
             .iter()
             .any(|name| is_override(name))
-    } else if media == "application/json" || media.ends_with("+json") {
+    } else if json {
         match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(map)) => map.keys().any(|k| is_override(k)),
             Ok(_) => false,
@@ -97,21 +98,25 @@ fn mangle(name: &str) -> String {
 }
 
 /// The value of parameter `name` in a header value such as
-/// `multipart/form-data; boundary="x"`.
+/// `multipart/form-data; boundary="x"`; None when absent or given twice (parsers
+/// disagree on which one counts).
 fn parameter(header: &str, name: &str) -> Option<String> {
-    header.split(';').skip(1).find_map(|p| {
+    let mut values = header.split(';').skip(1).filter_map(|p| {
         let (k, v) = p.split_once('=')?;
         k.trim()
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().trim_matches('"').to_string())
-            .filter(|v| !v.is_empty())
-    })
+    });
+    let value = values.next().filter(|v| !v.is_empty())?;
+    values.next().is_none().then_some(value)
 }
 
 /// The `name` of every part of a `multipart/form-data` body (RFC 7578).
 fn multipart_names(body: &[u8], boundary: &str) -> Result<Vec<String>, Refusal> {
-    let text = String::from_utf8_lossy(body);
-    let delimiter = format!("--{boundary}");
+    // A delimiter starts a line (RFC 2046 §5.1.1): `--boundary` inside a part's content
+    // is content, as the upstream's parser reads it.
+    let text = format!("\n{}", String::from_utf8_lossy(body));
+    let delimiter = format!("\n--{boundary}");
     let mut parts = text.split(delimiter.as_str());
     parts.next(); // the preamble
     let mut names = Vec::new();
@@ -206,6 +211,16 @@ mod tests {
         assert_eq!(in_body(json, b"[1,2]"), Ok(()));
         assert_eq!(in_body(json, b"{not json"), Err(Refusal::Unreadable));
         assert_eq!(in_body(Some("text/plain"), b"_method=DELETE"), Ok(()));
-        assert_eq!(in_body(None, b"_method=DELETE"), Ok(()));
+        // No type: read as a form (Rack does). Laravel's JSON is any `/json`.
+        assert_eq!(in_body(None, b"_method=DELETE"), Err(Refusal::Override));
+        assert_eq!(
+            in_body(Some("text/json"), br#"{"_method":"PUT"}"#),
+            Err(Refusal::Override)
+        );
+        // A delimiter only counts at the start of a line, and one boundary only.
+        let hidden = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx--XyZ--\r\n--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n";
+        assert_eq!(in_body(ct, hidden.as_bytes()), Err(Refusal::Override));
+        let two = Some("multipart/form-data; boundary=XyZ; boundary=Other");
+        assert_eq!(in_body(two, multipart.as_bytes()), Err(Refusal::Unreadable));
     }
 }

@@ -433,10 +433,13 @@ impl Shim {
             .ok_or(ShimError::CredentialUnavailable)?;
         let (credential, scrubber) = self.credential(path).await?;
         let body = read_body(body, &parts.headers, self.caps).await?;
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
+        // One readable Content-Type, or none: what the shim checks is what is forwarded.
+        let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = match (types.next(), types.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(v.to_str().map_err(|_| ShimError::BodyUnreadable)?),
+            (Some(_), Some(_)) => return Err(ShimError::BodyUnreadable),
+        };
         method_override::in_body(content_type, body.as_deref().unwrap_or_default()).map_err(
             |refusal| match refusal {
                 method_override::Refusal::Override => ShimError::MethodOverride,
@@ -564,6 +567,14 @@ impl Shim {
         let status = upstream.status();
         if is_partial(status, upstream.headers()) {
             return Err(ShimError::UpstreamPartial);
+        }
+        let unscrubbable = !scrubber.sees_whole(&buffer)
+            || upstream
+                .headers()
+                .values()
+                .any(|v| !scrubber.sees_whole(v.as_bytes()));
+        if unscrubbable {
+            return Err(ShimError::UpstreamEncoding);
         }
         let (body, mut scrubbed) = scrubber.scrub(buffer.freeze());
 

@@ -134,8 +134,8 @@ pub fn canonicalize(uri: &http::Uri) -> Result<Target, TargetError> {
             let start = canonical.len();
             canonical_segment(raw.as_bytes(), &mut canonical)?;
             let segment = canonical.get(start..).unwrap_or_default();
-            check_segment(segment)?;
             check_unicode(segment)?;
+            check_segment(segment)?;
         }
     }
     Ok(Target {

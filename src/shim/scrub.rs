@@ -44,9 +44,9 @@ const MIN_PASSWORD_LEN: usize = 6;
 pub struct Scrubber {
     /// The texts as they are: enough for a body without any escape introducer.
     matcher: Matcher,
-    /// Every spelling of the texts, built on the first body that could hold one.
-    spellings: std::sync::OnceLock<Option<regex::bytes::Regex>>,
-    texts: Vec<Vec<u8>>,
+    /// Every spelling of the texts; None if it could not be built, and then a haystack
+    /// that could hold a spelling is not scrubbed but refused ([`Scrubber::sees_whole`]).
+    spellings: Option<regex::bytes::Regex>,
     needle_count: usize,
 }
 
@@ -68,11 +68,17 @@ impl Scrubber {
             // least the value exactly as the shim sends it.
             None => Matcher::Plain(secret.as_bytes().to_vec()),
         };
+        let spellings = spellings_regex(&texts);
+        if spellings.is_none() && !texts.is_empty() {
+            tracing::error!(
+                texts = texts.len(),
+                "the credential's spellings cannot be matched: answers that hold an escape will be refused"
+            );
+        }
         Scrubber {
             matcher,
-            spellings: std::sync::OnceLock::new(),
+            spellings,
             needle_count: texts.len(),
-            texts,
         }
     }
 
@@ -98,6 +104,13 @@ impl Scrubber {
         };
         scrubbed.0.set_sensitive(value.is_sensitive());
         Some(scrubbed)
+    }
+
+    /// Whether [`scrub`](Self::scrub) can find every spelling in `haystack`: false only
+    /// when the spellings regex could not be built and `haystack` holds an escape
+    /// introducer. The shim then refuses the answer rather than pass it half-scrubbed.
+    pub fn sees_whole(&self, haystack: &[u8]) -> bool {
+        self.spellings.is_some() || !has_escape(haystack)
     }
 
     /// The number of needles (for tests and diagnostics).
@@ -129,10 +142,9 @@ impl Scrubber {
     /// without those bytes can only hold raw texts, which the automaton finds at memory
     /// speed; any other goes through the spellings regex (about ten times slower).
     fn for_each_match(&self, haystack: &[u8], mut f: impl FnMut(usize, usize)) {
-        let escaped = haystack
-            .iter()
-            .any(|b| matches!(b, b'%' | b'\\' | b'&' | b'+'));
-        if escaped && let Some(re) = self.spellings.get_or_init(|| spellings_regex(&self.texts)) {
+        if has_escape(haystack)
+            && let Some(re) = &self.spellings
+        {
             for m in re.find_iter(haystack) {
                 f(m.start(), m.end());
             }
@@ -172,6 +184,13 @@ impl std::fmt::Debug for Scrubber {
             .field("needles", &self.needle_count)
             .finish()
     }
+}
+
+/// Whether `haystack` holds a byte that starts a spelling other than the raw one.
+fn has_escape(haystack: &[u8]) -> bool {
+    haystack
+        .iter()
+        .any(|b| matches!(b, b'%' | b'\\' | b'&' | b'+'))
 }
 
 fn build_automaton(needles: &[Vec<u8>]) -> Option<AhoCorasick> {
@@ -638,10 +657,11 @@ mod tests {
     fn plain_fallback_matches_like_the_automaton() {
         let s = Scrubber {
             matcher: Matcher::Plain(b"aba".to_vec()),
-            spellings: std::sync::OnceLock::from(None),
-            texts: vec![b"aba".to_vec()],
+            spellings: None,
             needle_count: 1,
         };
+        assert!(!s.sees_whole(b"a%62a"));
+        assert!(s.sees_whole(b"aba"));
         let (out, removed) = s.scrub(Bytes::from_static(b"xababa-aba"));
         assert_eq!(&out[..], b"x[redacted]ba-[redacted]");
         assert_eq!(removed, 6);

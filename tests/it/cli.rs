@@ -292,7 +292,14 @@ async fn a_rotated_audit_log_verifies_as_one_chain() {
     assert!(out.contains(&format!("{exchanges} lines")), "{out}");
     assert!(!out.contains("continues"), "{out}");
 
+    // The newest file alone starts mid-chain: refused (lines deleted from the head
+    // look the same), unless declared a continuation.
     let newest = run(&["audit", "verify", &current], sts.dir.path());
+    assert_eq!(newest.status.code(), Some(1));
+    let newest = run(
+        &["audit", "verify", "--continued", &current],
+        sts.dir.path(),
+    );
     assert!(newest.status.success(), "{}", text(&newest.stderr));
     assert!(text(&newest.stdout).contains("continues an earlier file"));
 
