@@ -224,6 +224,19 @@ async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &s
     reply(request.send().await.unwrap()).await
 }
 
+/// `POST ISSUES` with a JSON body, the bearer `token` and the extra `headers`.
+async fn post_issue_with(url: &str, token: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = client()
+        .post(format!("{url}{ISSUES}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body("{}");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    reply(request.send().await.unwrap()).await
+}
+
 /// An access token for `action`, exchanged from the `triage` workload token.
 async fn access_token(sts: &TestSts, issuers: &Issuers, action: &str) -> String {
     let r = sts.exchange_for(&issuers.k8s_token("triage"), action).await;
@@ -1655,15 +1668,7 @@ async fn method_and_url_overrides_and_cookies_never_reach_the_upstream() {
         ("x-forwarded-prefix", "/admin"),
         ("cookie", "session=agent-chosen"),
     ];
-    let mut request = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body("{}");
-    for (name, value) in overrides {
-        request = request.header(name, value);
-    }
-    let r = reply(request.send().await.unwrap()).await;
+    let r = post_issue_with(&shim.url, &token, &overrides).await;
     assert_eq!(r.status, 200, "{r:?}");
     let seen = echo.last().unwrap();
     for (name, _) in overrides {
@@ -1882,15 +1887,7 @@ async fn only_allowed_request_headers_reach_the_upstream() {
         ("x-forwarded-host", "admin.internal"),
         ("x-http-method-override", "DELETE"),
     ];
-    let mut request = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{}");
-    for (name, value) in sent {
-        request = request.header(name, value);
-    }
-    let r = reply(request.send().await.unwrap()).await;
+    let r = post_issue_with(&shim.url, &token, &sent).await;
     assert_eq!(r.status, 200, "{r:?}");
     let seen = echo.last().unwrap();
     let got: Vec<&str> = seen["headers"]
