@@ -224,8 +224,9 @@ async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &s
     reply(request.send().await.unwrap()).await
 }
 
-/// `POST ISSUES` with a JSON body, the bearer `token` and the extra `headers`.
-async fn post_issue_with(url: &str, token: &str, headers: &[(&str, &str)]) -> Reply {
+/// What the echo upstream saw of a proxied `POST ISSUES` with a JSON body, the bearer
+/// `token` and the extra `headers` (the call must succeed).
+async fn echoed(url: &str, token: &str, headers: &[(&str, &str)], echo: &Echo) -> Value {
     let mut request = client()
         .post(format!("{url}{ISSUES}"))
         .bearer_auth(token)
@@ -234,7 +235,9 @@ async fn post_issue_with(url: &str, token: &str, headers: &[(&str, &str)]) -> Re
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    reply(request.send().await.unwrap()).await
+    let r = reply(request.send().await.unwrap()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    echo.last().unwrap()
 }
 
 /// An access token for `action`, exchanged from the `triage` workload token.
@@ -1668,9 +1671,7 @@ async fn method_and_url_overrides_and_cookies_never_reach_the_upstream() {
         ("x-forwarded-prefix", "/admin"),
         ("cookie", "session=agent-chosen"),
     ];
-    let r = post_issue_with(&shim.url, &token, &overrides).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let seen = echo.last().unwrap();
+    let seen = echoed(&shim.url, &token, &overrides, &echo).await;
     for (name, _) in overrides {
         assert!(
             seen["headers"].get(name).is_none(),
@@ -1867,7 +1868,7 @@ async fn the_shim_routers_answer_with_oneshot() {
 /// `Range` (which would hand back the credential in pieces shorter than any scrubbing
 /// pattern), an unknown vendor header, and every override or forwarding header stay
 /// behind; the action's `X-GitHub-Api-Version` and the defaults pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn only_allowed_request_headers_reach_the_upstream() {
     let (_sts, _issuers, echo, shim, token) = github_world("").await;
     let sent = [
@@ -1887,9 +1888,7 @@ async fn only_allowed_request_headers_reach_the_upstream() {
         ("x-forwarded-host", "admin.internal"),
         ("x-http-method-override", "DELETE"),
     ];
-    let r = post_issue_with(&shim.url, &token, &sent).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let seen = echo.last().unwrap();
+    let seen = echoed(&shim.url, &token, &sent, &echo).await;
     let got: Vec<&str> = seen["headers"]
         .as_object()
         .unwrap()
