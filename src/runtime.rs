@@ -98,8 +98,7 @@ pub const FD_RESERVE: usize = 128;
 /// connections cannot pile up); at most `max_connections` are open (lowered so that
 /// [`FD_RESERVE`] descriptors stay free under `RLIMIT_NOFILE`), further ones wait in
 /// the kernel's backlog; a peer beyond `max_connections_per_peer` has its new
-/// connections closed at once. The peer's address reaches handlers as
-/// `ConnectInfo<SocketAddr>`. A connection lives at most `max_connection_age`. IPv6
+/// connections closed at once. A connection lives at most `max_connection_age`. IPv6
 /// peers are counted per /64. In-flight requests finish on shutdown, for at most 10 s.
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
@@ -145,11 +144,7 @@ where
             tracing::debug!(%peer, "connection refused: too many from this peer");
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-        );
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let max_age = limits.max_connection_age;
         tokio::spawn(async move {
