@@ -1,10 +1,10 @@
-# For operators (or a CI job) running `agent-sts keys rotate` against KV v2 at
-# secret/: read and check-and-set write of the keyring only.
+# For operators (or a CI job) running `agent-sts keys rotate` / `keys list` against
+# KV v2 at secret/: read and check-and-set write of the keyring only.
 
 path "secret/data/agent-sts/signing-keys" {
   capabilities = ["create", "read", "update"]
 }
 
-path "secret/metadata/agent-sts/signing-keys" {
+path "auth/token/lookup-self" {
   capabilities = ["read"]
 }

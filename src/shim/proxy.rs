@@ -58,7 +58,7 @@ use crate::shim::method_override;
 use crate::shim::request_target::{self, Target};
 use crate::shim::scrub::Scrubber;
 use crate::store;
-use crate::store::secrets::{CredentialCache, StoredCredential};
+use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
 use crate::store::vault::Vault;
 use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
 use agent_sts_verifier::layer::{BearerError, bearer_token};
@@ -113,6 +113,8 @@ pub struct Shim {
     /// `[limits] request_timeout`, then answers 503.
     slots: tokio::sync::Semaphore,
     metrics: ShimMetrics,
+    /// The Vault client behind the secret store, when Vault is configured.
+    vault: Option<Arc<Vault>>,
 }
 
 /// What the audit line of one request says, filled in as the request goes.
@@ -191,7 +193,8 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
             body_read: config.limits.request_timeout,
         },
         slots: tokio::sync::Semaphore::new(config.limits.max_concurrency),
-        metrics: ShimMetrics::new(),
+        metrics: ShimMetrics::new().with_vault(vault.as_deref().map(Vault::metrics)),
+        vault: vault.clone(),
     };
     tracing::info!(audience = %s.audience, actions = served, "shim ready");
     Ok(ShimApp {
@@ -291,14 +294,18 @@ async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
         .filter(|a| a.audience == shim.audience && a.request.is_some())
         .count();
     let audit = shim.audit.accepting();
-    let secrets = shim.credentials.reachable().await;
-    let ready = actions > 0 && audit && secrets;
-    let body = serde_json::json!({
+    let secrets = shim.credentials.health().await;
+    let vault = shim.vault.as_ref().map(|v| v.health());
+    let ready = actions > 0 && audit && secrets.ok && vault.as_ref().is_none_or(|v| v.ok);
+    let mut body = serde_json::json!({
         "ready": ready,
         "actions": actions,
         "audit_log": if audit { "ok" } else { "failing" },
-        "secret_store": if secrets { "ok" } else { "unreachable" },
+        "secret_store": secrets.detail,
     });
+    if let Some(vault) = vault {
+        body["vault"] = serde_json::json!(vault.detail);
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -469,9 +476,13 @@ impl Shim {
         &self,
         path: &str,
     ) -> Result<(Arc<StoredCredential>, Arc<Scrubber>), ShimError> {
-        let stored = self.credentials.usable(path).await.map_err(|e| {
-            tracing::warn!(error = %e, "credential unavailable: nothing forwarded");
-            ShimError::CredentialUnavailable
+        let stored = self.credentials.usable(path).await.map_err(|e| match e {
+            // Logged once per interval by the Vault client, counted per caller.
+            CredentialError::Store(SecretStoreError::Denied { .. }) => ShimError::CredentialDenied,
+            e => {
+                tracing::warn!(error = %e, "credential unavailable: nothing forwarded");
+                ShimError::CredentialUnavailable
+            }
         })?;
         if let Some((known, scrubber)) = self.scrubbers.get(path)
             && known.value.expose() == stored.value.expose()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use secrets::{
     CREDENTIAL_CACHE_TTL, CredentialCache, CredentialError, FileSecretStore, SecretStore,
-    SecretStoreError, StoredCredential,
+    SecretStoreError, StoreHealth, StoredCredential,
 };
 
 use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultAuth, VaultConfig};

@@ -36,6 +36,8 @@ pub struct StoredCredential {
 pub enum SecretStoreError {
     #[error("secret store {location}: unavailable: {reason}")]
     Unavailable { location: String, reason: String },
+    #[error("secret store {location}: the store's policy denies {path}: a configuration error")]
+    Denied { location: String, path: String },
     #[error("secret store {location}: secret {path} is malformed: {reason}")]
     Malformed {
         location: String,
@@ -44,11 +46,39 @@ pub enum SecretStoreError {
     },
 }
 
+/// Whether a store can serve reads, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub ok: bool,
+    /// `ok`, why not, or a warning that does not stop serving.
+    pub detail: String,
+}
+
+impl StoreHealth {
+    pub fn ok() -> StoreHealth {
+        StoreHealth {
+            ok: true,
+            detail: "ok".into(),
+        }
+    }
+
+    pub fn failing(detail: impl Into<String>) -> StoreHealth {
+        StoreHealth {
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Where credentials live.
 #[async_trait::async_trait]
 pub trait SecretStore: Send + Sync + std::fmt::Debug {
     /// The credential at `path`, or `None` when there is none.
     async fn read(&self, path: &str) -> Result<Option<StoredCredential>, SecretStoreError>;
+
+    /// Whether reads can be served. Never a network request: a readiness probe must
+    /// not turn into traffic to the store.
+    async fn health(&self) -> StoreHealth;
 }
 
 /// The embedded store: a TOML file of `[secret."<path>"]` tables with `header`,
@@ -111,6 +141,14 @@ impl SecretStore for FileSecretStore {
                 path: path.to_string(),
                 reason,
             })
+    }
+
+    /// The file is local: reading and parsing it is the check.
+    async fn health(&self) -> StoreHealth {
+        match self.read("agent-sts/readiness-probe").await {
+            Ok(_) => StoreHealth::ok(),
+            Err(_) => StoreHealth::failing("the secrets file cannot be read"),
+        }
     }
 }
 
@@ -187,9 +225,9 @@ impl CredentialCache {
         }
     }
 
-    /// Whether the store answers (for `/readyz`).
-    pub async fn reachable(&self) -> bool {
-        self.store.read("agent-sts/readiness-probe").await.is_ok()
+    /// Whether the store can serve reads (for `/readyz`), without asking it.
+    pub async fn health(&self) -> StoreHealth {
+        self.store.health().await
     }
 }
 
@@ -242,6 +280,6 @@ header = "X-Key"
             CredentialError::Store(SecretStoreError::Malformed { .. })
         ));
         assert!(!format!("{e} {e:?}").contains("canary"));
-        assert!(gate.reachable().await);
+        assert!(gate.health().await.ok);
     }
 }

@@ -51,7 +51,8 @@ pub struct App {
 
 /// Wires every part from `config`.
 pub async fn build(config: &Config) -> Result<App, StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let stores = store::open(config).await?;
+    let metrics = Arc::new(Metrics::new().with_vault(stores.vault.as_deref().map(Vault::metrics)));
     let trusts = TrustStore::new(
         &config.trusts,
         &config.server.issuer,
@@ -65,7 +66,6 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     if catalogue.is_empty() {
         tracing::warn!(dir = %config.server.scopes_dir.display(), "the scope catalogue has no actions: every exchange will be refused");
     }
-    let stores = store::open(config).await?;
     // Keys and credentials from Vault are served from memory at most `max_stale`
     // after the last successful read; the file stores have no such limit.
     let max_stale = match (&config.keys.store, &config.vault) {
@@ -95,6 +95,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         catalogue,
         keyring,
         credentials,
+        vault: stores.vault.clone(),
         audit,
         metrics,
         rate_limiter: IdentityRateLimiter::new(

@@ -30,7 +30,8 @@ use crate::catalogue::{Action, Catalogue, Delegation, Principal};
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
 use crate::secret::MintedJwt;
-use crate::store::secrets::{CredentialCache, CredentialError};
+use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoreHealth};
+use crate::store::vault::Vault;
 use crate::sts::mint::{Actor, Grant, MintError, mint};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
@@ -55,6 +56,8 @@ pub struct StsParts {
     pub catalogue: Catalogue,
     pub keyring: Arc<Keyring>,
     pub credentials: CredentialCache,
+    /// The Vault client behind the stores, when Vault is configured (for readiness).
+    pub vault: Option<Arc<Vault>>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: IdentityRateLimiter,
@@ -70,6 +73,7 @@ pub struct Sts {
     catalogue: ArcSwap<Catalogue>,
     keyring: Arc<Keyring>,
     credentials: CredentialCache,
+    vault: Option<Arc<Vault>>,
     audit: AuditLog,
     /// Refusals before any identity is known, summarised per window.
     anonymous: RefusalWindow,
@@ -92,8 +96,10 @@ pub struct Readiness {
     pub catalogue: bool,
     /// A signing key is active now.
     pub signing_key: bool,
-    /// The secret store answered.
-    pub secret_store: bool,
+    /// Whether the secret store can serve reads, as it last knew.
+    pub secret_store: StoreHealth,
+    /// The Vault session, when Vault is configured: its health, or a warning.
+    pub vault: Option<StoreHealth>,
     /// The keyring's last refresh error, if its last refresh failed.
     pub keyring_error: Option<String>,
 }
@@ -101,7 +107,10 @@ pub struct Readiness {
 impl Readiness {
     /// Ready to mint: catalogue, signing key and secret store all ok.
     pub fn ready(&self) -> bool {
-        self.catalogue && self.signing_key && self.secret_store
+        self.catalogue
+            && self.signing_key
+            && self.secret_store.ok
+            && self.vault.as_ref().is_none_or(|v| v.ok)
     }
 }
 
@@ -169,6 +178,7 @@ impl Sts {
             catalogue: ArcSwap::from_pointee(parts.catalogue),
             keyring: parts.keyring,
             credentials: parts.credentials,
+            vault: parts.vault,
             audit: parts.audit,
             anonymous: RefusalWindow::default(),
             metrics: parts.metrics,
@@ -208,7 +218,8 @@ impl Sts {
         Readiness {
             catalogue: !self.catalogue.load().is_empty(),
             signing_key: self.keyring.signer(now).is_some(),
-            secret_store: self.credentials.reachable().await,
+            secret_store: self.credentials.health().await,
+            vault: self.vault.as_ref().map(|v| v.health()),
             keyring_error: self.keyring.health().last_error.clone(),
         }
     }
@@ -382,6 +393,10 @@ impl Sts {
         // 6. Credential gate.
         if let Some(path) = &action.credential {
             self.credentials.usable(path).await.map_err(|e| match e {
+                // Logged once per interval by the Vault client, counted per caller.
+                CredentialError::Store(SecretStoreError::Denied { .. }) => {
+                    Rejection::SecretStoreDenied
+                }
                 CredentialError::Store(_) => {
                     tracing::warn!(action = %action.name, error = %e, "secret store unavailable");
                     Rejection::SecretStoreUnavailable
@@ -563,6 +578,7 @@ credential = "integrations/missing"
                 catalogue,
                 keyring,
                 credentials: CredentialCache::new(secrets, Duration::from_secs(30)),
+                vault: None,
                 audit: AuditLog::open(&audit_path).unwrap(),
                 metrics,
                 rate_limiter: IdentityRateLimiter::new(1, burst),

@@ -247,10 +247,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "checks": {
             "catalogue": if r.catalogue { "ok" } else { "no actions loaded" },
             "signing_key": if r.signing_key { "ok" } else { "no active signing key" },
-            "secret_store": if r.secret_store { "ok" } else { "unreachable" },
+            "secret_store": r.secret_store.detail,
             "keyring": r.keyring_error.as_deref().unwrap_or("ok"),
         }
     });
+    let mut body = body;
+    if let Some(vault) = &r.vault {
+        body["checks"]["vault"] = json!(vault.detail);
+    }
     let status = if r.ready() {
         StatusCode::OK
     } else {

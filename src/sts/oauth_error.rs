@@ -73,6 +73,9 @@ pub enum Rejection {
     SigningKeyUnavailable,
     /// The secret store cannot be read right now.
     SecretStoreUnavailable,
+    /// The secret store's policy does not let the STS read the action's credential: a
+    /// configuration error, not worth a retry.
+    SecretStoreDenied,
     /// A token's issuer keys cannot be fetched (and none are cached): ours, not the
     /// client's, to fix.
     IssuerKeysUnavailable,
@@ -103,7 +106,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | AuditUnavailable
             | RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal | SecretStoreDenied => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -122,7 +125,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | AuditUnavailable
             | RequestTimeout => "temporarily_unavailable",
-            Internal => "server_error",
+            Internal | SecretStoreDenied => "server_error",
             _ => "invalid_request",
         }
     }
@@ -168,6 +171,9 @@ impl Rejection {
             RateLimited => "too many requests for this identity; retry later",
             SigningKeyUnavailable => "no signing key is available; retry later",
             SecretStoreUnavailable => "the secret store is unavailable; retry later",
+            SecretStoreDenied => {
+                "the STS is not allowed to read this action's credential: a configuration error on the server; retrying will not help"
+            }
             IssuerKeysUnavailable => "the token issuer's keys cannot be fetched; retry later",
             AuditUnavailable => "the audit log is unavailable; no token was issued",
             RequestTimeout => "the request took too long; retry later",
@@ -206,6 +212,7 @@ impl Rejection {
             RateLimited => "rate_limited",
             SigningKeyUnavailable => "signing_key_unavailable",
             SecretStoreUnavailable => "secret_store_unavailable",
+            SecretStoreDenied => "secret_store_denied",
             IssuerKeysUnavailable => "issuer_keys_unavailable",
             AuditUnavailable => "audit_unavailable",
             RequestTimeout => "request_timeout",

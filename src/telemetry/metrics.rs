@@ -43,6 +43,67 @@ pub struct Metrics {
     pub keyring_refresh_failures: Counter,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// The Vault client's counters and gauges (`vault_*`), registered by the server that
+/// uses the client (the STS, or a shim under its own prefix).
+#[derive(Debug, Clone, Default)]
+pub struct VaultMetrics {
+    /// Requests sent to Vault, by outcome.
+    pub requests: Family<OutcomeLabels, Counter>,
+    /// Logins, by outcome (`ok`, `failed`).
+    pub logins: Family<OutcomeLabels, Counter>,
+    /// Operations refused because the token's policy denies the path (each caller).
+    pub permission_denied: Counter,
+    /// When the Vault token expires (unix seconds; 0 when it does not).
+    pub token_expires_at: Gauge,
+    /// 1 when the Vault token can be renewed.
+    pub token_renewable: Gauge,
+}
+
+impl VaultMetrics {
+    pub fn request(&self, outcome: &'static str) {
+        self.requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn login(&self, outcome: &'static str) {
+        self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "vault_requests",
+            "Requests sent to Vault, by outcome",
+            self.requests.clone(),
+        );
+        registry.register(
+            "vault_logins",
+            "Vault logins, by outcome",
+            self.logins.clone(),
+        );
+        registry.register(
+            "vault_permission_denied",
+            "Operations refused because the Vault token's policy denies the path",
+            self.permission_denied.clone(),
+        );
+        registry.register(
+            "vault_token_expires_at_seconds",
+            "When the Vault token expires (unix seconds; 0 when it does not)",
+            self.token_expires_at.clone(),
+        );
+        registry.register(
+            "vault_token_renewable",
+            "1 when the Vault token can be renewed",
+            self.token_renewable.clone(),
+        );
+    }
+}
+
 /// Label value for an action name that is not in the catalogue.
 pub const OTHER_ACTION: &str = "other";
 
@@ -94,6 +155,14 @@ impl Metrics {
             signing_keys,
             keyring_refresh_failures,
         }
+    }
+
+    /// These metrics and those of the Vault client in use.
+    pub fn with_vault(mut self, vault: Option<&VaultMetrics>) -> Self {
+        if let Some(v) = vault {
+            v.register(&mut self.registry);
+        }
+        self
     }
 
     /// Counts a JWKS fetch of a configured trust.
@@ -148,6 +217,14 @@ impl ShimMetrics {
             requests,
             duration,
         }
+    }
+
+    /// These metrics and those of the Vault client in use.
+    pub fn with_vault(mut self, vault: Option<&VaultMetrics>) -> Self {
+        if let Some(v) = vault {
+            v.register(&mut self.registry);
+        }
+        self
     }
 
     /// The text exposition.

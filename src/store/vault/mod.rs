@@ -10,15 +10,30 @@
 //!
 //! Fail closed, bounded: every operation has one time budget (`vault.timeout`) that
 //! covers its retries; 5xx (other than sealed) and 429 are retried with jittered
-//! backoff while the budget lasts; a 403 triggers one re-login (one per token
-//! generation, however many requests saw it, and none within [`LOGIN_COOLDOWN`] of a
-//! failed login) and one retry, then the operation fails. The token is a
-//! [`VaultToken`]: it never prints.
+//! backoff while the budget lasts. The token is a [`VaultToken`]: it never prints.
+//!
+//! A 403 means one of two things, and only one is fixed by logging in again:
+//! - the token is no longer valid (expired, revoked): `lookup-self` is refused too.
+//!   Then the client logs in again and retries once: one login per token generation
+//!   however many requests saw it, none within [`FORCED_LOGIN_INTERVAL`] of the last
+//!   login, none within [`LOGIN_COOLDOWN`] of a failed one;
+//! - the token is valid but its policy does not grant the path: a configuration
+//!   error. No login; the path is remembered as denied for [`DENIAL_RECHECK`] (for
+//!   that token), so callers get [`VaultError::PermissionDenied`] at once without a
+//!   request to Vault, the denial is logged once per interval and counted for every
+//!   caller.
+//!
+//! Readiness never calls Vault: [`Vault::health`] reports what the last exchange,
+//! the session and its lease say, and [`Vault::spawn_renewal`] keeps that fresh
+//! (renewal at 70% of the lease, a `lookup-self` when Vault has not been heard from
+//! for [`HEALTH_INTERVAL`]). A token given as `auth = "token"` is looked up at login,
+//! so its TTL and renewability are known like a login's lease.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde_json::{Map, Value, json};
@@ -26,10 +41,29 @@ use serde_json::{Map, Value, json};
 use crate::config::{VaultAuth, VaultConfig};
 use crate::keys::{KeyStore, KeyStoreError, StoreVersion, StoredRing};
 use crate::secret::VaultToken;
-use crate::store::secrets::{SecretStore, SecretStoreError, StoredCredential, stored};
+use crate::store::secrets::{SecretStore, SecretStoreError, StoreHealth, StoredCredential, stored};
+use crate::telemetry::metrics::VaultMetrics;
 
 /// No new login attempt this soon after a failed one.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// No login forced by a 403 this soon after the last login, whatever the callers.
+pub const FORCED_LOGIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a path the token's policy denied is answered as denied without asking.
+pub const DENIAL_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long a `lookup-self` verdict on the current token is trusted.
+const TOKEN_CHECK_TTL: Duration = Duration::from_secs(10);
+
+/// Vault not heard from for this long: the health task asks `lookup-self`.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A token that cannot be renewed is reported as expiring this long before it does.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(300);
+
+/// At most this many denied paths are remembered (they come from configuration).
+const DENIED_PATHS_CAP: usize = 10_000;
 
 /// Renew (or re-login) at this fraction of the token's lease.
 const RENEW_AT: f64 = 0.7;
@@ -49,8 +83,12 @@ fn renew_after(lease: Duration) -> Duration {
 pub enum VaultError {
     #[error("vault is sealed")]
     Sealed,
-    #[error("vault denied access (403)")]
+    #[error("vault refused the token (403)")]
     Forbidden,
+    #[error(
+        "vault's policy for this token denies {path}: a configuration error (grant it, or fix the path)"
+    )]
+    PermissionDenied { path: String },
     #[error("vault is unreachable or timed out")]
     Unavailable,
     #[error("vault answered HTTP {0}")]
@@ -65,6 +103,8 @@ pub enum VaultError {
     Login(Box<VaultError>),
     #[error("login refused: the last login failed less than 5s ago")]
     LoginCooldown,
+    #[error("login refused: the last login was less than 10s ago")]
+    LoginTooSoon,
 }
 
 impl VaultError {
@@ -74,13 +114,55 @@ impl VaultError {
     }
 }
 
+/// What a login, renewal or lookup says about a token.
+#[derive(Clone, Copy)]
+struct Lease {
+    /// Time to live left, when the token expires at all.
+    ttl: Option<Duration>,
+    renewable: bool,
+}
+
 struct Session {
     token: VaultToken,
     /// Increases with every login, so concurrent 403s re-login once.
     generation: u64,
-    /// Lease of the token, when it has one.
-    lease: Option<Duration>,
-    renewable: bool,
+    lease: Lease,
+    /// When the token expires, when it does.
+    expires_at: Option<Instant>,
+    /// When to renew it (or log in again), when it expires.
+    renew_at: Option<Instant>,
+}
+
+impl Session {
+    fn new(token: VaultToken, generation: u64, lease: Lease) -> Session {
+        let now = Instant::now();
+        Session {
+            token,
+            generation,
+            lease,
+            expires_at: lease.ttl.map(|ttl| now + ttl),
+            renew_at: lease.ttl.map(|ttl| now + renew_after(ttl)),
+        }
+    }
+}
+
+/// How the last exchange with Vault went, for [`Vault::health`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Answered,
+    Sealed,
+    Unreachable,
+}
+
+/// What the client knows without asking Vault.
+#[derive(Default)]
+struct Observed {
+    last_exchange: Option<(Instant, Reach)>,
+    last_login: Option<Instant>,
+    /// `(generation, when, valid)` of the last `lookup-self` verdict on a 403.
+    token_check: Option<(u64, Instant, bool)>,
+    /// Paths the token's policy denied: `(generation, when)`.
+    denied: HashMap<String, (u64, Instant)>,
 }
 
 /// A logged-in Vault client.
@@ -91,6 +173,8 @@ pub struct Vault {
     session: ArcSwapOption<Session>,
     generation: AtomicU64,
     login_lock: tokio::sync::Mutex<Option<Instant>>,
+    observed: Mutex<Observed>,
+    metrics: VaultMetrics,
     /// `VAULT_TOKEN` as read at startup.
     env_token: Option<VaultToken>,
 }
@@ -131,6 +215,19 @@ fn jitter(max_ms: u64) -> Duration {
     Duration::from_millis(u64::from(u16::from_le_bytes(b)) % max_ms.max(1))
 }
 
+/// The outcome label of one exchange, for `vault_requests`.
+fn outcome_label(result: &Result<Value, VaultError>) -> &'static str {
+    match result {
+        Ok(Value::Null) => "not_found_or_empty",
+        Ok(_) => "ok",
+        Err(VaultError::Forbidden) => "forbidden",
+        Err(VaultError::Sealed) => "sealed",
+        Err(VaultError::Unavailable) => "unreachable",
+        Err(VaultError::Malformed) => "malformed",
+        Err(_) => "error",
+    }
+}
+
 impl Vault {
     /// A client for `config`; logs in lazily (first use) or through [`Vault::login`].
     pub fn new(config: &VaultConfig, env_token: Option<VaultToken>) -> Result<Vault, VaultError> {
@@ -147,8 +244,19 @@ impl Vault {
             session: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             login_lock: tokio::sync::Mutex::new(None),
+            observed: Mutex::new(Observed::default()),
+            metrics: VaultMetrics::default(),
             env_token,
         })
+    }
+
+    /// The client's counters and gauges, to register with a server's metrics.
+    pub fn metrics(&self) -> &VaultMetrics {
+        &self.metrics
+    }
+
+    fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Logs in with the configured method, unless another login since `seen` already
@@ -161,35 +269,64 @@ impl Vault {
         if last_failure.is_some_and(|t| t.elapsed() < LOGIN_COOLDOWN) {
             return Err(VaultError::LoginCooldown);
         }
-        match self.do_login().await {
-            Ok((token, lease, renewable)) => {
+        let result = self.do_login().await;
+        self.observed().last_login = Some(Instant::now());
+        match result {
+            Ok((token, lease)) => {
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                self.session.store(Some(Arc::new(Session {
-                    token,
-                    generation,
-                    lease,
-                    renewable,
-                })));
+                self.store_session(Session::new(token, generation, lease));
                 *last_failure = None;
+                self.metrics.login("ok");
                 tracing::info!(generation, "vault login succeeded");
                 Ok(())
             }
             Err(e) => {
                 *last_failure = Some(Instant::now());
+                self.metrics.login("failed");
                 tracing::error!(error = %e, "vault login failed");
                 Err(VaultError::Login(Box::new(e)))
             }
         }
     }
 
-    async fn do_login(&self) -> Result<(VaultToken, Option<Duration>, bool), VaultError> {
+    /// A login forced by a 403 on a token that `lookup-self` says is no longer valid:
+    /// at most one per [`FORCED_LOGIN_INTERVAL`], whatever the callers.
+    async fn forced_login(&self, seen: u64) -> Result<(), VaultError> {
+        let recent = self
+            .observed()
+            .last_login
+            .is_some_and(|t| t.elapsed() < FORCED_LOGIN_INTERVAL);
+        if recent && self.generation.load(Ordering::SeqCst) == seen {
+            return Err(VaultError::LoginTooSoon);
+        }
+        tracing::warn!("vault refused the token; logging in again");
+        self.login(seen).await
+    }
+
+    fn store_session(&self, session: Session) {
+        let expires_at = session.expires_at.map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            (SystemTime::now() + left)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        });
+        self.metrics.token_expires_at.set(expires_at.unwrap_or(0));
+        self.metrics
+            .token_renewable
+            .set(i64::from(session.lease.renewable));
+        self.session.store(Some(Arc::new(session)));
+    }
+
+    async fn do_login(&self) -> Result<(VaultToken, Lease), VaultError> {
         let (path, body) = match &self.config.auth {
             VaultAuth::Token { token_file } => {
                 let token = match token_file {
                     Some(path) => read_credential(path, "vault token")?,
                     None => self.env_token.clone().ok_or(VaultError::NoToken)?,
                 };
-                return Ok((token, None, false));
+                // A given token has a TTL and a renewability of its own: learn them.
+                let lease = self.lookup(&token).await?;
+                return Ok((token, lease));
             }
             VaultAuth::AppRole {
                 mount,
@@ -221,6 +358,30 @@ impl Vault {
         auth_of(&response)
     }
 
+    /// `lookup-self` with `token`: its TTL and renewability.
+    async fn lookup(&self, token: &VaultToken) -> Result<Lease, VaultError> {
+        let v = self
+            .send(
+                reqwest::Method::GET,
+                "auth/token/lookup-self",
+                Some(token),
+                None,
+            )
+            .await?;
+        let data = v.get("data").ok_or(VaultError::Malformed)?;
+        Ok(Lease {
+            ttl: data
+                .get("ttl")
+                .and_then(Value::as_u64)
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            renewable: data
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
     /// The current session, logging in first if there is none.
     async fn session(&self) -> Result<Arc<Session>, VaultError> {
         if let Some(s) = self.session.load_full() {
@@ -231,8 +392,27 @@ impl Vault {
     }
 
     /// One HTTP exchange; maps the status, parses JSON. `Value::Null` is a 204, or a
-    /// 404 on a read.
+    /// 404 on a read. Recorded for [`Vault::health`] and counted.
     async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&VaultToken>,
+        body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        let result = self.exchange(method, path, token, body).await;
+        let reach = match &result {
+            Err(VaultError::Unavailable) => Reach::Unreachable,
+            Err(VaultError::Sealed) => Reach::Sealed,
+            Err(VaultError::Status(s)) if *s >= 500 => Reach::Unreachable,
+            _ => Reach::Answered,
+        };
+        self.observed().last_exchange = Some((Instant::now(), reach));
+        self.metrics.request(outcome_label(&result));
+        result
+    }
+
+    async fn exchange(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -267,6 +447,51 @@ impl Vault {
         }
     }
 
+    /// Whether `path` was denied to the token of `generation` less than
+    /// [`DENIAL_RECHECK`] ago.
+    fn known_denied(&self, path: &str, generation: u64) -> bool {
+        self.observed()
+            .denied
+            .get(path)
+            .is_some_and(|(g, at)| *g == generation && at.elapsed() < DENIAL_RECHECK)
+    }
+
+    /// Remembers that the token of `generation` may not use `path`, logging it once
+    /// per [`DENIAL_RECHECK`].
+    fn remember_denied(&self, path: &str, generation: u64) {
+        let mut observed = self.observed();
+        if observed.denied.len() >= DENIED_PATHS_CAP {
+            observed.denied.clear();
+        }
+        observed
+            .denied
+            .insert(path.to_string(), (generation, Instant::now()));
+        drop(observed);
+        tracing::error!(
+            path,
+            recheck_after_secs = DENIAL_RECHECK.as_secs(),
+            "vault's policy denies this path to the STS's token: a configuration error; requests needing it are refused without asking vault until the recheck"
+        );
+    }
+
+    /// After a 403: is the token of `session` still valid (so the 403 was its
+    /// policy)? One `lookup-self` per token per [`TOKEN_CHECK_TTL`].
+    async fn token_valid(&self, session: &Session) -> Result<bool, VaultError> {
+        if let Some((generation, at, valid)) = self.observed().token_check
+            && generation == session.generation
+            && at.elapsed() < TOKEN_CHECK_TTL
+        {
+            return Ok(valid);
+        }
+        let valid = match self.lookup(&session.token).await {
+            Ok(_) => true,
+            Err(VaultError::Forbidden) => false,
+            Err(e) => return Err(e),
+        };
+        self.observed().token_check = Some((session.generation, Instant::now(), valid));
+        Ok(valid)
+    }
+
     /// An authenticated call with the retry, re-login and time-budget rules.
     async fn call(
         &self,
@@ -275,20 +500,35 @@ impl Vault {
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
         let deadline = Instant::now() + self.config.timeout;
+        let denied = || {
+            self.metrics.permission_denied.inc();
+            VaultError::PermissionDenied {
+                path: path.to_string(),
+            }
+        };
         let mut relogged = false;
         let mut attempt = 0u32;
         loop {
             let session = within(deadline, self.session()).await?;
+            if self.known_denied(path, session.generation) {
+                return Err(denied());
+            }
             let result = within(
                 deadline,
                 self.send(method.clone(), path, Some(&session.token), body),
             )
             .await;
             match result {
-                Err(VaultError::Forbidden) if !relogged => {
+                Err(VaultError::Forbidden) => {
+                    if within(deadline, self.token_valid(&session)).await? {
+                        self.remember_denied(path, session.generation);
+                        return Err(denied());
+                    }
+                    if relogged {
+                        return Err(VaultError::Forbidden);
+                    }
                     relogged = true;
-                    tracing::warn!("vault answered 403; logging in again once");
-                    within(deadline, self.login(session.generation)).await?;
+                    within(deadline, self.forced_login(session.generation)).await?;
                 }
                 Err(e) if e.retryable() && attempt < 3 => {
                     attempt += 1;
@@ -302,7 +542,6 @@ impl Vault {
             }
         }
     }
-
     /// Reads the KV secret at `path`: its data and its version (KV v2), or `None`.
     pub async fn kv_read(
         &self,
@@ -357,37 +596,53 @@ impl Vault {
             .map(|_| ())
     }
 
-    /// Keeps the token alive: renews at ~70% of its lease, re-logs in when renewal
-    /// fails or is not possible. Runs forever.
+    /// Keeps the token alive and the health fresh: renews at ~70% of the lease, logs
+    /// in again when renewal fails or is not possible, and asks `lookup-self` when
+    /// Vault has not been heard from for [`HEALTH_INTERVAL`]. Runs forever.
     pub fn spawn_renewal(self: &Arc<Self>) {
         let vault = Arc::clone(self);
         tokio::spawn(async move {
             loop {
                 let Some(session) = vault.session.load_full() else {
-                    // Not logged in (startup login failed): keep trying, not hourly.
+                    // Not logged in (startup login failed): keep trying.
                     tokio::time::sleep(RENEW_MIN).await;
                     let _ = vault.login(vault.generation.load(Ordering::SeqCst)).await;
                     continue;
                 };
-                let Some(lease) = session.lease else {
-                    tokio::time::sleep(RENEW_MAX).await;
+                let now = Instant::now();
+                if session.renew_at.is_some_and(|at| at <= now) {
+                    let renewed = if session.lease.renewable {
+                        vault.renew(&session).await
+                    } else {
+                        Err(VaultError::Status(400))
+                    };
+                    if let Err(e) = renewed {
+                        tracing::info!(error = %e, "vault token renewal not possible; logging in again");
+                        if vault.login(session.generation).await.is_err() {
+                            tokio::time::sleep(RENEW_MIN).await;
+                        }
+                    }
                     continue;
-                };
-                tokio::time::sleep(renew_after(lease)).await;
-                let Some(session) = vault.session.load_full() else {
-                    continue;
-                };
-                let renewed = if session.renewable {
-                    vault.renew(&session).await
-                } else {
-                    Err(VaultError::Status(400))
-                };
-                if let Err(e) = renewed {
-                    tracing::info!(error = %e, "vault token renewal failed; logging in again");
-                    let _ = vault.login(session.generation).await;
                 }
+                let wake = session
+                    .renew_at
+                    .map_or(now + HEALTH_INTERVAL, |at| at.min(now + HEALTH_INTERVAL));
+                tokio::time::sleep_until(wake.into()).await;
+                vault.check_in(&session).await;
             }
         });
+    }
+
+    /// A `lookup-self` when Vault has not been heard from for [`HEALTH_INTERVAL`]:
+    /// keeps [`Vault::health`] true to what Vault says now.
+    async fn check_in(&self, session: &Session) {
+        let quiet = self
+            .observed()
+            .last_exchange
+            .is_none_or(|(at, _)| at.elapsed() >= HEALTH_INTERVAL);
+        if quiet && let Err(VaultError::Forbidden) = self.lookup(&session.token).await {
+            let _ = self.forced_login(session.generation).await;
+        }
     }
 
     async fn renew(&self, session: &Session) -> Result<(), VaultError> {
@@ -399,26 +654,56 @@ impl Vault {
                 Some(&json!({})),
             )
             .await?;
-        let (_, lease, renewable) = auth_of(&v)?;
-        self.session.store(Some(Arc::new(Session {
-            token: session.token.clone(),
-            generation: session.generation,
+        let (_, lease) = auth_of(&v)?;
+        self.store_session(Session::new(
+            session.token.clone(),
+            session.generation,
             lease,
-            renewable,
-        })));
+        ));
         Ok(())
+    }
+
+    /// What readiness reports, from state the client already holds (no request).
+    pub fn health(&self) -> StoreHealth {
+        let bad = StoreHealth::failing;
+        let Some(session) = self.session.load_full() else {
+            return bad("not logged in to vault");
+        };
+        match self.observed().last_exchange {
+            Some((_, Reach::Sealed)) => return bad("vault is sealed"),
+            Some((_, Reach::Unreachable)) => return bad("vault is unreachable"),
+            _ => {}
+        }
+        match session.expires_at {
+            Some(at) if at <= Instant::now() => bad("the vault token has expired"),
+            Some(at) if !session.lease.renewable => {
+                let left = at.saturating_duration_since(Instant::now());
+                let detail = format!(
+                    "ok, but the vault token cannot be renewed and expires in {}s",
+                    left.as_secs()
+                );
+                if left < EXPIRY_WARNING {
+                    tracing::warn!(
+                        expires_in_secs = left.as_secs(),
+                        "the vault token cannot be renewed and expires soon"
+                    );
+                }
+                StoreHealth { ok: true, detail }
+            }
+            _ => StoreHealth::ok(),
+        }
     }
 }
 
 /// The token, lease and renewability of a login or renewal response.
-fn auth_of(v: &Value) -> Result<(VaultToken, Option<Duration>, bool), VaultError> {
+fn auth_of(v: &Value) -> Result<(VaultToken, Lease), VaultError> {
     let auth = v.get("auth").ok_or(VaultError::Malformed)?;
     let token = auth
         .get("client_token")
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or(VaultError::Malformed)?;
-    let lease = auth
+    let ttl = auth
         .get("lease_duration")
         .and_then(Value::as_u64)
         .filter(|s| *s > 0)
@@ -427,7 +712,7 @@ fn auth_of(v: &Value) -> Result<(VaultToken, Option<Duration>, bool), VaultError
         .get("renewable")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    Ok((VaultToken::new(token), lease, renewable))
+    Ok((VaultToken::new(token), Lease { ttl, renewable }))
 }
 
 /// Credentials in Vault: `<kv_mount>/<path>` with `header`, `value`, `disabled`.
@@ -446,14 +731,16 @@ impl VaultSecretStore {
 impl SecretStore for VaultSecretStore {
     async fn read(&self, path: &str) -> Result<Option<StoredCredential>, SecretStoreError> {
         let location = format!("vault {}", self.vault.config.kv_mount);
-        let data = self
-            .vault
-            .kv_read(path)
-            .await
-            .map_err(|e| SecretStoreError::Unavailable {
+        let data = self.vault.kv_read(path).await.map_err(|e| match e {
+            VaultError::PermissionDenied { .. } => SecretStoreError::Denied {
+                location: location.clone(),
+                path: path.to_string(),
+            },
+            e => SecretStoreError::Unavailable {
                 location: location.clone(),
                 reason: e.to_string(),
-            })?;
+            },
+        })?;
         let Some((data, _)) = data else {
             return Ok(None);
         };
@@ -471,6 +758,10 @@ impl SecretStore for VaultSecretStore {
                 path: path.to_string(),
                 reason,
             })
+    }
+
+    async fn health(&self) -> StoreHealth {
+        self.vault.health()
     }
 }
 
