@@ -243,6 +243,28 @@ impl TestSts {
     /// 127.0.0.1:0, after bootstrapping a key.
     pub async fn serve(dir: tempfile::TempDir, config_path: PathBuf) -> TestSts {
         let app = Self::bootstrap(&config_path).await;
+        Self::serve_app(dir, config_path, app).await
+    }
+
+    /// Like [`TestSts::serve`], the key bootstrapped with `rotate_config` (the
+    /// operator's credentials) and the STS built from `config_path` (its own).
+    pub async fn serve_rotated_by(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        rotate_config: &Path,
+    ) -> TestSts {
+        drop(Self::bootstrap(rotate_config).await);
+        let env = std::collections::BTreeMap::new();
+        let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+        let app = agent_sts::sts::build(&config).await.unwrap();
+        Self::serve_app(dir, config_path, app).await
+    }
+
+    async fn serve_app(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        app: agent_sts::sts::App,
+    ) -> TestSts {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {

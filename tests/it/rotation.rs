@@ -191,12 +191,14 @@ async fn keys_rotate_under_load_with_zero_verification_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_keys_rotate_under_load_with_zero_verification_failures() {
-    let vault = crate::rvault::Rvault::start().await;
+    let vault = crate::openbao::OpenBao::start().await;
     crate::vault::plant_credentials(&vault).await;
     let issuers = Issuers::start().await;
-    let auth = crate::vault::token_file_auth(&vault);
+    let auth = crate::vault::serve_token_auth(&vault).await;
     let sts = crate::vault::vault_sts_with(&vault, &issuers, &auth, fast_lifecycle).await;
-    let config = agent_sts::config::Config::load(&sts.config_path, &BTreeMap::new()).unwrap();
+    // The operator rotates with the rotate policy; the STS reads with its own.
+    let rotate = sts.dir.path().join("rotate.toml");
+    let config = agent_sts::config::Config::load(&rotate, &BTreeMap::new()).unwrap();
     let stores = agent_sts::store::open(&config).await.unwrap();
     rotate_under_load(
         "Vault store",

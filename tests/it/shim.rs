@@ -1606,7 +1606,7 @@ async fn keys_rotate_under_load_with_zero_failures_at_the_shim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
     const VAULT_CREDENTIAL: &str = "Bearer ghp_VAULT0canary0only0in0vault0a1b2c3d4e5";
-    let vault = crate::rvault::Rvault::start().await;
+    let vault = crate::openbao::OpenBao::start().await;
     let github = json!({"header": "Authorization", "value": VAULT_CREDENTIAL});
     vault.write("integrations/github", github).await;
     let (sts, issuers) = TestSts::standard().await;
@@ -1615,10 +1615,10 @@ async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
     let text = std::fs::read_to_string(&shim.config_path)
         .unwrap()
         .replace("store = \"file\"", "store = \"vault\"");
+    let auth = vault.token_auth(&["agent-sts-shim"]).await;
     let text = format!(
-        "{text}\n[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{}\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
-        vault.addr,
-        crate::vault::token_file_auth(&vault)
+        "{text}\n{}",
+        crate::vault::vault_section(&vault, &auth, "2s")
     );
     std::fs::write(&shim.config_path, text).unwrap();
     let app = shim.build().await;

@@ -1,45 +1,62 @@
-//! Vault custody against a real Vault-API server (RustyVault on 127.0.0.1): keys and
-//! credentials read from Vault, token and AppRole auth, the credential gate following
-//! Vault, and failing closed while Vault is sealed or down, recovering after.
+//! Vault custody against a real Vault-API server (OpenBao on 127.0.0.1, KV v2, the
+//! shipped least-privilege policies enforced): keys and credentials read from Vault,
+//! token and AppRole auth, the credential gate following Vault, and failing closed
+//! while Vault is sealed or down, recovering after.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::harness::*;
-use crate::rvault::Rvault;
+use crate::openbao::OpenBao;
 
-/// An STS whose key store and secret store are `rvault`, with `auth` lines for
-/// `[vault]`; `max_stale` 2 s so the tests see staleness quickly.
-async fn vault_sts(vault: &Rvault, issuers: &Issuers, auth: &str) -> TestSts {
+/// An STS whose key store and secret store are OpenBao, with `auth` lines for
+/// `[vault]` (its own credentials); `max_stale` 2 s so the tests see staleness
+/// quickly. Its first key is made by `keys rotate` with the rotate policy's token.
+async fn vault_sts(vault: &OpenBao, issuers: &Issuers, auth: &str) -> TestSts {
     vault_sts_with(vault, issuers, auth, |c| c).await
 }
 
 /// [`vault_sts`] with `edit` applied to the configuration text.
 pub async fn vault_sts_with(
-    vault: &Rvault,
+    vault: &OpenBao,
     issuers: &Issuers,
     auth: &str,
     edit: impl Fn(String) -> String,
 ) -> TestSts {
-    let extra = format!(
-        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{auth}\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
-        vault.addr
-    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    let text = edit(
-        config_toml(dir.path(), &issuers.specs(), &extra)
+    let write = |name: &str, auth: &str| {
+        let text = edit(
+            config_toml(
+                dir.path(),
+                &issuers.specs(),
+                &vault_section(vault, auth, "2s"),
+            )
             .replace("store = \"file\"", "store = \"vault\""),
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        path
+    };
+    let config_path = write("agent-sts.toml", auth);
+    let rotate = write(
+        "rotate.toml",
+        &vault.token_auth(&["agent-sts-rotate"]).await,
     );
-    let config_path = dir.path().join("agent-sts.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    // `keys rotate` against Vault creates the keyring there.
-    TestSts::serve(dir, config_path).await
+    TestSts::serve_rotated_by(dir, config_path, &rotate).await
 }
 
-pub async fn plant_credentials(vault: &Rvault) {
+/// The `[vault]` section for `vault` (KV v2 at `secret/`) with `auth` lines.
+pub fn vault_section(vault: &OpenBao, auth: &str, max_stale: &str) -> String {
+    format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 2\n{auth}\ntimeout = \"1s\"\nmax_stale = \"{max_stale}\"\n",
+        vault.addr
+    )
+}
+
+pub async fn plant_credentials(vault: &OpenBao) {
     vault
         .write(
             "integrations/github",
@@ -54,10 +71,9 @@ pub async fn plant_credentials(vault: &Rvault) {
         .await;
 }
 
-pub fn token_file_auth(dir_hint: &Rvault) -> String {
-    let path = dir_hint.dir().join("root-token");
-    write_secret_file(&path, &dir_hint.root_token);
-    format!("auth = \"token\"\ntoken_file = \"{}\"", path.display())
+/// `auth = "token"` lines for a token with the shipped `agent-sts` (serve) policy.
+pub async fn serve_token_auth(vault: &OpenBao) -> String {
+    vault.token_auth(&["agent-sts"]).await
 }
 
 /// Polls `f` every 100 ms for up to `secs` seconds until it is true.
@@ -77,10 +93,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_mints_with_a_vault_key_verified_via_jwks_and_the_gate_follows_vault() {
-    let vault = Rvault::start().await;
+    let vault = OpenBao::start().await;
     plant_credentials(&vault).await;
     let issuers = Issuers::start().await;
-    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+    let sts = vault_sts(&vault, &issuers, &serve_token_auth(&vault).await).await;
 
     // The keyring lives in Vault, not on disk.
     let ring = vault
@@ -136,9 +152,9 @@ async fn token_auth_mints_with_a_vault_key_verified_via_jwks_and_the_gate_follow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approle_login_works_and_a_bad_token_fails_closed() {
-    let vault = Rvault::start().await;
+    let vault = OpenBao::start().await;
     plant_credentials(&vault).await;
-    let (role_id, secret_id) = vault.enable_approle("agent-sts").await;
+    let (role_id, secret_id) = vault.enable_approle("agent-sts", &["agent-sts"]).await;
     let dir = vault.dir();
     write_secret_file(&dir.join("role-id"), &role_id);
     write_secret_file(&dir.join("secret-id"), &secret_id);
@@ -158,10 +174,10 @@ async fn approle_login_works_and_a_bad_token_fails_closed() {
     // A bad token: every request fails closed, quickly, with 503 and Retry-After.
     let bad = vault.dir().join("bad-token");
     write_secret_file(&bad, "not-a-valid-token");
-    let extra = format!(
-        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"token\"\ntoken_file = \"{}\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
-        vault.addr,
-        bad.display()
+    let extra = vault_section(
+        &vault,
+        &format!("auth = \"token\"\ntoken_file = \"{}\"", bad.display()),
+        "2s",
     );
     let bad_dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(bad_dir.path().join("scopes")).unwrap();
@@ -198,10 +214,10 @@ async fn approle_login_works_and_a_bad_token_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_or_dead_vault_means_503_then_recovery() {
-    let mut vault = Rvault::start().await;
+    let mut vault = OpenBao::start().await;
     plant_credentials(&vault).await;
     let issuers = Issuers::start().await;
-    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+    let sts = vault_sts(&vault, &issuers, &serve_token_auth(&vault).await).await;
     let token = || issuers.k8s_token("triage");
     let r = sts.exchange_for(&token(), "github.issues.create").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -250,31 +266,46 @@ async fn sealed_or_dead_vault_means_503_then_recovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
     use crate::process::{ServeProcess, run, text};
-    let vault = Rvault::start().await;
+    let vault = OpenBao::start().await;
     plant_credentials(&vault).await;
-    let (role_id, secret_id) = vault.enable_approle("agent-sts").await;
+    let (role_id, secret_id) = vault.enable_approle("agent-sts", &["agent-sts"]).await;
     let issuers = Issuers::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
     write_secret_file(&dir.path().join("role-id"), &role_id);
     write_secret_file(&dir.path().join("secret-id"), &secret_id);
-    let extra = format!(
-        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\nauth = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\ntimeout = \"1s\"\nmax_stale = \"2s\"\n",
-        vault.addr,
+    let approle = format!(
+        "auth = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"",
         d = dir.path().display()
     );
-    let config = dir.path().join("agent-sts.toml");
-    std::fs::write(
-        &config,
-        config_toml(dir.path(), &issuers.specs(), &extra)
+    let (rotate_token, rotate_token_file) = vault.token(&["agent-sts-rotate"], "1h", true).await;
+    let write_config = |name: &str, auth: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            config_toml(
+                dir.path(),
+                &issuers.specs(),
+                &vault_section(&vault, auth, "2s"),
+            )
             .replace("store = \"file\"", "store = \"vault\""),
-    )
-    .unwrap();
-    let c = config.to_str().unwrap();
-    let rotate = run(&["keys", "rotate", "--config", c], dir.path());
+        )
+        .unwrap();
+        path
+    };
+    let config = write_config("agent-sts.toml", &approle);
+    let ops = write_config(
+        "rotate.toml",
+        &format!(
+            "auth = \"token\"\ntoken_file = \"{}\"",
+            rotate_token_file.display()
+        ),
+    );
+    let ops = ops.to_str().unwrap();
+    let rotate = run(&["keys", "rotate", "--config", ops], dir.path());
     assert!(rotate.status.success(), "{}", text(&rotate.stderr));
-    let list = run(&["keys", "list", "--config", c], dir.path());
+    let list = run(&["keys", "list", "--config", ops], dir.path());
     assert!(list.status.success(), "{}", text(&list.stderr));
 
     let sts = ServeProcess::start(&config, dir.path(), "trace");
@@ -310,6 +341,7 @@ async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
     let pem = ring["keys"][0]["private_key"].as_str().unwrap().to_string();
     let mut secrets: Vec<String> = vec![
         vault.root_token.clone(),
+        rotate_token.clone(),
         secret_id.clone(),
         role_id.clone(),
         CANARY_CREDENTIAL.to_string(),
@@ -349,25 +381,32 @@ async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_in_vault_reaches_two_sts_processes_before_it_signs() {
     use crate::process::{ServeProcess, run, text};
-    let vault = Rvault::start().await;
+    let vault = OpenBao::start().await;
     plant_credentials(&vault).await;
     let issuers = Issuers::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
     std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
-    let extra = format!(
-        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 1\n{}\ntimeout = \"1s\"\nmax_stale = \"5s\"\n",
-        vault.addr,
-        token_file_auth(&vault)
-    );
-    let text_config = config_toml(dir.path(), &issuers.specs(), &extra)
+    let write_config = |name: &str, auth: &str| {
+        let text_config = config_toml(
+            dir.path(),
+            &issuers.specs(),
+            &vault_section(&vault, auth, "5s"),
+        )
         .replace("store = \"file\"", "store = \"vault\"")
         .replace("refresh_interval = \"1s\"", "refresh_interval = \"300ms\"")
         .replace("publish_lead = \"10m\"", "publish_lead = \"4s\"")
         .replace("jwks_max_age = \"5m\"", "jwks_max_age = \"1s\"");
-    let config = dir.path().join("agent-sts.toml");
-    std::fs::write(&config, text_config).unwrap();
-    let c = config.to_str().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text_config).unwrap();
+        path
+    };
+    let config = write_config("agent-sts.toml", &serve_token_auth(&vault).await);
+    let ops = write_config(
+        "rotate.toml",
+        &vault.token_auth(&["agent-sts-rotate"]).await,
+    );
+    let c = ops.to_str().unwrap();
     assert!(
         run(&["keys", "rotate", "--config", c], dir.path())
             .status
@@ -453,10 +492,10 @@ async fn keys_rotate_in_vault_reaches_two_sts_processes_before_it_signs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
-    let vault = Rvault::start().await;
+    let vault = OpenBao::start().await;
     plant_credentials(&vault).await;
     let issuers = Issuers::start().await;
-    let sts = vault_sts(&vault, &issuers, &token_file_auth(&vault)).await;
+    let sts = vault_sts(&vault, &issuers, &serve_token_auth(&vault).await).await;
     let token = || issuers.k8s_token("triage");
     let first = sts.exchange_for(&token(), "docs.read").await;
     assert_eq!(first.status, 200, "{first:?}");
