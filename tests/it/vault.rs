@@ -542,3 +542,270 @@ async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
     .await;
     assert!(healed);
 }
+
+/// A policy a real operator might write by mistake: the serve policy, but the
+/// credentials granted one by one, and `integrations/slack` forgotten.
+const NARROW_POLICY: &str = r#"
+path "secret/data/agent-sts/signing-keys" { capabilities = ["read"] }
+path "secret/data/integrations/github" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
+"#;
+
+/// An `agent-sts serve` process logging in with AppRole under `policies`, its keyring
+/// made with the rotate policy, rate limits out of the way; `(process, dir)`.
+async fn serve_process_with_approle(
+    vault: &OpenBao,
+    issuers: &Issuers,
+    policies: &[&str],
+) -> (crate::process::ServeProcess, tempfile::TempDir) {
+    use crate::process::{ServeProcess, run, text};
+    let (role_id, secret_id) = vault.enable_approle("agent-sts", policies).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    write_secret_file(&dir.path().join("role-id"), &role_id);
+    write_secret_file(&dir.path().join("secret-id"), &secret_id);
+    let approle = format!(
+        "auth = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"",
+        d = dir.path().display()
+    );
+    let write_config = |name: &str, auth: &str| {
+        let section = format!(
+            "{}\n[limits]\nrate_per_second = 100000\nrate_burst = 100000\n",
+            vault_section(vault, auth, "5s")
+        );
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            config_toml(dir.path(), &issuers.specs(), &section)
+                .replace("store = \"file\"", "store = \"vault\""),
+        )
+        .unwrap();
+        path
+    };
+    let config = write_config("agent-sts.toml", &approle);
+    let ops = write_config(
+        "rotate.toml",
+        &vault.token_auth(&["agent-sts-rotate"]).await,
+    );
+    let rotate = run(
+        &["keys", "rotate", "--config", ops.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let sts = ServeProcess::start(&config, dir.path(), "info");
+    (sts, dir)
+}
+
+/// Issue: anonymous `/readyz` and `/token` for a credential the policy denies turned
+/// into Vault logins and reads, one or more per request. Now readiness is computed
+/// from what the client holds, and a denial is answered from memory: the Vault
+/// traffic of 1,000 of each is a constant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probes_and_a_denied_credential_cost_vault_a_constant() {
+    let vault = OpenBao::start().await;
+    plant_credentials(&vault).await;
+    vault
+        .root(
+            reqwest::Method::PUT,
+            "sys/policies/acl/narrow",
+            json!({ "policy": NARROW_POLICY }),
+        )
+        .await;
+    let issuers = Issuers::start().await;
+    let (sts, _dir) = serve_process_with_approle(&vault, &issuers, &["narrow"]).await;
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("{}/readyz", sts.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{:?}", ready.text().await);
+
+    // What the STS sends on its own (keyring refresh, health check-in) is not what
+    // is measured: only logins and the paths the requests would cause.
+    let logins = || vault.count("auth/approle/login");
+    let caused = || {
+        vault
+            .requests()
+            .iter()
+            .filter(|r| {
+                !r.by_root
+                    && r.path != "secret/data/agent-sts/signing-keys"
+                    && r.path != "auth/token/lookup-self"
+            })
+            .count()
+    };
+    let (logins_before, caused_before) = (logins(), caused());
+    for _ in 0..20 {
+        let probes = (0..50).map(|_| http.get(format!("{}/readyz", sts.url)).send());
+        for r in futures_util::future::join_all(probes).await {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+    }
+    assert_eq!(logins(), logins_before, "1,000 /readyz logged in to Vault");
+    assert_eq!(
+        caused(),
+        caused_before,
+        "1,000 /readyz caused Vault requests"
+    );
+
+    // 1,000 /token for an action whose credential the policy denies.
+    let subject = issuers.k8s_token("triage");
+    let lookups_before = vault.count("auth/token/lookup-self");
+    let started = std::time::Instant::now();
+    let token_url = format!("{}/token", sts.url);
+    for _ in 0..20 {
+        let calls =
+            (0..50).map(|_| post_form(&token_url, exchange_form(&subject, "slack.message.post")));
+        for r in futures_util::future::join_all(calls).await {
+            r.assert_error(500, "server_error", &["integrations/slack"]);
+            assert!(
+                !r.headers.contains_key("retry-after"),
+                "a configuration error invites no retry"
+            );
+        }
+    }
+    let windows = 1 + started.elapsed().as_secs() as usize / 30;
+    let reads = vault.count("secret/data/integrations/slack");
+    let lookups = vault.count("auth/token/lookup-self") - lookups_before;
+    assert!(
+        (1..=windows).contains(&reads),
+        "{reads} reads of the denied path for 1,000 requests"
+    );
+    assert!(lookups <= 2 * windows, "{lookups} lookup-self calls");
+    assert_eq!(logins(), logins_before, "a policy denial caused a login");
+    eprintln!(
+        "1,000 /readyz: 0 Vault requests; 1,000 /token on a denied path: {reads} read(s), {lookups} lookup-self, 0 logins"
+    );
+
+    // The allowed action still works with the same token; the denial is counted.
+    let ok = post_form(
+        &format!("{}/token", sts.url),
+        exchange_form(&subject, "github.issues.create"),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let metrics = http
+        .get(format!("{}/metrics", sts.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+    };
+    // Per caller (concurrent callers share one store lookup, so the Vault client's
+    // own counter counts operations, not callers).
+    assert_eq!(
+        counter(
+            "agent_sts_tokens_denied_total{action=\"slack.message.post\",reason=\"secret_store_denied\"} "
+        ),
+        1000
+    );
+    assert!(counter("agent_sts_vault_permission_denied_total ") >= 1);
+
+    // Logged once per interval, not once per request.
+    let (_, stderr) = sts.stop();
+    let logged = stderr.matches("policy denies this path").count();
+    assert!(
+        (1..=windows).contains(&logged),
+        "the denial was logged {logged} times"
+    );
+}
+
+/// A token that Vault revokes (or that expires) under a running STS: the next call
+/// sees a 403, `lookup-self` confirms the token is gone, and the STS logs in once,
+/// however many requests were in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_means_one_login_not_one_per_request() {
+    let vault = OpenBao::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let (sts, _dir) = serve_process_with_approle(&vault, &issuers, &["agent-sts"]).await;
+    let subject = issuers.k8s_token("triage");
+    let token_url = format!("{}/token", sts.url);
+    let mint = || post_form(&token_url, exchange_form(&subject, "github.issues.create"));
+    assert_eq!(mint().await.status, 200);
+    let logins_before = vault.count("auth/approle/login");
+    vault
+        .root(
+            reqwest::Method::PUT,
+            "sys/leases/revoke-prefix/auth/approle/login",
+            json!({}),
+        )
+        .await;
+    // Past the credential cache (max 30 s, min(max_stale=5 s)): every request reads.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let batch = futures_util::future::join_all((0..20).map(|_| mint())).await;
+        statuses.extend(batch.iter().map(|r| r.status));
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 190,
+        "{statuses:?}"
+    );
+    let logins = vault.count("auth/approle/login") - logins_before;
+    assert_eq!(logins, 1, "{logins} logins after one revocation");
+}
+
+/// `auth = "token"`: the token is looked up at start and renewed at 70% of its TTL
+/// (a 6 s token serves for 15 s); a token that cannot be renewed is reported in
+/// `/readyz` and the metrics before it expires, and not ready once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_renews_its_token_and_reports_one_that_cannot_be() {
+    let vault = OpenBao::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let (_, renewable) = vault.token(&["agent-sts"], "6s", true).await;
+    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", renewable.display());
+    let sts = vault_sts(&vault, &issuers, &auth).await;
+    let subject = issuers.k8s_token("triage");
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < until {
+        let r = sts.exchange_for(&subject, "github.issues.create").await;
+        assert_eq!(r.status, 200, "the renewable token lapsed: {r:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(vault.count("auth/token/renew-self") >= 2);
+    assert!(vault.count("auth/token/lookup-self") >= 1);
+
+    let (_, fixed) = vault.token(&["agent-sts"], "8s", false).await;
+    let auth = format!("auth = \"token\"\ntoken_file = \"{}\"", fixed.display());
+    let sts = vault_sts(&vault, &issuers, &auth).await;
+    let ready = sts.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    let detail = ready.json()["checks"]["vault"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("cannot be renewed and expires in"),
+        "{detail}"
+    );
+    let metrics = sts.get("/metrics").await.text;
+    assert!(
+        metrics.contains("agent_sts_vault_token_renewable 0"),
+        "{metrics}"
+    );
+    let expires_at: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_sts_vault_token_expires_at_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        expires_at > now() && expires_at <= now() + 9,
+        "{expires_at}"
+    );
+    let expired = eventually(15, || async {
+        let r = sts.get("/readyz").await;
+        r.status == 503 && r.text.contains("expired")
+    })
+    .await;
+    assert!(expired, "{:?}", sts.get("/readyz").await);
+}

@@ -47,7 +47,7 @@ use crate::telemetry::metrics::VaultMetrics;
 /// No new login attempt this soon after a failed one.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(5);
 
-/// No login forced by a 403 this soon after the last login, whatever the callers.
+/// No login forced by a 403 this soon after the last forced one, whatever the callers.
 pub const FORCED_LOGIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long a path the token's policy denied is answered as denied without asking.
@@ -103,7 +103,7 @@ pub enum VaultError {
     Login(Box<VaultError>),
     #[error("login refused: the last login failed less than 5s ago")]
     LoginCooldown,
-    #[error("login refused: the last login was less than 10s ago")]
+    #[error("login refused: the last login forced by a refused token was less than 10s ago")]
     LoginTooSoon,
 }
 
@@ -158,7 +158,7 @@ enum Reach {
 #[derive(Default)]
 struct Observed {
     last_exchange: Option<(Instant, Reach)>,
-    last_login: Option<Instant>,
+    last_forced_login: Option<Instant>,
     /// `(generation, when, valid)` of the last `lookup-self` verdict on a 403.
     token_check: Option<(u64, Instant, bool)>,
     /// Paths the token's policy denied: `(generation, when)`.
@@ -269,9 +269,7 @@ impl Vault {
         if last_failure.is_some_and(|t| t.elapsed() < LOGIN_COOLDOWN) {
             return Err(VaultError::LoginCooldown);
         }
-        let result = self.do_login().await;
-        self.observed().last_login = Some(Instant::now());
-        match result {
+        match self.do_login().await {
             Ok((token, lease)) => {
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 self.store_session(Session::new(token, generation, lease));
@@ -292,12 +290,18 @@ impl Vault {
     /// A login forced by a 403 on a token that `lookup-self` says is no longer valid:
     /// at most one per [`FORCED_LOGIN_INTERVAL`], whatever the callers.
     async fn forced_login(&self, seen: u64) -> Result<(), VaultError> {
-        let recent = self
-            .observed()
-            .last_login
-            .is_some_and(|t| t.elapsed() < FORCED_LOGIN_INTERVAL);
-        if recent && self.generation.load(Ordering::SeqCst) == seen {
-            return Err(VaultError::LoginTooSoon);
+        if self.generation.load(Ordering::SeqCst) > seen {
+            return Ok(()); // another caller already did
+        }
+        {
+            let mut observed = self.observed();
+            if observed
+                .last_forced_login
+                .is_some_and(|t| t.elapsed() < FORCED_LOGIN_INTERVAL)
+            {
+                return Err(VaultError::LoginTooSoon);
+            }
+            observed.last_forced_login = Some(Instant::now());
         }
         tracing::warn!("vault refused the token; logging in again");
         self.login(seen).await
