@@ -211,8 +211,34 @@ impl OpenBao {
             json!({"type": "kv", "options": {"version": "2"}}),
         )
         .await;
+        bao.await_kv_v2().await;
         bao.load_policies().await;
         bao
+    }
+
+    /// A new KV v2 mount answers 400 ("Upgrading from non-versioned to versioned
+    /// data") for a moment: waits until a write as root goes through.
+    async fn await_kv_v2(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let r = self
+                .call(
+                    reqwest::Method::POST,
+                    "secret/data/harness/ready",
+                    Some(&self.root_token),
+                    Some(json!({"data": {"ready": true}})),
+                )
+                .await;
+            if r.status().is_success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "KV v2 at secret/ never became writable: {}",
+                r.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The temp dir holding storage, config, audit log and the server's output.

@@ -155,6 +155,45 @@ fn forbidden() -> Reply {
     reply(403, errors(&["permission denied"]))
 }
 
+/// `lookup-self` unless a test routes it: `VAULT_TOKEN` ([`ENV_TOKEN`]) is a valid
+/// token without expiry (as a root or periodic token reads); any other token has
+/// been revoked (a 403 on it is the token, not the policy).
+fn lookup_self(headers: &HeaderMap) -> Reply {
+    let token = headers.get("x-vault-token").and_then(|v| v.to_str().ok());
+    if token == Some(ENV_TOKEN) {
+        ok(json!({
+            "request_id": "5e6b2ad8-3d1f-6c2b-5e5e-1f0b2a0c9d11",
+            "lease_id": "",
+            "renewable": false,
+            "lease_duration": 0,
+            "data": {
+                "accessor": "8609694a-cdbc-db9b-d345-e782dbb562ed",
+                "creation_time": 1523979354,
+                "creation_ttl": 0,
+                "display_name": "token",
+                "entity_id": "",
+                "expire_time": null,
+                "explicit_max_ttl": 0,
+                "id": ENV_TOKEN,
+                "issue_time": "2026-11-30T12:00:00.000000Z",
+                "meta": null,
+                "num_uses": 0,
+                "orphan": true,
+                "path": "auth/token/create",
+                "policies": ["agent-sts"],
+                "renewable": false,
+                "ttl": 0,
+                "type": "service"
+            },
+            "wrap_info": null,
+            "warnings": null,
+            "auth": null
+        }))
+    } else {
+        forbidden()
+    }
+}
+
 /// One route of the fake: method, path, and its replies in order (the last repeats).
 type Route = (&'static str, String, Vec<Reply>);
 
@@ -221,12 +260,19 @@ impl Fake {
         Fake { addr, state }
     }
 
+    /// Every request but `lookup-self` (token auth sends one at login, and a 403
+    /// one to tell a dead token from a denying policy): see [`Fake::requests_to`].
     fn log(&self) -> Vec<Recorded> {
-        self.state.log.lock().unwrap().clone()
+        let log = self.state.log.lock().unwrap();
+        log.iter()
+            .filter(|r| r.path != "/v1/auth/token/lookup-self")
+            .cloned()
+            .collect()
     }
 
     fn requests_to(&self, path: &str) -> Vec<Recorded> {
-        self.log().into_iter().filter(|r| r.path == path).collect()
+        let log = self.state.log.lock().unwrap();
+        log.iter().filter(|r| r.path == path).cloned().collect()
     }
 
     fn config(&self, auth: VaultAuth, timeout: Duration) -> VaultConfig {
@@ -280,8 +326,9 @@ async fn handle(
         });
         seen
     };
-    let reply = match state.routes.get(&(method, path)) {
+    let reply = match state.routes.get(&(method.clone(), path.clone())) {
         Some(replies) => replies[seen.min(replies.len() - 1)].clone(),
+        None if method == "GET" && path == "/v1/auth/token/lookup-self" => lookup_self(&headers),
         None => not_found(),
     };
     tokio::time::sleep(reply.delay).await;
@@ -680,26 +727,40 @@ async fn a_second_forbidden_fails_with_forbidden() {
     assert_eq!(reads.len(), 2, "one retry only: {reads:?}");
     assert_eq!(reads[1].token.as_deref(), Some(CLIENT_TOKEN_2));
 
-    // Through the secret store: unavailable, reason without secrets.
+    // Through the secret store, at once: unavailable, and no third login (forced
+    // logins are rate-limited globally), reason without secrets.
     let store = VaultSecretStore::new(vault.clone());
     let err = store.read("integrations/github").await.unwrap_err();
-    assert!(clean(&err).contains("403"), "{err}");
+    assert!(clean(&err).contains("less than 10s ago"), "{err}");
+    assert_eq!(fake.requests_to("/v1/auth/approle/login").len(), 2);
 
-    // Token auth: the "re-login" re-reads the same token, then the retry fails too.
+    // Token auth, a token lookup-self still accepts: the 403 is the policy's. No
+    // login; the path is answered as denied from memory afterwards.
     let token_vault = fake.token_client(TIMEOUT);
     let before = fake.requests_to(read_path).len();
-    let err = token_vault
-        .kv_read("integrations/github")
-        .await
-        .unwrap_err();
-    assert_eq!(err, VaultError::Forbidden);
+    for _ in 0..3 {
+        let err = token_vault
+            .kv_read("integrations/github")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            VaultError::PermissionDenied {
+                path: "secret/data/integrations/github".into()
+            }
+        );
+        clean(&err);
+    }
     let reads = fake.requests_to(read_path);
-    assert_eq!(reads.len() - before, 2);
-    assert!(
-        reads[before..]
-            .iter()
-            .all(|r| r.token.as_deref() == Some(ENV_TOKEN))
+    assert_eq!(
+        reads.len() - before,
+        1,
+        "one read, then the denial is known"
     );
+    assert_eq!(reads[before].token.as_deref(), Some(ENV_TOKEN));
+    let store = VaultSecretStore::new(token_vault);
+    let err = store.read("integrations/github").await.unwrap_err();
+    assert!(clean(&err).contains("policy denies"), "{err}");
 }
 
 #[tokio::test]
@@ -767,7 +828,8 @@ async fn concurrent_forbidden_reads_cause_one_relogin() {
     for e in &results {
         assert!(
             *e == VaultError::Login(Box::new(VaultError::Forbidden))
-                || *e == VaultError::LoginCooldown,
+                || *e == VaultError::LoginCooldown
+                || *e == VaultError::LoginTooSoon,
             "{e:?}"
         );
         clean(e);
