@@ -2033,3 +2033,58 @@ async fn method_overrides_in_bodies_are_refused_before_the_upstream() {
         assert_eq!(r.status, 400, "{query}: {r:?}");
     }
 }
+
+/// A shim whose Vault policy does not grant the credential it injects: every call is
+/// the configuration error it is (500 `secret_store_denied`, no `Retry-After`, nothing
+/// forwarded), one Vault read serves many calls, and no call or readiness probe makes
+/// the shim log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_the_vault_policy_denies_is_a_configuration_error_at_the_shim() {
+    let vault = crate::openbao::OpenBao::start().await;
+    vault
+        .write(
+            "integrations/github",
+            json!({"header": "Authorization", "value": "Bearer ghp_DENIED0canary"}),
+        )
+        .await;
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
+    let text = std::fs::read_to_string(&shim.config_path)
+        .unwrap()
+        .replace("store = \"file\"", "store = \"vault\"");
+    // Renew and look itself up, but no credential: a policy that forgot them.
+    let auth = vault.token_auth(&["default"]).await;
+    let text = format!(
+        "{text}\n{}",
+        crate::vault::vault_section(&vault, &auth, "2s")
+    );
+    std::fs::write(&shim.config_path, text).unwrap();
+    let app = shim.build().await;
+    let admin = spawn_router(app.admin_router()).await;
+    let shim = shim.serve(app).await;
+
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    for _ in 0..50 {
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (500, Some("server_error")),
+            "{r:?}"
+        );
+        assert!(!r.headers.contains_key("retry-after"));
+    }
+    for _ in 0..50 {
+        let ready = client()
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    assert_eq!(echo.hits(), 0, "forwarded without its credential");
+    assert_eq!(vault.count("secret/data/integrations/github"), 1);
+    assert_eq!(vault.count("auth/"), vault.count("auth/token/lookup-self"));
+    let audit = std::fs::read_to_string(&shim.audit_path).unwrap();
+    assert!(audit.contains("secret_store_denied"), "{audit}");
+}
