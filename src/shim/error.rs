@@ -1,7 +1,7 @@
 //! Every way the shim refuses or fails a request, sorted by who is at fault (house
 //! style, habit 8): the agent's request (400, 413, 431), its token (401), its
-//! entitlement (403), the upstream or the credential behind it (502, 504), the
-//! shim's own dependencies (503), and its configuration (500).
+//! entitlement (403), the upstream or the credential behind it (502, 504), and the
+//! shim's own dependencies (503).
 //!
 //! Token errors follow RFC 6750 §3: the status, a `WWW-Authenticate: Bearer` challenge
 //! with `error="invalid_token"` (401) or `error="insufficient_scope"` (403), and the
@@ -47,10 +47,6 @@ pub enum ShimError {
     RequestNotAllowed,
     #[error("the credential for this action is unavailable")]
     CredentialUnavailable,
-    #[error(
-        "the shim is not allowed to read this action's credential: a configuration error on the server"
-    )]
-    CredentialDenied,
     #[error("the upstream could not be reached")]
     UpstreamUnreachable,
     #[error("the upstream did not answer in time")]
@@ -86,7 +82,6 @@ impl ShimError {
             | UpstreamEncoding
             | UpstreamPartial => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            CredentialDenied => StatusCode::INTERNAL_SERVER_ERROR,
             KeysUnavailable | AuditUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -106,7 +101,6 @@ impl ShimError {
                 "upstream_error"
             }
             UpstreamTimeout => "upstream_timeout",
-            CredentialDenied => "server_error",
             KeysUnavailable | AuditUnavailable | Overloaded => "temporarily_unavailable",
         }
     }
@@ -128,7 +122,6 @@ impl ShimError {
             ActionNotServed => "action_not_served",
             RequestNotAllowed => "request_not_allowed",
             CredentialUnavailable => "credential_unavailable",
-            CredentialDenied => "secret_store_denied",
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamTooLarge => "upstream_too_large",

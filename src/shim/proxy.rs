@@ -477,8 +477,10 @@ impl Shim {
         path: &str,
     ) -> Result<(Arc<StoredCredential>, Arc<Scrubber>), ShimError> {
         let stored = self.credentials.usable(path).await.map_err(|e| match e {
-            // Logged once per interval by the Vault client, counted per caller.
-            CredentialError::Store(SecretStoreError::Denied { .. }) => ShimError::CredentialDenied,
+            // Logged once per interval by the Vault client, not per call.
+            CredentialError::Store(SecretStoreError::Denied { .. }) => {
+                ShimError::CredentialUnavailable
+            }
             e => {
                 tracing::warn!(error = %e, "credential unavailable: nothing forwarded");
                 ShimError::CredentialUnavailable

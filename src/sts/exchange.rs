@@ -393,9 +393,10 @@ impl Sts {
         // 6. Credential gate.
         if let Some(path) = &action.credential {
             self.credentials.usable(path).await.map_err(|e| match e {
-                // Logged once per interval by the Vault client, counted per caller.
+                // A configuration error, like a missing credential, and no reason to
+                // retry; logged once per interval by the Vault client.
                 CredentialError::Store(SecretStoreError::Denied { .. }) => {
-                    Rejection::SecretStoreDenied
+                    Rejection::CredentialUnavailable
                 }
                 CredentialError::Store(_) => {
                     tracing::warn!(action = %action.name, error = %e, "secret store unavailable");

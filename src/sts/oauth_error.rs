@@ -61,7 +61,9 @@ pub enum Rejection {
     DelegationForbidden,
     /// The subject token's `may_act` (RFC 8693 §4.4) does not name the actor.
     ActorNotAllowed,
-    /// The action's integration credential is missing or disabled at the source.
+    /// The action's integration credential is missing or disabled at the source, or
+    /// the store's policy does not let the STS read it: the operator's to fix, so no
+    /// retry is invited.
     CredentialUnavailable,
     /// `audience` or `resource` is not the action's audience.
     InvalidTarget,
@@ -73,9 +75,6 @@ pub enum Rejection {
     SigningKeyUnavailable,
     /// The secret store cannot be read right now.
     SecretStoreUnavailable,
-    /// The secret store's policy does not let the STS read the action's credential: a
-    /// configuration error, not worth a retry.
-    SecretStoreDenied,
     /// A token's issuer keys cannot be fetched (and none are cached): ours, not the
     /// client's, to fix.
     IssuerKeysUnavailable,
@@ -106,7 +105,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | AuditUnavailable
             | RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
-            Internal | SecretStoreDenied => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -125,7 +124,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | AuditUnavailable
             | RequestTimeout => "temporarily_unavailable",
-            Internal | SecretStoreDenied => "server_error",
+            Internal => "server_error",
             _ => "invalid_request",
         }
     }
@@ -171,9 +170,6 @@ impl Rejection {
             RateLimited => "too many requests for this identity; retry later",
             SigningKeyUnavailable => "no signing key is available; retry later",
             SecretStoreUnavailable => "the secret store is unavailable; retry later",
-            SecretStoreDenied => {
-                "the STS is not allowed to read this action's credential: a configuration error on the server; retrying will not help"
-            }
             IssuerKeysUnavailable => "the token issuer's keys cannot be fetched; retry later",
             AuditUnavailable => "the audit log is unavailable; no token was issued",
             RequestTimeout => "the request took too long; retry later",
@@ -212,7 +208,6 @@ impl Rejection {
             RateLimited => "rate_limited",
             SigningKeyUnavailable => "signing_key_unavailable",
             SecretStoreUnavailable => "secret_store_unavailable",
-            SecretStoreDenied => "secret_store_denied",
             IssuerKeysUnavailable => "issuer_keys_unavailable",
             AuditUnavailable => "audit_unavailable",
             RequestTimeout => "request_timeout",

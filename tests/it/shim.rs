@@ -2035,9 +2035,9 @@ async fn method_overrides_in_bodies_are_refused_before_the_upstream() {
 }
 
 /// A shim whose Vault policy does not grant the credential it injects: every call is
-/// the configuration error it is (500 `secret_store_denied`, no `Retry-After`, nothing
-/// forwarded), one Vault read serves many calls, and no call or readiness probe makes
-/// the shim log in again.
+/// refused as for a missing credential (502 `credential_unavailable`, no `Retry-After`,
+/// nothing forwarded), one Vault read serves many calls, and no call or readiness
+/// probe makes the shim log in again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_the_vault_policy_denies_is_a_configuration_error_at_the_shim() {
     let vault = crate::openbao::OpenBao::start().await;
@@ -2069,7 +2069,7 @@ async fn a_credential_the_vault_policy_denies_is_a_configuration_error_at_the_sh
         let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
         assert_eq!(
             (r.status, r.json()["error"].as_str()),
-            (500, Some("server_error")),
+            (502, Some("credential_unavailable")),
             "{r:?}"
         );
         assert!(!r.headers.contains_key("retry-after"));
@@ -2086,5 +2086,5 @@ async fn a_credential_the_vault_policy_denies_is_a_configuration_error_at_the_sh
     assert_eq!(vault.count("secret/data/integrations/github"), 1);
     assert_eq!(vault.count("auth/"), vault.count("auth/token/lookup-self"));
     let audit = std::fs::read_to_string(&shim.audit_path).unwrap();
-    assert!(audit.contains("secret_store_denied"), "{audit}");
+    assert!(audit.contains("credential_unavailable"), "{audit}");
 }

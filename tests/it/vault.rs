@@ -660,7 +660,7 @@ async fn readiness_probes_and_a_denied_credential_cost_vault_a_constant() {
         let calls =
             (0..50).map(|_| post_form(&token_url, exchange_form(&subject, "slack.message.post")));
         for r in futures_util::future::join_all(calls).await {
-            r.assert_error(500, "server_error", &["integrations/slack"]);
+            r.assert_error(400, "invalid_scope", &["integrations/slack"]);
             assert!(
                 !r.headers.contains_key("retry-after"),
                 "a configuration error invites no retry"
@@ -706,7 +706,7 @@ async fn readiness_probes_and_a_denied_credential_cost_vault_a_constant() {
     // own counter counts operations, not callers).
     assert_eq!(
         counter(
-            "agent_sts_tokens_denied_total{action=\"slack.message.post\",reason=\"secret_store_denied\"} "
+            "agent_sts_tokens_denied_total{action=\"slack.message.post\",reason=\"credential_unavailable\"} "
         ),
         1000
     );
