@@ -50,8 +50,7 @@ fn value(c: u8) -> Option<u8> {
     })
 }
 
-/// Encodes `bytes` (tests only: nothing here produces JOSE).
-#[cfg(test)]
+/// Encodes `bytes` without padding (thumbprints, `ath`, nonces).
 pub fn encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();

@@ -40,6 +40,13 @@ impl VerifyingKey {
         self.parsed.iter().any(|(a, _)| *a == alg)
     }
 
+    /// The key of one JWK object for `alg` (a DPoP proof's `jwk`, RFC 9449 §4.2), or
+    /// `None` when it is not a usable public key of a type that fits `alg`.
+    pub fn from_jwk(jwk: &serde_json::Map<String, Value>, alg: Algorithm) -> Option<VerifyingKey> {
+        let raw: RawJwk = serde_json::from_value(Value::Object(jwk.clone())).ok()?;
+        verifying_key(&raw, &[alg])
+    }
+
     /// Checks the raw `signature` over `message` under `alg`.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         self.parsed

@@ -12,6 +12,8 @@
 //! - [`issuers`]: a set of trusted issuers verifying any JWT from one of them, with a
 //!   cache of verified tokens that never outlives them (agent-sts verifies workload
 //!   identities with it);
+//! - [`dpop`]: DPoP proofs (RFC 9449): the §4.3 checks, the RFC 7638 thumbprint a
+//!   token is bound to, a replay cache and stateless server nonces;
 //! - [`access_token`]: the RFC 9068 access-token profile agent-sts mints, for one
 //!   expected issuer and audience;
 //! - `layer` (feature `tower`, on by default): a tower [`Layer`](layer::RequireAccessToken)
@@ -27,6 +29,7 @@
 pub mod access_token;
 mod base64url;
 pub mod claims;
+pub mod dpop;
 pub mod error;
 pub mod issuers;
 pub mod jose;
@@ -36,6 +39,7 @@ pub mod jwks;
 pub mod layer;
 
 pub use access_token::{AccessToken, Actor, Verifier, VerifierError, VerifyError};
+pub use dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 pub use error::{JwksError, JwtError};
 pub use issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
 pub use jose::Algorithm;
