@@ -10,8 +10,9 @@
 //! `none`, HMAC and RSA never parse, and a JWK carrying any private member is refused.
 //! The target comparison (`htm`, `htu`) is exact after the normalisation of §4.3
 //! point 9 (RFC 3986 §6.2.2 and §6.2.3): scheme and host case, default port, empty
-//! path, percent-encoding case and unreserved characters; query and fragment are left
-//! out on both sides.
+//! path, percent-encoding case and unreserved characters; the request's query and
+//! fragment are left out, and a proof whose `htu` has either is refused (§4.2 defines
+//! `htu` without them).
 
 use std::time::Duration;
 
@@ -184,7 +185,9 @@ impl DpopVerifier {
             return Err(DpopError::Target);
         }
         let expected = normalize_htu(target.url).ok_or(DpopError::Target)?;
-        if normalize_htu(text("htu")?) != Some(expected) {
+        let htu = text("htu")?;
+        // §4.2: `htu` is the URI "without query and fragment parts".
+        if htu.contains(['?', '#']) || normalize_htu(htu) != Some(expected) {
             return Err(DpopError::Target);
         }
         let issued_at = claims
@@ -547,6 +550,8 @@ mod tests {
             "https://other.example.org/token",
             "http://sts.example.org/token",
             "https://sts.example.org:8443/token",
+            "https://sts.example.org/token?x=1",
+            "https://sts.example.org/token#frag",
             "not a url",
         ] {
             let mut c = claims(other);
@@ -559,7 +564,6 @@ mod tests {
         }
         for same in [
             "HTTPS://STS.Example.ORG:443/token",
-            "https://sts.example.org/token?x=1#frag",
             "https://sts.example.org/%74oken",
         ] {
             let mut c = claims(same);
@@ -575,6 +579,12 @@ mod tests {
             Some("https://a.example/".into())
         );
         assert_eq!(normalize_htu("https://u:p@a.example/"), None);
+        // The request's own query does not matter.
+        let t = ProofTarget {
+            url: "https://sts.example.org/token?via=lb",
+            ..target()
+        };
+        assert!(v.verify(&key.proof(claims("q")), &t, NOW).is_ok());
         assert_eq!(normalize_htu("ftp://a.example/"), None);
     }
 
