@@ -61,6 +61,7 @@ struct RawAction {
     delegation: Option<Spanned<String>>,
     subjects: Option<Spanned<Vec<Spanned<String>>>>,
     credential: Option<Spanned<String>>,
+    sender_constraint: Option<Spanned<String>>,
     request: Option<RawRequest>,
 }
 
@@ -213,6 +214,23 @@ impl<'t> Loader<'t> {
                 }),
             ),
         };
+        let sender_constraint = match &raw.sender_constraint {
+            None => Some(None),
+            Some(s) => keep(
+                &mut errs,
+                SenderConstraint::from_name(s.get_ref())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        site.invalid(
+                            s.span(),
+                            "sender_constraint",
+                            Problem::InvalidSenderConstraint {
+                                value: s.get_ref().clone(),
+                            },
+                        )
+                    }),
+            ),
+        };
         if raw.agents.get_ref().is_empty() {
             errs.push(site.invalid(raw.agents.span(), "agents", Problem::EmptyList));
         }
@@ -257,6 +275,7 @@ impl<'t> Loader<'t> {
             subjects: subjects?,
             credential: credential?,
             request: request?,
+            sender_constraint: sender_constraint?,
             source,
         };
         for pattern in action.agents.iter().chain(&action.subjects) {

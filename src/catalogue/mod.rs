@@ -78,6 +78,35 @@ impl fmt::Display for Delegation {
     }
 }
 
+/// How an action's tokens are bound to the agent (RFC 9449).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SenderConstraint {
+    /// A bearer token, unless the agent sends a DPoP proof anyway (then it is bound).
+    #[default]
+    None,
+    /// Only with a DPoP proof: the token is bound to the proof's key (`cnf.jkt`).
+    Dpop,
+}
+
+impl SenderConstraint {
+    /// The spelling in the catalogue and `[tokens]`: `"none"` or `"dpop"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Dpop => "dpop",
+        }
+    }
+
+    /// Parses the spelling (exact, lowercase).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(Self::None),
+            "dpop" => Some(Self::Dpop),
+            _ => None,
+        }
+    }
+}
+
 /// Where something is in the catalogue: a file and a 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
@@ -105,6 +134,8 @@ pub struct Action {
     pub subjects: Vec<SubjectPattern>,
     pub credential: Option<String>,
     pub request: Option<RequestShape>,
+    /// `sender_constraint`; `None` takes the STS's `tokens.sender_constraint`.
+    pub sender_constraint: Option<SenderConstraint>,
     /// The line of the `[[action]]` header.
     pub source: Location,
 }
@@ -140,6 +171,8 @@ pub enum Problem {
     Pattern(#[from] PatternError),
     #[error("unknown delegation {value:?}: expected \"forbidden\", \"optional\" or \"required\"")]
     InvalidDelegation { value: String },
+    #[error("unknown sender_constraint {value:?}: expected \"none\" or \"dpop\"")]
+    InvalidSenderConstraint { value: String },
     #[error("delegation is {delegation} but no subjects are listed: say who may delegate")]
     DelegationNeedsSubjects { delegation: Delegation },
     #[error(

@@ -116,21 +116,23 @@ pub struct Proof {
     pub jkt: String,
     pub algorithm: Algorithm,
     pub issued_at: u64,
+    /// The server nonce the proof carries, for the caller to check when it requires
+    /// one ([`NonceSource::accepts`]).
+    pub nonce: Option<String>,
 }
 
-/// Checks proofs: the §4.3 list, the replay cache and, when configured, nonces.
+/// Checks proofs: the §4.3 list and the replay cache. Nonces are the caller's (the
+/// secret they derive from may change while it runs): see [`Proof::nonce`].
 pub struct DpopVerifier {
     rules: DpopRules,
     seen: moka::sync::Cache<[u8; 32], ()>,
-    nonces: Option<NonceSource>,
 }
 
 impl std::fmt::Debug for DpopVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DpopVerifier")
             .field("rules", &self.rules)
-            .field("nonces", &self.nonces.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,26 +142,17 @@ impl DpopVerifier {
             .max_capacity(rules.replay_capacity)
             .time_to_live(rules.max_age + rules.max_skew + Duration::from_secs(1))
             .build();
-        DpopVerifier {
-            rules,
-            seen,
-            nonces: None,
-        }
-    }
-
-    /// Requires a server nonce from `nonces` in every proof.
-    pub fn with_nonces(mut self, nonces: NonceSource) -> Self {
-        self.nonces = Some(nonces);
-        self
+        DpopVerifier { rules, seen }
     }
 
     pub fn rules(&self) -> &DpopRules {
         &self.rules
     }
 
-    /// The nonce to hand out at `now` (`DPoP-Nonce` header), when nonces are on.
-    pub fn nonce(&self, now: u64) -> Option<String> {
-        self.nonces.as_ref().map(|n| n.issue(now))
+    /// How many `jti`s the replay cache holds now.
+    pub fn remembered(&self) -> u64 {
+        self.seen.run_pending_tasks();
+        self.seen.entry_count()
     }
 
     /// Checks `proof` (the `DPoP` header value) for `target` at `now` (unix seconds).
@@ -208,12 +201,11 @@ impl DpopVerifier {
                 return Err(DpopError::AccessTokenHash);
             }
         }
-        if let Some(nonces) = &self.nonces {
-            let nonce = claims.get("nonce").and_then(Value::as_str);
-            if !nonce.is_some_and(|n| nonces.accepts(n, now)) {
-                return Err(DpopError::UseNonce);
-            }
-        }
+        let nonce = match claims.get("nonce") {
+            None => None,
+            Some(Value::String(n)) if n.len() <= MAX_JTI_BYTES => Some(n.clone()),
+            Some(_) => return Err(DpopError::Malformed("nonce")),
+        };
         // Last, so only a proof that passed everything takes its jti.
         let mut key = digest::Context::new(&digest::SHA256);
         key.update(checked.jkt.as_bytes());
@@ -228,6 +220,7 @@ impl DpopVerifier {
             jkt: checked.jkt,
             algorithm: checked.algorithm,
             issued_at,
+            nonce,
         })
     }
 
@@ -730,22 +723,25 @@ mod tests {
         assert!(!stranger.accepts(&nonce, NOW));
         assert!(!b.accepts("bm90LWEtbm9uY2U", NOW));
 
-        let key = Key::es256();
-        let v = verifier().with_nonces(b);
-        assert_eq!(
-            v.verify(&key.proof(claims("n1")), &target(), NOW),
-            Err(DpopError::UseNonce)
-        );
         assert_eq!(DpopError::UseNonce.code(), "use_dpop_nonce");
-        let mut c = claims("n2");
-        c["nonce"] = json!(stranger.issue(NOW));
+        let key = Key::es256();
+        let v = verifier();
+        let mut c = claims("n1");
+        c["nonce"] = json!(nonce);
+        let proof = v.verify(&key.proof(c), &target(), NOW).unwrap();
+        assert!(proof.nonce.is_some_and(|n| b.accepts(&n, NOW)));
         assert_eq!(
-            v.verify(&key.proof(c), &target(), NOW),
-            Err(DpopError::UseNonce)
+            v.verify(&key.proof(claims("n2")), &target(), NOW)
+                .unwrap()
+                .nonce,
+            None
         );
         let mut c = claims("n3");
-        c["nonce"] = json!(v.nonce(NOW).unwrap());
-        assert!(v.verify(&key.proof(c), &target(), NOW).is_ok());
+        c["nonce"] = json!(7);
+        assert_eq!(
+            v.verify(&key.proof(c), &target(), NOW),
+            Err(DpopError::Malformed("nonce"))
+        );
     }
 
     #[test]
