@@ -243,6 +243,8 @@ struct RawShim {
     max_header_bytes: Option<i64>,
     refresh_interval: Option<String>,
     admin_listen: Option<String>,
+    jwks_refresh: Option<String>,
+    jwks_max_stale: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -480,6 +482,12 @@ pub struct ShimSection {
     /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere: not on
     /// `listen`, whose every path belongs to the upstream.
     pub admin_listen: Option<SocketAddr>,
+    /// How long the STS's keys are used before a refetch (its JWKS `max-age` wins when
+    /// shorter): a key the STS stops publishing stops verifying here at the next
+    /// successful fetch.
+    pub jwks_refresh: Duration,
+    /// How long the last good keys keep serving while the STS's JWKS cannot be fetched.
+    pub jwks_max_stale: Duration,
 }
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
@@ -951,6 +959,8 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
             .map(|a| a.parse())
             .transpose()
             .map_err(|_| c.err("shim.admin_listen", "not an address:port"))?,
+        jwks_refresh: c.duration("shim.jwks_refresh", r.jwks_refresh.as_deref(), "5m")?,
+        jwks_max_stale: c.duration("shim.jwks_max_stale", r.jwks_max_stale.as_deref(), "1h")?,
     };
     Ok(ShimConfig {
         source: file.to_string(),
@@ -1347,6 +1357,22 @@ scopes_dir = "scopes"
             c.limits.max_token_bytes,
             LimitsConfig::default().max_token_bytes
         );
+        assert_eq!(c.shim.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn shim_jwks_freshness_is_configurable_and_checked() {
+        let text = format!("{SHIM}jwks_refresh = \"10s\"\njwks_max_stale = \"2m\"\n");
+        let c = ShimConfig::from_toml(&text, "shim.toml", &no_env()).unwrap();
+        assert_eq!(c.shim.jwks_refresh, Duration::from_secs(10));
+        assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(120));
+        for bad in ["jwks_refresh = \"0s\"", "jwks_max_stale = \"soon\""] {
+            let e = shim_err(&format!("{SHIM}{bad}\n"));
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(&format!("shim.{key}")), "{e}");
+            assert!(e.contains("shim.toml"), "{e}");
+        }
     }
 
     #[test]
@@ -1388,8 +1414,15 @@ scopes_dir = "scopes"
             "2s".to_string(),
         );
         env.insert("AGENT_STS_SERVER_LISTEN".to_string(), "ignored".to_string());
+        env.insert("AGENT_STS_SHIM_JWKS_REFRESH".to_string(), "15s".to_string());
+        env.insert(
+            "AGENT_STS_SHIM_JWKS_MAX_STALE".to_string(),
+            "5m".to_string(),
+        );
         let c = ShimConfig::from_toml(SHIM, "shim.toml", &env).unwrap();
         assert_eq!(c.shim.listen.port(), 9999);
         assert_eq!(c.shim.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(c.shim.jwks_refresh, Duration::from_secs(15));
+        assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(300));
     }
 }

@@ -62,7 +62,7 @@ use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, 
 use crate::store::vault::Vault;
 use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
 use agent_sts_verifier::layer::{BearerError, bearer_token};
-use agent_sts_verifier::{AccessToken, Verifier, VerifyError};
+use agent_sts_verifier::{AccessToken, Verifier, VerifierError, VerifyError};
 use agent_sts_verifier::{JwtError, unix_now};
 
 /// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
@@ -141,13 +141,16 @@ pub struct ShimApp {
 /// Wires a shim from its configuration.
 pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     let s = &config.shim;
-    let verifier = Verifier::with_limits(
-        &s.issuer,
-        &s.audience,
-        s.jwks_uri.as_str(),
-        &config.limits.verification(),
-    )
-    .map_err(|e| StartError::Config(format!("{}: shim.jwks_uri: {e}", config.source)))?;
+    let verifier = Verifier::builder(&s.issuer, &s.audience, s.jwks_uri.as_str())
+        .limits(&config.limits.verification())
+        .jwks_refresh(s.jwks_refresh)
+        .jwks_max_stale(s.jwks_max_stale)
+        .build()
+        .map_err(|e| match e {
+            VerifierError::Client(e) => StartError::Runtime(format!("HTTP client: {e}")),
+            // `jwks_uri: ...`, `jwks_refresh: ...`: the key is in the message.
+            e => StartError::Config(format!("{}: shim.{e}", config.source)),
+        })?;
     let catalogue = Catalogue::load_dir(&s.scopes_dir, &TrustDirectory::any())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let served = catalogue

@@ -194,6 +194,11 @@ impl JwksServer {
     pub fn set_jwks(&self, jwks: Value) {
         *self.shared.jwks.lock().unwrap() = jwks;
     }
+
+    /// The JWK set document it serves in [`JwksMode::Serve`].
+    pub fn jwks(&self) -> Value {
+        self.shared.jwks.lock().unwrap().clone()
+    }
 }
 
 async fn serve_jwks(State(s): State<Arc<JwksShared>>) -> Response {
@@ -249,6 +254,16 @@ impl TestIssuer {
 
     pub fn set_mode(&self, mode: JwksMode) {
         self.jwks.set_mode(mode);
+    }
+
+    /// The JWK set its endpoint serves (at start, its one key under [`TestIssuer::kid`]).
+    pub fn jwks(&self) -> Value {
+        self.jwks.jwks()
+    }
+
+    /// Serves `jwks` from now on (the issuer drops, adds or swaps keys).
+    pub fn set_jwks(&self, jwks: Value) {
+        self.jwks.set_jwks(jwks);
     }
 
     /// Standard good claims for `sub`: this issuer, the audience, ten minutes.

@@ -6,6 +6,7 @@ mod cli;
 mod exchange;
 mod faults;
 mod harness;
+mod key_removal;
 mod leaks;
 mod openbao;
 mod process;

@@ -1600,6 +1600,55 @@ async fn keys_rotate_under_load_with_zero_failures_at_the_shim() {
     agent_sts::audit::verify(&shim.audit_path).unwrap();
 }
 
+/// Emergency removal of a signing key (README, "Runbook"): the STS's keyring is
+/// emptied; every replica publishes `{"keys": []}` within its `refresh_interval` (1 s
+/// here), and the shim, with `[shim] jwks_refresh = "1s"` (the STS's `max-age` is 5 m;
+/// the refetch cooldown keeps its 30 s default), refuses a token it already accepted
+/// and cached from its next successful JWKS fetch, and forwards nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_from_the_sts_keyring_is_refused_by_the_shim_within_its_jwks_refresh() {
+    use agent_sts::keys::{FileKeyStore, KeyStore, StoredRing};
+
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "jwks_refresh = \"1s\"").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let store = FileKeyStore::new(sts.dir.path().join("keys"));
+    let (ring, version) = store.load().await.unwrap();
+    assert_eq!(ring.keys.len(), 1);
+    store.save(&StoredRing::default(), &version).await.unwrap();
+    let removed = Instant::now();
+
+    let deadline = removed + Duration::from_secs(15);
+    let refused = loop {
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        if r.status != 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shim still accepts a removed key's token 15 s later: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_refused(&refused, 401, "invalid_token", &[&token]);
+    let forwarded = echo.hits();
+    for _ in 0..3 {
+        let r = call(&shim.url, "POST", ISSUES, Some(&token), "{}").await;
+        assert_refused(&r, 401, "invalid_token", &[&token]);
+    }
+    assert_eq!(
+        echo.hits(),
+        forwarded,
+        "nothing forwarded after the refusal"
+    );
+    let jwks = sts.get("/.well-known/jwks.json").await.json();
+    assert_eq!(jwks, json!({"keys": []}));
+}
+
 /// The credential from Vault (the production secret store): the shim injects the value
 /// Vault holds (not the file's), and stops forwarding once it is disabled there, within
 /// `vault.max_stale` (2 s here; the cache never holds a credential longer than 30 s).

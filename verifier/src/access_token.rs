@@ -23,10 +23,15 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 /// Longest lifetime of an access token the STS can mint (its `max_ttl` cap).
 pub const MAX_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
-/// How long the STS's keys are used before a refetch (the JWKS's own `max-age` wins
-/// when shorter), and how long they keep serving while the STS is unreachable.
-const JWKS_REFRESH: Duration = Duration::from_secs(300);
-const JWKS_MAX_STALE: Duration = Duration::from_secs(3600);
+/// Default for how long the STS's keys are used before a refetch (the JWKS's own
+/// `max-age` wins when shorter): a key the STS stops publishing stops verifying here
+/// at the next successful fetch, so this bounds how long a removed key keeps working.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+
+/// Default for how long the last good keys keep serving while the STS's JWKS cannot
+/// be fetched (an outage: transport failure, non-2xx, not a JWK set). A fetched set,
+/// even an empty one, replaces them at once.
+pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(3600);
 
 /// The actor of a delegated token (RFC 8693 §4.1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,6 +76,8 @@ pub enum VerifierError {
     JwksUri(&'static str),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("{0}: must be greater than zero")]
+    ZeroDuration(&'static str),
 }
 
 /// Verifies agent-sts access tokens for one audience.
@@ -79,21 +86,76 @@ pub struct Verifier {
     issuers: IssuerSet,
 }
 
+/// Builds a [`Verifier`] ([`Verifier::builder`]).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct VerifierBuilder {
+    issuer: String,
+    audience: String,
+    jwks_uri: String,
+    limits: Limits,
+    jwks_refresh: Duration,
+    jwks_max_stale: Duration,
+}
+
+impl VerifierBuilder {
+    /// The token size cap, JWKS fetch limits (including the refetch cooldown) and
+    /// cache capacity.
+    pub fn limits(mut self, limits: &Limits) -> Self {
+        self.limits = *limits;
+        self
+    }
+
+    /// How long fetched keys are used before the next request refetches them
+    /// (default [`DEFAULT_JWKS_REFRESH`]; the JWKS's `Cache-Control: max-age` wins when
+    /// shorter). A key the STS stops publishing stops verifying at the next successful
+    /// fetch, cached verifications included.
+    pub fn jwks_refresh(mut self, refresh: Duration) -> Self {
+        self.jwks_refresh = refresh;
+        self
+    }
+
+    /// How long the last good keys keep serving while the JWKS cannot be fetched
+    /// (default [`DEFAULT_JWKS_MAX_STALE`]); after that, verification fails closed.
+    pub fn jwks_max_stale(mut self, max_stale: Duration) -> Self {
+        self.jwks_max_stale = max_stale;
+        self
+    }
+
+    /// The verifier; fails on a `jwks_uri` that is not https (or http on loopback), a
+    /// zero refresh or staleness bound, or an HTTP client that cannot be built.
+    pub fn build(self) -> Result<Verifier, VerifierError> {
+        if self.jwks_refresh.is_zero() {
+            return Err(VerifierError::ZeroDuration("jwks_refresh"));
+        }
+        if self.jwks_max_stale.is_zero() {
+            return Err(VerifierError::ZeroDuration("jwks_max_stale"));
+        }
+        let sts = IssuerConfig {
+            name: "sts".into(),
+            issuer: self.issuer,
+            keys: KeySource::uri(&self.jwks_uri).map_err(VerifierError::JwksUri)?,
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+            max_token_lifetime: MAX_ACCESS_TOKEN_LIFETIME,
+            leeway: LEEWAY,
+            jwks_refresh: self.jwks_refresh,
+            jwks_max_stale: self.jwks_max_stale,
+        };
+        let issuers = IssuerSet::new(&[sts], &self.audience, &self.limits, None)?;
+        Ok(Verifier { issuers })
+    }
+}
+
 impl Verifier {
     /// A verifier accepting tokens from `expected_issuer` (the STS) for
     /// `expected_audience` (this service), with keys from `jwks_uri` (https, or http
-    /// on loopback).
+    /// on loopback), and the default limits and JWKS freshness.
     pub fn new(
         expected_issuer: &str,
         expected_audience: &str,
         jwks_uri: &str,
     ) -> Result<Verifier, VerifierError> {
-        Self::with_limits(
-            expected_issuer,
-            expected_audience,
-            jwks_uri,
-            &Limits::default(),
-        )
+        Self::builder(expected_issuer, expected_audience, jwks_uri).build()
     }
 
     /// Like [`new`](Self::new), with the token size cap, JWKS fetch limits and cache
@@ -104,18 +166,26 @@ impl Verifier {
         jwks_uri: &str,
         limits: &Limits,
     ) -> Result<Verifier, VerifierError> {
-        let sts = IssuerConfig {
-            name: "sts".into(),
+        Self::builder(expected_issuer, expected_audience, jwks_uri)
+            .limits(limits)
+            .build()
+    }
+
+    /// A [`VerifierBuilder`] for the same three values as [`new`](Self::new), to set
+    /// the limits and how fresh the STS's keys are kept.
+    pub fn builder(
+        expected_issuer: &str,
+        expected_audience: &str,
+        jwks_uri: &str,
+    ) -> VerifierBuilder {
+        VerifierBuilder {
             issuer: expected_issuer.to_string(),
-            keys: KeySource::uri(jwks_uri).map_err(VerifierError::JwksUri)?,
-            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
-            max_token_lifetime: MAX_ACCESS_TOKEN_LIFETIME,
-            leeway: LEEWAY,
-            jwks_refresh: JWKS_REFRESH,
-            jwks_max_stale: JWKS_MAX_STALE,
-        };
-        let issuers = IssuerSet::new(&[sts], expected_audience, limits, None)?;
-        Ok(Verifier { issuers })
+            audience: expected_audience.to_string(),
+            jwks_uri: jwks_uri.to_string(),
+            limits: Limits::default(),
+            jwks_refresh: DEFAULT_JWKS_REFRESH,
+            jwks_max_stale: DEFAULT_JWKS_MAX_STALE,
+        }
     }
 
     /// Verifies `token` at `now` (unix seconds).

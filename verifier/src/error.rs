@@ -44,8 +44,6 @@ pub enum JwksError {
     TooLarge,
     #[error("not a JWK set")]
     Parse,
-    #[error("no usable signing key")]
-    NoKeys,
     #[error("cannot read file")]
     File,
     #[error("not fetched: the last attempt failed within the refetch cooldown")]

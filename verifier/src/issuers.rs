@@ -11,6 +11,11 @@
 //! Verified tokens are cached (moka, keyed by the SHA-256 of the token, never outliving
 //! the token's `exp`); only verified tokens enter, so memory cannot grow with
 //! unverified input, and no cache key is ever built from an unverified `iss` or `kid`.
+//! A cached verification is tied to the key that made it (its `kid`, algorithm and
+//! [`KeyFingerprint`]): a hit holds only while the issuer's current key set still picks
+//! that same key, checked without crypto; once the issuer stops publishing it, or
+//! publishes other material under its `kid`, the token is verified again (and fails).
+//! A hit also drives the issuer's scheduled JWKS refresh, like any verification.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use serde_json::Value;
 
 use crate::claims::{ClaimRules, check_claims};
 use crate::jose::{self, Algorithm};
+use crate::jwk::KeyFingerprint;
 use crate::jwks::{FetchObserver, Freshness, JwksCache, KeySource, Pick, http_client};
 
 use crate::error::JwtError;
@@ -40,7 +46,8 @@ pub struct IssuerConfig {
     pub leeway: Duration,
     /// How long fetched keys are used before a refetch.
     pub jwks_refresh: Duration,
-    /// How long the last good keys keep serving when the key source fails.
+    /// How long the last good keys keep serving when the key source fails (an outage;
+    /// a well-formed key set, even an empty one, replaces them at once).
     pub jwks_max_stale: Duration,
 }
 
@@ -95,18 +102,30 @@ struct Issuer {
     keys: JwksCache,
 }
 
+/// The key a token verified with: what a cache hit checks the current key set against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyBinding {
+    /// Index of the issuer in [`IssuerSet::issuers`].
+    issuer: usize,
+    /// The token's `kid` and algorithm, which picked the key.
+    kid: Option<String>,
+    alg: Algorithm,
+    fingerprint: KeyFingerprint,
+}
+
+/// A cached verification and the key that made it.
+struct Cached {
+    jwt: Arc<VerifiedJwt>,
+    key: KeyBinding,
+}
+
 /// Evicts a verified token when its `exp` passes.
 struct UntilExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedJwt>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        v: &Arc<VerifiedJwt>,
-        _: Instant,
-    ) -> Option<Duration> {
+impl moka::Expiry<[u8; 32], Arc<Cached>> for UntilExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], v: &Arc<Cached>, _: Instant) -> Option<Duration> {
         Some(Duration::from_secs(
-            v.expires_at.saturating_sub(crate::unix_now()),
+            v.jwt.expires_at.saturating_sub(crate::unix_now()),
         ))
     }
 }
@@ -117,7 +136,7 @@ pub struct IssuerSet {
     by_issuer: HashMap<String, usize>,
     audience: String,
     refused: Vec<String>,
-    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedJwt>>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Cached>>,
     http: reqwest::Client,
     max_token_bytes: usize,
 }
@@ -199,23 +218,44 @@ impl IssuerSet {
     }
 
     /// Verifies `token` at time `now` (unix seconds) against its issuer's configured
-    /// keys and the claim rules; results are cached until the token expires.
+    /// keys and the claim rules; results are cached until the token expires, and hold
+    /// only while the issuer still publishes the key that verified them.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<VerifiedJwt>, JwtError> {
         if token.len() > self.max_token_bytes {
             return Err(JwtError::Malformed("too large"));
         }
         let digest = sha256(token.as_bytes());
         if let Some(hit) = self.verified.get(&digest)
-            && now <= hit.expires_at
+            && now <= hit.jwt.expires_at
         {
-            return Ok(hit);
+            let binding = &hit.key;
+            let keys = self.issuers[binding.issuer]
+                .keys
+                .key_set(&self.http, false)
+                .await?;
+            if keys.still_picks(binding.kid.as_deref(), binding.alg, &binding.fingerprint) {
+                return Ok(hit.jwt.clone());
+            }
+            // The key that verified it is gone or changed: verify again (and fail).
+            self.verified.invalidate(&digest);
         }
-        let verified = Arc::new(self.verify_uncached(token, now).await?);
-        self.verified.insert(digest, verified.clone());
+        let (verified, key) = self.verify_uncached(token, now).await?;
+        let verified = Arc::new(verified);
+        self.verified.insert(
+            digest,
+            Arc::new(Cached {
+                jwt: verified.clone(),
+                key,
+            }),
+        );
         Ok(verified)
     }
 
-    async fn verify_uncached(&self, raw: &str, now: u64) -> Result<VerifiedJwt, JwtError> {
+    async fn verify_uncached(
+        &self,
+        raw: &str,
+        now: u64,
+    ) -> Result<(VerifiedJwt, KeyBinding), JwtError> {
         let jws = jose::split_compact(raw)?;
         let header = jose::parse_header(jws.header)?;
         let claims = jose::parse_claims(jws.payload)?;
@@ -262,14 +302,21 @@ impl IssuerSet {
                 problem,
             },
         )?;
-        Ok(VerifiedJwt {
+        let binding = KeyBinding {
+            issuer: index,
+            kid: header.kid,
+            alg,
+            fingerprint: *key.fingerprint(),
+        };
+        let verified = VerifiedJwt {
             trust: issuer.name.clone(),
             issuer: issuer.issuer.clone(),
             subject: checked.subject,
             expires_at: checked.expires_at,
             typ: header.typ,
             claims,
-        })
+        };
+        Ok((verified, binding))
     }
 }
 

@@ -4,8 +4,14 @@
 //! A JWK set is read leniently and used strictly: a key of another type (`oct`), with a
 //! `use` other than `sig`, a declared `alg` that does not fit its type, or an algorithm
 //! outside the caller's allow-list is skipped, not an error, because issuers publish
-//! keys for other consumers beside ours. ECDSA keys verify the fixed-size `r || s`
-//! signature of RFC 7518 §3.4 only, so a DER-encoded signature never verifies.
+//! keys for other consumers beside ours. A set in which no key is usable (`{"keys": []}`
+//! included) is still a set: the issuer's answer that it publishes nothing we can use.
+//! ECDSA keys verify the fixed-size `r || s` signature of RFC 7518 §3.4 only, so a
+//! DER-encoded signature never verifies.
+//!
+//! Each key carries a fingerprint of its `kid`, algorithms and public key material, so
+//! a verification cached under one key can be checked, without any crypto, against the
+//! key an issuer publishes now: the same `kid` over other material is another key.
 
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey};
 use serde::Deserialize;
@@ -19,7 +25,12 @@ use crate::jose::Algorithm;
 pub struct VerifyingKey {
     kid: Option<String>,
     parsed: Vec<(Algorithm, ParsedPublicKey)>,
+    fingerprint: KeyFingerprint,
 }
+
+/// SHA-256 over a key's `kid`, algorithms and public key material: equal only for the
+/// same key published again.
+pub type KeyFingerprint = [u8; 32];
 
 impl std::fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +45,11 @@ impl std::fmt::Debug for VerifyingKey {
 impl VerifyingKey {
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
+    }
+
+    /// What identifies this key across fetches (see [`KeyFingerprint`]).
+    pub fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
     }
 
     pub fn supports(&self, alg: Algorithm) -> bool {
@@ -79,23 +95,20 @@ struct RawJwk {
 }
 
 /// Parses a JWK set, keeping the keys usable for signature checks under `allowed`.
-/// A set with no such key is [`JwksError::NoKeys`].
+/// Only a document that is not a JSON object with a `keys` array is an error
+/// ([`JwksError::Parse`]); a set with no usable key is an empty list.
 pub fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, JwksError> {
     #[derive(Deserialize)]
     struct RawSet {
         keys: Vec<Value>,
     }
     let raw: RawSet = serde_json::from_slice(bytes).map_err(|_| JwksError::Parse)?;
-    let keys: Vec<VerifyingKey> = raw
+    Ok(raw
         .keys
         .into_iter()
         .filter_map(|value| serde_json::from_value::<RawJwk>(value).ok())
         .filter_map(|jwk| verifying_key(&jwk, allowed))
-        .collect();
-    if keys.is_empty() {
-        return Err(JwksError::NoKeys);
-    }
-    Ok(keys)
+        .collect())
 }
 
 fn verifying_key(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
@@ -110,15 +123,54 @@ fn verifying_key(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
         },
         None => fits,
     };
+    let mut print = Fingerprinter::new(jwk.kid.as_deref());
     let parsed: Vec<(Algorithm, ParsedPublicKey)> = algorithms
         .into_iter()
         .filter(|a| allowed.contains(a))
-        .filter_map(|a| public_key(jwk, a).map(|k| (a, k)))
+        .filter_map(|a| {
+            let (key, material) = public_key(jwk, a)?;
+            print.add(a, &material);
+            Some((a, key))
+        })
         .collect();
     (!parsed.is_empty()).then(|| VerifyingKey {
         kid: jwk.kid.clone(),
         parsed,
+        fingerprint: print.finish(),
     })
+}
+
+/// Builds a [`KeyFingerprint`]: every field length-prefixed, so no two keys share an
+/// encoding.
+struct Fingerprinter(aws_lc_rs::digest::Context);
+
+impl Fingerprinter {
+    fn new(kid: Option<&str>) -> Self {
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        match kid {
+            None => context.update(&[0]),
+            Some(kid) => {
+                context.update(&[1]);
+                context.update(&(kid.len() as u64).to_be_bytes());
+                context.update(kid.as_bytes());
+            }
+        }
+        Fingerprinter(context)
+    }
+
+    fn add(&mut self, alg: Algorithm, material: &[u8]) {
+        let name = alg.as_str().as_bytes();
+        self.0.update(&(name.len() as u64).to_be_bytes());
+        self.0.update(name);
+        self.0.update(&(material.len() as u64).to_be_bytes());
+        self.0.update(material);
+    }
+
+    fn finish(self) -> KeyFingerprint {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
 }
 
 /// Algorithms a key's type (and curve) admits.
@@ -133,8 +185,8 @@ fn key_algorithms(jwk: &RawJwk) -> Vec<Algorithm> {
     }
 }
 
-/// The JWK's public key parsed for `alg`.
-fn public_key(jwk: &RawJwk, alg: Algorithm) -> Option<ParsedPublicKey> {
+/// The JWK's public key parsed for `alg`, and the material it was parsed from.
+fn public_key(jwk: &RawJwk, alg: Algorithm) -> Option<(ParsedPublicKey, Vec<u8>)> {
     let member = |m: &Option<String>| m.as_deref().and_then(base64url::decode);
     match alg {
         Algorithm::ES256 | Algorithm::ES384 => {
@@ -151,9 +203,14 @@ fn public_key(jwk: &RawJwk, alg: Algorithm) -> Option<ParsedPublicKey> {
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            ParsedPublicKey::new(verification, point).ok()
+            let key = ParsedPublicKey::new(verification, &point).ok()?;
+            Some((key, point))
         }
-        Algorithm::EdDSA => ParsedPublicKey::new(&sig::ED25519, member(&jwk.x)?).ok(),
+        Algorithm::EdDSA => {
+            let x = member(&jwk.x)?;
+            let key = ParsedPublicKey::new(&sig::ED25519, &x).ok()?;
+            Some((key, x))
+        }
         _ => {
             let params: &'static sig::RsaParameters = match alg {
                 Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
@@ -169,12 +226,14 @@ fn public_key(jwk: &RawJwk, alg: Algorithm) -> Option<ParsedPublicKey> {
                     .position(|b| *b != 0)
                     .map_or(Vec::new(), |i| v[i..].to_vec())
             };
-            sig::RsaPublicKeyComponents {
-                n: strip(&n),
-                e: strip(&e),
-            }
-            .to_parsed_public_key(params)
-            .ok()
+            let (n, e) = (strip(&n), strip(&e));
+            let key = sig::RsaPublicKeyComponents { n: &n, e: &e }
+                .to_parsed_public_key(params)
+                .ok()?;
+            let mut material = (n.len() as u64).to_be_bytes().to_vec();
+            material.extend_from_slice(&n);
+            material.extend_from_slice(&e);
+            Some((key, material))
         }
     }
 }
@@ -232,21 +291,44 @@ mod tests {
             with(serde_json::json!({"x": "AAAA"})),
             serde_json::to_vec(&serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}))
                 .unwrap(),
+            b"{\"keys\": []}".to_vec(),
         ];
+        // A set without a usable key is an answer (no keys), not a failure.
         for set in skipped {
-            assert_eq!(
-                parse_jwks(&set, &Algorithm::ALL).unwrap_err(),
-                JwksError::NoKeys
-            );
+            assert!(parse_jwks(&set, &Algorithm::ALL).unwrap().is_empty());
         }
         // Allowed only for RSA here: the EC key is skipped.
-        assert_eq!(
-            parse_jwks(&with(serde_json::json!({})), &[Algorithm::RS256]).unwrap_err(),
-            JwksError::NoKeys
+        assert!(
+            parse_jwks(&with(serde_json::json!({})), &[Algorithm::RS256])
+                .unwrap()
+                .is_empty()
         );
-        assert_eq!(
-            parse_jwks(b"[]", &Algorithm::ALL).unwrap_err(),
-            JwksError::Parse
-        );
+        // What is not a JWK set at all is an error.
+        for garbage in [&b"[]"[..], b"{\"keys\": 7", b"{}", b"{\"keys\": {}}"] {
+            assert_eq!(
+                parse_jwks(garbage, &Algorithm::ALL).unwrap_err(),
+                JwksError::Parse
+            );
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_names_kid_algorithms_and_material() {
+        let (_, jwk) = p256();
+        let (_, other) = p256();
+        let print = |jwk: &Value| {
+            let set = serde_json::to_vec(&serde_json::json!({ "keys": [jwk] })).unwrap();
+            *parse_jwks(&set, &Algorithm::ALL).unwrap()[0].fingerprint()
+        };
+        // The same key published again: the same fingerprint.
+        assert_eq!(print(&jwk), print(&jwk.clone()));
+        // Same kid, other material (a swapped key): another fingerprint.
+        assert_ne!(print(&jwk), print(&other));
+        // Same material under another kid, or with no kid: another fingerprint.
+        let mut renamed = jwk.clone();
+        renamed["kid"] = serde_json::json!("k2");
+        assert_ne!(print(&jwk), print(&renamed));
+        renamed.as_object_mut().unwrap().remove("kid");
+        assert_ne!(print(&jwk), print(&renamed));
     }
 }

@@ -5,10 +5,18 @@
 //!   streaming, redirects followed only within the same origin (at most three), and
 //!   `https` or loopback `http` only (checked where the URL is configured).
 //! - **Freshness**: a set is used for `refresh` (or the response's `Cache-Control:
-//!   max-age`, RFC 9111 §5.2.2.1, when shorter), then one request refreshes it in the
-//!   background of its own verification while the others keep using the cached set.
-//! - **Outages**: a failed fetch keeps the last good set until it is `max_stale` old, so
-//!   an issuer outage is survived for a bounded time and not longer.
+//!   max-age`, RFC 9111 §5.2.2.1, when shorter), then the next request refreshes it
+//!   while the others keep using the cached set. A `max-age` shorter than
+//!   `min(refresh, refetch_cooldown)` is not honoured below that, so an issuer cannot
+//!   make us fetch more often than the configuration allows.
+//! - **An answer replaces the set.** A successful fetch of a well-formed JWK set (a
+//!   JSON object with a `keys` array, RFC 7517 §5) is the issuer's current set even
+//!   when it holds no usable key (`{"keys": []}`): a key the issuer stopped publishing
+//!   stops verifying at the next successful fetch.
+//! - **Outages**: only a failed fetch (transport, timeout, a non-2xx status, a body
+//!   that is too large or not a JWK set) is an outage. It keeps the last good set until
+//!   that is `max_stale` old, so an outage is survived for a bounded time and not
+//!   longer; then verification fails closed.
 //! - **Unknown `kid`**: one refetch (the issuer may have rotated), then a per-issuer
 //!   cooldown, so a flood of random `kid`s costs at most one fetch per cooldown.
 
@@ -18,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{JwksError, JwtError};
 use crate::jose::Algorithm;
-use crate::jwk::{VerifyingKey, parse_jwks};
+use crate::jwk::{KeyFingerprint, VerifyingKey, parse_jwks};
 
 /// Where an issuer's keys are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +68,15 @@ pub fn parse_jwks_uri(uri: &str) -> Result<reqwest::Url, &'static str> {
 /// How a key set is kept fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
-    /// How long a fetched set is used before one request refreshes it.
+    /// How long a fetched set is used before one request refreshes it (the response's
+    /// `max-age` wins when shorter).
     pub refresh: Duration,
-    /// How long the last good set keeps serving when fetches fail.
+    /// How long the last good set keeps serving when fetches fail (an outage; a
+    /// well-formed set, even an empty one, replaces it at once).
     pub max_stale: Duration,
-    /// Least time between two fetch attempts outside the refresh schedule.
+    /// Least time between two fetch attempts outside the refresh schedule (unknown
+    /// `kid`, no usable set). Scheduled refreshes are at least `min(refresh,
+    /// refetch_cooldown)` apart.
     pub refetch_cooldown: Duration,
 }
 
@@ -91,6 +103,17 @@ pub enum Pick<'a> {
 }
 
 impl KeySet {
+    /// True when this set still picks, for `kid` and `alg`, the key of `fingerprint`:
+    /// a verification made with that key still holds. No crypto.
+    pub fn still_picks(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        fingerprint: &KeyFingerprint,
+    ) -> bool {
+        matches!(self.pick(kid, alg), Pick::Found(k) if k.fingerprint() == fingerprint)
+    }
+
     /// The key for a token's `kid` and algorithm. Without a `kid` the token is
     /// acceptable only when exactly one key fits, so a token cannot make us try every
     /// key.
@@ -184,7 +207,8 @@ impl JwksCache {
             let Ok(_guard) = self.fetch_lock.try_lock() else {
                 return Ok(set.clone());
             };
-            if !self.may_fetch() {
+            let floor = self.freshness.refresh.min(self.freshness.refetch_cooldown);
+            if !self.may_fetch(floor) {
                 return Ok(set.clone());
             }
             return Ok(self
@@ -199,7 +223,7 @@ impl JwksCache {
         {
             return Ok(set); // fetched by the request we waited for
         }
-        if !self.may_fetch() {
+        if !self.may_fetch(self.freshness.refetch_cooldown) {
             return cached.ok_or_else(|| JwtError::JwksUnavailable {
                 trust: self.name.to_string(),
                 reason: JwksError::Cooldown,
@@ -211,15 +235,15 @@ impl JwksCache {
         }
     }
 
-    /// True when the cooldown since the last fetch attempt has passed (and records
-    /// this attempt).
-    fn may_fetch(&self) -> bool {
+    /// True when `cooldown` has passed since the last fetch attempt (and records this
+    /// attempt).
+    fn may_fetch(&self, cooldown: Duration) -> bool {
         let Ok(mut last) = self.last_attempt.lock() else {
             return false;
         };
         let now = Instant::now();
         match *last {
-            Some(t) if now.duration_since(t) < self.freshness.refetch_cooldown => false,
+            Some(t) if now.duration_since(t) < cooldown => false,
             _ => {
                 *last = Some(now);
                 true
@@ -227,7 +251,8 @@ impl JwksCache {
         }
     }
 
-    /// Fetches and installs the set; the caller holds the fetch lock.
+    /// Fetches and installs the set; the caller holds the fetch lock. A well-formed
+    /// set replaces the current one whatever it holds; a failure leaves it in place.
     async fn fetch_locked(&self, http: &reqwest::Client) -> Result<Arc<KeySet>, JwtError> {
         let result = match &self.source {
             KeySource::Uri(url) => fetch_uri(http, url, self.max_bytes).await,

@@ -7,11 +7,12 @@
 //! - [`jwk`]: JWKs (RFC 7517/7518) to public keys parsed once with aws-lc-rs;
 //! - [`jwks`]: fetching and caching one issuer's key set (size and time caps, same-origin
 //!   redirects only, `Cache-Control: max-age`, one refetch on an unknown `kid` then a
-//!   cooldown, the last good keys while the issuer is down, up to a staleness bound);
+//!   cooldown; a fetched set replaces the last, even an empty one, and only a failed
+//!   fetch keeps the last good keys, up to a staleness bound);
 //! - [`claims`]: strictly typed registered claims (RFC 7519 §4.1) with explicit leeway;
 //! - [`issuers`]: a set of trusted issuers verifying any JWT from one of them, with a
 //!   cache of verified tokens that never outlives them (agent-sts verifies workload
-//!   identities with it);
+//!   identities with it); a cached verification holds only while its key is published;
 //! - [`dpop`]: DPoP proofs (RFC 9449): the §4.3 checks, the RFC 7638 thumbprint a
 //!   token is bound to, a replay cache and stateless server nonces;
 //! - [`access_token`]: the RFC 9068 access-token profile agent-sts mints, for one
@@ -38,7 +39,7 @@ pub mod jwks;
 #[cfg(feature = "tower")]
 pub mod layer;
 
-pub use access_token::{AccessToken, Actor, Verifier, VerifierError, VerifyError};
+pub use access_token::{AccessToken, Actor, Verifier, VerifierBuilder, VerifierError, VerifyError};
 pub use dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 pub use error::{JwksError, JwtError};
 pub use issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
