@@ -521,12 +521,11 @@ impl KeyStore for VaultKeyStore {
             Some(v) => StoreVersion(v.to_string()),
             None => content_version(&data),
         };
-        // serde_json's message names the problem, never the (secret) value.
-        let ring: StoredRing =
-            serde_json::from_value(Value::Object(data)).map_err(|e| KeyStoreError::Malformed {
-                location: self.location(),
-                reason: format!("{:?} error", e.classify()),
-            })?;
+        // Classified: a field name or nothing, never a (secret) value.
+        let ring = StoredRing::from_map(data).map_err(|problem| KeyStoreError::Malformed {
+            location: self.location(),
+            problem,
+        })?;
         Ok((ring, version))
     }
 
