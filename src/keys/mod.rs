@@ -111,9 +111,10 @@ impl std::fmt::Display for Position {
 }
 
 /// Why the stored form of a ring does not parse, reduced to what is safe to print: a
-/// field or algorithm name when it is a plain identifier (see [`printable`]), else a
+/// field name shaped like one ([`field_name`]), a registered JOSE algorithm name, a
 /// position. serde's own messages may quote the offending value (`invalid type: string
-/// "-----BEGIN PRIVATE KEY-----..."`), so they are classified, never passed on.
+/// "-----BEGIN PRIVATE KEY-----..."`), and an unknown "field" may be a pasted secret
+/// used as a name, so they are classified, never passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingFormatError {
     #[error("not valid JSON{at}")]
@@ -130,12 +131,32 @@ pub enum RingFormatError {
     BadValue { at: Position },
 }
 
-/// `s` if it is safe and useful to print in an error: 1 to 64 characters of ASCII
-/// letters, digits, `_`, `-`, `.` or `:` (kids, field and algorithm names). Anything
-/// else (a name holding a newline, a pasted PEM, a value) is not shown.
+/// A kid, if it is safe to print in an error: 1 to 64 characters of ASCII letters,
+/// digits, `_`, `-`, `.` or `:` (an RFC 7638 thumbprint is 43 base64url characters).
+/// A kid is public (the JWKS publishes it); anything else in that field (a newline, a
+/// pasted PEM) is not shown.
 pub fn printable(s: &str) -> Option<&str> {
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
     (!s.is_empty() && s.len() <= 64 && s.chars().all(plain)).then_some(s)
+}
+
+/// A field name from a stored ring, if it is shaped like one: 1 to 32 characters of
+/// lowercase ASCII letters, `_` and `-`, with at most two digits (`activate_at`,
+/// `note`, `key2`). A name outside that shape (mixed case, many digits: a token or a
+/// key pasted where a name goes) may be a secret and is not shown.
+pub fn field_name(s: &str) -> Option<&str> {
+    let shaped = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    (!s.is_empty() && s.len() <= 32 && s.chars().all(shaped) && digits <= 2).then_some(s)
+}
+
+/// An algorithm name, if it is a registered JWS one (RFC 7518 §3.1, RFC 8037 §3.1).
+fn jose_algorithm(s: &str) -> Option<&str> {
+    const REGISTERED: &[&str] = &[
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
+        "PS384", "PS512", "none", "EdDSA", "ES256K", "Ed25519", "Ed448",
+    ];
+    REGISTERED.contains(&s).then_some(s)
 }
 
 fn name_or_hidden(name: Option<&str>) -> String {
@@ -160,20 +181,22 @@ impl RingFormatError {
         // serde's messages: "unknown field `NAME`, expected ...", "missing field
         // `NAME`", "duplicate field `NAME`", "unknown variant `NAME`, expected ...".
         // NAME may itself hold a backtick: cut at the last delimiter serde wrote.
-        let between = |prefix: &str, end: &str| {
+        let between = |prefix: &str, end: &str, shown: fn(&str) -> Option<&str>| {
             let rest = message.strip_prefix(prefix)?;
             let name = &rest[..rest.rfind(end)?];
-            Some(printable(name).map(str::to_string))
+            Some(shown(name).map(str::to_string))
         };
-        let expected =
-            |prefix| between(prefix, "`, expected ").or_else(|| between(prefix, "`, there are no"));
-        if let Some(field) = expected("unknown field `") {
+        let expected = |prefix, shown| {
+            between(prefix, "`, expected ", shown)
+                .or_else(|| between(prefix, "`, there are no", shown))
+        };
+        if let Some(field) = expected("unknown field `", field_name) {
             RingFormatError::UnknownField { field, at }
-        } else if let Some(field) = between("missing field `", "`") {
+        } else if let Some(field) = between("missing field `", "`", field_name) {
             RingFormatError::MissingField { field, at }
-        } else if let Some(field) = between("duplicate field `", "`") {
+        } else if let Some(field) = between("duplicate field `", "`", field_name) {
             RingFormatError::DuplicateField { field, at }
-        } else if let Some(name) = expected("unknown variant `") {
+        } else if let Some(name) = expected("unknown variant `", jose_algorithm) {
             RingFormatError::UnknownAlgorithm { name, at }
         } else {
             RingFormatError::BadValue { at }
@@ -1095,8 +1118,15 @@ mod validation {
         let e = StoredRing::from_json(br#"{"keys": [], "extra": 1}"#).unwrap_err();
         assert!(e.to_string().starts_with("unknown field `extra`"), "{e}");
 
-        // A "name" that is a pasted key, or holds a backtick and a newline: not shown.
-        for name in [planted.expose(), "a`, expected \n`b"] {
+        // A "name" that is a pasted key or token, or holds a backtick and a newline:
+        // not shown.
+        for name in [
+            planted.expose(),
+            "a`, expected \n`b",
+            "ghp_plantedCredentialCanary4e7d",
+            "d41d8cd98f00b204e980",
+            "AKIAIOSFODNN7EXAMPLE",
+        ] {
             let mut k = good(SigningAlgorithm::ES256, 1000);
             k[name] = json!(1);
             let e =
@@ -1106,7 +1136,13 @@ mod validation {
                 "{e:?}"
             );
             assert_no_material(&e, &pem_lines(&[planted.expose()]));
+            assert!(!format!("{e} {e:?}").contains(name), "{e:?}");
         }
+        // An unknown algorithm is named only when it is a registered one.
+        let mut k = good(SigningAlgorithm::ES256, 1000);
+        k["alg"] = json!("ghp_plantedCredentialCanary4e7d");
+        let e = StoredRing::from_json(json!({ "keys": [k] }).to_string().as_bytes()).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("Canary"), "{e:?}");
     }
 
     #[test]
