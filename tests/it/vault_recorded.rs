@@ -556,6 +556,137 @@ async fn a_deleted_or_destroyed_kv2_keyring_is_refused_not_empty() {
     assert_eq!(version, StoreVersion("0".into()));
 }
 
+/// `serve` with its keyring in KV v2 whose latest version gets deleted, then
+/// destroyed: the last good ring keeps signing and stays published, `/readyz` names
+/// the deletion and, once the last good read is older than `max_stale`, reports not
+/// ready (as for an unreachable Vault); `keys list` and `keys rotate` exit 1 saying
+/// so, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_the_last_good_ring_when_the_kv2_keyring_is_deleted() {
+    use crate::harness::{ConfigTweaks, Issuers, SCOPES, TestSts, now, sts_files};
+    use crate::process::{run, text};
+    use crate::vault::eventually;
+    use agent_sts::keys::signing_key::SigningKey;
+
+    let path = "/v1/secret/data/agent-sts/signing-keys";
+    let (key, pem) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+    let since = now() - 60;
+    let ring = json!({"keys": [{
+        "kid": key.kid,
+        "alg": "ES256",
+        "private_key": pem.expose(),
+        "public_jwk": key.public_jwk,
+        "created_at": since,
+        "activates_at": since,
+    }]});
+    let fake = Fake::start(vec![
+        route("GET", path, vec![ok(kv2_read(ring, 1))]),
+        route("POST", path, vec![ok(kv2_written(2))]),
+    ])
+    .await;
+    let issuers = Issuers::start().await;
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 2\nauth = \"token\"\ntoken_file = \"TOKEN_FILE\"\ntimeout = \"1s\"\nmax_stale = \"5s\"\n",
+        fake.addr
+    );
+    let (dir, config) = sts_files(&issuers.specs(), SCOPES, &extra, ConfigTweaks::default());
+    let token_file = dir.path().join("vault-token");
+    crate::harness::write_secret_file(&token_file, ENV_TOKEN);
+    let text_config = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("store = \"file\"", "store = \"vault\"", 1)
+        .replace("TOKEN_FILE", token_file.to_str().unwrap());
+    std::fs::write(&config, text_config).unwrap();
+    // Bootstraps with `keys rotate` (which reads the good ring and writes a `next`
+    // key the fake does not keep), then serves the ring of version 1.
+    let sts = TestSts::serve(dir, config).await;
+    let subject = || issuers.k8s_token("triage");
+    let kid_of =
+        |r: &crate::harness::Reply| jsonwebtoken::decode_header(r.token()).unwrap().kid.unwrap();
+    let first = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(kid_of(&first), key.kid);
+    let writes = || {
+        fake.requests_to(path)
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    let written = writes();
+
+    fake.set_route(route("GET", path, vec![kv2_deleted(3)]));
+    let keyring = || async { sts.get("/readyz").await.json()["checks"]["keyring"].clone() };
+    let noticed = eventually(5, || async {
+        keyring()
+            .await
+            .as_str()
+            .is_some_and(|k| k.contains("deleted") && k.contains("version 3"))
+    })
+    .await;
+    assert!(noticed, "{}", keyring().await);
+    let r = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(r.status, 200, "the last good ring keeps signing: {r:?}");
+    assert_eq!(kid_of(&r), key.kid);
+    assert!(
+        sts.get("/.well-known/jwks.json")
+            .await
+            .text
+            .contains(&key.kid)
+    );
+
+    // Not the "empty ring" of old: the CLI refuses, naming the fix, writing nothing.
+    let c = sts.config_path.to_str().unwrap();
+    for command in ["list", "rotate"] {
+        let out = run(&["keys", command, "--config", c], sts.dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "keys {command}: {stderr}");
+        assert!(
+            stderr.contains("vault kv undelete -versions=3 secret/agent-sts/signing-keys"),
+            "keys {command}: {stderr}"
+        );
+        assert!(!stderr.contains(ENV_TOKEN), "{stderr}");
+    }
+    assert_eq!(
+        writes(),
+        written,
+        "keys rotate wrote over a deleted keyring"
+    );
+
+    // Past `max_stale` since the last good read: not ready, the reason still shown.
+    let stale = eventually(10, || async { sts.get("/readyz").await.status == 503 }).await;
+    assert!(stale);
+    let ready = sts.get("/readyz").await.json();
+    assert_eq!(
+        ready["checks"]["signing_key"], "no active signing key",
+        "{ready}"
+    );
+    assert!(
+        ready["checks"]["keyring"]
+            .as_str()
+            .unwrap()
+            .contains("deleted")
+    );
+    let r = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        sts.get("/.well-known/jwks.json")
+            .await
+            .text
+            .contains(&key.kid)
+    );
+
+    // Destroyed: a new reason, shown at once.
+    fake.set_route(route("GET", path, vec![kv2_destroyed(4)]));
+    let destroyed = eventually(5, || async {
+        keyring()
+            .await
+            .as_str()
+            .is_some_and(|k| k.contains("destroyed") && k.contains("version 4"))
+    })
+    .await;
+    assert!(destroyed, "{}", keyring().await);
+}
+
 /// For an integration credential, a deleted or destroyed latest version is simply
 /// missing (the gate stays closed), as a credential that never existed.
 #[tokio::test]
