@@ -17,11 +17,21 @@
 //! `jwks_max_age + refresh_interval <= publish_lead`, so a verifier always knows a kid
 //! before it signs (README, "Security properties" 6).
 //!
+//! One check decides whether a stored ring is usable, [`StoredRing::validate`], and
+//! `serve`, `keys list` and `keys rotate` all go through it (README, "Signing keys and
+//! rotation"): the stored form parses with no unknown field, every kid is unique, every
+//! key parses with its stated algorithm and passes its self-test, and every timestamp
+//! is at most [`MAX_TIMESTAMP`] (the last second RFC 3339 can write). Its errors name
+//! the field, the key (by index and kid) and the problem, never a value: a serde error
+//! is reduced to a field name or a position ([`RingFormatError`]).
+//!
 //! The running STS re-reads the store every `refresh_interval`. A new ring is accepted
-//! only when every key in it parses and passes its self-test; otherwise the last good
-//! ring stays, the failure is logged and counted, and `/readyz` says why. Keys already
-//! loaded are reused by kid, so a refresh costs one read and no crypto for known keys.
-//! The current ring is published through `ArcSwap`: the hot path takes no lock.
+//! only when it passes that check; otherwise the last good ring stays (with Vault,
+//! signing until `max_stale` after the last good read, as when Vault is unreachable),
+//! the failure is counted, logged once per distinct reason, and `/readyz` says why.
+//! Keys already loaded are reused by fingerprint, so a refresh costs one read and no
+//! crypto for known keys. The current ring is published through `ArcSwap`: the hot path
+//! takes no lock.
 //!
 //! May import `secret` and `telemetry`; the Vault key store lives in `store` and
 //! implements [`KeyStore`] from there.
@@ -44,6 +54,11 @@ use signing_key::SigningAlgorithm;
 /// Margin added to `max_ttl` before a retiring key is removed, for clock skew between
 /// replicas and verifiers.
 pub const REMOVAL_MARGIN: Duration = Duration::from_secs(60);
+
+/// The latest timestamp a stored key may carry: 9999-12-31T23:59:59Z, the last second
+/// RFC 3339 (four-digit years) can write. Anything later is refused by
+/// [`StoredRing::validate`], so no listing, state or arithmetic ever meets it.
+pub const MAX_TIMESTAMP: u64 = 253_402_300_799;
 
 /// One key as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,7 +93,170 @@ pub struct StoredRing {
     pub keys: Vec<StoredKey>,
 }
 
+/// Where in a stored file a problem is; nothing for a ring read from Vault (already
+/// parsed JSON, no lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            return Ok(());
+        }
+        write!(f, " (line {} column {})", self.line, self.column)
+    }
+}
+
+/// Why the stored form of a ring does not parse, reduced to what is safe to print: a
+/// field name shaped like one ([`field_name`]), a registered JOSE algorithm name, a
+/// position. serde's own messages may quote the offending value (`invalid type: string
+/// "-----BEGIN PRIVATE KEY-----..."`), and an unknown "field" may be a pasted secret
+/// used as a name, so they are classified, never passed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingFormatError {
+    #[error("not valid JSON{at}")]
+    Syntax { at: Position },
+    #[error("unknown field {}{at}", name_or_hidden(.field.as_deref()))]
+    UnknownField { field: Option<String>, at: Position },
+    #[error("missing field {}{at}", name_or_hidden(.field.as_deref()))]
+    MissingField { field: Option<String>, at: Position },
+    #[error("duplicate field {}{at}", name_or_hidden(.field.as_deref()))]
+    DuplicateField { field: Option<String>, at: Position },
+    #[error("unsupported algorithm {} (ES256 or EdDSA){at}", name_or_hidden(.name.as_deref()))]
+    UnknownAlgorithm { name: Option<String>, at: Position },
+    #[error("a value has the wrong type or is out of range{at}")]
+    BadValue { at: Position },
+}
+
+/// A kid, if it is safe to print in an error: 1 to 64 characters of ASCII letters,
+/// digits, `_`, `-`, `.` or `:` (an RFC 7638 thumbprint is 43 base64url characters).
+/// A kid is public (the JWKS publishes it); anything else in that field (a newline, a
+/// pasted PEM) is not shown.
+pub fn printable(s: &str) -> Option<&str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    (!s.is_empty() && s.len() <= 64 && s.chars().all(plain)).then_some(s)
+}
+
+/// A field name from a stored ring, if it is shaped like one: 1 to 32 characters of
+/// lowercase ASCII letters, `_` and `-`, with at most two digits (`activate_at`,
+/// `note`, `key2`). A name outside that shape (mixed case, many digits: a token or a
+/// key pasted where a name goes) may be a secret and is not shown.
+pub fn field_name(s: &str) -> Option<&str> {
+    let shaped = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    (!s.is_empty() && s.len() <= 32 && s.chars().all(shaped) && digits <= 2).then_some(s)
+}
+
+/// An algorithm name, if it is a registered JWS one (RFC 7518 §3.1, RFC 8037 §3.1).
+fn jose_algorithm(s: &str) -> Option<&str> {
+    const REGISTERED: &[&str] = &[
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
+        "PS384", "PS512", "none", "EdDSA", "ES256K", "Ed25519", "Ed448",
+    ];
+    REGISTERED.contains(&s).then_some(s)
+}
+
+fn name_or_hidden(name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("`{n}`"),
+        None => "(name not shown: not a plain identifier)".into(),
+    }
+}
+
+impl RingFormatError {
+    /// Classifies a serde_json error: the names it quotes are extracted (and shown only
+    /// if [`printable`]); every other message, which may quote a value, is dropped.
+    fn classify(e: &serde_json::Error) -> RingFormatError {
+        let at = Position {
+            line: e.line(),
+            column: e.column(),
+        };
+        if e.classify() != serde_json::error::Category::Data {
+            return RingFormatError::Syntax { at };
+        }
+        let message = e.to_string();
+        // serde's messages: "unknown field `NAME`, expected ...", "missing field
+        // `NAME`", "duplicate field `NAME`", "unknown variant `NAME`, expected ...".
+        // NAME may itself hold a backtick: cut at the last delimiter serde wrote.
+        let between = |prefix: &str, end: &str, shown: fn(&str) -> Option<&str>| {
+            let rest = message.strip_prefix(prefix)?;
+            let name = &rest[..rest.rfind(end)?];
+            Some(shown(name).map(str::to_string))
+        };
+        let expected = |prefix, shown| {
+            between(prefix, "`, expected ", shown)
+                .or_else(|| between(prefix, "`, there are no", shown))
+        };
+        if let Some(field) = expected("unknown field `", field_name) {
+            RingFormatError::UnknownField { field, at }
+        } else if let Some(field) = between("missing field `", "`", field_name) {
+            RingFormatError::MissingField { field, at }
+        } else if let Some(field) = between("duplicate field `", "`", field_name) {
+            RingFormatError::DuplicateField { field, at }
+        } else if let Some(name) = expected("unknown variant `", jose_algorithm) {
+            RingFormatError::UnknownAlgorithm { name, at }
+        } else {
+            RingFormatError::BadValue { at }
+        }
+    }
+}
+
 impl StoredRing {
+    /// Parses a ring from its stored JSON (the file store). Only the shape is checked
+    /// here; [`StoredRing::validate`] checks the rest.
+    pub fn from_json(bytes: &[u8]) -> Result<StoredRing, RingFormatError> {
+        serde_json::from_slice(bytes).map_err(|e| RingFormatError::classify(&e))
+    }
+
+    /// Parses a ring from the data of a KV entry (the Vault store).
+    pub fn from_map(data: serde_json::Map<String, Value>) -> Result<StoredRing, RingFormatError> {
+        serde_json::from_value(Value::Object(data)).map_err(|e| RingFormatError::classify(&e))
+    }
+
+    /// The one check of a stored ring, run by `serve` on every refresh and by `keys
+    /// list` and `keys rotate` before they act: every timestamp at most
+    /// [`MAX_TIMESTAMP`], every kid unique, every key parsing with its stated algorithm
+    /// (and its stored public JWK naming the same one) and passing its self-test.
+    /// Returns every key parsed, in stored order; a key of `known` with the same
+    /// fingerprint (the same stored form, already checked) is reused without crypto.
+    pub fn validate(&self, known: &[Arc<LoadedKey>]) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
+        let mut loaded = Vec::with_capacity(self.keys.len());
+        for (index, stored) in self.keys.iter().enumerate() {
+            let key = || KeyRef::new(index, &stored.kid);
+            for (field, value) in [
+                ("created_at", stored.created_at),
+                ("activates_at", stored.activates_at),
+            ] {
+                if value > MAX_TIMESTAMP {
+                    return Err(KeyringError::Timestamp {
+                        key: key(),
+                        field,
+                        value,
+                    });
+                }
+            }
+            if let Some(first) = self.keys[..index].iter().position(|k| k.kid == stored.kid) {
+                return Err(KeyringError::DuplicateKid { key: key(), first });
+            }
+            let print = fingerprint(stored);
+            if let Some(k) = known.iter().find(|k| k.fingerprint == print) {
+                loaded.push(k.clone());
+                continue;
+            }
+            let signing = check_key(stored, key())?;
+            loaded.push(Arc::new(LoadedKey {
+                key: signing,
+                created_at: stored.created_at,
+                activates_at: stored.activates_at,
+                fingerprint: print,
+            }));
+        }
+        Ok(loaded)
+    }
+
     /// Each stored key's state at `now` (see [`key_states`]).
     pub fn states(&self, now: u64, max_ttl: Duration) -> Vec<KeyState> {
         let activations: Vec<u64> = self.keys.iter().map(|k| k.activates_at).collect();
@@ -94,12 +272,46 @@ pub struct StoreVersion(pub String);
 pub enum KeyStoreError {
     #[error("key store {location}: cannot read: {reason}")]
     Read { location: String, reason: String },
-    #[error("key store {location}: malformed keyring: {reason}")]
-    Malformed { location: String, reason: String },
+    #[error("key store {location}: malformed keyring: {problem}")]
+    Malformed {
+        location: String,
+        problem: RingFormatError,
+    },
+    /// The latest version of a KV v2 keyring was deleted or destroyed: not an empty
+    /// ring (which `keys rotate` would fill with a fresh key), a refusal.
+    #[error("key store vault {path}: {}", deleted_hint(.path, *.version, *.destroyed))]
+    Deleted {
+        /// `<kv_mount>/<path>`, as the `vault kv` commands take it.
+        path: String,
+        version: Option<u64>,
+        destroyed: bool,
+    },
     #[error("key store {location}: cannot write: {reason}")]
     Write { location: String, reason: String },
     #[error("key store {location}: changed since it was read; retry")]
     Conflict { location: String },
+}
+
+/// What happened to a deleted KV v2 keyring and how an operator brings it back.
+fn deleted_hint(path: &str, version: Option<u64>, destroyed: bool) -> String {
+    let v = version
+        .map(|v| format!(" (version {v})"))
+        .unwrap_or_default();
+    if destroyed {
+        format!(
+            "the keyring's latest version{v} was destroyed; write a good earlier version back \
+             (`vault kv rollback -version=<N> {path}`), or, to start a new keyring, \
+             `vault kv metadata delete {path}` then `agent-sts keys rotate`"
+        )
+    } else {
+        let n = version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "<N>".into());
+        format!(
+            "the keyring's latest version{v} was deleted; restore it with \
+             `vault kv undelete -versions={n} {path}`"
+        )
+    }
 }
 
 /// Where the keyring lives: the file store here; Vault implements it in `store::vault`.
@@ -156,15 +368,9 @@ impl KeyStore for FileKeyStore {
                 });
             }
         };
-        let ring = serde_json::from_slice(&bytes).map_err(|e| KeyStoreError::Malformed {
+        let ring = StoredRing::from_json(&bytes).map_err(|problem| KeyStoreError::Malformed {
             location: self.location(),
-            // serde_json's message names the line and column, never the value.
-            reason: format!(
-                "line {} column {}: {:?}",
-                e.line(),
-                e.column(),
-                e.classify()
-            ),
+            problem,
         })?;
         Ok((ring, version_of(&bytes)))
     }
@@ -289,7 +495,7 @@ pub fn key_states(activations: &[u64], now: u64, max_ttl: Duration) -> Vec<KeySt
         .into_iter()
         .filter(|&i| activations[i] <= now)
         .collect();
-    let keep = max_ttl.as_secs() + REMOVAL_MARGIN.as_secs();
+    let keep = max_ttl.as_secs().saturating_add(REMOVAL_MARGIN.as_secs());
     let mut states = vec![KeyState::Next; activations.len()];
     for (pos, &i) in live.iter().enumerate() {
         states[i] = match live.get(pos + 1) {
@@ -339,18 +545,100 @@ fn fingerprint(stored: &StoredKey) -> [u8; 32] {
     out
 }
 
-/// Why a ring was not accepted.
+/// A key of a stored ring, for errors: its index, and its kid when [`printable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    pub index: usize,
+    pub kid: Option<String>,
+}
+
+impl KeyRef {
+    fn new(index: usize, kid: &str) -> Self {
+        KeyRef {
+            index,
+            kid: printable(kid).map(str::to_string),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kid {
+            Some(kid) => write!(f, "keys[{}] (kid {kid})", self.index),
+            None => write!(
+                f,
+                "keys[{}] (kid not shown: not a plain identifier)",
+                self.index
+            ),
+        }
+    }
+}
+
+/// Why a ring was not accepted. Never carries key material or a stored value other
+/// than a [`printable`] kid and a timestamp.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     #[error(transparent)]
     Store(#[from] KeyStoreError),
-    #[error("key {kid}: {source}")]
+    #[error("{key}: unusable key: {source}")]
     BadKey {
-        kid: String,
+        key: KeyRef,
         source: KeyMaterialError,
     },
-    #[error("duplicate kid {kid}")]
-    DuplicateKid { kid: String },
+    #[error("{key}: duplicate kid (also keys[{first}])")]
+    DuplicateKid { key: KeyRef, first: usize },
+    #[error("{key}: algorithm mismatch: alg is {}, but {found}", .stated.as_str())]
+    AlgorithmMismatch {
+        key: KeyRef,
+        stated: SigningAlgorithm,
+        found: &'static str,
+    },
+    #[error("{key}: {field} {value} is out of range (after 9999-12-31T23:59:59Z)")]
+    Timestamp {
+        key: KeyRef,
+        field: &'static str,
+        value: u64,
+    },
+}
+
+/// Parses one stored key with its stated algorithm and runs its self-test. A key that
+/// parses only with the other algorithm, or whose stored public JWK names another
+/// `alg`, is an algorithm mismatch.
+fn check_key(stored: &StoredKey, key: KeyRef) -> Result<SigningKey, KeyringError> {
+    let stated = stored.alg;
+    let mismatch = |key, found| KeyringError::AlgorithmMismatch { key, stated, found };
+    let jwk_alg = stored
+        .public_jwk
+        .as_ref()
+        .and_then(|j| j.get("alg"))
+        .and_then(Value::as_str);
+    if jwk_alg.is_some_and(|a| a != stated.as_str()) {
+        return Err(mismatch(key, "public_jwk names another alg"));
+    }
+    let signing = match SigningKey::from_pem(stated, &stored.private_key) {
+        Ok(k) => k,
+        Err(source @ KeyMaterialError::Unparsable(_)) => {
+            let other = match stated {
+                SigningAlgorithm::ES256 => SigningAlgorithm::EdDSA,
+                SigningAlgorithm::EdDSA => SigningAlgorithm::ES256,
+            };
+            return Err(match SigningKey::from_pem(other, &stored.private_key) {
+                Ok(_) => mismatch(
+                    key,
+                    match other {
+                        SigningAlgorithm::ES256 => "the private key is an ES256 (P-256) key",
+                        SigningAlgorithm::EdDSA => "the private key is an EdDSA (Ed25519) key",
+                    },
+                ),
+                Err(_) => KeyringError::BadKey { key, source },
+            });
+        }
+        Err(source) => return Err(KeyringError::BadKey { key, source }),
+    };
+    signing
+        .self_test(&stored.kid, stored.public_jwk.as_ref())
+        .map_err(|source| KeyringError::BadKey { key, source })?;
+    Ok(signing)
 }
 
 /// How the ring is doing, for `/readyz`.
@@ -412,6 +700,12 @@ impl Keyring {
                 let published = self.published(&keys, now).len();
                 self.metrics.signing_keys.set(published as i64);
                 self.current.store(Arc::new(keys));
+                let previous = self.health.load();
+                if previous.last_success.is_some()
+                    && let Some(error) = &previous.last_error
+                {
+                    tracing::info!(previous_error = %error, "keyring refreshed again");
+                }
                 self.health.store(Arc::new(RingHealth {
                     last_success: Some(Instant::now()),
                     last_error: None,
@@ -420,11 +714,17 @@ impl Keyring {
             }
             Err(e) => {
                 self.metrics.keyring_refresh_failures.inc();
-                tracing::error!(error = %e, "keyring refresh failed; keeping the last good keyring");
-                let last_success = self.health.load().last_success;
+                let reason = e.to_string();
+                let previous = self.health.load_full();
+                // Once per distinct reason, not on every tick; the counter counts them all.
+                if previous.last_error.as_deref() == Some(reason.as_str()) {
+                    tracing::debug!(error = %reason, "keyring refresh failed again; keeping the last good keyring");
+                } else {
+                    tracing::error!(error = %reason, "keyring refresh failed; keeping the last good keyring");
+                }
                 self.health.store(Arc::new(RingHealth {
-                    last_success,
-                    last_error: Some(e.to_string()),
+                    last_success: previous.last_success,
+                    last_error: Some(reason),
                 }));
                 Err(e)
             }
@@ -433,37 +733,16 @@ impl Keyring {
 
     async fn read_ring(&self, now: u64) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
         let (ring, _) = self.store.load().await?;
+        let checked = ring.validate(&self.current.load())?;
         let states = ring.states(now, self.max_ttl);
-        let known = self.current.load();
-        let mut keys: Vec<Arc<LoadedKey>> = Vec::new();
-        for (stored, state) in ring.keys.iter().zip(states) {
-            if state == KeyState::Removed {
-                continue;
-            }
-            if keys.iter().any(|k| k.key.kid == stored.kid) {
-                return Err(KeyringError::DuplicateKid {
-                    kid: stored.kid.clone(),
-                });
-            }
-            let print = fingerprint(stored);
-            if let Some(k) = known.iter().find(|k| k.fingerprint == print) {
-                keys.push(k.clone());
-                continue;
-            }
-            let bad = |source| KeyringError::BadKey {
-                kid: stored.kid.clone(),
-                source,
-            };
-            let key = SigningKey::from_pem(stored.alg, &stored.private_key).map_err(bad)?;
-            key.self_test(&stored.kid, stored.public_jwk.as_ref())
-                .map_err(bad)?;
-            keys.push(Arc::new(LoadedKey {
-                key,
-                created_at: stored.created_at,
-                activates_at: stored.activates_at,
-                fingerprint: print,
-            }));
-        }
+        // Removed keys are checked like the others but not kept: they neither sign
+        // nor publish, and their private keys need not stay in memory.
+        let mut keys: Vec<Arc<LoadedKey>> = checked
+            .into_iter()
+            .zip(states)
+            .filter(|(_, state)| *state != KeyState::Removed)
+            .map(|(k, _)| k)
+            .collect();
         keys.sort_by_key(|k| k.activates_at);
         Ok(keys)
     }
@@ -547,8 +826,31 @@ pub fn list(ring: &StoredRing, now: u64, max_ttl: Duration) -> Vec<KeyListing> {
     rows
 }
 
+/// `unix` as RFC 3339 (`2024-05-01T12:00:00Z`), or `None` past [`MAX_TIMESTAMP`]
+/// (which a validated ring never holds): never a panic, whatever the value.
+pub fn format_timestamp(unix: u64) -> Option<String> {
+    use std::fmt::Write;
+    if unix > MAX_TIMESTAMP {
+        return None;
+    }
+    let time = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(unix))?;
+    let mut out = String::new();
+    write!(out, "{}", humantime::format_rfc3339_seconds(time)).ok()?;
+    Some(out)
+}
+
+/// Reads the ring and runs [`StoredRing::validate`] on it: what `keys list` and `keys
+/// rotate` act on, so they refuse exactly the rings `serve` refuses.
+pub async fn load_valid(store: &dyn KeyStore) -> Result<(StoredRing, StoreVersion), KeyringError> {
+    let (ring, version) = store.load().await?;
+    ring.validate(&[])?;
+    Ok((ring, version))
+}
+
 /// `keys rotate`: prunes removed keys and adds a new one: `active` at once on an empty
 /// ring, else `next`, activating after `publish_lead`. Returns the new key's kid.
+/// Refuses (writing nothing) a stored ring that fails [`StoredRing::validate`], and
+/// checks the new ring the same way before writing it.
 pub async fn rotate(
     store: &dyn KeyStore,
     algorithm: SigningAlgorithm,
@@ -556,20 +858,26 @@ pub async fn rotate(
     publish_lead: Duration,
     max_ttl: Duration,
 ) -> Result<(String, KeyState), KeyringError> {
-    let (mut ring, version) = store.load().await?;
+    let (mut ring, version) = load_valid(store).await?;
     let states = ring.states(now, max_ttl);
     let mut states = states.into_iter();
     ring.keys
         .retain(|_| states.next() != Some(KeyState::Removed));
     let (key, pem) = SigningKey::generate(algorithm).map_err(|source| KeyringError::BadKey {
-        kid: "(new)".into(),
+        key: KeyRef {
+            index: ring.keys.len(),
+            kid: None,
+        },
         source,
     })?;
     let (activates_at, state) = if ring.keys.is_empty() {
         (now, KeyState::Active)
     } else {
         // `now` is truncated to the second: one more second keeps the full lead.
-        (now + publish_lead.as_secs() + 1, KeyState::Next)
+        (
+            now.saturating_add(publish_lead.as_secs()).saturating_add(1),
+            KeyState::Next,
+        )
     };
     let kid = key.kid.clone();
     ring.keys.push(StoredKey {
@@ -580,6 +888,8 @@ pub async fn rotate(
         created_at: now,
         activates_at,
     });
+    // The new key's timestamps (a clock or a lead past year 9999) and self-test.
+    ring.validate(&[])?;
     store.save(&ring, &version).await?;
     Ok((kid, state))
 }
@@ -688,6 +998,374 @@ mod tests {
         store.save(&ring, &version).await.unwrap();
         let err = store.save(&ring, &version).await.unwrap_err();
         assert!(matches!(err, KeyStoreError::Conflict { .. }));
+    }
+}
+
+#[cfg(test)]
+mod validation {
+    //! The one ring check: each class of error, no panic on any timestamp, and no key
+    //! material in any message or `Debug`.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::json;
+
+    const TTL: Duration = Duration::from_secs(900);
+
+    /// A stored key that passes every check, as JSON.
+    fn good(alg: SigningAlgorithm, activates_at: u64) -> Value {
+        let (key, pem) = SigningKey::generate(alg).unwrap();
+        json!({
+            "kid": key.kid,
+            "alg": alg.as_str(),
+            "private_key": pem.expose(),
+            "public_jwk": key.public_jwk,
+            "created_at": activates_at,
+            "activates_at": activates_at,
+        })
+    }
+
+    fn ring(keys: Vec<Value>) -> StoredRing {
+        StoredRing::from_json(json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    }
+
+    /// The base64 lines of `pems` (what must never be printed).
+    fn pem_lines(pems: &[&str]) -> Vec<String> {
+        let lines: Vec<String> = pems
+            .iter()
+            .flat_map(|p| p.lines())
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .map(str::to_string)
+            .collect();
+        assert!(!lines.is_empty());
+        lines
+    }
+
+    fn assert_no_material<E: std::fmt::Debug + std::fmt::Display>(e: &E, secrets: &[String]) {
+        for printed in [e.to_string(), format!("{e:?}"), format!("{e:#?}")] {
+            for s in secrets {
+                // Any 12-character run of a base64 line is too much.
+                for start in (0..s.len().saturating_sub(12)).step_by(4) {
+                    let piece = &s[start..start + 12];
+                    assert!(!printed.contains(piece), "key material in {printed}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_good_ring_validates_and_reuses_known_keys() {
+        let r = ring(vec![
+            good(SigningAlgorithm::ES256, 1000),
+            good(SigningAlgorithm::EdDSA, 2000),
+        ]);
+        let loaded = r.validate(&[]).unwrap();
+        assert_eq!(loaded.len(), 2);
+        let again = r.validate(&loaded).unwrap();
+        assert!(Arc::ptr_eq(&loaded[0], &again[0]) && Arc::ptr_eq(&loaded[1], &again[1]));
+        // The last second RFC 3339 can write is still a valid timestamp.
+        let edge = ring(vec![good(SigningAlgorithm::ES256, MAX_TIMESTAMP)]);
+        edge.validate(&[]).unwrap();
+        assert_eq!(
+            format_timestamp(MAX_TIMESTAMP).as_deref(),
+            Some("9999-12-31T23:59:59Z")
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_are_named_and_values_never_shown() {
+        // A key whose private key is broken, with a planted PEM in an unknown field.
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        let pem = key["private_key"].as_str().unwrap().to_string();
+        let broken = pem.replacen("MIG", "AAA", 1);
+        key["private_key"] = json!(broken);
+        let (_, planted) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+        key["private_key_backup"] = json!(planted.expose());
+        let secrets = pem_lines(&[planted.expose(), &pem, &broken]);
+        let text = json!({ "keys": [key] }).to_string();
+        let e = StoredRing::from_json(text.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, RingFormatError::UnknownField { field: Some(f), at } if f == "private_key_backup" && at.line == 1),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("unknown field `private_key_backup`"),
+            "{e}"
+        );
+        assert_no_material(&e, &secrets);
+        // As the file store and `keys list` report it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileKeyStore::new(dir.path());
+        std::fs::write(store.path(), &text).unwrap();
+        let e = load_valid(&store).await.unwrap_err();
+        assert!(e.to_string().contains("unknown field `private_key_backup`"));
+        assert_no_material(&e, &secrets);
+
+        // Through the Vault path (a parsed map): the same, without a position.
+        let Value::Object(map) = json!({ "keys": [key.clone()] }) else {
+            unreachable!()
+        };
+        let e = StoredRing::from_map(map).unwrap_err();
+        assert_eq!(e.to_string(), "unknown field `private_key_backup`");
+
+        // Without the unknown field, the broken key is named, still without material.
+        key.as_object_mut().unwrap().remove("private_key_backup");
+        std::fs::write(store.path(), json!({ "keys": [key] }).to_string()).unwrap();
+        let e = load_valid(&store).await.unwrap_err();
+        assert!(e.to_string().contains("does not parse"), "{e}");
+        assert_no_material(&e, &secrets);
+
+        // At the top level, too.
+        let e = StoredRing::from_json(br#"{"keys": [], "extra": 1}"#).unwrap_err();
+        assert!(e.to_string().starts_with("unknown field `extra`"), "{e}");
+
+        // A "name" that is a pasted key or token, or holds a backtick and a newline:
+        // not shown.
+        for name in [
+            planted.expose(),
+            "a`, expected \n`b",
+            "ghp_plantedCredentialCanary4e7d",
+            "d41d8cd98f00b204e980",
+            "AKIAIOSFODNN7EXAMPLE",
+        ] {
+            let mut k = good(SigningAlgorithm::ES256, 1000);
+            k[name] = json!(1);
+            let e =
+                StoredRing::from_json(json!({ "keys": [k] }).to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, RingFormatError::UnknownField { field: None, .. }),
+                "{e:?}"
+            );
+            assert_no_material(&e, &pem_lines(&[planted.expose()]));
+            assert!(!format!("{e} {e:?}").contains(name), "{e:?}");
+        }
+        // An unknown algorithm is named only when it is a registered one.
+        let mut k = good(SigningAlgorithm::ES256, 1000);
+        k["alg"] = json!("ghp_plantedCredentialCanary4e7d");
+        let e = StoredRing::from_json(json!({ "keys": [k] }).to_string().as_bytes()).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("Canary"), "{e:?}");
+    }
+
+    #[test]
+    fn serde_messages_that_quote_values_are_reduced_to_a_position() {
+        let (_, planted) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        key["created_at"] = json!(planted.expose());
+        let text = json!({ "keys": [key] }).to_string();
+        // serde itself would print the value...
+        let raw = serde_json::from_str::<StoredRing>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(raw.contains("BEGIN PRIVATE KEY"), "{raw}");
+        // ...the classified error does not.
+        let e = StoredRing::from_json(text.as_bytes()).unwrap_err();
+        assert!(matches!(e, RingFormatError::BadValue { .. }), "{e:?}");
+        assert_no_material(&e, &pem_lines(&[planted.expose()]));
+
+        let cases: [(&[u8], &str); 6] = [
+            (b"{not json", "not valid JSON (line 1"),
+            (br#"{"keys": [{"kid": "a"}]}"#, "missing field `alg`"),
+            (br#"{"keys": [], "keys": []}"#, "duplicate field `keys`"),
+            (
+                br#"{"keys": [{"kid": "a", "alg": "RS256"}]}"#,
+                "unsupported algorithm `RS256`",
+            ),
+            (
+                br#"{"keys": [{"kid": "a", "alg": "ES256", "private_key": "x", "created_at": -1, "activates_at": 0}]}"#,
+                "wrong type or is out of range (line 1",
+            ),
+            (
+                br#"{"keys": [{"kid": "a", "alg": "ES256", "private_key": "x", "created_at": 1e300, "activates_at": 0}]}"#,
+                "wrong type or is out of range",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = StoredRing::from_json(text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_kids_are_refused() {
+        let key = good(SigningAlgorithm::ES256, 1000);
+        let mut later = key.clone();
+        later["activates_at"] = json!(5000);
+        let e = ring(vec![
+            key.clone(),
+            good(SigningAlgorithm::EdDSA, 2000),
+            later,
+        ])
+        .validate(&[])
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                KeyringError::DuplicateKid {
+                    key: KeyRef { index: 2, .. },
+                    first: 0
+                }
+            ),
+            "{e:?}"
+        );
+        let kid = key["kid"].as_str().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("keys[2] (kid {kid}): duplicate kid (also keys[0])")
+        );
+    }
+
+    #[test]
+    fn unparsable_keys_are_named_by_kid_never_shown() {
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        // Valid PEM armour around a body that is not PKCS#8.
+        let pem = key["private_key"].as_str().unwrap().to_string();
+        let broken = pem.replacen("MIG", "AAA", 1);
+        assert_ne!(broken, pem);
+        key["private_key"] = json!(broken);
+        let e = ring(vec![key.clone()]).validate(&[]).unwrap_err();
+        assert!(matches!(e, KeyringError::BadKey { .. }), "{e:?}");
+        let kid = key["kid"].as_str().unwrap();
+        assert!(e.to_string().contains(kid), "{e}");
+        assert!(e.to_string().contains("does not parse"), "{e}");
+        assert_no_material(&e, &pem_lines(&[&broken, &pem]));
+
+        // Not PEM at all; a kid that is itself a pasted key is not shown either.
+        let mut key = good(SigningAlgorithm::EdDSA, 1000);
+        key["private_key"] = json!("garbage");
+        key["kid"] = json!(pem);
+        let e = ring(vec![key]).validate(&[]).unwrap_err();
+        assert!(e.to_string().contains("keys[0] (kid not shown"), "{e}");
+        assert_no_material(&e, &pem_lines(&[&pem]));
+
+        // A public JWK that belongs to another key.
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        key["public_jwk"] = good(SigningAlgorithm::ES256, 1)["public_jwk"].clone();
+        let e = ring(vec![key]).validate(&[]).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn algorithm_mismatches_are_named() {
+        let mut key = good(SigningAlgorithm::EdDSA, 1000);
+        key["alg"] = json!("ES256");
+        key["public_jwk"] = Value::Null;
+        let e = ring(vec![key]).validate(&[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KeyringError::AlgorithmMismatch {
+                    stated: SigningAlgorithm::ES256,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("EdDSA (Ed25519) key"), "{e}");
+
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        key["public_jwk"]["alg"] = json!("EdDSA");
+        let e = ring(vec![key]).validate(&[]).unwrap_err();
+        assert!(e.to_string().contains("algorithm mismatch"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_past_year_9999_are_refused_never_a_panic() {
+        for value in [MAX_TIMESTAMP + 1, 10_u64.pow(15), i64::MAX as u64, u64::MAX] {
+            for field in ["created_at", "activates_at"] {
+                let mut key = good(SigningAlgorithm::ES256, 1000);
+                key[field] = json!(value);
+                let r = ring(vec![good(SigningAlgorithm::ES256, 500), key]);
+                let e = r.validate(&[]).unwrap_err();
+                assert!(
+                    matches!(&e, KeyringError::Timestamp { field: f, value: v, .. } if *f == field && *v == value),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains("out of range"), "{e}");
+                // Nothing derived from such a ring panics either.
+                let _ = r.states(u64::MAX, Duration::MAX);
+                let _ = list(&r, u64::MAX, TTL);
+            }
+            assert_eq!(format_timestamp(value), None);
+        }
+        assert_eq!(format_timestamp(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(key_states(&[u64::MAX, 0], u64::MAX, Duration::MAX).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rotate_refuses_an_invalid_ring_and_an_out_of_range_clock_writing_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileKeyStore::new(dir.path());
+        let path = store.path().to_path_buf();
+        let mut key = good(SigningAlgorithm::ES256, 1000);
+        key["note"] = json!("hand edit");
+        let text = json!({ "keys": [key] }).to_string();
+        std::fs::write(&path, &text).unwrap();
+        let lead = Duration::from_secs(600);
+        let e = rotate(&store, SigningAlgorithm::ES256, 2000, lead, TTL)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `note`"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let e = load_valid(&store).await.unwrap_err();
+        assert!(e.to_string().contains("unknown field `note`"), "{e}");
+
+        // A clock (or lead) that puts the new key past year 9999.
+        std::fs::remove_file(&path).unwrap();
+        rotate(&store, SigningAlgorithm::ES256, 1000, lead, TTL)
+            .await
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        for (now, lead) in [(MAX_TIMESTAMP, lead), (2000, Duration::MAX)] {
+            let e = rotate(&store, SigningAlgorithm::ES256, now, lead, TTL)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, KeyringError::Timestamp { .. }), "{e:?}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn serve_keeps_the_last_good_ring_until_max_stale_and_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileKeyStore::new(dir.path()));
+        let lead = Duration::from_secs(600);
+        let (kid, _) = rotate(store.as_ref(), SigningAlgorithm::ES256, 1000, lead, TTL)
+            .await
+            .unwrap();
+        let max_stale = Duration::from_millis(300);
+        let metrics = Arc::new(Metrics::new());
+        let ring = Keyring::new(store.clone(), TTL, Some(max_stale), metrics);
+        ring.refresh(1000).await.unwrap();
+        assert!(ring.health().last_error.is_none());
+
+        let path = store.path().to_path_buf();
+        let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        stored["keys"][0]["comment"] = json!("rotated by hand");
+        std::fs::write(&path, stored.to_string()).unwrap();
+        for now in [1001, 1002] {
+            assert!(ring.refresh(now).await.is_err());
+            assert_eq!(
+                ring.signer(now).unwrap().key.kid,
+                kid,
+                "last good ring signs"
+            );
+            assert!(ring.jwks(now).to_string().contains(&kid));
+            let error = ring.health().last_error.clone().unwrap();
+            assert!(error.contains("unknown field `comment`"), "{error}");
+        }
+        // As for an unreachable store: no signing once the last good read is stale.
+        tokio::time::sleep(max_stale + Duration::from_millis(50)).await;
+        assert!(ring.signer(1003).is_none());
+        assert!(
+            ring.jwks(1003).to_string().contains(&kid),
+            "still published"
+        );
+
+        // Fixed: signing again at the next refresh.
+        stored["keys"][0].as_object_mut().unwrap().remove("comment");
+        std::fs::write(&path, stored.to_string()).unwrap();
+        ring.refresh(1004).await.unwrap();
+        assert_eq!(ring.signer(1004).unwrap().key.kid, kid);
+        assert!(ring.health().last_error.is_none());
     }
 }
 

@@ -306,3 +306,202 @@ async fn a_rotated_audit_log_verifies_as_one_chain() {
     let swapped = run(&["audit", "verify", &second, &first], sts.dir.path());
     assert_eq!(swapped.status.code(), Some(1));
 }
+
+/// The base64 lines of every private key in `ring` (what no output may show).
+fn pem_lines(ring: &serde_json::Value) -> Vec<String> {
+    ring["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["private_key"].as_str())
+        .flat_map(|p| p.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .collect()
+}
+
+/// `keys list` and `keys rotate` run the check `serve` runs: on a ring `serve` would
+/// refuse they exit 1 with the reason on stderr, print no listing, never panic, and
+/// write nothing.
+#[tokio::test]
+async fn keys_list_and_rotate_refuse_a_ring_serve_would_refuse() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = sts_dir(&issuers);
+    let c = config.to_str().unwrap();
+    let rotated = run(&["keys", "rotate", "--config", c], dir.path());
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let path = dir.path().join("keys/signing-keys.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let kid = good["keys"][0]["kid"].as_str().unwrap().to_string();
+
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 7] = [
+        (
+            "duplicate kid",
+            |r| {
+                let copy = r["keys"][0].clone();
+                r["keys"].as_array_mut().unwrap().push(copy);
+            },
+            "duplicate kid",
+        ),
+        (
+            "unparsable key",
+            |r| {
+                let pem = r["keys"][0]["private_key"].as_str().unwrap();
+                r["keys"][0]["private_key"] = pem.replacen("MIG", "AAA", 1).into();
+            },
+            "does not parse for ES256",
+        ),
+        (
+            "unknown field",
+            |r| r["keys"][0]["rotated_by"] = "alice".into(),
+            "unknown field `rotated_by`",
+        ),
+        (
+            "activates_at past year 9999",
+            |r| r["keys"][0]["activates_at"] = 253_402_300_800u64.into(),
+            "activates_at 253402300800 is out of range",
+        ),
+        (
+            "activates_at u64::MAX",
+            |r| r["keys"][0]["activates_at"] = u64::MAX.into(),
+            "activates_at 18446744073709551615 is out of range",
+        ),
+        (
+            "created_at past year 9999",
+            |r| r["keys"][0]["created_at"] = 300_000_000_000u64.into(),
+            "created_at 300000000000 is out of range",
+        ),
+        (
+            "activates_at beyond u64",
+            |r| r["keys"][0]["activates_at"] = serde_json::json!(1e30),
+            "wrong type or is out of range",
+        ),
+    ];
+    for (name, edit, reason) in cases {
+        let mut ring = good.clone();
+        edit(&mut ring);
+        let bytes = serde_json::to_vec_pretty(&ring).unwrap();
+        write_secret_file(&path, &bytes);
+        let secrets = pem_lines(&ring);
+        for command in ["list", "rotate"] {
+            let out = run(&["keys", command, "--config", c], dir.path());
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name}, keys {command}: {stderr}"
+            );
+            assert!(stderr.contains(reason), "{name}, keys {command}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+            assert!(stdout.is_empty(), "{name}, keys {command}: {stdout}");
+            for line in &secrets {
+                assert!(!stderr.contains(line.as_str()), "{name}: key material");
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: written");
+        }
+        // Problems of one key name it by index and kid; parse errors by position.
+        let parse_error = name == "unknown field" || name == "activates_at beyond u64";
+        let stderr = text(&run(&["keys", "list", "--config", c], dir.path()).stderr);
+        assert_eq!(stderr.contains(&kid), !parse_error, "{name}: {stderr}");
+        assert_eq!(stderr.contains("line "), parse_error, "{name}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["signing-keys.json"], "temporary files left");
+
+    // Back to the good ring: both work again.
+    write_secret_file(&path, serde_json::to_vec_pretty(&good).unwrap());
+    let list = run(&["keys", "list", "--config", c], dir.path());
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    assert!(text(&list.stdout).contains(&kid));
+}
+
+/// A running `serve` whose keyring file gets an unknown field keeps signing with the
+/// last good ring (the file store has no `max_stale`), `/readyz` names the field, and
+/// the reason is logged once, not on every refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_the_last_good_ring_when_the_keyring_file_turns_invalid() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = sts_dir(&issuers);
+    let text_config = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("refresh_interval = \"1s\"", "refresh_interval = \"200ms\"");
+    std::fs::write(&config, text_config).unwrap();
+    let c = config.to_str().unwrap();
+    assert!(
+        run(&["keys", "rotate", "--config", c], dir.path())
+            .status
+            .success()
+    );
+    let sts = ServeProcess::start(&config, dir.path(), "info");
+    let token = || issuers.k8s_token("triage");
+    let exchange = || async {
+        post_form(
+            &format!("{}/token", sts.url),
+            exchange_form(&token(), "docs.read"),
+        )
+        .await
+    };
+    let first = exchange().await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let kid = jsonwebtoken::decode_header(first.token())
+        .unwrap()
+        .kid
+        .unwrap();
+
+    let path = dir.path().join("keys/signing-keys.json");
+    let good = std::fs::read(&path).unwrap();
+    let mut ring: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    ring["keys"][0]["rotated_by"] = "alice".into();
+    write_secret_file(&path, serde_json::to_vec_pretty(&ring).unwrap());
+    let readyz =
+        || async { reply(reqwest::get(format!("{}/readyz", sts.url)).await.unwrap()).await };
+    let noticed = crate::vault::eventually(5, || async {
+        readyz().await.json()["checks"]["keyring"]
+            .as_str()
+            .is_some_and(|k| k.contains("unknown field `rotated_by`"))
+    })
+    .await;
+    assert!(noticed, "{:?}", readyz().await);
+    // Several refreshes later: still signing with the last good key, still published.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let ready = readyz().await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert!(
+        ready.json()["checks"]["keyring"]
+            .as_str()
+            .unwrap()
+            .contains("rotated_by")
+    );
+    let r = exchange().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        jsonwebtoken::decode_header(r.token()).unwrap().kid.unwrap(),
+        kid
+    );
+    let jwks = reqwest::get(format!("{}/.well-known/jwks.json", sts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(jwks.contains(&kid), "{jwks}");
+
+    // Fixed: the error clears.
+    write_secret_file(&path, &good);
+    let healed = crate::vault::eventually(5, || async {
+        readyz().await.json()["checks"]["keyring"] == "ok"
+    })
+    .await;
+    assert!(healed);
+    let (_, log) = sts.stop();
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("keyring refresh failed"))
+        .count();
+    assert_eq!(failures, 1, "logged once per distinct reason:\n{log}");
+    assert!(log.contains("unknown field `rotated_by`"), "{log}");
+}

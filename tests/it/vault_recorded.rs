@@ -90,6 +90,30 @@ fn kv2_version(created_time: &str, version: u64) -> Value {
     })
 }
 
+/// `GET /v1/<mount>/data/<path>` whose latest version was deleted (`vault kv delete`):
+/// Vault answers 404 with that version's metadata and no data.
+fn kv2_deleted(version: u64) -> Reply {
+    let mut metadata = kv2_version("2018-03-22T02:24:06.945319214Z", version);
+    metadata["deletion_time"] = json!("2026-01-09T10:11:12.131415161Z");
+    let data = json!({ "data": null, "metadata": metadata });
+    reply(
+        404,
+        envelope("6a4d2b3e-2d9c-4a55-8d1e-52f8c5a7e0b1", data, Value::Null),
+    )
+}
+
+/// The same for a destroyed latest version (`vault kv destroy`): `destroyed` is true
+/// and `deletion_time` may be empty.
+fn kv2_destroyed(version: u64) -> Reply {
+    let mut metadata = kv2_version("2018-03-22T02:24:06.945319214Z", version);
+    metadata["destroyed"] = json!(true);
+    let data = json!({ "data": null, "metadata": metadata });
+    reply(
+        404,
+        envelope("9c1f7e2a-0b4d-4e6f-a8c3-7d5e9f1a2b3c", data, Value::Null),
+    )
+}
+
 /// Vault's response envelope around `data` and `auth`.
 fn envelope(request_id: &str, data: Value, auth: Value) -> Value {
     json!({
@@ -231,7 +255,7 @@ struct Recorded {
 #[derive(Default)]
 struct FakeState {
     /// `(method, path)` → replies in order; the last one repeats.
-    routes: HashMap<(String, String), Vec<Reply>>,
+    routes: Mutex<HashMap<(String, String), Vec<Reply>>>,
     log: Mutex<Vec<Recorded>>,
 }
 
@@ -243,10 +267,12 @@ struct Fake {
 impl Fake {
     async fn start(routes: Vec<Route>) -> Fake {
         let state = Arc::new(FakeState {
-            routes: routes
-                .into_iter()
-                .map(|(m, p, r)| ((m.to_string(), p), r))
-                .collect(),
+            routes: Mutex::new(
+                routes
+                    .into_iter()
+                    .map(|(m, p, r)| ((m.to_string(), p), r))
+                    .collect(),
+            ),
             log: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -258,6 +284,12 @@ impl Fake {
             let _ = axum::serve(listener, app).await;
         });
         Fake { addr, state }
+    }
+
+    /// Replaces the replies of one route: Vault's state changing while a test runs.
+    fn set_route(&self, (method, path, replies): Route) {
+        let mut routes = self.state.routes.lock().unwrap();
+        routes.insert((method.to_string(), path), replies);
     }
 
     /// Every request but `lookup-self` (token auth sends one at login, and a 403
@@ -326,7 +358,13 @@ async fn handle(
         });
         seen
     };
-    let reply = match state.routes.get(&(method.clone(), path.clone())) {
+    let routed = state
+        .routes
+        .lock()
+        .unwrap()
+        .get(&(method.clone(), path.clone()))
+        .cloned();
+    let reply = match routed {
         Some(replies) => replies[seen.min(replies.len() - 1)].clone(),
         None if method == "GET" && path == "/v1/auth/token/lookup-self" => lookup_self(&headers),
         None => not_found(),
@@ -500,6 +538,225 @@ async fn rotate_creates_the_ring_with_cas_zero() {
     );
     assert!(keys[0]["public_jwk"].is_object());
     assert_eq!(writes[0].token.as_deref(), Some(ENV_TOKEN));
+}
+
+/// A KV v2 keyring whose latest version was deleted or destroyed is not an empty ring
+/// (which `keys rotate` would fill with a fresh key over it): loading it fails, naming
+/// what happened, the version and how to bring it back, and `rotate` writes nothing.
+#[tokio::test]
+async fn a_deleted_or_destroyed_kv2_keyring_is_refused_not_empty() {
+    let path = "/v1/secret/data/sts/signing-keys";
+    let fake = Fake::start(vec![route("POST", path, vec![ok(kv2_written(9))])]).await;
+    let store = VaultKeyStore::new(fake.token_client(TIMEOUT), KEYS_PATH);
+    let soft_deleted_200 = ok({
+        let mut v = kv2_read(Value::Null, 5);
+        v["data"]["metadata"]["deletion_time"] = json!("2026-01-09T10:11:12Z");
+        v
+    });
+    let cases = [
+        (
+            kv2_deleted(3),
+            "version 3",
+            "deleted",
+            "vault kv undelete -versions=3 secret/sts/signing-keys",
+        ),
+        (
+            kv2_destroyed(4),
+            "version 4",
+            "destroyed",
+            "vault kv metadata delete secret/sts/signing-keys",
+        ),
+        (
+            soft_deleted_200,
+            "version 5",
+            "deleted",
+            "undelete -versions=5",
+        ),
+    ];
+    for (answer, version, what, fix) in cases {
+        fake.set_route(route("GET", path, vec![answer]));
+        let err = store.load().await.unwrap_err();
+        let text = clean(&err);
+        assert!(matches!(err, KeyStoreError::Deleted { .. }), "{err:?}");
+        for needle in [version, what, fix] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        let err = rotate(
+            &store,
+            SigningAlgorithm::ES256,
+            1_750_000_000,
+            Duration::from_secs(3600),
+            Duration::from_secs(900),
+        )
+        .await
+        .unwrap_err();
+        assert!(clean(&err).contains(what), "{err}");
+    }
+    let writes: Vec<_> = fake
+        .requests_to(path)
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "rotate wrote over a deleted ring: {writes:?}"
+    );
+
+    // A path that never existed (404, `{"errors": []}`) is still an empty ring.
+    fake.set_route(route("GET", path, vec![not_found()]));
+    let (ring, version) = store.load().await.unwrap();
+    assert!(ring.keys.is_empty());
+    assert_eq!(version, StoreVersion("0".into()));
+}
+
+/// `serve` with its keyring in KV v2 whose latest version gets deleted, then
+/// destroyed: the last good ring keeps signing and stays published, `/readyz` names
+/// the deletion and, once the last good read is older than `max_stale`, reports not
+/// ready (as for an unreachable Vault); `keys list` and `keys rotate` exit 1 saying
+/// so, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_the_last_good_ring_when_the_kv2_keyring_is_deleted() {
+    use crate::harness::{ConfigTweaks, Issuers, SCOPES, TestSts, now, sts_files};
+    use crate::process::{run, text};
+    use crate::vault::eventually;
+    use agent_sts::keys::signing_key::SigningKey;
+
+    let path = "/v1/secret/data/agent-sts/signing-keys";
+    let (key, pem) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+    let since = now() - 60;
+    let ring = json!({"keys": [{
+        "kid": key.kid,
+        "alg": "ES256",
+        "private_key": pem.expose(),
+        "public_jwk": key.public_jwk,
+        "created_at": since,
+        "activates_at": since,
+    }]});
+    let fake = Fake::start(vec![
+        route("GET", path, vec![ok(kv2_read(ring, 1))]),
+        route("POST", path, vec![ok(kv2_written(2))]),
+    ])
+    .await;
+    let issuers = Issuers::start().await;
+    let extra = format!(
+        "[vault]\naddress = \"{}\"\nkv_mount = \"secret\"\nkv_version = 2\nauth = \"token\"\ntoken_file = \"TOKEN_FILE\"\ntimeout = \"1s\"\nmax_stale = \"5s\"\n",
+        fake.addr
+    );
+    let (dir, config) = sts_files(&issuers.specs(), SCOPES, &extra, ConfigTweaks::default());
+    let token_file = dir.path().join("vault-token");
+    crate::harness::write_secret_file(&token_file, ENV_TOKEN);
+    let text_config = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("store = \"file\"", "store = \"vault\"", 1)
+        .replace("TOKEN_FILE", token_file.to_str().unwrap());
+    std::fs::write(&config, text_config).unwrap();
+    // Bootstraps with `keys rotate` (which reads the good ring and writes a `next`
+    // key the fake does not keep), then serves the ring of version 1.
+    let sts = TestSts::serve(dir, config).await;
+    let subject = || issuers.k8s_token("triage");
+    let kid_of =
+        |r: &crate::harness::Reply| jsonwebtoken::decode_header(r.token()).unwrap().kid.unwrap();
+    let first = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(kid_of(&first), key.kid);
+    let writes = || {
+        fake.requests_to(path)
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    let written = writes();
+
+    fake.set_route(route("GET", path, vec![kv2_deleted(3)]));
+    let keyring = || async { sts.get("/readyz").await.json()["checks"]["keyring"].clone() };
+    let noticed = eventually(5, || async {
+        keyring()
+            .await
+            .as_str()
+            .is_some_and(|k| k.contains("deleted") && k.contains("version 3"))
+    })
+    .await;
+    assert!(noticed, "{}", keyring().await);
+    let r = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(r.status, 200, "the last good ring keeps signing: {r:?}");
+    assert_eq!(kid_of(&r), key.kid);
+    assert!(
+        sts.get("/.well-known/jwks.json")
+            .await
+            .text
+            .contains(&key.kid)
+    );
+
+    // Not the "empty ring" of old: the CLI refuses, naming the fix, writing nothing.
+    let c = sts.config_path.to_str().unwrap();
+    for command in ["list", "rotate"] {
+        let out = run(&["keys", command, "--config", c], sts.dir.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "keys {command}: {stderr}");
+        assert!(
+            stderr.contains("vault kv undelete -versions=3 secret/agent-sts/signing-keys"),
+            "keys {command}: {stderr}"
+        );
+        assert!(!stderr.contains(ENV_TOKEN), "{stderr}");
+    }
+    assert_eq!(
+        writes(),
+        written,
+        "keys rotate wrote over a deleted keyring"
+    );
+
+    // Past `max_stale` since the last good read: not ready, the reason still shown.
+    let stale = eventually(10, || async { sts.get("/readyz").await.status == 503 }).await;
+    assert!(stale);
+    let ready = sts.get("/readyz").await.json();
+    assert_eq!(
+        ready["checks"]["signing_key"], "no active signing key",
+        "{ready}"
+    );
+    assert!(
+        ready["checks"]["keyring"]
+            .as_str()
+            .unwrap()
+            .contains("deleted")
+    );
+    let r = sts.exchange_for(&subject(), "docs.read").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        sts.get("/.well-known/jwks.json")
+            .await
+            .text
+            .contains(&key.kid)
+    );
+
+    // Destroyed: a new reason, shown at once.
+    fake.set_route(route("GET", path, vec![kv2_destroyed(4)]));
+    let destroyed = eventually(5, || async {
+        keyring()
+            .await
+            .as_str()
+            .is_some_and(|k| k.contains("destroyed") && k.contains("version 4"))
+    })
+    .await;
+    assert!(destroyed, "{}", keyring().await);
+}
+
+/// For an integration credential, a deleted or destroyed latest version is simply
+/// missing (the gate stays closed), as a credential that never existed.
+#[tokio::test]
+async fn a_deleted_or_destroyed_credential_is_missing() {
+    let fake = Fake::start(vec![
+        kv2_get("integrations/github", vec![kv2_deleted(2)]),
+        kv2_get("integrations/slack", vec![kv2_destroyed(7)]),
+    ])
+    .await;
+    let store = VaultSecretStore::new(fake.token_client(TIMEOUT));
+    for path in [
+        "integrations/github",
+        "integrations/slack",
+        "integrations/none",
+    ] {
+        assert!(store.read(path).await.unwrap().is_none(), "{path}");
+    }
 }
 
 /// Vault documents 404 as "Invalid path" (e.g. a `kv_mount` that is not mounted:

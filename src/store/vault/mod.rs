@@ -443,8 +443,10 @@ impl Vault {
         match status {
             200..=299 if bytes.is_empty() => Ok(Value::Null),
             200..=299 => serde_json::from_slice(&bytes).map_err(|_| VaultError::Malformed),
-            // Absent on a read; on a write, Vault refused the path ("invalid path").
-            404 if read => Ok(Value::Null),
+            // Absent on a read, unless it is a KV v2 version that was deleted or
+            // destroyed (see `deleted_version`); on a write, Vault refused the path
+            // ("invalid path").
+            404 if read => Ok(deleted_version(&bytes)),
             403 => Err(VaultError::Forbidden),
             503 => Err(VaultError::Sealed),
             other => Err(VaultError::Status(other)),
@@ -546,24 +548,42 @@ impl Vault {
             }
         }
     }
-    /// Reads the KV secret at `path`: its data and its version (KV v2), or `None`.
+
+    /// Reads the KV secret at `path`: its data and its version (KV v2), or `None` when
+    /// it never existed or its latest version was deleted or destroyed.
     pub async fn kv_read(
         &self,
         path: &str,
     ) -> Result<Option<(Map<String, Value>, Option<u64>)>, VaultError> {
+        Ok(match self.kv_entry(path).await? {
+            KvEntry::Present { data, version } => Some((data, version)),
+            KvEntry::Absent | KvEntry::Deleted { .. } => None,
+        })
+    }
+
+    /// Reads the KV secret at `path`, telling an entry that never existed from one
+    /// whose latest version was deleted or destroyed (KV v2).
+    pub async fn kv_entry(&self, path: &str) -> Result<KvEntry, VaultError> {
         let mount = &self.config.kv_mount;
         if self.config.kv_version == 2 {
             let v = self
                 .call(reqwest::Method::GET, &format!("{mount}/data/{path}"), None)
                 .await?;
             if v.is_null() {
-                return Ok(None);
+                return Ok(KvEntry::Absent);
             }
             let data = v.get("data").ok_or(VaultError::Malformed)?;
             let version = data.pointer("/metadata/version").and_then(Value::as_u64);
             match data.get("data") {
-                Some(Value::Object(m)) => Ok(Some((m.clone(), version))),
-                Some(Value::Null) => Ok(None), // deleted version
+                Some(Value::Object(m)) => Ok(KvEntry::Present {
+                    data: m.clone(),
+                    version,
+                }),
+                // A version without data: deleted (`vault kv delete`) or destroyed.
+                Some(Value::Null) => Ok(KvEntry::Deleted {
+                    version,
+                    destroyed: data.pointer("/metadata/destroyed") == Some(&Value::Bool(true)),
+                }),
                 _ => Err(VaultError::Malformed),
             }
         } else {
@@ -571,8 +591,11 @@ impl Vault {
                 .call(reqwest::Method::GET, &format!("{mount}/{path}"), None)
                 .await?;
             match v.get("data") {
-                _ if v.is_null() => Ok(None),
-                Some(Value::Object(m)) => Ok(Some((m.clone(), None))),
+                _ if v.is_null() => Ok(KvEntry::Absent),
+                Some(Value::Object(m)) => Ok(KvEntry::Present {
+                    data: m.clone(),
+                    version: None,
+                }),
                 _ => Err(VaultError::Malformed),
             }
         }
@@ -699,6 +722,66 @@ impl Vault {
     }
 }
 
+/// What a KV read found. Its `Debug` never prints the data (a credential, a key).
+pub enum KvEntry {
+    /// Never written, or its metadata deleted (KV v1: not there).
+    Absent,
+    /// KV v2: the latest version was deleted (`vault kv delete`, undeletable) or
+    /// destroyed (`vault kv destroy`); `version` is that version.
+    Deleted {
+        version: Option<u64>,
+        destroyed: bool,
+    },
+    Present {
+        data: Map<String, Value>,
+        /// KV v2: the version read.
+        version: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for KvEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvEntry::Absent => f.write_str("Absent"),
+            KvEntry::Deleted { version, destroyed } => f
+                .debug_struct("Deleted")
+                .field("version", version)
+                .field("destroyed", destroyed)
+                .finish(),
+            KvEntry::Present { version, .. } => f
+                .debug_struct("Present")
+                .field("data", &"[redacted]")
+                .field("version", version)
+                .finish(),
+        }
+    }
+}
+
+/// The body of a 404 answer to a read. Vault answers a KV v2 read of a deleted or
+/// destroyed latest version with 404 and that version's metadata
+/// (`{"data": {"data": null, "metadata": {"deletion_time": "...", "destroyed": ...,
+/// "version": 3}}}`), and a path that never existed with `{"errors": []}`. Only the
+/// metadata of a deleted or destroyed version is kept, and never data: a 404 is at
+/// most a deletion, `Value::Null` (absent) otherwise.
+fn deleted_version(bytes: &[u8]) -> Value {
+    let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+        return Value::Null;
+    };
+    let Some(metadata) = body.pointer("/data/metadata").filter(|m| m.is_object()) else {
+        return Value::Null;
+    };
+    let deleted = metadata
+        .get("deletion_time")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.is_empty());
+    let destroyed = metadata.get("destroyed") == Some(&Value::Bool(true));
+    if deleted || destroyed {
+        json!({ "data": { "data": null, "metadata": metadata } })
+    } else {
+        Value::Null
+    }
+}
+
 /// The token, lease and renewability of a login or renewal response.
 fn auth_of(v: &Value) -> Result<(VaultToken, Lease), VaultError> {
     let auth = v.get("auth").ok_or(VaultError::Malformed)?;
@@ -803,25 +886,34 @@ impl KeyStore for VaultKeyStore {
     async fn load(&self) -> Result<(StoredRing, StoreVersion), KeyStoreError> {
         let read = self
             .vault
-            .kv_read(&self.path)
+            .kv_entry(&self.path)
             .await
             .map_err(|e| KeyStoreError::Read {
                 location: self.location(),
                 reason: e.to_string(),
             })?;
-        let Some((data, version)) = read else {
-            return Ok((StoredRing::default(), StoreVersion("0".into())));
+        let (data, version) = match read {
+            KvEntry::Present { data, version } => (data, version),
+            KvEntry::Absent => return Ok((StoredRing::default(), StoreVersion("0".into()))),
+            // Not an empty ring: `serve` keeps its last good ring, `keys rotate` does
+            // not start a new one over it.
+            KvEntry::Deleted { version, destroyed } => {
+                return Err(KeyStoreError::Deleted {
+                    path: format!("{}/{}", self.vault.config.kv_mount, self.path),
+                    version,
+                    destroyed,
+                });
+            }
         };
         let version = match version {
             Some(v) => StoreVersion(v.to_string()),
             None => content_version(&data),
         };
-        // serde_json's message names the problem, never the (secret) value.
-        let ring: StoredRing =
-            serde_json::from_value(Value::Object(data)).map_err(|e| KeyStoreError::Malformed {
-                location: self.location(),
-                reason: format!("{:?} error", e.classify()),
-            })?;
+        // Classified: a field name or nothing, never a (secret) value.
+        let ring = StoredRing::from_map(data).map_err(|problem| KeyStoreError::Malformed {
+            location: self.location(),
+            problem,
+        })?;
         Ok((ring, version))
     }
 
