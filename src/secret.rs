@@ -53,6 +53,10 @@ secret_string!(
     PrivateKeyPem
 );
 secret_string!(
+    /// A DPoP proof (RFC 9449) as received: replayable until checked, so never shown.
+    DpopProof
+);
+secret_string!(
     /// A minted access token (compact JWS): a bearer credential until it expires, so
     /// it is handed to the client and to nothing else.
     MintedJwt

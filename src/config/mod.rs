@@ -9,7 +9,8 @@
 //! (or the environment variable) and the key. The environment is read through the
 //! [`Environment`] trait so tests never call `set_var`.
 //!
-//! May import the domain types it validates into (`keys::signing_key`, `secret`);
+//! May import the domain types it validates into (`keys::signing_key`, `secret`,
+//! `catalogue::SenderConstraint`);
 //! components take the parts they need, never the whole configuration.
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,6 +22,7 @@ use agent_sts_verifier::jwks::parse_jwks_uri;
 use agent_sts_verifier::{Algorithm, IssuerConfig, KeySource, Limits};
 use serde::Deserialize;
 
+use crate::catalogue::SenderConstraint;
 use crate::keys::signing_key::SigningAlgorithm;
 use crate::secret::VaultToken;
 
@@ -132,6 +134,9 @@ struct RawTokens {
     default_ttl: Option<String>,
     max_ttl: Option<String>,
     algorithm: Option<String>,
+    sender_constraint: Option<String>,
+    dpop_nonces: Option<bool>,
+    dpop_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +283,12 @@ pub struct TokensConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub algorithm: SigningAlgorithm,
+    /// How actions without their own `sender_constraint` bind their tokens.
+    pub sender_constraint: SenderConstraint,
+    /// Whether DPoP proofs at `/token` must carry a server nonce (RFC 9449 §8).
+    pub dpop_nonces: bool,
+    /// How old a DPoP proof's `iat` may be.
+    pub dpop_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -492,6 +503,9 @@ pub struct ShimSection {
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Upper bound on `tokens.dpop_max_age`.
+pub const MAX_DPOP_AGE: Duration = Duration::from_secs(5 * 60);
 
 impl Config {
     /// Reads, overrides from the environment, and validates `path`.
@@ -711,6 +725,22 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         "EdDSA" => SigningAlgorithm::EdDSA,
         _ => return Err(c.err("tokens.algorithm", "must be \"ES256\" or \"EdDSA\"")),
     };
+    let sender_constraint = match raw.tokens.sender_constraint.as_deref() {
+        None => SenderConstraint::None,
+        Some(name) => SenderConstraint::from_name(name)
+            .ok_or_else(|| c.err("tokens.sender_constraint", "must be \"none\" or \"dpop\""))?,
+    };
+    let dpop_max_age = c.duration(
+        "tokens.dpop_max_age",
+        raw.tokens.dpop_max_age.as_deref(),
+        "60s",
+    )?;
+    if dpop_max_age < Duration::from_secs(1) || dpop_max_age > MAX_DPOP_AGE {
+        return Err(c.err(
+            "tokens.dpop_max_age",
+            "must be between 1s and 5m: a proof is made for one request",
+        ));
+    }
 
     // [keys]
     let key_store = match raw.keys.store.as_deref().unwrap_or("file") {
@@ -877,6 +907,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             default_ttl,
             max_ttl,
             algorithm,
+            sender_constraint,
+            dpop_nonces: raw.tokens.dpop_nonces.unwrap_or(false),
+            dpop_max_age,
         },
         keys: KeysConfig {
             store: key_store,

@@ -760,6 +760,29 @@ impl Keyring {
             .collect()
     }
 
+    /// Secrets for `label` derived from the keys published at `now` (HMAC-SHA256 keyed
+    /// by each key's private fingerprint), the signer's first: every replica that read
+    /// the same ring derives the same ones, and they change as the keys do. Used for
+    /// DPoP nonces, which any replica must accept.
+    pub fn derived_secrets(&self, label: &[u8], now: u64) -> Vec<[u8; 32]> {
+        let derive = |k: &LoadedKey| {
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &k.fingerprint);
+            let mut out = [0u8; 32];
+            out.copy_from_slice(aws_lc_rs::hmac::sign(&key, label).as_ref());
+            out
+        };
+        let keys = self.current.load();
+        let signer = self.signer(now);
+        let mut secrets: Vec<[u8; 32]> = signer.iter().map(|k| derive(k)).collect();
+        secrets.extend(
+            self.published(&keys, now)
+                .into_iter()
+                .filter(|k| signer.as_ref().is_none_or(|s| !Arc::ptr_eq(s, k)))
+                .map(|k| derive(k)),
+        );
+        secrets
+    }
+
     /// The key that signs at `now`: the latest activated one, if the ring is fresh.
     pub fn signer(&self, now: u64) -> Option<Arc<LoadedKey>> {
         if let Some(max_stale) = self.max_stale {

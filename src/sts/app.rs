@@ -16,7 +16,7 @@ use crate::identity::{TrustStore, unix_now};
 use crate::keys::Keyring;
 use crate::runtime::{self, ConnectionLimits, StartError, every, shutdown_signal};
 use crate::store::{self, CredentialCache, vault::Vault};
-use crate::sts::exchange::{Sts, StsParts};
+use crate::sts::exchange::{DpopSettings, Sts, StsParts};
 use crate::sts::http::{AppState, Layers};
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::telemetry::metrics::Metrics;
@@ -102,6 +102,11 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             config.limits.rate_per_second,
             config.limits.rate_burst,
         ),
+        dpop: DpopSettings {
+            default: config.tokens.sender_constraint,
+            nonces: config.tokens.dpop_nonces,
+            max_age: config.tokens.dpop_max_age,
+        },
     });
     Ok(App {
         state: AppState {

@@ -26,10 +26,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Decision, Outcome, RefusalWindow};
-use crate::catalogue::{Action, Catalogue, Delegation, Principal};
+use crate::catalogue::{Action, Catalogue, Delegation, Principal, SenderConstraint};
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
-use crate::secret::MintedJwt;
+use crate::secret::{DpopProof, MintedJwt};
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoreHealth};
 use crate::store::vault::Vault;
 use crate::sts::mint::{Actor, Grant, MintError, mint};
@@ -37,6 +37,7 @@ use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::sts::token_exchange::ExchangeRequest;
 use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
+use agent_sts_verifier::{DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 
 /// A successful exchange (RFC 8693 §2.2.1).
 #[derive(Debug)]
@@ -44,7 +45,23 @@ pub struct Issued {
     pub access_token: MintedJwt,
     pub expires_in: u64,
     pub scope: String,
+    /// `DPoP` for a token bound to a proof's key (RFC 9449 §5), else `Bearer`.
+    pub token_type: &'static str,
 }
+
+/// How the STS treats DPoP proofs at `/token`.
+#[derive(Debug, Clone, Copy)]
+pub struct DpopSettings {
+    /// For actions that do not say: bearer unless a proof is sent, or proof required.
+    pub default: SenderConstraint,
+    /// Proofs must carry a current server nonce.
+    pub nonces: bool,
+    /// How old a proof's `iat` may be (also a nonce window).
+    pub max_age: Duration,
+}
+
+/// Label of the secret DPoP nonces are keyed with (derived from the keyring).
+const NONCE_LABEL: &[u8] = b"agent-sts dpop nonce v1";
 
 /// What a token service is built from (see [`crate::sts::app`]).
 pub struct StsParts {
@@ -61,6 +78,7 @@ pub struct StsParts {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: IdentityRateLimiter,
+    pub dpop: DpopSettings,
 }
 
 /// A token service. Its parts are its own: handlers and refreshers go through the
@@ -79,6 +97,11 @@ pub struct Sts {
     anonymous: RefusalWindow,
     metrics: Arc<Metrics>,
     rate_limiter: IdentityRateLimiter,
+    dpop: DpopSettings,
+    /// Checks proofs and remembers their `jti`s.
+    proofs: DpopVerifier,
+    /// `{issuer}/token`: the `htu` proofs must name.
+    token_url: String,
 }
 
 impl std::fmt::Debug for Sts {
@@ -170,7 +193,9 @@ fn qualified(v: &VerifiedToken) -> String {
 
 impl Sts {
     pub fn new(parts: StsParts) -> Sts {
+        let token_url = format!("{}/token", parts.issuer.trim_end_matches('/'));
         Sts {
+            token_url,
             issuer: parts.issuer,
             default_ttl: parts.default_ttl,
             max_ttl: parts.max_ttl,
@@ -183,7 +208,67 @@ impl Sts {
             anonymous: RefusalWindow::default(),
             metrics: parts.metrics,
             rate_limiter: parts.rate_limiter,
+            proofs: DpopVerifier::new(DpopRules {
+                max_age: parts.dpop.max_age,
+                ..DpopRules::default()
+            }),
+            dpop: parts.dpop,
         }
+    }
+
+    /// The algorithms DPoP proofs may use (metadata).
+    pub fn dpop_algorithms(&self) -> Vec<&'static str> {
+        self.proofs
+            .rules()
+            .algorithms
+            .iter()
+            .map(|a| a.as_str())
+            .collect()
+    }
+
+    /// The nonces valid at `now`: keyed by secrets derived from the published keys,
+    /// so every replica with the same keyring issues and accepts the same ones.
+    fn nonce_sources(&self, now: u64) -> Vec<NonceSource> {
+        self.keyring
+            .derived_secrets(NONCE_LABEL, now)
+            .iter()
+            .map(|secret| NonceSource::new(secret, self.dpop.max_age))
+            .collect()
+    }
+
+    /// The `DPoP-Nonce` to hand out at `now`, when nonces are on.
+    pub fn dpop_nonce(&self, now: u64) -> Option<String> {
+        if !self.dpop.nonces {
+            return None;
+        }
+        self.nonce_sources(now).first().map(|n| n.issue(now))
+    }
+
+    /// Checks the `DPoP` proof of a token request (RFC 9449 §5): the key it proves,
+    /// or the refusal. A bad proof is refused before any identity is looked at.
+    fn check_proof(&self, proof: &DpopProof, now: u64) -> Result<Proof, Rejection> {
+        let target = ProofTarget {
+            method: "POST",
+            url: &self.token_url,
+            access_token: None,
+        };
+        let proof = self
+            .proofs
+            .verify(proof.expose(), &target, now)
+            .map_err(|e| {
+                tracing::debug!(error = %e, "DPoP proof refused");
+                Rejection::InvalidDpopProof
+            })?;
+        if self.dpop.nonces {
+            let fresh = proof
+                .nonce
+                .as_deref()
+                .is_some_and(|n| self.nonce_sources(now).iter().any(|s| s.accepts(n, now)));
+            if !fresh {
+                return Err(Rejection::UseDpopNonce);
+            }
+        }
+        Ok(proof)
     }
 
     /// `iss` of minted tokens.
@@ -282,6 +367,7 @@ impl Sts {
                     access_token: m.access_token,
                     expires_in: m.expires_in,
                     scope: action.to_string(),
+                    token_type: if m.bound { "DPoP" } else { "Bearer" },
                 })
             }
             Err(r) => {
@@ -328,6 +414,12 @@ impl Sts {
         now: u64,
         facts: &mut Facts,
     ) -> Result<crate::sts::mint::Minted, Rejection> {
+        // 0. Proof of possession, when sent: a bad one stops here (RFC 9449 §5).
+        let proof = match &req.dpop {
+            Some(p) => Some(self.check_proof(p, now)?),
+            None => None,
+        };
+
         // 1. Identities.
         let subject = self
             .trusts
@@ -366,6 +458,10 @@ impl Sts {
         }
         facts.action = Some(action.name.as_str().into());
         facts.audience = Some(action.audience.clone());
+        let constraint = action.sender_constraint.unwrap_or(self.dpop.default);
+        if constraint == SenderConstraint::Dpop && proof.is_none() {
+            return Err(Rejection::InvalidDpopProof);
+        }
 
         // 4. Delegation.
         match (&actor, action.delegation) {
@@ -435,6 +531,7 @@ impl Sts {
                 .min(self.max_ttl)
                 .as_secs(),
             not_after,
+            jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
         mint(&key, &grant, now).map_err(|e| match e {
             MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
@@ -583,6 +680,11 @@ credential = "integrations/missing"
                 audit: AuditLog::open(&audit_path).unwrap(),
                 metrics,
                 rate_limiter: IdentityRateLimiter::new(1, burst),
+                dpop: DpopSettings {
+                    default: SenderConstraint::None,
+                    nonces: false,
+                    max_age: Duration::from_secs(60),
+                },
             })
         }
     }
@@ -617,6 +719,7 @@ credential = "integrations/missing"
             action: action.into(),
             audiences: vec![audience.into()],
             resources: vec![],
+            dpop: None,
         };
         sts.exchange(request, unix_now()).await
     }

@@ -27,6 +27,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::identity::unix_now;
+use crate::secret::DpopProof;
 use crate::sts::exchange::Sts;
 use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
 use crate::sts::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
@@ -139,13 +140,14 @@ async fn token_latency(
 }
 
 async fn token(State(state): State<AppState>, request: Request) -> Response {
-    match read_exchange(&state, request).await {
-        Ok(exchange) => match state.sts.exchange(exchange, unix_now()).await {
+    let now = unix_now();
+    let mut response = match read_exchange(&state, request).await {
+        Ok(exchange) => match state.sts.exchange(exchange, now).await {
             Ok(issued) => {
                 let body = TokenResponse {
                     access_token: issued.access_token.expose(),
                     issued_token_type: token_exchange::TOKEN_TYPE_ACCESS_TOKEN,
-                    token_type: "Bearer",
+                    token_type: issued.token_type,
                     expires_in: issued.expires_in,
                     scope: &issued.scope,
                 };
@@ -156,6 +158,30 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
             Err(rejection) => rejection.into_response(),
         },
         Err(rejection) => state.sts.refuse(rejection).into_response(),
+    };
+    // RFC 9449 §8: with nonces on, every answer carries the current one, so a client
+    // refused with `use_dpop_nonce` retries at once.
+    if let Some(nonce) = state.sts.dpop_nonce(now)
+        && let Ok(value) = HeaderValue::from_str(&nonce)
+    {
+        response.headers_mut().insert(DPOP_NONCE, value);
+    }
+    response
+}
+
+/// `DPoP-Nonce` (RFC 9449 §8.1).
+const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
+
+/// The `DPoP` header (RFC 9449 §4.1): none, or exactly one well-formed value.
+fn dpop_header(headers: &axum::http::HeaderMap) -> Result<Option<DpopProof>, Rejection> {
+    let mut values = headers.get_all("dpop").iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .map(|v| Some(DpopProof::new(v.trim())))
+            .map_err(|_| Rejection::InvalidDpopProof),
+        (Some(_), Some(_)) => Err(Rejection::InvalidDpopProof),
     }
 }
 
@@ -190,8 +216,11 @@ async fn read_exchange(
     if !form {
         return Err(Rejection::UnsupportedMediaType);
     }
+    let dpop = dpop_header(&parts.headers)?;
     let bytes = read_body(body, state.max_body_bytes).await?;
-    token_exchange::parse(&bytes, state.max_token_bytes)
+    let mut exchange = token_exchange::parse(&bytes, state.max_token_bytes)?;
+    exchange.dpop = dpop;
+    Ok(exchange)
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Rejection> {
@@ -231,6 +260,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
         "token_endpoint_auth_signing_alg_values_supported": [],
+        "dpop_signing_alg_values_supported": state.sts.dpop_algorithms(),
     }))
     .into_response()
 }

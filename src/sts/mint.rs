@@ -2,7 +2,8 @@
 //!
 //! Header `{"alg", "kid", "typ": "at+jwt"}` (RFC 9068 §2.1); claims `iss`, `sub`,
 //! `aud` (one audience), `exp`, `iat`, `nbf`, `jti` (128 random bits), `client_id`,
-//! `scope` (the one action) and, when delegated, `act` (RFC 8693 §4.1). Reserved
+//! `scope` (the one action), when delegated `act` (RFC 8693 §4.1), and when bound to a
+//! DPoP key `cnf.jkt` (RFC 9449 §6.1). Reserved
 //! claims are computed here and nowhere else; nothing from the request reaches a claim
 //! except the verified identities and the catalogue's own action and audience.
 //!
@@ -35,6 +36,13 @@ pub struct Grant<'a> {
     pub ttl_secs: u64,
     /// The subject token's `exp` (and the actor token's, whichever is sooner).
     pub not_after: u64,
+    /// The RFC 7638 thumbprint of the DPoP key the token is bound to (`cnf.jkt`).
+    pub jkt: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Confirmation<'a> {
+    jkt: &'a str,
 }
 
 #[derive(Serialize)]
@@ -57,6 +65,8 @@ struct Claims<'a> {
     scope: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     act: Option<&'a Actor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation<'a>>,
 }
 
 /// A minted token.
@@ -67,6 +77,8 @@ pub struct Minted {
     pub kid: String,
     pub expires_at: u64,
     pub expires_in: u64,
+    /// Bound to a DPoP key (`cnf.jkt`).
+    pub bound: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,6 +124,7 @@ pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintErro
         client_id: grant.client_id,
         scope: grant.action,
         act: grant.actor,
+        cnf: grant.jkt.map(|jkt| Confirmation { jkt }),
     };
     let header = serde_json::to_vec(&header).map_err(|_| MintError::Encode)?;
     let claims = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
@@ -122,6 +135,7 @@ pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintErro
         kid: key.key.kid.clone(),
         expires_at: exp,
         expires_in: exp - now,
+        bound: grant.jkt.is_some(),
     })
 }
 
@@ -158,6 +172,7 @@ mod tests {
                 actor: Some(&actor),
                 ttl_secs: 300,
                 not_after: now + 120,
+                jkt: None,
             };
             let m = mint(&loaded, &grant, now).unwrap();
             assert_eq!(m.expires_in, 120, "never outlives the subject token");

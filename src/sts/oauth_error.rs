@@ -67,6 +67,12 @@ pub enum Rejection {
     CredentialUnavailable,
     /// `audience` or `resource` is not the action's audience.
     InvalidTarget,
+    /// The DPoP proof is missing where the action requires one, repeated, or fails a
+    /// check of RFC 9449 §4.3 (one fixed description for every reason).
+    InvalidDpopProof,
+    /// Server nonces are on and the proof lacks a current one (RFC 9449 §8): the
+    /// answer carries a fresh `DPoP-Nonce`.
+    UseDpopNonce,
     /// The client tried to authenticate (HTTP Basic, `client_secret`): not supported.
     ClientAuthentication,
     /// The caller's identity is over its rate limit.
@@ -117,6 +123,8 @@ impl Rejection {
             UnsupportedGrantType => "unsupported_grant_type",
             ScopeNotOneAction | ActionNotPermitted | CredentialUnavailable => "invalid_scope",
             InvalidTarget => "invalid_target",
+            InvalidDpopProof => "invalid_dpop_proof",
+            UseDpopNonce => "use_dpop_nonce",
             ClientAuthentication => "invalid_client",
             RateLimited
             | SigningKeyUnavailable
@@ -164,6 +172,8 @@ impl Rejection {
             ActorNotAllowed => "the subject_token does not allow this actor to act for it",
             CredentialUnavailable => "the requested action's credential is unavailable",
             InvalidTarget => "audience or resource does not match the requested action",
+            InvalidDpopProof => "the DPoP proof is missing, repeated or invalid",
+            UseDpopNonce => "a DPoP proof with the server's current nonce is required",
             ClientAuthentication => {
                 "client authentication is not supported: authenticate with the subject_token"
             }
@@ -204,6 +214,8 @@ impl Rejection {
             ActorNotAllowed => "actor_not_allowed",
             CredentialUnavailable => "credential_unavailable",
             InvalidTarget => "invalid_target",
+            InvalidDpopProof => "invalid_dpop_proof",
+            UseDpopNonce => "use_dpop_nonce",
             ClientAuthentication => "client_authentication",
             RateLimited => "rate_limited",
             SigningKeyUnavailable => "signing_key_unavailable",

@@ -15,7 +15,7 @@
 //!   `actor_token_type` together or not at all; tokens within the size cap;
 //! - `scope` names exactly one action (RFC 6749 §3.3: space-delimited).
 
-use crate::secret::SubjectToken;
+use crate::secret::{DpopProof, SubjectToken};
 use crate::sts::oauth_error::Rejection;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -37,6 +37,8 @@ pub struct ExchangeRequest {
     pub audiences: Vec<String>,
     /// `resource` values (each must be the action's audience).
     pub resources: Vec<String>,
+    /// The `DPoP` header (RFC 9449 §4), when the client sent one.
+    pub dpop: Option<DpopProof>,
 }
 
 #[derive(Default)]
@@ -143,6 +145,7 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         action,
         audiences: s.audiences,
         resources: s.resources,
+        dpop: None,
     })
 }
 

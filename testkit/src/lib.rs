@@ -307,3 +307,102 @@ pub fn alg_name(alg: Algorithm) -> &'static str {
         _ => "other",
     }
 }
+
+/// An agent runtime's DPoP key (RFC 9449): a fresh P-256 key that signs proofs.
+pub struct DpopKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl Default for DpopKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DpopKey {
+    pub fn new() -> DpopKey {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        DpopKey {
+            pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .unwrap(),
+        }
+    }
+
+    /// The public JWK (`kty`, `crv`, `x`, `y`).
+    pub fn jwk(&self) -> serde_json::Value {
+        use aws_lc_rs::signature::KeyPair;
+        let p = self.pair.public_key().as_ref();
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65])})
+    }
+
+    /// The RFC 7638 thumbprint of [`DpopKey::jwk`]: what `cnf.jkt` must be.
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap(),
+            jwk["y"].as_str().unwrap()
+        );
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// Signs `header` and `claims` as given (for malformed proofs).
+    pub fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = self.pair.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+
+    /// The standard header: `typ` `dpop+jwt`, `alg` ES256, the public `jwk`.
+    pub fn header(&self) -> serde_json::Value {
+        serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()})
+    }
+
+    /// The standard claims for `method` `url` now, with a fresh `jti`, and `ath` for
+    /// `access_token` and `nonce` when given.
+    pub fn claims(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> serde_json::Value {
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).unwrap();
+        let mut claims = serde_json::json!({
+            "jti": b64(&jti), "htm": method, "htu": url, "iat": now(),
+        });
+        if let Some(token) = access_token {
+            claims["ath"] = serde_json::json!(b64(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                token.as_bytes()
+            )
+            .as_ref()));
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = serde_json::json!(nonce);
+        }
+        claims
+    }
+
+    /// A valid proof for `method` `url` (and `access_token`, `nonce`).
+    pub fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> String {
+        self.sign(
+            &self.header(),
+            &self.claims(method, url, access_token, nonce),
+        )
+    }
+}

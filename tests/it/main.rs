@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod dpop;
 mod exchange;
 mod faults;
 mod harness;

@@ -1,0 +1,221 @@
+//! DPoP at `/token` (RFC 9449 §5, §8), over real HTTP: a valid proof binds the token
+//! (`cnf.jkt`, `token_type: DPoP`); an action with `sender_constraint = "dpop"` needs
+//! one; every bad proof is the fixed `invalid_dpop_proof`, audited, nothing minted;
+//! nonces are stateless and shared by replicas that read the same keyring.
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use agent_sts_testkit::DpopKey;
+
+const TOKEN_URL: &str = "https://sts.test.example/token";
+
+/// The standard catalogue plus an action that only takes DPoP-bound tokens.
+fn scopes() -> String {
+    format!(
+        "{SCOPES}\n[[action]]\nname = \"payments.refund\"\naudience = \"https://payments.internal\"\nagents = [\"k8s-prod:system:serviceaccount:agents:*\"]\nsender_constraint = \"dpop\"\n"
+    )
+}
+
+/// POSTs the exchange of `subject` for `scope` with `proofs` as `DPoP` headers.
+async fn exchange_with(sts: &TestSts, subject: &str, scope: &str, proofs: &[&str]) -> Reply {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/token", sts.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(exchange_form(subject, scope));
+    for proof in proofs {
+        request = request.header("DPoP", *proof);
+    }
+    reply(request.send().await.unwrap()).await
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_proof_binds_the_token_to_its_key() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(&issuers.specs(), &scopes(), "").await;
+    let subject = issuers.k8s_token("triage");
+    let key = DpopKey::new();
+
+    // Bearer by default, bound when a proof comes along.
+    let bearer = exchange_with(&sts, &subject, "docs.read", &[]).await;
+    assert_eq!(bearer.status, 200, "{bearer:?}");
+    assert_eq!(bearer.json()["token_type"], "Bearer");
+    assert!(claims_of(&bearer.token()).get("cnf").is_none());
+
+    let proof = key.proof("POST", TOKEN_URL, None, None);
+    let bound = exchange_with(&sts, &subject, "docs.read", &[&proof]).await;
+    assert_eq!(bound.status, 200, "{bound:?}");
+    assert_eq!(bound.json()["token_type"], "DPoP");
+    let claims = claims_of(&bound.token());
+    assert_eq!(claims["cnf"], json!({"jkt": key.thumbprint()}));
+    verify_independently(&sts.url, &bound.token(), "https://docs.internal").await;
+
+    // An action that requires DPoP: refused without a proof, bound with one.
+    exchange_with(&sts, &subject, "payments.refund", &[])
+        .await
+        .assert_error(400, "invalid_dpop_proof", &[]);
+    let proof = key.proof("POST", TOKEN_URL, None, None);
+    let r = exchange_with(&sts, &subject, "payments.refund", &[&proof]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(claims_of(&r.token())["cnf"]["jkt"], key.thumbprint());
+
+    let metadata = sts
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(
+        metadata["dpop_signing_alg_values_supported"],
+        json!(["ES256", "EdDSA"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_proof_is_refused_audited_and_mints_nothing() {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(&issuers.specs(), &scopes(), "").await;
+    let subject = issuers.k8s_token("triage");
+    let key = DpopKey::new();
+    let other = DpopKey::new();
+    let n = now();
+
+    let with_claims = |edit: &dyn Fn(&mut Value)| {
+        let mut c = key.claims("POST", TOKEN_URL, None, None);
+        edit(&mut c);
+        key.sign(&key.header(), &c)
+    };
+    let with_header = |edit: &dyn Fn(&mut Value)| {
+        let mut h = key.header();
+        edit(&mut h);
+        key.sign(&h, &key.claims("POST", TOKEN_URL, None, None))
+    };
+    let replayed = key.proof("POST", TOKEN_URL, None, None);
+    let first = exchange_with(&sts, &subject, "docs.read", &[&replayed]).await;
+    assert_eq!(first.status, 200, "{first:?}");
+
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "signed by another key than its jwk",
+            other.sign(&key.header(), &key.claims("POST", TOKEN_URL, None, None)),
+        ),
+        (
+            "private key in jwk",
+            with_header(&|h| h["jwk"]["d"] = json!("AAAA")),
+        ),
+        ("alg none", with_header(&|h| h["alg"] = json!("none"))),
+        ("alg HS256", with_header(&|h| h["alg"] = json!("HS256"))),
+        ("typ JWT", with_header(&|h| h["typ"] = json!("JWT"))),
+        ("htm GET", with_claims(&|c| c["htm"] = json!("GET"))),
+        (
+            "htu other host",
+            with_claims(&|c| c["htu"] = json!("https://evil.example/token")),
+        ),
+        (
+            "htu other port",
+            with_claims(&|c| c["htu"] = json!("https://sts.test.example:8443/token")),
+        ),
+        (
+            "htu other path",
+            with_claims(&|c| c["htu"] = json!("https://sts.test.example/introspect")),
+        ),
+        (
+            "htu with a query",
+            with_claims(&|c| c["htu"] = json!("https://sts.test.example/token?a=b")),
+        ),
+        ("iat too old", with_claims(&|c| c["iat"] = json!(n - 600))),
+        (
+            "iat in the future",
+            with_claims(&|c| c["iat"] = json!(n + 600)),
+        ),
+        (
+            "no jti",
+            with_claims(&|c| drop(c.as_object_mut().unwrap().remove("jti"))),
+        ),
+        ("replayed jti", replayed.clone()),
+        ("oversized", format!("{}{}", "a".repeat(9000), replayed)),
+        ("garbage", "not-a-jwt".into()),
+    ];
+    for (what, proof) in &cases {
+        let r = exchange_with(&sts, &subject, "docs.read", &[proof.as_str()]).await;
+        r.assert_error(400, "invalid_dpop_proof", &[]);
+        assert!(!r.text.contains("access_token"), "{what}: {r:?}");
+    }
+    // Two DPoP headers, each valid on its own.
+    let (a, b) = (
+        key.proof("POST", TOKEN_URL, None, None),
+        key.proof("POST", TOKEN_URL, None, None),
+    );
+    exchange_with(&sts, &subject, "docs.read", &[&a, &b])
+        .await
+        .assert_error(400, "invalid_dpop_proof", &[]);
+
+    let audit = std::fs::read_to_string(sts.audit_path()).unwrap();
+    let refused = audit.matches("\"invalid_dpop_proof\"").count();
+    assert!(refused >= 1, "no audit line for a refused proof: {audit}");
+    let issued = audit.matches("\"issued\"").count();
+    assert_eq!(issued, 1, "only the first, valid proof minted a token");
+    for (_, proof) in &cases {
+        assert!(!audit.contains(proof.as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_are_required_handed_out_and_shared_by_replicas() {
+    let issuers = Issuers::start().await;
+    let config = "[tokens]\ndpop_nonces = true\n";
+    let (dir, config_path) = sts_files(&issuers.specs(), &scopes(), "", ConfigTweaks::default());
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("[tokens]\n", config);
+    std::fs::write(&config_path, text).unwrap();
+    let a = TestSts::serve(dir, config_path.clone()).await;
+    // A second replica on the same keyring and catalogue.
+    let env = std::collections::BTreeMap::new();
+    let b_config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+    let b_app = agent_sts::sts::build(&b_config).await.unwrap();
+    let b_url = spawn_router(b_app.router(None)).await;
+
+    let subject = issuers.k8s_token("triage");
+    let key = DpopKey::new();
+    let r = exchange_with(
+        &a,
+        &subject,
+        "docs.read",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await;
+    r.assert_error(400, "use_dpop_nonce", &[]);
+    let nonce = r.headers["dpop-nonce"].to_str().unwrap().to_owned();
+
+    // The nonce from replica A is good at replica B.
+    let proof = key.proof("POST", TOKEN_URL, None, Some(&nonce));
+    let r = reqwest::Client::new()
+        .post(format!("{b_url}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("DPoP", proof)
+        .body(exchange_form(&subject, "docs.read"))
+        .send()
+        .await
+        .unwrap();
+    let r = reply(r).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["token_type"], "DPoP");
+    assert!(r.headers.contains_key("dpop-nonce"));
+
+    // A made-up nonce is refused like a missing one.
+    let proof = key.proof(
+        "POST",
+        TOKEN_URL,
+        None,
+        Some("bm9uY2Utbm9uY2Utbm9uY2Utbm9uY2U"),
+    );
+    exchange_with(&a, &subject, "docs.read", &[&proof])
+        .await
+        .assert_error(400, "use_dpop_nonce", &[]);
+}
