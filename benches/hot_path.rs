@@ -326,6 +326,7 @@ fn bench_mint(c: &mut Criterion) {
         actor: None,
         ttl_secs: 300,
         not_after: now + 3600,
+        jkt: None,
     };
     let mut group = c.benchmark_group("mint");
     for (alg, jwt_alg, name) in [
