@@ -54,6 +54,7 @@ pub fn never_forwarded(name: &str) -> Option<&'static str> {
         "authorization" | "proxy-authorization" | "cookie" => {
             "credentials: the shim injects the action's own and never passes the agent's"
         }
+        "dpop" => "the agent's proof of possession is for the shim, not the upstream",
         "host" | "content-length" | "transfer-encoding" | "te" | "trailer" | "connection"
         | "keep-alive" | "proxy-connection" | "upgrade" | "expect" => {
             "message framing and connection handling belong to the shim"

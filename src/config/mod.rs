@@ -250,6 +250,7 @@ struct RawShim {
     admin_listen: Option<String>,
     jwks_refresh: Option<String>,
     jwks_max_stale: Option<String>,
+    public_url: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -473,6 +474,9 @@ pub struct ShimSection {
     /// The `aud` tokens presented here must carry; also the audience their action must
     /// have in the catalogue.
     pub audience: String,
+    /// The URL agents address the shim at (behind load balancers): DPoP proofs name it
+    /// (`htu` = this joined with the request path). Defaults to `audience`.
+    pub public_url: String,
     /// The one upstream every call goes to: scheme, host, port and an optional base path.
     pub upstream: reqwest::Url,
     /// The STS: tokens must carry this `iss`.
@@ -950,8 +954,18 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
             "a [vault] section is required when secrets.store is \"vault\"",
         ));
     }
+    let public_url = r.public_url.unwrap_or_else(|| r.audience.clone());
+    if agent_sts_verifier::dpop::normalize_htu(&public_url).is_none()
+        || public_url.contains(['?', '#'])
+    {
+        return Err(c.err(
+            "shim.public_url",
+            "must be an absolute http(s) URL without credentials, query or fragment (it defaults to shim.audience)",
+        ));
+    }
     let shim = ShimSection {
         listen,
+        public_url: public_url.trim_end_matches('/').to_string(),
         audience: r.audience,
         upstream,
         issuer: r.issuer,

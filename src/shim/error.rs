@@ -41,6 +41,10 @@ pub enum ShimError {
     MalformedAuthorization,
     #[error("the token is invalid: {reason}")]
     InvalidToken { reason: &'static str },
+    #[error("the DPoP proof is missing, repeated or invalid")]
+    InvalidDpopProof,
+    #[error("the token's DPoP binding does not match how it was sent")]
+    DpopBinding { reason: &'static str },
     #[error("the token's action is not served by this shim")]
     ActionNotServed,
     #[error("the token's action does not allow this method and path")]
@@ -74,7 +78,11 @@ impl ShimError {
             }
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            MissingToken | MalformedAuthorization | InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            MissingToken
+            | MalformedAuthorization
+            | InvalidToken { .. }
+            | InvalidDpopProof
+            | DpopBinding { .. } => StatusCode::UNAUTHORIZED,
             ActionNotServed | RequestNotAllowed => StatusCode::FORBIDDEN,
             CredentialUnavailable
             | UpstreamUnreachable
@@ -94,7 +102,10 @@ impl ShimError {
                 "invalid_request"
             }
             HeadersTooLarge | BodyTooLarge => "request_too_large",
-            MissingToken | MalformedAuthorization | InvalidToken { .. } => "invalid_token",
+            MissingToken | MalformedAuthorization | InvalidToken { .. } | DpopBinding { .. } => {
+                "invalid_token"
+            }
+            InvalidDpopProof => "invalid_dpop_proof",
             ActionNotServed | RequestNotAllowed => "insufficient_scope",
             CredentialUnavailable => "credential_unavailable",
             UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding | UpstreamPartial => {
@@ -118,7 +129,8 @@ impl ShimError {
             BodyUnreadable => "body_unreadable",
             MissingToken => "missing_token",
             MalformedAuthorization => "malformed_authorization",
-            InvalidToken { reason } => reason,
+            InvalidToken { reason } | DpopBinding { reason } => reason,
+            InvalidDpopProof => "invalid_dpop_proof",
             ActionNotServed => "action_not_served",
             RequestNotAllowed => "request_not_allowed",
             CredentialUnavailable => "credential_unavailable",
@@ -139,6 +151,9 @@ impl ShimError {
     }
 }
 
+/// The `DPoP` challenge's algorithms (RFC 9449 §7.1).
+const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA\"";
+
 impl IntoResponse for ShimError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -149,8 +164,14 @@ impl IntoResponse for ShimError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // RFC 9449 §7.1: a refusal about DPoP is challenged with the DPoP scheme; a
+        // missing token with both schemes.
+        let dpop = matches!(
+            self,
+            ShimError::InvalidDpopProof | ShimError::DpopBinding { .. }
+        );
         let challenge = match status {
-            StatusCode::UNAUTHORIZED => Some("invalid_token"),
+            StatusCode::UNAUTHORIZED => Some(self.code()),
             StatusCode::FORBIDDEN => Some("insufficient_scope"),
             _ if matches!(self, ShimError::DuplicateAuthorization) => Some("invalid_request"),
             _ => None,
@@ -158,12 +179,20 @@ impl IntoResponse for ShimError {
         if let Some(code) = challenge {
             // The description is fixed ASCII without quotes or backslashes, so it can
             // stand inside a quoted-string as is.
+            let scheme = if dpop { DPOP_CHALLENGE } else { "Bearer" };
+            let separator = if dpop { "," } else { "" };
             let value = format!(
-                "Bearer error=\"{code}\", error_description=\"{}\"",
+                "{scheme}{separator} error=\"{code}\", error_description=\"{}\"",
                 self.description()
             );
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+            if matches!(self, ShimError::MissingToken) {
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(DPOP_CHALLENGE),
+                );
             }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

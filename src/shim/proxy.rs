@@ -61,9 +61,10 @@ use crate::store;
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
 use crate::store::vault::Vault;
 use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
-use agent_sts_verifier::layer::{BearerError, bearer_token};
+use agent_sts_verifier::layer::{BearerError, presented_token};
 use agent_sts_verifier::{AccessToken, Verifier, VerifierError, VerifyError};
 use agent_sts_verifier::{JwtError, unix_now};
+use agent_sts_verifier::{Presented, RequestTarget};
 
 /// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
 /// besides any header the `Connection` header names.
@@ -98,6 +99,8 @@ struct Caps {
 #[derive(Debug)]
 pub struct Shim {
     audience: String,
+    /// `shim.public_url`: what agents address, for DPoP's `htu`.
+    public_url: String,
     upstream: reqwest::Url,
     verifier: Verifier,
     catalogue: ArcSwap<Catalogue>,
@@ -180,6 +183,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         .map_err(|e| StartError::Runtime(e.to_string()))?;
     let shim = Shim {
         audience: s.audience.clone(),
+        public_url: s.public_url.clone(),
         upstream: s.upstream.clone(),
         verifier,
         catalogue: ArcSwap::from_pointee(catalogue),
@@ -418,10 +422,16 @@ impl Shim {
             return Err(ShimError::MethodOverride);
         }
 
-        let raw = bearer(&parts.headers, self.caps.token_bytes)?;
+        let presented = presented(&parts.headers, self.caps.token_bytes)?;
+        // The URL as the agent addressed it: DPoP's htu (RFC 9449 §4.3).
+        let url = format!("{}{}", self.public_url, parts.uri.path());
+        let addressed = RequestTarget {
+            method: parts.method.as_str(),
+            url: &url,
+        };
         let token = self
             .verifier
-            .verify(raw, unix_now())
+            .verify_presented(presented, &addressed, unix_now())
             .await
             .map_err(token_error)?;
         let token = call.token.insert(token);
@@ -670,12 +680,14 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// The bearer token of the `Authorization` header (RFC 6750 §2.1).
-fn bearer(headers: &HeaderMap, max_bytes: usize) -> Result<&str, ShimError> {
-    bearer_token(headers, max_bytes).map_err(|e| match e {
+/// The token of the `Authorization` header: `Bearer` (RFC 6750 §2.1), or `DPoP` with
+/// its one proof header (RFC 9449 §7.1).
+fn presented(headers: &HeaderMap, max_bytes: usize) -> Result<Presented<'_>, ShimError> {
+    presented_token(headers, max_bytes).map_err(|e| match e {
         BearerError::Missing => ShimError::MissingToken,
         BearerError::Duplicate => ShimError::DuplicateAuthorization,
         BearerError::Malformed => ShimError::MalformedAuthorization,
+        BearerError::Proof => ShimError::InvalidDpopProof,
     })
 }
 
@@ -692,6 +704,20 @@ fn token_error(e: VerifyError) -> ShimError {
         VerifyError::Token(JwtError::UnknownKid { .. }) => "unknown_kid",
         VerifyError::Token(JwtError::Malformed(_)) => "malformed_token",
         VerifyError::NotAccessToken => "not_an_access_token",
+        VerifyError::Dpop(e) => {
+            tracing::debug!(error = %e, "DPoP proof refused");
+            return ShimError::InvalidDpopProof;
+        }
+        VerifyError::Downgrade => {
+            return ShimError::DpopBinding {
+                reason: "dpop_token_as_bearer",
+            };
+        }
+        VerifyError::NotBound => {
+            return ShimError::DpopBinding {
+                reason: "bearer_token_as_dpop",
+            };
+        }
         _ => "invalid_token",
     };
     tracing::debug!(error = %e, "token refused");

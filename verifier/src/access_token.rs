@@ -6,12 +6,18 @@
 //! (case-insensitive, with or without the `application/` prefix), `jti` and
 //! `client_id` are present, `scope` names exactly one action, and `act` (RFC 8693 §4.1)
 //! is well-formed when present.
+//!
+//! A token bound to a DPoP key (`cnf.jkt`, RFC 9449 §6.1) is worth nothing without
+//! that key: [`Verifier::verify_presented`] accepts it only as `Authorization: DPoP`
+//! with a proof ([`crate::dpop`]) for this request, signed by that key, carrying the
+//! token's hash; sent as `Bearer` it is refused (the downgrade of §7.1).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::dpop::{DpopError, DpopRules, DpopVerifier, ProofTarget};
 use crate::error::JwtError;
 use crate::issuers::{IssuerConfig, IssuerSet, Limits};
 use crate::jose::Algorithm;
@@ -56,6 +62,25 @@ pub struct AccessToken {
     pub jti: String,
     /// `exp`, unix seconds.
     pub expires_at: u64,
+    /// `cnf.jkt`: the thumbprint of the DPoP key the token is bound to.
+    pub jkt: Option<String>,
+}
+
+/// An access token as a request presents it.
+#[derive(Debug, Clone, Copy)]
+pub enum Presented<'a> {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    Bearer(&'a str),
+    /// `Authorization: DPoP <token>` and the `DPoP` proof header (RFC 9449 §7.1).
+    Dpop { token: &'a str, proof: &'a str },
+}
+
+/// The request a presented token must be for (DPoP's `htm` and `htu`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTarget<'a> {
+    pub method: &'a str,
+    /// The URL the client addressed, as it sent it (its public form).
+    pub url: &'a str,
 }
 
 /// Why a token was refused. Carries no token content.
@@ -67,6 +92,12 @@ pub enum VerifyError {
     NotAccessToken,
     #[error("claim {0} is missing or malformed")]
     Claim(&'static str),
+    #[error(transparent)]
+    Dpop(#[from] DpopError),
+    #[error("a DPoP-bound token was sent as a bearer token")]
+    Downgrade,
+    #[error("a token without a DPoP binding was sent with the DPoP scheme")]
+    NotBound,
 }
 
 /// Why a verifier could not be built.
@@ -84,6 +115,9 @@ pub enum VerifierError {
 #[derive(Debug)]
 pub struct Verifier {
     issuers: IssuerSet,
+    audience: String,
+    /// DPoP proofs seen, for bound tokens.
+    proofs: DpopVerifier,
 }
 
 /// Builds a [`Verifier`] ([`Verifier::builder`]).
@@ -142,7 +176,11 @@ impl VerifierBuilder {
             jwks_max_stale: self.jwks_max_stale,
         };
         let issuers = IssuerSet::new(&[sts], &self.audience, &self.limits, None)?;
-        Ok(Verifier { issuers })
+        Ok(Verifier {
+            issuers,
+            audience: self.audience,
+            proofs: DpopVerifier::new(DpopRules::default()),
+        })
     }
 }
 
@@ -188,7 +226,54 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token` at `now` (unix seconds).
+    /// The audience this verifier accepts (this service's URL).
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The DPoP proof checker (its rules, and the replay cache's size).
+    pub fn proofs(&self) -> &DpopVerifier {
+        &self.proofs
+    }
+
+    /// Verifies a token as presented with a request to `target` at `now`: a bearer
+    /// token as [`verify`](Self::verify) does; a DPoP-bound one only with the `DPoP`
+    /// scheme and a proof for `target` by its key, carrying its hash, not seen before.
+    pub async fn verify_presented(
+        &self,
+        presented: Presented<'_>,
+        target: &RequestTarget<'_>,
+        now: u64,
+    ) -> Result<AccessToken, VerifyError> {
+        match presented {
+            Presented::Bearer(raw) => {
+                let token = self.verify(raw, now).await?;
+                if token.jkt.is_some() {
+                    return Err(VerifyError::Downgrade);
+                }
+                Ok(token)
+            }
+            Presented::Dpop { token: raw, proof } => {
+                let token = self.verify(raw, now).await?;
+                let Some(jkt) = token.jkt.as_deref() else {
+                    return Err(VerifyError::NotBound);
+                };
+                let target = ProofTarget {
+                    method: target.method,
+                    url: target.url,
+                    access_token: Some(raw),
+                };
+                let proof = self.proofs.verify(proof, &target, now)?;
+                if proof.jkt != jkt {
+                    return Err(DpopError::KeyMismatch.into());
+                }
+                Ok(token)
+            }
+        }
+    }
+
+    /// Verifies `token` at `now` (unix seconds), whatever its binding: use
+    /// [`verify_presented`](Self::verify_presented) to accept requests.
     pub async fn verify(&self, token: &str, now: u64) -> Result<AccessToken, VerifyError> {
         let verified = self.issuers.verify(token, now).await?;
         let typ = verified.typ.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -225,6 +310,16 @@ impl Verifier {
             client_id: text("client_id")?,
             jti: text("jti")?,
             expires_at: verified.expires_at,
+            jkt: match c.get("cnf") {
+                None => None,
+                Some(cnf) => Some(
+                    cnf.get("jkt")
+                        .and_then(Value::as_str)
+                        .filter(|j| j.len() == 43)
+                        .map(str::to_string)
+                        .ok_or(VerifyError::Claim("cnf"))?,
+                ),
+            },
         })
     }
 }

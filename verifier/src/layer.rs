@@ -1,17 +1,22 @@
 //! A tower [`Layer`] that guards a route with agent-sts access tokens (RFC 6750).
 //!
-//! Each request must carry exactly one `Authorization: Bearer <token>` header whose
-//! token the [`Verifier`] accepts (and, when the layer names actions, whose action is
-//! one of them). The verified [`AccessToken`] is then inserted into the request's
+//! Each request must carry exactly one `Authorization` header, `Bearer <token>` or,
+//! for a token bound to a DPoP key, `DPoP <token>` with one `DPoP` proof header (RFC
+//! 9449 §7.1), whose token the [`Verifier`] accepts (and, when the layer names
+//! actions, whose action is one of them). The proof must be for this request as the
+//! client addressed it: the method, and the service's public URL
+//! ([`RequireAccessToken::public_url`], by default the verifier's audience) joined
+//! with the request path. The verified [`AccessToken`] is then inserted into the request's
 //! extensions, where an axum handler takes it with `Extension<AccessToken>` and a
 //! tonic or hyper service with `req.extensions().get::<AccessToken>()`. Anything
 //! else is answered here, before the inner service runs, per RFC 6750 §3:
 //!
 //! | request | status | `WWW-Authenticate` |
 //! | --- | --- | --- |
-//! | no `Authorization` header | 401 | `Bearer` (no error code, §3.1) |
-//! | two headers, or not a bearer token | 400 | `Bearer error="invalid_request"` |
+//! | no `Authorization` header | 401 | `Bearer` and `DPoP algs="ES256 EdDSA"` (no error code, §3.1) |
+//! | two headers, or not a bearer or DPoP token | 400 | `Bearer error="invalid_request"` |
 //! | token refused | 401 | `Bearer error="invalid_token"` |
+//! | DPoP proof missing, repeated or refused; a bound token sent as `Bearer` | 401 | `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof"` / `error="invalid_token"` |
 //! | action not allowed here | 403 | `Bearer error="insufficient_scope"` |
 //! | the STS's keys unreachable and none cached | 503 + `Retry-After` | none |
 //!
@@ -47,7 +52,7 @@ use http::{Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::access_token::{AccessToken, Verifier, VerifyError};
+use crate::access_token::{AccessToken, Presented, RequestTarget, Verifier, VerifyError};
 use crate::error::JwtError;
 
 /// Longest bearer token read from a header.
@@ -60,13 +65,38 @@ pub enum BearerError {
     Missing,
     #[error("more than one Authorization header")]
     Duplicate,
-    #[error("the Authorization header is not a bearer token")]
+    #[error("the Authorization header is not a bearer or DPoP token")]
     Malformed,
+    #[error("a DPoP token without exactly one DPoP proof header")]
+    Proof,
 }
 
-/// The bearer token of the `Authorization` header (RFC 6750 §2.1): one header, scheme
-/// `Bearer` in any case, a `b64token` of at most `max_bytes`.
-pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, BearerError> {
+/// The token of the `Authorization` header as presented: `Bearer`, or `DPoP` with the
+/// one `DPoP` proof header (RFC 9449 §7.1). Same token rules as [`bearer_token`].
+pub fn presented_token(
+    headers: &HeaderMap,
+    max_bytes: usize,
+) -> Result<Presented<'_>, BearerError> {
+    let (scheme, token) = authorization(headers, max_bytes)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Presented::Bearer(token));
+    }
+    if !scheme.eq_ignore_ascii_case("dpop") {
+        return Err(BearerError::Malformed);
+    }
+    let mut proofs = headers.get_all("dpop").iter();
+    match (proofs.next(), proofs.next()) {
+        (Some(proof), None) => proof
+            .to_str()
+            .map(|proof| Presented::Dpop { token, proof })
+            .map_err(|_| BearerError::Proof),
+        _ => Err(BearerError::Proof),
+    }
+}
+
+/// `(scheme, token)` of the one `Authorization` header, the token a `b64token` of at
+/// most `max_bytes`.
+fn authorization(headers: &HeaderMap, max_bytes: usize) -> Result<(&str, &str), BearerError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(BearerError::Missing)?;
     if values.next().is_some() {
@@ -76,14 +106,19 @@ pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, Beare
     let (scheme, token) = text.split_once(' ').ok_or(BearerError::Malformed)?;
     let token = token.trim_matches(' ');
     let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || token.is_empty()
-        || token.len() > max_bytes
-        || !token.bytes().all(b64token)
-    {
+    if token.is_empty() || token.len() > max_bytes || !token.bytes().all(b64token) {
         return Err(BearerError::Malformed);
     }
-    Ok(token)
+    Ok((scheme, token))
+}
+
+/// The bearer token of the `Authorization` header (RFC 6750 §2.1): one header, scheme
+/// `Bearer` in any case, a `b64token` of at most `max_bytes`.
+pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, BearerError> {
+    match authorization(headers, max_bytes)? {
+        (scheme, token) if scheme.eq_ignore_ascii_case("bearer") => Ok(token),
+        _ => Err(BearerError::Malformed),
+    }
 }
 
 /// The layer: wraps a service so it only sees requests with a valid access token.
@@ -91,15 +126,25 @@ pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, Beare
 pub struct RequireAccessToken {
     verifier: Arc<Verifier>,
     actions: Option<Arc<[String]>>,
+    public_url: Arc<str>,
 }
 
 impl RequireAccessToken {
     /// Requires a token `verifier` accepts, for any action.
     pub fn new(verifier: Arc<Verifier>) -> Self {
+        let public_url = Arc::from(verifier.audience().trim_end_matches('/'));
         RequireAccessToken {
             verifier,
             actions: None,
+            public_url,
         }
+    }
+
+    /// The URL clients address this service at (behind a load balancer), to which the
+    /// request path is joined for DPoP's `htu`; by default the verifier's audience.
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.public_url = Arc::from(url.trim_end_matches('/'));
+        self
     }
 
     /// Also requires the token's action to be one of `actions` (403 otherwise).
@@ -113,17 +158,27 @@ impl RequireAccessToken {
     }
 
     /// The verified token, or the refusal to send instead.
-    async fn check(&self, headers: &HeaderMap) -> Result<AccessToken, Refusal> {
-        let raw = bearer_token(headers, MAX_TOKEN_BYTES).map_err(|e| match e {
+    async fn check(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<AccessToken, Refusal> {
+        let presented = presented_token(headers, MAX_TOKEN_BYTES).map_err(|e| match e {
             BearerError::Missing => Refusal::MissingToken,
             BearerError::Duplicate | BearerError::Malformed => Refusal::InvalidRequest,
+            BearerError::Proof => Refusal::InvalidDpopProof,
         })?;
+        let url = format!("{}{path}", self.public_url);
+        let target = RequestTarget { method, url: &url };
         let token = self
             .verifier
-            .verify(raw, crate::unix_now())
+            .verify_presented(presented, &target, crate::unix_now())
             .await
             .map_err(|e| match e {
                 VerifyError::Token(JwtError::JwksUnavailable { .. }) => Refusal::KeysUnavailable,
+                VerifyError::Dpop(_) => Refusal::InvalidDpopProof,
+                VerifyError::Downgrade | VerifyError::NotBound => Refusal::DpopInvalidToken,
                 _ => Refusal::InvalidToken,
             })?;
         match &self.actions {
@@ -172,7 +227,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         Box::pin(async move {
-            match guard.check(request.headers()).await {
+            let method = request.method().as_str().to_string();
+            let path = request.uri().path().to_string();
+            match guard.check(&method, &path, request.headers()).await {
                 Ok(token) => {
                     request.extensions_mut().insert(token);
                     inner.call(request).await
@@ -191,7 +248,13 @@ enum Refusal {
     InvalidToken,
     InsufficientScope,
     KeysUnavailable,
+    InvalidDpopProof,
+    /// A bound token as `Bearer`, or an unbound one as `DPoP`.
+    DpopInvalidToken,
 }
+
+/// The `DPoP` challenge's algorithms (RFC 9449 §7.1).
+const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA\"";
 
 impl Refusal {
     fn response<B: Default>(self) -> Response<B> {
@@ -210,6 +273,14 @@ impl Refusal {
                 Some("Bearer error=\"insufficient_scope\""),
             ),
             Refusal::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+            Refusal::InvalidDpopProof => (
+                StatusCode::UNAUTHORIZED,
+                Some("DPoP algs=\"ES256 EdDSA\", error=\"invalid_dpop_proof\""),
+            ),
+            Refusal::DpopInvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                Some("DPoP algs=\"ES256 EdDSA\", error=\"invalid_token\""),
+            ),
         };
         let mut response = Response::new(B::default());
         *response.status_mut() = status;
@@ -219,6 +290,12 @@ impl Refusal {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
+            );
+        }
+        if self == Refusal::MissingToken {
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(DPOP_CHALLENGE),
             );
         }
         if self == Refusal::KeysUnavailable {

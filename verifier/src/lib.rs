@@ -39,7 +39,10 @@ pub mod jwks;
 #[cfg(feature = "tower")]
 pub mod layer;
 
-pub use access_token::{AccessToken, Actor, Verifier, VerifierBuilder, VerifierError, VerifyError};
+pub use access_token::{
+    AccessToken, Actor, Presented, RequestTarget, Verifier, VerifierBuilder, VerifierError,
+    VerifyError,
+};
 pub use dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 pub use error::{JwksError, JwtError};
 pub use issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
