@@ -1,6 +1,10 @@
 //! Loading a catalogue directory: the TOML file format, and every check `scopes
 //! check` performs, each failure naming `FILE:LINE: KEY` (the line from the TOML
 //! parser's byte spans, the key from [`super::toml_span`]).
+//!
+//! Loading is linear in the size of the catalogue: a byte offset becomes a line by a
+//! binary search in the file's line starts (counted once per file), and names are
+//! checked for duplicates in a map.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -77,16 +81,23 @@ struct RawRequest {
 struct Site<'a> {
     file: &'a Path,
     text: &'a str,
+    /// The byte offset of each line break, in order.
+    breaks: Vec<usize>,
 }
 
-impl Site<'_> {
+impl<'a> Site<'a> {
+    fn new(file: &'a Path, text: &'a str) -> Self {
+        let breaks = text
+            .bytes()
+            .enumerate()
+            .filter_map(|(i, b)| (b == b'\n').then_some(i))
+            .collect();
+        Site { file, text, breaks }
+    }
+
+    /// The 1-based line of `span`'s start: one more than the line breaks before it.
     fn location(&self, span: Range<usize>) -> Location {
-        let end = span.start.min(self.text.len());
-        let line = self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
+        let line = self.breaks.partition_point(|&b| b < span.start) + 1;
         Location {
             file: self.file.to_owned(),
             line,
@@ -135,7 +146,7 @@ impl<'t> Loader<'t> {
     }
 
     pub(super) fn file(&mut self, file: &Path, text: &str) {
-        let site = Site { file, text };
+        let site = Site::new(file, text);
         let raw: RawFile = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
