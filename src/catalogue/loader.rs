@@ -7,9 +7,8 @@
 //! checked for duplicates in a map.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,31 +16,6 @@ use toml::Spanned;
 
 use super::toml_span::{KeySeg, locate_key, render_key};
 use super::*;
-
-/// The `*.toml` files of `dir`, sorted by file name.
-pub(super) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogueError> {
-    let read_dir_error = |error| CatalogueError::ReadDir {
-        dir: dir.to_owned(),
-        error,
-    };
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_dir_error)? {
-        let path = entry.map_err(read_dir_error)?.path();
-        if path.extension().is_none_or(|ext| ext != "toml") {
-            continue;
-        }
-        // Follows symlinks; a dangling one is an error rather than silently skipped.
-        let meta = fs::metadata(&path).map_err(|error| CatalogueError::Read {
-            path: path.clone(),
-            error,
-        })?;
-        if meta.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok(files)
-}
 
 // ---------------------------------------------------------------------------
 // Loading and validation
@@ -157,6 +131,13 @@ impl<'t> Loader<'t> {
         let count = raw.action.len();
         let first_error = self.errors.len();
         for action in raw.action {
+            if self.actions.len() >= MAX_ACTIONS {
+                self.errors.push(CatalogueError::TooManyActions {
+                    at: site.location(action.span()),
+                    limit: MAX_ACTIONS,
+                });
+                break;
+            }
             if let Some(action) = self.action(&site, action) {
                 self.actions.insert(action.name.clone(), action);
             }
