@@ -24,9 +24,10 @@
 //! lock, swap and backup files (`.#a.toml`, `.a.toml.swp`, `a.toml~`, `#a.toml#`)
 //! and a Kubernetes ConfigMap mount's `..data` and `..<timestamp>` entries are
 //! never read; the ConfigMap's per-key symlinks (`a.toml -> ..data/a.toml`) are
-//! followed. Every file is read through a bounded reader: a file over
-//! [`MAX_FILE_BYTES`], or files together over [`MAX_CATALOGUE_BYTES`], are a load
-//! error naming the file and the cap, found without reading past the cap.
+//! followed. A file over [`MAX_FILE_BYTES`], or files together over
+//! [`MAX_CATALOGUE_BYTES`], are a load error naming the file and the cap, found from
+//! the metadata; each file is then read through a reader bounded by the length
+//! stat'ed, so one that grows meanwhile is never read past the caps.
 
 use std::fs;
 use std::io::{self, Read};
@@ -145,7 +146,17 @@ pub(super) fn read_whole(
         if attempt > 0 {
             std::thread::sleep(RETRY_PAUSE);
         }
-        match read_once(dir, after_read)? {
+        let outcome = match read_once(dir, after_read) {
+            // A file (or a symlink's target) listed but gone by the time it is
+            // stat'ed: removed or being replaced, as in a ConfigMap update.
+            Err(CatalogueError::Read { path, error })
+                if error.kind() == io::ErrorKind::NotFound && attempt + 1 < ATTEMPTS =>
+            {
+                Attempt::Changed(path)
+            }
+            other => other?,
+        };
+        match outcome {
             Attempt::Read(snapshot) => return Ok(snapshot),
             Attempt::Changed(path) => {
                 tracing::debug!(file = %path.display(), attempt, "scope file changed while read; retrying");
@@ -187,19 +198,15 @@ fn read_once(dir: &Path, after_read: &mut dyn FnMut(&Path)) -> Result<Attempt, C
         if Stamp::of(&file.metadata().map_err(read_error)?) != *stamp {
             return Ok(Attempt::Changed(path.clone()));
         }
-        // One byte past the cap tells a file that grew past it from one at the cap.
+        // At most one byte more than stat'ed (which is within both caps): a file that
+        // grew since is told by that byte, and read again (then refused, if it grew
+        // past a cap), never read to its end.
         let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
         (&mut file)
-            .take(MAX_FILE_BYTES + 1)
+            .take(stamp.len + 1)
             .read_to_end(&mut bytes)
             .map_err(read_error)?;
         after_read(path);
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(CatalogueError::FileTooLarge {
-                path: path.clone(),
-                limit: MAX_FILE_BYTES,
-            });
-        }
         let after = Stamp::of(&file.metadata().map_err(read_error)?);
         if after != *stamp || bytes.len() as u64 != stamp.len {
             return Ok(Attempt::Changed(path.clone()));

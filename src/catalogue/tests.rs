@@ -1199,6 +1199,43 @@ fn an_oversize_file_is_an_error_naming_the_file_and_the_cap() {
 }
 
 #[test]
+fn a_file_growing_past_the_cap_while_read_is_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.toml");
+    fs::write(&path, GATED).unwrap();
+    let mut first = true;
+    let err = Catalogue::reload_dir_with(dir.path(), &trusts(), later(), SETTLE, &mut |p| {
+        if std::mem::take(&mut first) {
+            let mut f = fs::File::options().append(true).open(p).unwrap();
+            std::io::Write::write_all(&mut f, &vec![b'#'; MAX_FILE_BYTES as usize]).unwrap();
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, CatalogueError::FileTooLarge { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.path(), Some(path.as_path()));
+}
+
+#[test]
+fn a_file_removed_during_the_read_is_read_again_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.toml"), GATED).unwrap();
+    let b = dir.path().join("b.toml");
+    fs::write(&b, action_with("")).unwrap();
+    let mut first = true;
+    let cat = Catalogue::reload_dir_with(dir.path(), &trusts(), later(), SETTLE, &mut |_| {
+        if std::mem::take(&mut first) {
+            fs::remove_file(&b).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(cat.len(), 1);
+    assert_whole(&cat);
+}
+
+#[test]
 fn files_over_the_catalogue_cap_together_are_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let part = "# padding\n".repeat((MAX_FILE_BYTES / 10) as usize);
