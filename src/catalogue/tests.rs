@@ -955,7 +955,9 @@ proptest! {
         let text = format!("{}{tail}", "a".repeat(len));
         let (matched, steps) = glob_match_counting(pat.as_bytes(), text.as_bytes());
         prop_assert!(steps <= (pat.len() + 1) * (text.len() + 1), "{steps} steps");
-        prop_assert_eq!(matched, len >= stars && text.ends_with('b'));
+        // The tail may add an `a` before its `b` ("ab").
+        let a_count = text.bytes().filter(|&b| b == b'a').count();
+        prop_assert_eq!(matched, a_count >= stars && text.ends_with('b'));
 
         let entry = SubjectPattern::parse(&format!("k8s-prod:{pat}"), &trusts()).unwrap();
         let via_api = entry.matches(&principal("k8s-prod", &text, &[]));
