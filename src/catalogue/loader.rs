@@ -1,11 +1,14 @@
 //! Loading a catalogue directory: the TOML file format, and every check `scopes
 //! check` performs, each failure naming `FILE:LINE: KEY` (the line from the TOML
 //! parser's byte spans, the key from [`super::toml_span`]).
+//!
+//! Loading is linear in the size of the catalogue: a byte offset becomes a line by a
+//! binary search in the file's line starts (counted once per file), and names are
+//! checked for duplicates in a map.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,31 +16,6 @@ use toml::Spanned;
 
 use super::toml_span::{KeySeg, locate_key, render_key};
 use super::*;
-
-/// The `*.toml` files of `dir`, sorted by file name.
-pub(super) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogueError> {
-    let read_dir_error = |error| CatalogueError::ReadDir {
-        dir: dir.to_owned(),
-        error,
-    };
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_dir_error)? {
-        let path = entry.map_err(read_dir_error)?.path();
-        if path.extension().is_none_or(|ext| ext != "toml") {
-            continue;
-        }
-        // Follows symlinks; a dangling one is an error rather than silently skipped.
-        let meta = fs::metadata(&path).map_err(|error| CatalogueError::Read {
-            path: path.clone(),
-            error,
-        })?;
-        if meta.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok(files)
-}
 
 // ---------------------------------------------------------------------------
 // Loading and validation
@@ -78,16 +56,23 @@ struct RawRequest {
 struct Site<'a> {
     file: &'a Path,
     text: &'a str,
+    /// The byte offset of each line break, in order.
+    breaks: Vec<usize>,
 }
 
-impl Site<'_> {
+impl<'a> Site<'a> {
+    fn new(file: &'a Path, text: &'a str) -> Self {
+        let breaks = text
+            .bytes()
+            .enumerate()
+            .filter_map(|(i, b)| (b == b'\n').then_some(i))
+            .collect();
+        Site { file, text, breaks }
+    }
+
+    /// The 1-based line of `span`'s start: one more than the line breaks before it.
     fn location(&self, span: Range<usize>) -> Location {
-        let end = span.start.min(self.text.len());
-        let line = self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
+        let line = self.breaks.partition_point(|&b| b < span.start) + 1;
         Location {
             file: self.file.to_owned(),
             line,
@@ -136,7 +121,7 @@ impl<'t> Loader<'t> {
     }
 
     pub(super) fn file(&mut self, file: &Path, text: &str) {
-        let site = Site { file, text };
+        let site = Site::new(file, text);
         let raw: RawFile = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
@@ -147,6 +132,13 @@ impl<'t> Loader<'t> {
         let count = raw.action.len();
         let first_error = self.errors.len();
         for action in raw.action {
+            if self.actions.len() >= MAX_ACTIONS {
+                self.errors.push(CatalogueError::TooManyActions {
+                    at: site.location(action.span()),
+                    limit: MAX_ACTIONS,
+                });
+                break;
+            }
             if let Some(action) = self.action(&site, action) {
                 self.actions.insert(action.name.clone(), action);
             }

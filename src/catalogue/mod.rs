@@ -4,6 +4,9 @@
 //!
 //! - [`pattern`]: the trust-bound subject patterns of `agents` and `subjects`;
 //! - [`request_shape`]: `[action.request]`, the method and path template;
+//! - [`files`]: which files of the directory count, and reading them whole (a file
+//!   that changes while read, or that changed moments ago, is not used), within
+//!   size caps;
 //! - [`loader`]: the file format and every check `scopes check` performs;
 //! - [`toml_span`]: locating a TOML error's key, for `FILE:LINE: KEY` messages;
 //! - here: [`Action`], [`Catalogue`] and its errors, and the periodic reloader the
@@ -11,6 +14,7 @@
 //!
 //! May import `identity` (principals and the trust directory) and `runtime`.
 
+pub mod files;
 pub mod loader;
 pub mod pattern;
 pub mod request_shape;
@@ -20,15 +24,18 @@ pub mod toml_span;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
 
 pub use crate::identity::principal::{Principal, TrustDirectory};
+pub use files::{MAX_CATALOGUE_BYTES, MAX_FILE_BYTES, SETTLE, is_scope_file_name};
+use files::{Snapshot, read_whole};
+use loader::Loader;
 pub use loader::is_action_name;
-use loader::{Loader, toml_files};
 pub use pattern::{MAX_SUBJECT_LEN, PatternError, SubjectPattern};
 pub use request_shape::{
     DEFAULT_HEADERS, METHODS, PathTemplate, PathTemplateError, RequestShape, never_forwarded,
@@ -36,6 +43,9 @@ pub use request_shape::{
 
 /// Longest allowed action name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Most actions a catalogue may hold: bounds the memory of a load (with the byte
+/// caps of [`files`]) far above any real catalogue.
+pub const MAX_ACTIONS: usize = 100_000;
 /// Upper bound on an action's `ttl` (the STS caps it further by its own `max_ttl`).
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -224,25 +234,90 @@ pub enum CatalogueError {
         name: String,
         first: Location,
     },
+    /// The catalogue would hold more than [`MAX_ACTIONS`]; `at` is the first action
+    /// over the cap.
+    #[error("{at}: action: the catalogue holds more than {limit} actions")]
+    TooManyActions { at: Location, limit: usize },
+    /// A scope file over [`MAX_FILE_BYTES`] (refused without reading it past the cap).
+    #[error("{}: scope file is larger than the cap of {} per file", path.display(), Bytes(*limit))]
+    FileTooLarge { path: PathBuf, limit: u64 },
+    /// The scope files of `dir`, up to and including `path`, over
+    /// [`MAX_CATALOGUE_BYTES`].
+    #[error("{}: the scope files of {} up to this one exceed the cap of {} per catalogue", path.display(), dir.display(), Bytes(*limit))]
+    CatalogueTooLarge {
+        dir: PathBuf,
+        path: PathBuf,
+        limit: u64,
+    },
+    /// A scope file (or the directory) kept changing while it was read, on every one
+    /// of `attempts` reads: nothing of it was used.
+    #[error("{}: changed while being read, {attempts} times in a row; not used", path.display())]
+    Changed { path: PathBuf, attempts: u32 },
+    /// A reload found a scope file changed less than [`SETTLE`] ago (possibly still
+    /// being written): nothing of the directory was used; it settles in `wait`.
+    #[error("{}: modified less than {} ago, maybe still being written; not used yet", path.display(), humantime::format_duration(*settle))]
+    Unsettled {
+        path: PathBuf,
+        settle: Duration,
+        wait: Duration,
+    },
+}
+
+/// A byte count for messages: `8 MiB`, or bytes when not a whole MiB.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: u64 = 1024 * 1024;
+        if self.0 >= MIB && self.0.is_multiple_of(MIB) {
+            write!(f, "{} MiB", self.0 / MIB)
+        } else {
+            write!(f, "{} bytes", self.0)
+        }
+    }
 }
 
 impl CatalogueError {
-    /// File and line, for every variant but the I/O ones.
+    /// File and line, for the errors in a file's text.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            Self::ReadDir { .. } | Self::Read { .. } => None,
-            Self::Parse { at, .. } | Self::Invalid { at, .. } | Self::Duplicate { at, .. } => {
-                Some(at)
-            }
+            Self::Parse { at, .. }
+            | Self::Invalid { at, .. }
+            | Self::Duplicate { at, .. }
+            | Self::TooManyActions { at, .. } => Some(at),
+            Self::ReadDir { .. }
+            | Self::Read { .. }
+            | Self::FileTooLarge { .. }
+            | Self::CatalogueTooLarge { .. }
+            | Self::Changed { .. }
+            | Self::Unsettled { .. } => None,
         }
     }
 
-    /// The offending key, for every variant but the I/O ones.
+    /// The offending key, for the errors in a file's text.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::ReadDir { .. } | Self::Read { .. } => None,
             Self::Parse { key, .. } | Self::Invalid { key, .. } => Some(key),
             Self::Duplicate { .. } => Some("name"),
+            Self::TooManyActions { .. } => Some("action"),
+            Self::ReadDir { .. }
+            | Self::Read { .. }
+            | Self::FileTooLarge { .. }
+            | Self::CatalogueTooLarge { .. }
+            | Self::Changed { .. }
+            | Self::Unsettled { .. } => None,
+        }
+    }
+
+    /// The file named by an error about a whole file (not its text).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Read { path, .. }
+            | Self::FileTooLarge { path, .. }
+            | Self::CatalogueTooLarge { path, .. }
+            | Self::Changed { path, .. }
+            | Self::Unsettled { path, .. } => Some(path),
+            _ => None,
         }
     }
 }
@@ -254,9 +329,14 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// Loads every `*.toml` file of `dir` (sorted by file name; other files and
-    /// sub-directories are ignored) and returns the first error in file and line
-    /// order. A directory without actions yields an empty catalogue.
+    /// Loads every scope file of `dir` ([`is_scope_file_name`], sorted by file name;
+    /// other files and sub-directories are ignored) and returns the first error in
+    /// file and line order. A directory without actions yields an empty catalogue.
+    ///
+    /// The files are read whole ([`files`]): one that changes while read is read
+    /// again. This is the load at start, where there is no previous catalogue to keep:
+    /// a file modified less than [`SETTLE`] ago is used (with a warning) if it was
+    /// read whole; the reloader ([`Catalogue::reload_dir`]) is stricter.
     pub fn load_dir(dir: &Path, trusts: &TrustDirectory) -> Result<Catalogue, CatalogueError> {
         let (catalogue, errors) = Self::load_dir_all(dir, trusts);
         match errors.into_iter().next() {
@@ -276,6 +356,42 @@ impl Catalogue {
             Ok(catalogue)
         } else {
             Err(errors)
+        }
+    }
+
+    /// The load of a periodic reload at `now`: like [`load_dir`](Self::load_dir), but
+    /// if any scope file changed less than [`SETTLE`] before `now` (or claims a change
+    /// after `now`), nothing is used: [`CatalogueError::Unsettled`] says which file
+    /// and when to try again, and the caller keeps its previous catalogue whole.
+    pub fn reload_dir(
+        dir: &Path,
+        trusts: &TrustDirectory,
+        now: SystemTime,
+    ) -> Result<Catalogue, CatalogueError> {
+        Self::reload_dir_with(dir, trusts, now, SETTLE, &mut |_| {})
+    }
+
+    /// [`reload_dir`](Self::reload_dir) with the settle window given and a hook run
+    /// after each file is read (tests change files there).
+    fn reload_dir_with(
+        dir: &Path,
+        trusts: &TrustDirectory,
+        now: SystemTime,
+        settle: Duration,
+        after_read: &mut dyn FnMut(&Path),
+    ) -> Result<Catalogue, CatalogueError> {
+        let snapshot = read_whole(dir, after_read)?;
+        if let Some((path, wait)) = snapshot.unsettled(now, settle) {
+            return Err(CatalogueError::Unsettled {
+                path: path.to_owned(),
+                settle,
+                wait,
+            });
+        }
+        let (catalogue, errors) = Self::parse(dir, snapshot, trusts);
+        match errors.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(catalogue),
         }
     }
 
@@ -301,28 +417,34 @@ impl Catalogue {
     }
 
     fn load_dir_all(dir: &Path, trusts: &TrustDirectory) -> (Catalogue, Vec<CatalogueError>) {
-        let mut loader = Loader::new(trusts);
-        let files = match toml_files(dir) {
-            Ok(files) => files,
-            Err(error) => {
-                loader.errors.push(error);
-                return loader.finish();
-            }
+        let snapshot = match read_whole(dir, &mut |_| {}) {
+            Ok(snapshot) => snapshot,
+            Err(error) => return (Catalogue::default(), vec![error]),
         };
-        for path in &files {
-            match fs::read_to_string(path) {
-                Ok(text) => loader.file(path, &text),
-                Err(error) => loader.errors.push(CatalogueError::Read {
-                    path: path.clone(),
-                    error,
-                }),
-            }
+        if let Some((path, _)) = snapshot.unsettled(SystemTime::now(), SETTLE) {
+            tracing::warn!(
+                file = %path.display(),
+                settle = %humantime::format_duration(SETTLE),
+                "scope file modified moments ago, used as read; deploy catalogue changes by rename (see the README)"
+            );
+        }
+        Self::parse(dir, snapshot, trusts)
+    }
+
+    fn parse(
+        dir: &Path,
+        snapshot: Snapshot,
+        trusts: &TrustDirectory,
+    ) -> (Catalogue, Vec<CatalogueError>) {
+        let mut loader = Loader::new(trusts);
+        for (path, text) in &snapshot.files {
+            loader.file(path, text);
         }
         let (catalogue, errors) = loader.finish();
         if errors.is_empty() {
             tracing::info!(
                 dir = %dir.display(),
-                files = files.len(),
+                files = snapshot.files.len(),
                 actions = catalogue.len(),
                 "loaded scope catalogue"
             );
@@ -355,23 +477,65 @@ impl Catalogue {
 }
 
 /// Re-reads the catalogue in `dir` every `interval` (first one interval from now) and
-/// hands each good one to `install`; a failed read is logged and the last good
-/// catalogue stays (the STS and the shim alike).
-pub fn spawn_reloader<F>(dir: PathBuf, trusts: Arc<TrustDirectory>, interval: Duration, install: F)
-where
+/// hands each good one to `install`; a failed read is logged, counted in `kept` and the
+/// last good catalogue stays whole (the STS and the shim alike).
+///
+/// A reload that finds a file still settling ([`CatalogueError::Unsettled`]) tries
+/// once more as soon as it will have settled, if that comes before the next tick;
+/// otherwise the next tick reads it. Nothing is remembered between reloads, so a
+/// deferred change is never forgotten: every tick reads the directory afresh.
+pub fn spawn_reloader<F>(
+    dir: PathBuf,
+    trusts: Arc<TrustDirectory>,
+    interval: Duration,
+    kept: Counter,
+    install: F,
+) where
     F: Fn(Arc<Catalogue>) + Send + Sync + 'static,
 {
     let install = Arc::new(install);
     crate::runtime::every(interval, move || {
-        let (dir, trusts, install) = (dir.clone(), trusts.clone(), install.clone());
+        let (dir, trusts, install, kept) =
+            (dir.clone(), trusts.clone(), install.clone(), kept.clone());
         async move {
-            match tokio::task::spawn_blocking(move || Catalogue::load_dir(&dir, &trusts)).await {
-                Ok(Ok(c)) => install(Arc::new(c)),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue")
+            let mut early_retry = true;
+            loop {
+                let (d, t) = (dir.clone(), trusts.clone());
+                let loaded = tokio::task::spawn_blocking(move || {
+                    Catalogue::reload_dir(&d, &t, SystemTime::now())
+                })
+                .await;
+                match loaded {
+                    Ok(Ok(c)) => install(Arc::new(c)),
+                    Ok(Err(CatalogueError::Unsettled { path, wait, .. }))
+                        if early_retry && wait < interval =>
+                    {
+                        kept.inc();
+                        tracing::info!(file = %path.display(), "scope file still settling; keeping the last good catalogue and reading again shortly");
+                        early_retry = false;
+                        tokio::time::sleep(wait + UNSETTLED_MARGIN).await;
+                        continue;
+                    }
+                    Ok(Err(
+                        e @ (CatalogueError::Unsettled { .. } | CatalogueError::Changed { .. }),
+                    )) => {
+                        kept.inc();
+                        tracing::warn!(error = %e, "scope files changing; keeping the last good catalogue until the next reload");
+                    }
+                    Ok(Err(e)) => {
+                        kept.inc();
+                        tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue");
+                    }
+                    Err(e) => {
+                        kept.inc();
+                        tracing::error!(error = %e, "catalogue reload task failed");
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "catalogue reload task failed"),
+                return;
             }
         }
     });
 }
+
+/// Added to the settle wait before an early retry, so the file is settled by then.
+const UNSETTLED_MARGIN: Duration = Duration::from_millis(100);

@@ -243,6 +243,7 @@ impl ShimApp {
             self.scopes_dir.clone(),
             Arc::new(TrustDirectory::any()),
             self.refresh_interval,
+            shim.metrics.catalogue_reloads_kept.clone(),
             move |c| shim.catalogue.store(c),
         );
     }

@@ -42,6 +42,8 @@ pub struct App {
     pub scopes_dir: PathBuf,
     pub directory: Arc<TrustDirectory>,
     pub refresh_interval: std::time::Duration,
+    /// Counts catalogue reloads that kept the last good catalogue.
+    pub catalogue_reloads_kept: prometheus_client::metrics::counter::Counter,
     pub vault: Option<Arc<Vault>>,
     /// Header-read timeout and connection caps of the listener.
     pub connections: ConnectionLimits,
@@ -87,6 +89,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let audit = AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes)
         .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let catalogue_reloads_kept = metrics.catalogue_reloads_kept.clone();
     let sts = Sts::new(StsParts {
         issuer: config.server.issuer.clone(),
         default_ttl: config.tokens.default_ttl,
@@ -125,6 +128,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
+        catalogue_reloads_kept,
         vault: stores.vault,
     })
 }
@@ -151,6 +155,7 @@ impl App {
             self.scopes_dir.clone(),
             self.directory.clone(),
             self.refresh_interval,
+            self.catalogue_reloads_kept.clone(),
             move |c| sts.replace_catalogue(c),
         );
     }

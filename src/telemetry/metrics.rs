@@ -41,6 +41,7 @@ pub struct Metrics {
     pub jwks_fetches: Family<FetchLabels, Counter>,
     pub signing_keys: Gauge,
     pub keyring_refresh_failures: Counter,
+    pub catalogue_reloads_kept: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +104,8 @@ impl VaultMetrics {
         );
     }
 }
+/// Help of the STS's and the shim's `catalogue_reloads_kept` counter.
+const CATALOGUE_RELOADS_KEPT_HELP: &str = "Catalogue reloads that kept the last good catalogue (a scope file still settling, changing while read, too large or invalid)";
 
 /// Label value for an action name that is not in the catalogue.
 pub const OTHER_ACTION: &str = "other";
@@ -116,6 +119,7 @@ impl Metrics {
         let jwks_fetches = Family::<FetchLabels, Counter>::default();
         let signing_keys = Gauge::default();
         let keyring_refresh_failures = Counter::default();
+        let catalogue_reloads_kept = Counter::default();
         registry.register(
             "tokens_issued",
             "Tokens minted, by action",
@@ -146,6 +150,11 @@ impl Metrics {
             "Keyring reads that failed or held a malformed ring (the last good ring is kept)",
             keyring_refresh_failures.clone(),
         );
+        registry.register(
+            "catalogue_reloads_kept",
+            CATALOGUE_RELOADS_KEPT_HELP,
+            catalogue_reloads_kept.clone(),
+        );
         Metrics {
             registry,
             tokens_issued,
@@ -154,6 +163,7 @@ impl Metrics {
             jwks_fetches,
             signing_keys,
             keyring_refresh_failures,
+            catalogue_reloads_kept,
         }
     }
 
@@ -195,6 +205,7 @@ pub struct ShimMetrics {
     registry: Registry,
     pub requests: Family<ShimLabels, Counter>,
     pub duration: Histogram,
+    pub catalogue_reloads_kept: Counter,
 }
 
 impl ShimMetrics {
@@ -212,10 +223,17 @@ impl ShimMetrics {
             "Time to answer a request, upstream included",
             duration.clone(),
         );
+        let catalogue_reloads_kept = Counter::default();
+        registry.register(
+            "catalogue_reloads_kept",
+            CATALOGUE_RELOADS_KEPT_HELP,
+            catalogue_reloads_kept.clone(),
+        );
         ShimMetrics {
             registry,
             requests,
             duration,
+            catalogue_reloads_kept,
         }
     }
 

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 mod attacks;
+mod catalogue_reload;
 mod cli;
 mod dpop;
 mod exchange;
