@@ -219,3 +219,270 @@ async fn nonces_are_required_handed_out_and_shared_by_replicas() {
         .await
         .assert_error(400, "use_dpop_nonce", &[]);
 }
+
+// ---------------------------------------------------------------------------------
+// At the shim (RFC 9449 §7): the token is worth nothing without its key.
+
+use crate::shim::{CANARY_PART, GITHUB, ISSUES, TestShim, access_token, client, start_echo};
+
+/// `POST shim ISSUES` with `Authorization: SCHEME TOKEN` and `proofs` as `DPoP` headers.
+async fn call_shim(shim: &TestShim, scheme: &str, token: &str, proofs: &[&str]) -> Reply {
+    let mut request = client()
+        .post(format!("{}{ISSUES}", shim.url))
+        .header("authorization", format!("{scheme} {token}"))
+        .header("content-type", "application/json")
+        .body("{}");
+    for proof in proofs {
+        request = request.header("DPoP", *proof);
+    }
+    reply(request.send().await.unwrap()).await
+}
+
+fn challenge(r: &Reply) -> Vec<String> {
+    r.headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let subject = issuers.k8s_token("triage");
+    let key = DpopKey::new();
+    let bound = exchange_with(
+        &sts,
+        &subject,
+        "github.issues.create",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await;
+    assert_eq!(bound.json()["token_type"], "DPoP", "{bound:?}");
+    let token = bound.token();
+    let htu = format!("{GITHUB}{ISSUES}");
+
+    // The agent's runtime: its key, a fresh proof with the token's hash.
+    let proof = key.proof("POST", &htu, Some(&token), None);
+    let ok = call_shim(&shim, "DPoP", &token, &[&proof]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let seen = echo.last().unwrap();
+    assert!(
+        seen["headers"].get("dpop").is_none(),
+        "proof forwarded: {seen}"
+    );
+    let forwarded = seen["headers"]["authorization"].to_string();
+    assert!(forwarded.contains(CANARY_PART) && !forwarded.contains(&token));
+
+    let other_token = access_token(&sts, &issuers, "github.issues.create").await;
+    let thief = DpopKey::new();
+    let refused: Vec<(&str, Reply)> = vec![
+        // A stolen token and its stolen proof, replayed from another client.
+        (
+            "replayed proof",
+            call_shim(&shim, "DPoP", &token, &[&proof]).await,
+        ),
+        // The stolen token with a proof of the thief's own key.
+        (
+            "thief's key",
+            call_shim(
+                &shim,
+                "DPoP",
+                &token,
+                &[&thief.proof("POST", &htu, Some(&token), None)],
+            )
+            .await,
+        ),
+        // A proof for token A sent with token B (ath).
+        (
+            "proof of another token",
+            call_shim(
+                &shim,
+                "DPoP",
+                &token,
+                &[&key.proof("POST", &htu, Some(&other_token), None)],
+            )
+            .await,
+        ),
+        // A proof made for another shim, or another method.
+        (
+            "proof for another shim",
+            call_shim(
+                &shim,
+                "DPoP",
+                &token,
+                &[&key.proof(
+                    "POST",
+                    &format!("https://slack-shim.internal{ISSUES}"),
+                    Some(&token),
+                    None,
+                )],
+            )
+            .await,
+        ),
+        (
+            "proof for GET",
+            call_shim(
+                &shim,
+                "DPoP",
+                &token,
+                &[&key.proof("GET", &htu, Some(&token), None)],
+            )
+            .await,
+        ),
+        ("no proof", call_shim(&shim, "DPoP", &token, &[]).await),
+        (
+            "two proofs",
+            call_shim(
+                &shim,
+                "DPoP",
+                &token,
+                &[
+                    &key.proof("POST", &htu, Some(&token), None),
+                    &key.proof("POST", &htu, Some(&token), None),
+                ],
+            )
+            .await,
+        ),
+    ];
+    for (what, r) in &refused {
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert_eq!(r.json()["error"], "invalid_dpop_proof", "{what}: {r:?}");
+        let c = challenge(r);
+        assert!(
+            c.iter().any(|c| c.starts_with("DPoP algs=\"ES256 EdDSA\"")
+                && c.contains("error=\"invalid_dpop_proof\"")),
+            "{what}: {c:?}"
+        );
+    }
+    // The downgrade: the bound token as a bearer token, even with a good proof.
+    let proof = key.proof("POST", &htu, Some(&token), None);
+    let r = call_shim(&shim, "Bearer", &token, &[&proof]).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert!(challenge(&r).iter().any(|c| c.starts_with("DPoP")), "{r:?}");
+    // A bearer token dressed as DPoP.
+    let r = call_shim(
+        &shim,
+        "DPoP",
+        &other_token,
+        &[&key.proof("POST", &htu, Some(&other_token), None)],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    // No token: both schemes are offered.
+    let r = reply(
+        client()
+            .post(format!("{}{ISSUES}", shim.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let c = challenge(&r);
+    assert!(
+        c.iter().any(|c| c.starts_with("Bearer")) && c.iter().any(|c| c.starts_with("DPoP")),
+        "{c:?}"
+    );
+    assert_eq!(echo.hits(), 1, "a refused call reached the upstream");
+}
+
+/// Behind a load balancer the agent addresses `shim.public_url`: proofs name it, and a
+/// proof naming the shim's audience host instead is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_checks_htu_against_its_public_url() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (_echo, upstream) = start_echo().await;
+    let public = "https://agents.example.com/github";
+    let shim = TestShim::start(
+        &sts,
+        GITHUB,
+        &upstream,
+        &format!("public_url = \"{public}\""),
+    )
+    .await;
+    let key = DpopKey::new();
+    let token = exchange_with(
+        &sts,
+        &issuers.k8s_token("triage"),
+        "github.issues.create",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await
+    .token();
+    let at = |base: &str| key.proof("POST", &format!("{base}{ISSUES}"), Some(&token), None);
+    let r = call_shim(&shim, "DPoP", &token, &[&at(GITHUB)]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = call_shim(&shim, "DPoP", &token, &[&at(public)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// A downstream service using the verifier crate's layer gets the same check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_layer_requires_the_bound_key() {
+    use agent_sts_verifier::{AccessToken, RequireAccessToken, Verifier};
+    use axum::{Extension, routing::post};
+    use std::sync::Arc;
+
+    let (sts, issuers) = TestSts::standard().await;
+    let jwks = format!("{}/.well-known/jwks.json", sts.url);
+    let verifier = Arc::new(Verifier::new(STS_ISSUER, GITHUB, &jwks).unwrap());
+    let app = axum::Router::new()
+        .route(
+            ISSUES,
+            post(|Extension(t): Extension<AccessToken>| async move { t.jkt.unwrap_or_default() }),
+        )
+        .layer(RequireAccessToken::new(verifier));
+    let url = spawn_router(app).await;
+    let key = DpopKey::new();
+    let token = exchange_with(
+        &sts,
+        &issuers.k8s_token("triage"),
+        "github.issues.create",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await
+    .token();
+    let send = |scheme: &str, proof: Option<String>| {
+        let mut r = client()
+            .post(format!("{url}{ISSUES}"))
+            .header("authorization", format!("{scheme} {token}"));
+        if let Some(p) = proof {
+            r = r.header("DPoP", p);
+        }
+        async move { reply(r.send().await.unwrap()).await }
+    };
+    let htu = format!("{GITHUB}{ISSUES}");
+    let proof = key.proof("POST", &htu, Some(&token), None);
+    let ok = send("DPoP", Some(proof.clone())).await;
+    assert_eq!(
+        (ok.status, ok.text.as_str()),
+        (200, key.thumbprint().as_str())
+    );
+    for (what, r) in [
+        ("replayed", send("DPoP", Some(proof)).await),
+        ("no proof", send("DPoP", None).await),
+        (
+            "as Bearer",
+            send("Bearer", Some(key.proof("POST", &htu, Some(&token), None))).await,
+        ),
+        (
+            "thief's key",
+            send(
+                "DPoP",
+                Some(DpopKey::new().proof("POST", &htu, Some(&token), None)),
+            )
+            .await,
+        ),
+    ] {
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert!(
+            challenge(&r).iter().any(|c| c.starts_with("DPoP")),
+            "{what}: {r:?}"
+        );
+    }
+}

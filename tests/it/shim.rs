@@ -27,29 +27,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 use crate::process::*;
 
-const GITHUB: &str = "https://github-shim.internal";
+pub const GITHUB: &str = "https://github-shim.internal";
 const SLACK: &str = "https://slack-shim.internal";
 const DOCS: &str = "https://docs.internal";
-const ISSUES: &str = "/repos/acme/widgets/issues";
+pub const ISSUES: &str = "/repos/acme/widgets/issues";
 const TEMPLATE: &str = "/repos/{owner}/{repo}/issues";
 /// The credential part (after the scheme) of [`CANARY_CREDENTIAL`].
-const CANARY_PART: &str = "ghp_CANARY0secret0value0d41d8cd98f00b204e980";
+pub const CANARY_PART: &str = "ghp_CANARY0secret0value0d41d8cd98f00b204e980";
 
 // ---------------------------------------------------------------------------------
 // Harness: a shim in front of an upstream, upstreams, raw HTTP, forged tokens.
 
 /// A shim serving in-process on 127.0.0.1:0.
-struct TestShim {
-    url: String,
+pub struct TestShim {
+    pub url: String,
     dir: tempfile::TempDir,
-    audit_path: PathBuf,
-    config_path: PathBuf,
+    pub audit_path: PathBuf,
+    pub config_path: PathBuf,
 }
 
 impl TestShim {
     /// A shim for `audience` in front of `upstream`, trusting `sts`, with its catalogue
     /// and secrets; `extra` lands at the end of `[shim]` (and may open more sections).
-    async fn start(sts: &TestSts, audience: &str, upstream: &str, extra: &str) -> TestShim {
+    pub async fn start(sts: &TestSts, audience: &str, upstream: &str, extra: &str) -> TestShim {
         let scopes = sts.dir.path().join("scopes");
         Self::start_with_scopes(sts, audience, upstream, extra, &scopes).await
     }
@@ -169,7 +169,7 @@ async fn refusals_audited(shim: &TestShim, at_least: u64) -> BTreeMap<String, u6
     }
 }
 
-fn audit_lines(path: &Path) -> Vec<Value> {
+pub fn audit_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -178,7 +178,7 @@ fn audit_lines(path: &Path) -> Vec<Value> {
 }
 
 /// The echo upstream on 127.0.0.1:0.
-async fn start_echo() -> (Arc<Echo>, String) {
+pub async fn start_echo() -> (Arc<Echo>, String) {
     let echo = Echo::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -202,7 +202,7 @@ where
 }
 
 /// An agent's HTTP client: never follows a redirect itself.
-fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -210,7 +210,7 @@ fn client() -> reqwest::Client {
 }
 
 /// `method url+path` with `Authorization: Bearer TOKEN` and a JSON `body` (if any).
-async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+pub async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client().request(method, format!("{url}{path}"));
     if let Some(token) = token {
@@ -241,7 +241,7 @@ async fn echoed(url: &str, token: &str, headers: &[(&str, &str)], echo: &Echo) -
 }
 
 /// An access token for `action`, exchanged from the `triage` workload token.
-async fn access_token(sts: &TestSts, issuers: &Issuers, action: &str) -> String {
+pub async fn access_token(sts: &TestSts, issuers: &Issuers, action: &str) -> String {
     let r = sts.exchange_for(&issuers.k8s_token("triage"), action).await;
     assert_eq!(r.status, 200, "{r:?}");
     r.token()
