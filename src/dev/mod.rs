@@ -136,7 +136,8 @@ fn file_stores_toml(keys: &Path, audit_file: &str) -> String {
 }
 
 /// The demo shim's configuration: in front of the echo upstream at `upstream`, for
-/// `audience`, trusting the dev STS at `sts`.
+/// `audience`, trusting the dev STS at `sts`; agents address it at `listen` (its
+/// `public_url`, which DPoP proofs name).
 pub fn dev_shim_config_toml(
     listen: SocketAddr,
     audience: &str,
@@ -148,6 +149,7 @@ pub fn dev_shim_config_toml(
     format!(
         r#"[shim]
 listen = "{listen}"
+public_url = "http://{listen}"
 audience = "{audience}"
 upstream = "http://{upstream}"
 issuer = "{sts}"
@@ -413,8 +415,13 @@ async fn start_demo_shim(
         .local_addr()
         .map_err(|e| StartError::Runtime(e.to_string()))?;
     crate::dev::echo::spawn(crate::dev::echo::Echo::new(), echo_listener);
+    // Bound first: its real address (port 0 picks one) is the shim's public URL.
+    let listener = runtime::bind(args.shim_listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let text = dev_shim_config_toml(
-        args.shim_listen,
+        addr,
         &action.audience,
         echo_addr,
         &config.server.issuer,
@@ -424,10 +431,6 @@ async fn start_demo_shim(
     let shim_config = ShimConfig::from_toml(&text, "<embedded demo shim>", &BTreeMap::new())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let shim = crate::shim::build(&shim_config).await?;
-    let listener = runtime::bind(shim_config.shim.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
     tracing::info!(listen = %addr, audience = %action.audience, upstream = %echo_addr, "demo shim serving");
     tokio::spawn(async move {
         if let Err(e) = shim.serve(listener).await {
