@@ -23,10 +23,15 @@
 //!   front;
 //! - B: the STS, each request with a distinct subject token (no verified-subject cache
 //!   hits);
-//! - C: the STS, 64 subject tokens repeated (the verified-subject cache hits).
+//! - C: the STS, 64 subject tokens repeated (the verified-subject cache hits);
+//! - D: as C, each request with a fresh DPoP proof (RFC 9449) from one of 64 agent
+//!   keys, so the token is bound: what sender constraint costs at `/token`.
 //!
 //! It prints requests, req/s, p50 and p99 latency and errors (non-200) for each, and
-//! the ratios B/A (target ≥ 0.8) and C/A (target ≥ 1.5).
+//! the ratios B/A (target ≥ 0.8), C/A (target ≥ 1.5) and D/C (target ≥ 0.7). D's
+//! proofs are signed before the rounds, their `iat` a few seconds ahead: keep the
+//! whole run within `tokens.dpop_max_age` (60 s) of that, or D counts stale proofs as
+//! errors (`LOAD_SECONDS` ≤ 20 with the default rounds).
 //!
 //! Environment: `LOAD_SECONDS` (measured seconds per scenario, over all rounds; default
 //! 8), `LOAD_ROUNDS` (default 2), `LOAD_WARMUP` (seconds before each slice, default 1),
@@ -100,7 +105,7 @@ impl Settings {
         Settings {
             knobs: Knobs::from_env("LOAD"),
             pool: env_or("LOAD_POOL", 300_000),
-            scenarios: env_or("LOAD_SCENARIOS", "ABC".to_string()).to_ascii_uppercase(),
+            scenarios: env_or("LOAD_SCENARIOS", "ABCD".to_string()).to_ascii_uppercase(),
         }
     }
 }
@@ -230,6 +235,25 @@ fn bodies(key: &SigningKey, n: usize, tag: &str) -> Vec<Bytes> {
     })
 }
 
+/// `n` token requests (the bodies of `bodies`, in turn), each with its own DPoP proof
+/// for the STS's token endpoint from one of 64 agent keys, `iat` 4 s ahead.
+fn bound_requests(bodies: &[Bytes], n: usize) -> Vec<(Bytes, axum::http::HeaderValue)> {
+    let keys: Vec<agent_sts_testkit::DpopKey> =
+        (0..64).map(|_| agent_sts_testkit::DpopKey::new()).collect();
+    let url = format!("{STS_ISSUER}/token");
+    let iat = unix_now() + 4;
+    common::on_every_core(n, |i| {
+        let key = &keys[i % keys.len()];
+        let mut claims = key.claims("POST", &url, None, None);
+        claims["iat"] = serde_json::json!(iat);
+        let proof = key.sign(&key.header(), &claims);
+        (
+            bodies[i % bodies.len()].clone(),
+            axum::http::HeaderValue::from_str(&proof).unwrap(),
+        )
+    })
+}
+
 fn main() {
     let settings = Settings::from_env();
     let knobs = &settings.knobs;
@@ -255,6 +279,19 @@ fn main() {
         pool.len(),
         started.elapsed()
     );
+
+    let proofs = if settings.scenarios.contains('D') {
+        let started = Instant::now();
+        let proofs = Arc::new(bound_requests(&repeated, settings.pool / 2));
+        println!(
+            "signed {} DPoP proofs for D in {:.1?}",
+            proofs.len(),
+            started.elapsed()
+        );
+        Some(proofs)
+    } else {
+        None
+    };
 
     let scenarios: [(char, &'static str, SocketAddr, &Arc<Vec<Bytes>>); 3] = [
         (
@@ -284,6 +321,14 @@ fn main() {
             (id, Measured::new(name, addr, knobs.connections, source))
         })
         .collect();
+    if let Some(proofs) = proofs {
+        let source = Arc::new(Source::post_form_with_proofs("/token", proofs));
+        let name = "D STS, as C with a fresh DPoP proof each (bound tokens)";
+        results.insert(
+            'D',
+            Measured::new(name, servers.sts, knobs.connections, source),
+        );
+    }
     let mut runs: Vec<&mut Measured> = results.values_mut().collect();
     common::run_rounds(runtimes.client(), &mut runs, knobs);
 
@@ -314,6 +359,13 @@ fn main() {
                 1.5,
             );
         }
+    }
+    if let (Some(c), Some(d)) = (results.get(&'C'), results.get(&'D')) {
+        common::ratio_line(
+            "D/C (STS, DPoP-bound / bearer)   ",
+            d.per_second() / c.per_second(),
+            0.7,
+        );
     }
     runtimes.shutdown();
     drop(servers);

@@ -336,6 +336,8 @@ enum Items {
     Forms(Arc<Vec<Bytes>>),
     /// `GET` with these `Authorization` values.
     Authorizations(Arc<Vec<HeaderValue>>),
+    /// `POST` with these form bodies, each with a `DPoP` header.
+    FormsWithProofs(Arc<Vec<(Bytes, HeaderValue)>>),
 }
 
 /// Where requests come from: each request takes the next item of a pool; past the end
@@ -367,10 +369,24 @@ impl Source {
         }
     }
 
+    /// `POST path` with a form body and a `DPoP` proof, the next pair each time.
+    pub fn post_form_with_proofs(
+        path: &'static str,
+        requests: Arc<Vec<(Bytes, HeaderValue)>>,
+    ) -> Source {
+        assert!(!requests.is_empty());
+        Source {
+            path,
+            items: Items::FormsWithProofs(requests),
+            next: AtomicUsize::new(0),
+        }
+    }
+
     fn len(&self) -> usize {
         match &self.items {
             Items::Forms(v) => v.len(),
             Items::Authorizations(v) => v.len(),
+            Items::FormsWithProofs(v) => v.len(),
         }
     }
 
@@ -384,6 +400,15 @@ impl Source {
                 .uri(self.path)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(Full::new(bodies[i % bodies.len()].clone())),
+            Items::FormsWithProofs(requests) => {
+                let (body, proof) = &requests[i % requests.len()];
+                builder
+                    .method("POST")
+                    .uri(self.path)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header("dpop", proof.clone())
+                    .body(Full::new(body.clone()))
+            }
             Items::Authorizations(values) => builder
                 .method("GET")
                 .uri(self.path)
