@@ -251,6 +251,7 @@ struct RawShim {
     jwks_refresh: Option<String>,
     jwks_max_stale: Option<String>,
     public_url: Option<String>,
+    dpop_nonce_secret_file: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -503,6 +504,9 @@ pub struct ShimSection {
     pub jwks_refresh: Duration,
     /// How long the last good keys keep serving while the STS's JWKS cannot be fetched.
     pub jwks_max_stale: Duration,
+    /// When set, DPoP proofs must carry a nonce keyed by this file's secret, which
+    /// every replica of the shim shares (RFC 9449 §9).
+    pub dpop_nonce_secret_file: Option<PathBuf>,
 }
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
@@ -1008,6 +1012,7 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
             .map_err(|_| c.err("shim.admin_listen", "not an address:port"))?,
         jwks_refresh: c.duration("shim.jwks_refresh", r.jwks_refresh.as_deref(), "5m")?,
         jwks_max_stale: c.duration("shim.jwks_max_stale", r.jwks_max_stale.as_deref(), "1h")?,
+        dpop_nonce_secret_file: r.dpop_nonce_secret_file.map(PathBuf::from),
     };
     Ok(ShimConfig {
         source: file.to_string(),

@@ -43,6 +43,8 @@ pub enum ShimError {
     InvalidToken { reason: &'static str },
     #[error("the DPoP proof is missing, repeated or invalid")]
     InvalidDpopProof,
+    #[error("a DPoP proof with the shim's current nonce is required")]
+    UseDpopNonce,
     #[error("the token's DPoP binding does not match how it was sent")]
     DpopBinding { reason: &'static str },
     #[error("the token's action is not served by this shim")]
@@ -82,6 +84,7 @@ impl ShimError {
             | MalformedAuthorization
             | InvalidToken { .. }
             | InvalidDpopProof
+            | UseDpopNonce
             | DpopBinding { .. } => StatusCode::UNAUTHORIZED,
             ActionNotServed | RequestNotAllowed => StatusCode::FORBIDDEN,
             CredentialUnavailable
@@ -106,6 +109,7 @@ impl ShimError {
                 "invalid_token"
             }
             InvalidDpopProof => "invalid_dpop_proof",
+            UseDpopNonce => "use_dpop_nonce",
             ActionNotServed | RequestNotAllowed => "insufficient_scope",
             CredentialUnavailable => "credential_unavailable",
             UpstreamUnreachable | UpstreamTooLarge | UpstreamEncoding | UpstreamPartial => {
@@ -131,6 +135,7 @@ impl ShimError {
             MalformedAuthorization => "malformed_authorization",
             InvalidToken { reason } | DpopBinding { reason } => reason,
             InvalidDpopProof => "invalid_dpop_proof",
+            UseDpopNonce => "use_dpop_nonce",
             ActionNotServed => "action_not_served",
             RequestNotAllowed => "request_not_allowed",
             CredentialUnavailable => "credential_unavailable",
@@ -168,7 +173,7 @@ impl IntoResponse for ShimError {
         // missing token with both schemes.
         let dpop = matches!(
             self,
-            ShimError::InvalidDpopProof | ShimError::DpopBinding { .. }
+            ShimError::InvalidDpopProof | ShimError::UseDpopNonce | ShimError::DpopBinding { .. }
         );
         let challenge = match status {
             StatusCode::UNAUTHORIZED => Some(self.code()),

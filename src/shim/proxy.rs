@@ -141,19 +141,42 @@ pub struct ShimApp {
     summary_interval: Duration,
 }
 
+/// The shared secret of `shim.dpop_nonce_secret_file`: a private file (mode 0600) of at
+/// least 32 bytes, whitespace trimmed.
+fn nonce_secret(file: &std::path::Path, source: &str) -> Result<Vec<u8>, StartError> {
+    crate::keys::check_private_file(file).map_err(StartError::Config)?;
+    let secret = std::fs::read(file).map_err(|e| {
+        StartError::Config(format!(
+            "{source}: shim.dpop_nonce_secret_file: {}: {}",
+            file.display(),
+            e.kind()
+        ))
+    })?;
+    let secret = secret.trim_ascii().to_vec();
+    if secret.len() < 32 {
+        return Err(StartError::Config(format!(
+            "{source}: shim.dpop_nonce_secret_file: {}: needs at least 32 bytes of secret",
+            file.display()
+        )));
+    }
+    Ok(secret)
+}
+
 /// Wires a shim from its configuration.
 pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     let s = &config.shim;
-    let verifier = Verifier::builder(&s.issuer, &s.audience, s.jwks_uri.as_str())
+    let mut verifier = Verifier::builder(&s.issuer, &s.audience, s.jwks_uri.as_str())
         .limits(&config.limits.verification())
         .jwks_refresh(s.jwks_refresh)
-        .jwks_max_stale(s.jwks_max_stale)
-        .build()
-        .map_err(|e| match e {
-            VerifierError::Client(e) => StartError::Runtime(format!("HTTP client: {e}")),
-            // `jwks_uri: ...`, `jwks_refresh: ...`: the key is in the message.
-            e => StartError::Config(format!("{}: shim.{e}", config.source)),
-        })?;
+        .jwks_max_stale(s.jwks_max_stale);
+    if let Some(file) = &s.dpop_nonce_secret_file {
+        verifier = verifier.dpop_nonces(&nonce_secret(file, &config.source)?);
+    }
+    let verifier = verifier.build().map_err(|e| match e {
+        VerifierError::Client(e) => StartError::Runtime(format!("HTTP client: {e}")),
+        // `jwks_uri: ...`, `jwks_refresh: ...`: the key is in the message.
+        e => StartError::Config(format!("{}: shim.{e}", config.source)),
+    })?;
     let catalogue = Catalogue::load_dir(&s.scopes_dir, &TrustDirectory::any())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let served = catalogue
@@ -291,7 +314,14 @@ impl ShimApp {
 }
 
 async fn handle(State(shim): State<Arc<Shim>>, request: Request) -> Response {
-    shim.handle(request).await
+    let mut response = shim.handle(request).await;
+    // RFC 9449 §9: with nonces on, every answer carries the one to use next.
+    if let Some(nonce) = shim.verifier.dpop_nonce(unix_now())
+        && let Ok(value) = axum::http::HeaderValue::from_str(&nonce)
+    {
+        response.headers_mut().insert("dpop-nonce", value);
+    }
+    response
 }
 
 async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
@@ -705,6 +735,9 @@ fn token_error(e: VerifyError) -> ShimError {
         VerifyError::Token(JwtError::UnknownKid { .. }) => "unknown_kid",
         VerifyError::Token(JwtError::Malformed(_)) => "malformed_token",
         VerifyError::NotAccessToken => "not_an_access_token",
+        VerifyError::Dpop(agent_sts_verifier::DpopError::UseNonce) => {
+            return ShimError::UseDpopNonce;
+        }
         VerifyError::Dpop(e) => {
             tracing::debug!(error = %e, "DPoP proof refused");
             return ShimError::InvalidDpopProof;

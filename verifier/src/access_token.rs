@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::dpop::{DpopError, DpopRules, DpopVerifier, ProofTarget};
+use crate::dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, ProofTarget};
 use crate::error::JwtError;
 use crate::issuers::{IssuerConfig, IssuerSet, Limits};
 use crate::jose::Algorithm;
@@ -118,6 +118,8 @@ pub struct Verifier {
     audience: String,
     /// DPoP proofs seen, for bound tokens.
     proofs: DpopVerifier,
+    /// When set, proofs must carry one of its nonces (RFC 9449 §9).
+    nonces: Option<NonceSource>,
 }
 
 /// Builds a [`Verifier`] ([`Verifier::builder`]).
@@ -130,9 +132,29 @@ pub struct VerifierBuilder {
     limits: Limits,
     jwks_refresh: Duration,
     jwks_max_stale: Duration,
+    nonce_secret: Option<NonceSecret>,
+}
+
+/// The nonce secret, never printed.
+#[derive(Clone)]
+struct NonceSecret(Vec<u8>);
+
+impl std::fmt::Debug for NonceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceSecret([redacted])")
+    }
 }
 
 impl VerifierBuilder {
+    /// Requires DPoP proofs to carry a server nonce (RFC 9449 §9) made from `secret`
+    /// (at least 32 bytes, shared by every replica of the service): a proof without a
+    /// current one is refused with `use_dpop_nonce`, and [`Verifier::dpop_nonce`] gives
+    /// the nonce to send in `DPoP-Nonce`.
+    pub fn dpop_nonces(mut self, secret: &[u8]) -> Self {
+        self.nonce_secret = Some(NonceSecret(secret.to_vec()));
+        self
+    }
+
     /// The token size cap, JWKS fetch limits (including the refetch cooldown) and
     /// cache capacity.
     pub fn limits(mut self, limits: &Limits) -> Self {
@@ -176,10 +198,15 @@ impl VerifierBuilder {
             jwks_max_stale: self.jwks_max_stale,
         };
         let issuers = IssuerSet::new(&[sts], &self.audience, &self.limits, None)?;
+        let rules = DpopRules::default();
+        let nonces = self
+            .nonce_secret
+            .map(|secret| NonceSource::new(&secret.0, rules.max_age));
         Ok(Verifier {
             issuers,
             audience: self.audience,
-            proofs: DpopVerifier::new(DpopRules::default()),
+            proofs: DpopVerifier::new(rules),
+            nonces,
         })
     }
 }
@@ -223,12 +250,18 @@ impl Verifier {
             limits: Limits::default(),
             jwks_refresh: DEFAULT_JWKS_REFRESH,
             jwks_max_stale: DEFAULT_JWKS_MAX_STALE,
+            nonce_secret: None,
         }
     }
 
     /// The audience this verifier accepts (this service's URL).
     pub fn audience(&self) -> &str {
         &self.audience
+    }
+
+    /// The `DPoP-Nonce` to hand out at `now`, when nonces are required.
+    pub fn dpop_nonce(&self, now: u64) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.issue(now))
     }
 
     /// The DPoP proof checker (its rules, and the replay cache's size).
@@ -266,6 +299,14 @@ impl Verifier {
                 let proof = self.proofs.verify(proof, &target, now)?;
                 if proof.jkt != jkt {
                     return Err(DpopError::KeyMismatch.into());
+                }
+                if let Some(nonces) = &self.nonces
+                    && !proof
+                        .nonce
+                        .as_deref()
+                        .is_some_and(|n| nonces.accepts(n, now))
+                {
+                    return Err(DpopError::UseNonce.into());
                 }
                 Ok(token)
             }

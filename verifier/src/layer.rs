@@ -177,6 +177,7 @@ impl RequireAccessToken {
             .await
             .map_err(|e| match e {
                 VerifyError::Token(JwtError::JwksUnavailable { .. }) => Refusal::KeysUnavailable,
+                VerifyError::Dpop(crate::dpop::DpopError::UseNonce) => Refusal::UseDpopNonce,
                 VerifyError::Dpop(_) => Refusal::InvalidDpopProof,
                 VerifyError::Downgrade | VerifyError::NotBound => Refusal::DpopInvalidToken,
                 _ => Refusal::InvalidToken,
@@ -234,7 +235,16 @@ where
                     request.extensions_mut().insert(token);
                     inner.call(request).await
                 }
-                Err(refusal) => Ok(refusal.response()),
+                Err(refusal) => {
+                    let mut response = refusal.response();
+                    // RFC 9449 §9: the nonce to use next rides on the refusal.
+                    if let Some(nonce) = guard.verifier.dpop_nonce(crate::unix_now())
+                        && let Ok(value) = HeaderValue::from_str(&nonce)
+                    {
+                        response.headers_mut().insert("dpop-nonce", value);
+                    }
+                    Ok(response)
+                }
             }
         })
     }
@@ -249,6 +259,8 @@ enum Refusal {
     InsufficientScope,
     KeysUnavailable,
     InvalidDpopProof,
+    /// Nonces are required and the proof lacks a current one.
+    UseDpopNonce,
     /// A bound token as `Bearer`, or an unbound one as `DPoP`.
     DpopInvalidToken,
 }
@@ -276,6 +288,10 @@ impl Refusal {
             Refusal::InvalidDpopProof => (
                 StatusCode::UNAUTHORIZED,
                 Some("DPoP algs=\"ES256 EdDSA\", error=\"invalid_dpop_proof\""),
+            ),
+            Refusal::UseDpopNonce => (
+                StatusCode::UNAUTHORIZED,
+                Some("DPoP algs=\"ES256 EdDSA\", error=\"use_dpop_nonce\""),
             ),
             Refusal::DpopInvalidToken => (
                 StatusCode::UNAUTHORIZED,
