@@ -167,12 +167,15 @@ class AgentSts(httpx.Auth):
     # -- the httpx.Auth flows -------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> Flow:
+        # Before sending: a streamed body is consumed by the first send (a transport
+        # may read it into memory, but that is no promise).
+        replayable = _replayable(request)
         issued = self._current()
         if issued is None:
             issued = yield from self._obtain(request)
         response = yield self._authorize(request, issued)
         retried_nonce = retried_token = False
-        while response.status_code == 401 and _replayable(request):
+        while response.status_code == 401 and replayable:
             error = _challenge_error(response)
             fresh_nonce = self._remember_nonce(request.url, response)
             if error == "use_dpop_nonce" and fresh_nonce and not retried_nonce:
