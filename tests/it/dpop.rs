@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use agent_sts::config::ShimConfig;
 use agent_sts_testkit::DpopKey;
 
 const TOKEN_URL: &str = "https://sts.test.example/token";
@@ -485,4 +486,60 @@ async fn the_verifier_layer_requires_the_bound_key() {
             "{what}: {r:?}"
         );
     }
+}
+
+/// `shim.dpop_nonce_secret_file`: proofs need a nonce made from the shared secret, so
+/// a nonce from one shim replica is good at another; a short secret does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_nonces_are_required_and_shared_by_replicas() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (echo, upstream) = start_echo().await;
+    let secret = sts.dir.path().join("nonce-secret");
+    write_secret_file(&secret, "a-shared-secret-of-at-least-32-bytes-0123456789");
+    let extra = format!("dpop_nonce_secret_file = \"{}\"", secret.display());
+    let a = TestShim::start(&sts, GITHUB, &upstream, &extra).await;
+    let b = TestShim::start(&sts, GITHUB, &upstream, &extra).await;
+    let key = DpopKey::new();
+    let token = exchange_with(
+        &sts,
+        &issuers.k8s_token("triage"),
+        "github.issues.create",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await
+    .token();
+    let htu = format!("{GITHUB}{ISSUES}");
+    let r = call_shim(
+        &a,
+        "DPoP",
+        &token,
+        &[&key.proof("POST", &htu, Some(&token), None)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("use_dpop_nonce")),
+        "{r:?}"
+    );
+    assert!(
+        challenge(&r)
+            .iter()
+            .any(|c| c.contains("error=\"use_dpop_nonce\""))
+    );
+    let nonce = r.headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let proof = key.proof("POST", &htu, Some(&token), Some(&nonce));
+    let r = call_shim(&b, "DPoP", &token, &[&proof]).await;
+    assert_eq!(r.status, 200, "the nonce of replica a at replica b: {r:?}");
+    assert_eq!(echo.hits(), 1);
+
+    write_secret_file(&secret, "too-short");
+    let config = ShimConfig::load(&a.config_path, &std::collections::BTreeMap::new()).unwrap();
+    let e = agent_sts::shim::build(&config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dpop_nonce_secret_file") && !e.contains("too-short"),
+        "{e}"
+    );
 }
