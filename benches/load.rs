@@ -25,11 +25,13 @@
 //!   hits);
 //! - C: the STS, 64 subject tokens repeated (the verified-subject cache hits);
 //! - D: as C, each request with a fresh DPoP proof (RFC 9449) from one of 64 agent
-//!   keys, so the token is bound: what sender constraint costs at `/token`.
+//!   keys, so the token is bound: what sender constraint costs at `/token` when the
+//!   subject token is cached (one ES256 verification more per request);
+//! - E: as B (distinct subject tokens), each with a fresh DPoP proof.
 //!
 //! It prints requests, req/s, p50 and p99 latency and errors (non-200) for each, and
-//! the ratios B/A (target ≥ 0.8), C/A (target ≥ 1.5) and D/C (target ≥ 0.7). D's
-//! proofs are signed before the rounds, their `iat` a few seconds ahead: keep the
+//! the ratios B/A (target ≥ 0.8), C/A (target ≥ 1.5), D/C and E/B (target ≥ 0.7). The
+//! proofs of D and E are signed before the rounds, their `iat` a few seconds ahead: keep the
 //! whole run within `tokens.dpop_max_age` (60 s) of that, or D counts stale proofs as
 //! errors (`LOAD_SECONDS` ≤ 20 with the default rounds).
 //!
@@ -105,7 +107,7 @@ impl Settings {
         Settings {
             knobs: Knobs::from_env("LOAD"),
             pool: env_or("LOAD_POOL", 300_000),
-            scenarios: env_or("LOAD_SCENARIOS", "ABCD".to_string()).to_ascii_uppercase(),
+            scenarios: env_or("LOAD_SCENARIOS", "ABCDE".to_string()).to_ascii_uppercase(),
         }
     }
 }
@@ -280,18 +282,20 @@ fn main() {
         started.elapsed()
     );
 
-    let proofs = if settings.scenarios.contains('D') {
-        let started = Instant::now();
-        let proofs = Arc::new(bound_requests(&repeated, settings.pool / 2));
-        println!(
-            "signed {} DPoP proofs for D in {:.1?}",
-            proofs.len(),
-            started.elapsed()
-        );
-        Some(proofs)
-    } else {
-        None
+    let with_proofs = |id: char, bodies: &[Bytes]| {
+        settings.scenarios.contains(id).then(|| {
+            let started = Instant::now();
+            let proofs = Arc::new(bound_requests(bodies, settings.pool / 2));
+            println!(
+                "signed {} DPoP proofs for {id} in {:.1?}",
+                proofs.len(),
+                started.elapsed()
+            );
+            proofs
+        })
     };
+    let proofs_d = with_proofs('D', &repeated);
+    let proofs_e = with_proofs('E', &pool[pool.len() / 2..]);
 
     let scenarios: [(char, &'static str, SocketAddr, &Arc<Vec<Bytes>>); 3] = [
         (
@@ -321,13 +325,25 @@ fn main() {
             (id, Measured::new(name, addr, knobs.connections, source))
         })
         .collect();
-    if let Some(proofs) = proofs {
-        let source = Arc::new(Source::post_form_with_proofs("/token", proofs));
-        let name = "D STS, as C with a fresh DPoP proof each (bound tokens)";
-        results.insert(
+    for (id, name, proofs) in [
+        (
             'D',
-            Measured::new(name, servers.sts, knobs.connections, source),
-        );
+            "D STS, as C with a fresh DPoP proof each (bound tokens)",
+            proofs_d,
+        ),
+        (
+            'E',
+            "E STS, as B with a fresh DPoP proof each (bound tokens)",
+            proofs_e,
+        ),
+    ] {
+        if let Some(proofs) = proofs {
+            let source = Arc::new(Source::post_form_with_proofs("/token", proofs));
+            results.insert(
+                id,
+                Measured::new(name, servers.sts, knobs.connections, source),
+            );
+        }
     }
     let mut runs: Vec<&mut Measured> = results.values_mut().collect();
     common::run_rounds(runtimes.client(), &mut runs, knobs);
@@ -362,8 +378,15 @@ fn main() {
     }
     if let (Some(c), Some(d)) = (results.get(&'C'), results.get(&'D')) {
         common::ratio_line(
-            "D/C (STS, DPoP-bound / bearer)   ",
+            "D/C (DPoP / bearer, cache hits)  ",
             d.per_second() / c.per_second(),
+            0.7,
+        );
+    }
+    if let (Some(b), Some(e)) = (results.get(&'B'), results.get(&'E')) {
+        common::ratio_line(
+            "E/B (DPoP / bearer, cache misses)",
+            e.per_second() / b.per_second(),
             0.7,
         );
     }
