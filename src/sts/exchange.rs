@@ -245,7 +245,8 @@ impl Sts {
     }
 
     /// Checks the `DPoP` proof of a token request (RFC 9449 §5): the key it proves,
-    /// or the refusal. A bad proof is refused before any identity is looked at.
+    /// or the refusal. A bad proof is refused before any identity is looked at; its
+    /// `jti` is remembered only once the agent is known (see `decide`).
     fn check_proof(&self, proof: &DpopProof, now: u64) -> Result<Proof, Rejection> {
         let target = ProofTarget {
             method: "POST",
@@ -254,7 +255,7 @@ impl Sts {
         };
         let proof = self
             .proofs
-            .verify(proof.expose(), &target, now)
+            .check(proof.expose(), &target, now)
             .map_err(|e| {
                 tracing::debug!(error = %e, "DPoP proof refused");
                 Rejection::InvalidDpopProof
@@ -440,9 +441,16 @@ impl Sts {
         let agent = actor.as_ref().unwrap_or(&subject);
         let client_id = qualified(agent);
 
-        // 2. Rate limit the verified agent.
+        // 2. Rate limit the verified agent; only then may its proof take a place in
+        // the bounded replay cache (an anonymous flood of fresh-key proofs cannot).
         if !self.rate_limiter.allow(&client_id) {
             return Err(Rejection::RateLimited);
+        }
+        if let Some(p) = &proof {
+            self.proofs.remember(p).map_err(|_| {
+                tracing::debug!("DPoP proof replayed");
+                Rejection::InvalidDpopProof
+            })?;
         }
 
         // 3. Catalogue.
@@ -806,5 +814,43 @@ credential = "integrations/missing"
         let unaudited = world.sts(Break::AuditUnwritable).await;
         let cases = [(docs.0, docs.1, docs.2, Rejection::AuditUnavailable)];
         expect_refusals(&world, &unaudited, &cases).await;
+    }
+
+    /// Anyone can sign a valid proof with a fresh key: a proof sent with a token that
+    /// does not verify is refused without taking a place in the bounded replay cache,
+    /// so a flood of them cannot push real `jti`s out. A verified agent's proof is
+    /// remembered, and refused the second time.
+    #[tokio::test]
+    async fn only_a_verified_agents_proof_enters_the_replay_cache() {
+        let world = World::new();
+        let sts = world.sts(Break::Nothing).await;
+        let key = agent_sts_testkit::DpopKey::new();
+        let url = format!("{STS}/token");
+        let request = |subject: SubjectToken, proof: &str| ExchangeRequest {
+            subject_token: subject,
+            actor_token: None,
+            action: "docs.read".into(),
+            audiences: vec![],
+            resources: vec![],
+            dpop: Some(DpopProof::new(proof)),
+        };
+        for _ in 0..50 {
+            let proof = key.proof("POST", &url, None, None);
+            let forged = SubjectToken::new(format!("{}x", world.token("agent-1").expose()));
+            let got = sts.exchange(request(forged, &proof), unix_now()).await;
+            assert_eq!(got.err(), Some(Rejection::InvalidSubjectToken));
+        }
+        assert_eq!(sts.proofs.remembered(), 0);
+        let proof = key.proof("POST", &url, None, None);
+        let issued = sts
+            .exchange(request(world.token("agent-1"), &proof), unix_now())
+            .await
+            .unwrap();
+        assert_eq!(issued.token_type, "DPoP");
+        assert_eq!(sts.proofs.remembered(), 1);
+        let again = sts
+            .exchange(request(world.token("agent-1"), &proof), unix_now())
+            .await;
+        assert_eq!(again.err(), Some(Rejection::InvalidDpopProof));
     }
 }

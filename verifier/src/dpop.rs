@@ -119,6 +119,8 @@ pub struct Proof {
     /// The server nonce the proof carries, for the caller to check when it requires
     /// one ([`NonceSource::accepts`]).
     pub nonce: Option<String>,
+    /// Names the proof in the replay cache (SHA-256 of its key and `jti`).
+    replay_id: [u8; 32],
 }
 
 /// Checks proofs: the §4.3 list and the replay cache. Nonces are the caller's (the
@@ -155,9 +157,34 @@ impl DpopVerifier {
         self.seen.entry_count()
     }
 
-    /// Checks `proof` (the `DPoP` header value) for `target` at `now` (unix seconds).
-    /// A proof that passes is remembered: the same `jti` is refused for the window.
+    /// Checks `proof` (the `DPoP` header value) for `target` at `now` (unix seconds)
+    /// and remembers it: the same `jti` is refused for the window ([`check`](Self::check)
+    /// then [`remember`](Self::remember)).
     pub fn verify(
+        &self,
+        proof: &str,
+        target: &ProofTarget<'_>,
+        now: u64,
+    ) -> Result<Proof, DpopError> {
+        let proof = self.check(proof, target, now)?;
+        self.remember(&proof)?;
+        Ok(proof)
+    }
+
+    /// Takes the proof's `jti` for the window, or refuses a proof seen before. Callers
+    /// that can tell who is calling remember only after that (the STS, after the
+    /// workload token verified): anyone can mint valid proofs with a fresh key, so an
+    /// anonymous flood must not be able to push real `jti`s out of the bounded cache.
+    pub fn remember(&self, proof: &Proof) -> Result<(), DpopError> {
+        if self.seen.entry(proof.replay_id).or_insert(()).is_fresh() {
+            Ok(())
+        } else {
+            Err(DpopError::Replayed)
+        }
+    }
+
+    /// Every check of §4.3 but the replay cache: stateless.
+    pub fn check(
         &self,
         proof: &str,
         target: &ProofTarget<'_>,
@@ -206,21 +233,18 @@ impl DpopVerifier {
             Some(Value::String(n)) if n.len() <= MAX_JTI_BYTES => Some(n.clone()),
             Some(_) => return Err(DpopError::Malformed("nonce")),
         };
-        // Last, so only a proof that passed everything takes its jti.
         let mut key = digest::Context::new(&digest::SHA256);
         key.update(checked.jkt.as_bytes());
         key.update(b".");
         key.update(jti.as_bytes());
-        let mut id = [0u8; 32];
-        id.copy_from_slice(key.finish().as_ref());
-        if !self.seen.entry(id).or_insert(()).is_fresh() {
-            return Err(DpopError::Replayed);
-        }
+        let mut replay_id = [0u8; 32];
+        replay_id.copy_from_slice(key.finish().as_ref());
         Ok(Proof {
             jkt: checked.jkt,
             algorithm: checked.algorithm,
             issued_at,
             nonce,
+            replay_id,
         })
     }
 
