@@ -16,7 +16,7 @@
 //! - the token is no longer valid (expired, revoked): `lookup-self` is refused too.
 //!   Then the client logs in again and retries once: one login per token generation
 //!   however many requests saw it, none within [`FORCED_LOGIN_INTERVAL`] of the last
-//!   login, none within [`LOGIN_COOLDOWN`] of a failed one;
+//!   such forced login, none within [`LOGIN_COOLDOWN`] of a failed one;
 //! - the token is valid but its policy does not grant the path: a configuration
 //!   error. No login; the path is remembered as denied for [`DENIAL_RECHECK`] (for
 //!   that token), so callers get [`VaultError::PermissionDenied`] at once without a
@@ -59,7 +59,8 @@ const TOKEN_CHECK_TTL: Duration = Duration::from_secs(10);
 /// Vault not heard from for this long: the health task asks `lookup-self`.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A token that cannot be renewed is reported as expiring this long before it does.
+/// A token that cannot be renewed is logged as expiring this long before it does
+/// (once per token; `/readyz` and the metrics say it all along).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(300);
 
 /// At most this many denied paths are remembered (they come from configuration).
@@ -174,6 +175,8 @@ pub struct Vault {
     generation: AtomicU64,
     login_lock: tokio::sync::Mutex<Option<Instant>>,
     observed: Mutex<Observed>,
+    /// The generation whose coming expiry was last logged.
+    warned: AtomicU64,
     metrics: VaultMetrics,
     /// `VAULT_TOKEN` as read at startup.
     env_token: Option<VaultToken>,
@@ -245,6 +248,7 @@ impl Vault {
             generation: AtomicU64::new(0),
             login_lock: tokio::sync::Mutex::new(None),
             observed: Mutex::new(Observed::default()),
+            warned: AtomicU64::new(0),
             metrics: VaultMetrics::default(),
             env_token,
         })
@@ -663,6 +667,16 @@ impl Vault {
     /// A `lookup-self` when Vault has not been heard from for [`HEALTH_INTERVAL`]:
     /// keeps [`Vault::health`] true to what Vault says now.
     async fn check_in(&self, session: &Session) {
+        let expiring = !session.lease.renewable
+            && session
+                .expires_at
+                .is_some_and(|at| at.saturating_duration_since(Instant::now()) < EXPIRY_WARNING);
+        if expiring && self.warned.swap(session.generation, Ordering::SeqCst) != session.generation
+        {
+            tracing::warn!(
+                "the vault token cannot be renewed and expires within 5 minutes: replace it"
+            );
+        }
         let quiet = self
             .observed()
             .last_exchange
@@ -709,12 +723,6 @@ impl Vault {
                     "ok, but the vault token cannot be renewed and expires in {}s",
                     left.as_secs()
                 );
-                if left < EXPIRY_WARNING {
-                    tracing::warn!(
-                        expires_in_secs = left.as_secs(),
-                        "the vault token cannot be renewed and expires soon"
-                    );
-                }
                 StoreHealth { ok: true, detail }
             }
             _ => StoreHealth::ok(),
