@@ -53,8 +53,12 @@ pub const FORCED_LOGIN_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a path the token's policy denied is answered as denied without asking.
 pub const DENIAL_RECHECK: Duration = Duration::from_secs(30);
 
-/// How long a `lookup-self` verdict on the current token is trusted.
-const TOKEN_CHECK_TTL: Duration = Duration::from_secs(10);
+/// How long a `lookup-self` verdict on the current token is trusted. Short: a token
+/// revoked just after a "valid" verdict would otherwise have its 403s taken for the
+/// policy's (and their paths remembered as denied) until the verdict expires. Denied
+/// paths are answered from memory anyway, so this costs at most one lookup per second
+/// of fresh 403s.
+const TOKEN_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// Vault not heard from for this long: the health task asks `lookup-self`.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
