@@ -76,9 +76,9 @@ enum KeysCommand {
 enum ScopesCommand {
     /// Validate a catalogue and print one line per action.
     Check {
-        /// Catalogue directory.
-        #[arg(default_value = "scopes")]
-        dir: PathBuf,
+        /// Catalogue directory (default: the configuration's `server.scopes_dir` with
+        /// --config, else `scopes`).
+        dir: Option<PathBuf>,
         /// Configuration whose [[trust]] names the catalogue may use (default: the
         /// embedded `agent-sts dev` trusts).
         #[arg(long)]
@@ -187,6 +187,14 @@ async fn run(command: Command) -> Result<(), StartError> {
                     config.tokens.algorithm.as_str(),
                     state.as_str()
                 );
+                if state == keys::KeyState::Active {
+                    println!(
+                        "the keyring was empty: this is its first key, active at once; written to {}",
+                        store.location()
+                    );
+                } else {
+                    println!("written to {}", store.location());
+                }
                 Ok(())
             }
             KeysCommand::List { config } => {
@@ -216,9 +224,16 @@ async fn run(command: Command) -> Result<(), StartError> {
         Command::Scopes {
             command: ScopesCommand::Check { dir, config },
         } => {
-            let directory = match config {
-                Some(path) => sts::trust_directory(&load_config(&path)?),
-                None => dev::trust_directory(),
+            let (directory, dir) = match config {
+                Some(path) => {
+                    let config = load_config(&path)?;
+                    let dir = dir.unwrap_or_else(|| config.server.scopes_dir.clone());
+                    (sts::trust_directory(&config), dir)
+                }
+                None => (
+                    dev::trust_directory(),
+                    dir.unwrap_or_else(|| PathBuf::from("scopes")),
+                ),
             };
             let catalogue =
                 catalogue::Catalogue::check_dir(&dir, &directory).map_err(|errors| {

@@ -516,10 +516,31 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 pub const MAX_DPOP_AGE: Duration = Duration::from_secs(5 * 60);
 
 impl Config {
-    /// Reads, overrides from the environment, and validates `path`.
+    /// Reads, overrides from the environment, and validates `path`. Relative paths in
+    /// it resolve against the file's directory, as systemd units and Vault's own
+    /// configuration files do, never against the working directory.
     pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
         let (text, file) = read(path)?;
-        Self::from_toml(&text, &file, env)
+        let mut config = Self::from_toml(&text, &file, env)?;
+        let base = base_dir(path);
+        let at = |p: &mut PathBuf| resolve(&base, p);
+        at(&mut config.server.scopes_dir);
+        if let KeyStoreKind::File { dir } = &mut config.keys.store {
+            at(dir);
+        }
+        if let SecretsConfig::File { path } = &mut config.secrets {
+            at(path);
+        }
+        if let Some(v) = &mut config.vault {
+            v.auth.resolve(&base);
+        }
+        for trust in &mut config.trusts {
+            if let KeySource::File(path) = &mut trust.jwks {
+                at(path);
+            }
+        }
+        at(&mut config.audit.path);
+        Ok(config)
     }
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
@@ -534,10 +555,24 @@ impl Config {
 
 impl ShimConfig {
     /// Reads, overrides from the environment (`AGENT_STS_SHIM_<KEY>` and the shared
-    /// sections), and validates `path`.
+    /// sections), and validates `path`; relative paths resolve against its directory.
     pub fn load(path: &Path, env: &dyn Environment) -> Result<ShimConfig, ConfigError> {
         let (text, file) = read(path)?;
-        Self::from_toml(&text, &file, env)
+        let mut config = Self::from_toml(&text, &file, env)?;
+        let base = base_dir(path);
+        let at = |p: &mut PathBuf| resolve(&base, p);
+        at(&mut config.shim.scopes_dir);
+        if let Some(f) = &mut config.shim.dpop_nonce_secret_file {
+            at(f);
+        }
+        if let SecretsConfig::File { path } = &mut config.secrets {
+            at(path);
+        }
+        if let Some(v) = &mut config.vault {
+            v.auth.resolve(&base);
+        }
+        at(&mut config.audit.path);
+        Ok(config)
     }
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
@@ -551,6 +586,41 @@ impl ShimConfig {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
         Ok(config)
+    }
+}
+
+/// The absolute directory of the configuration file at `path`.
+fn base_dir(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    absolute.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `path` joined to `base` when it is relative.
+fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+impl VaultAuth {
+    /// Its credential files resolved against `base`.
+    fn resolve(&mut self, base: &Path) {
+        match self {
+            VaultAuth::Token { token_file } => {
+                if let Some(f) = token_file {
+                    resolve(base, f);
+                }
+            }
+            VaultAuth::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                resolve(base, role_id_file);
+                resolve(base, secret_id_file);
+            }
+            VaultAuth::Kubernetes { token_file, .. } => resolve(base, token_file),
+        }
     }
 }
 
@@ -1476,5 +1546,68 @@ scopes_dir = "scopes"
         assert_eq!(c.shim.upstream_timeout, Duration::from_secs(2));
         assert_eq!(c.shim.jwks_refresh, Duration::from_secs(15));
         assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc");
+        std::fs::create_dir_all(&conf).unwrap();
+        let path = conf.join("sts.toml");
+        std::fs::write(
+            &path,
+            r#"
+[server]
+issuer = "https://sts.example.org"
+scopes_dir = "scopes"
+
+[keys]
+dir = "../keys"
+
+[secrets]
+store = "file"
+file = "secrets.toml"
+
+[vault]
+address = "http://127.0.0.1:8200"
+auth = "approle"
+role_id_file = "role-id"
+secret_id_file = "/run/secrets/secret-id"
+
+[[trust]]
+name = "k8s-prod"
+issuer = "https://kubernetes.default.svc"
+jwks_file = "jwks/k8s.json"
+algorithms = ["RS256"]
+
+[audit]
+path = "audit.log"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&path, &BTreeMap::new()).unwrap();
+        let base = std::path::absolute(&conf).unwrap();
+        assert_eq!(c.server.scopes_dir, base.join("scopes"));
+        assert!(
+            matches!(&c.keys.store, KeyStoreKind::File { dir } if *dir == base.join("../keys"))
+        );
+        assert!(
+            matches!(&c.secrets, SecretsConfig::File { path } if *path == base.join("secrets.toml"))
+        );
+        match &c.vault.as_ref().unwrap().auth {
+            VaultAuth::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                assert_eq!(*role_id_file, base.join("role-id"));
+                assert_eq!(*secret_id_file, PathBuf::from("/run/secrets/secret-id"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&c.trusts[0].jwks, KeySource::File(p) if *p == base.join("jwks/k8s.json"))
+        );
+        assert_eq!(c.audit.path, base.join("audit.log"));
     }
 }

@@ -321,6 +321,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn load(&self) -> Result<(StoredRing, StoreVersion), KeyStoreError>;
     /// Writes the ring if the store still holds `expected` (check-and-set).
     async fn save(&self, ring: &StoredRing, expected: &StoreVersion) -> Result<(), KeyStoreError>;
+    /// Where the ring lives, for messages (an absolute path, or the Vault mount and path).
+    fn location(&self) -> String;
 }
 
 /// The embedded key store: one JSON file, `<dir>/signing-keys.json`, mode 0600.
@@ -355,6 +357,13 @@ fn version_of(bytes: &[u8]) -> StoreVersion {
 
 #[async_trait::async_trait]
 impl KeyStore for FileKeyStore {
+    fn location(&self) -> String {
+        std::path::absolute(&self.path)
+            .unwrap_or_else(|_| self.path.clone())
+            .display()
+            .to_string()
+    }
+
     async fn load(&self) -> Result<(StoredRing, StoreVersion), KeyStoreError> {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,

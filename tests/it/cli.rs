@@ -505,3 +505,64 @@ async fn serve_keeps_the_last_good_ring_when_the_keyring_file_turns_invalid() {
     assert_eq!(failures, 1, "logged once per distinct reason:\n{log}");
     assert!(log.contains("unknown field `rotated_by`"), "{log}");
 }
+
+/// Relative paths in a configuration file resolve against the file's directory, not
+/// the working directory: `keys rotate` from elsewhere writes the ring next to the
+/// config and says where (and that it made the first key); `keys list` from a third
+/// directory reads it back; nothing lands in the working directories.
+#[test]
+fn relative_paths_resolve_against_the_config_file_not_the_working_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let third = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("scopes")).unwrap();
+    std::fs::write(
+        home.path().join("scopes/test.toml"),
+        "[[action]]\nname = \"docs.read\"\naudience = \"https://docs.internal\"\nagents = [\"k8s-prod:system:serviceaccount:agents:*\"]\n",
+    )
+    .unwrap();
+    std::fs::write(home.path().join("k8s-jwks.json"), "{\"keys\": []}").unwrap();
+    let config = home.path().join("prod.toml");
+    std::fs::write(
+        &config,
+        "[server]\nissuer = \"https://sts.example.org\"\nscopes_dir = \"scopes\"\n\n[keys]\nstore = \"file\"\ndir = \"keys\"\n\n[[trust]]\nname = \"k8s-prod\"\nissuer = \"https://kubernetes.default.svc\"\njwks_file = \"k8s-jwks.json\"\nalgorithms = [\"RS256\"]\n\n[audit]\npath = \"audit.log\"\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+
+    let out = run(&["keys", "rotate", "--config", c], elsewhere.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let ring = home.path().join("keys/signing-keys.json");
+    assert!(ring.is_file(), "the ring is not next to the config");
+    assert!(said.contains("first key"), "{said}");
+    let canonical = std::fs::canonicalize(&ring).unwrap();
+    assert!(
+        said.contains(&ring.display().to_string())
+            || said.contains(&canonical.display().to_string()),
+        "the absolute path written is not printed: {said}"
+    );
+    assert!(!elsewhere.path().join("keys").exists());
+
+    let out = run(&["keys", "list", "--config", c], third.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("active"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["scopes", "check", "--config", c], third.path());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for dir in [elsewhere.path(), third.path()] {
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "wrote into the cwd"
+        );
+    }
+}

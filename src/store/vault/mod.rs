@@ -878,10 +878,6 @@ impl VaultKeyStore {
             path: path.into(),
         }
     }
-
-    fn location(&self) -> String {
-        format!("vault {}/{}", self.vault.config.kv_mount, self.path)
-    }
 }
 
 /// KV v1 has no versions: the version is a hash of the content.
@@ -895,6 +891,10 @@ fn content_version(data: &Map<String, Value>) -> StoreVersion {
 
 #[async_trait::async_trait]
 impl KeyStore for VaultKeyStore {
+    fn location(&self) -> String {
+        format!("vault {}/{}", self.vault.config.kv_mount, self.path)
+    }
+
     async fn load(&self) -> Result<(StoredRing, StoreVersion), KeyStoreError> {
         let read = self
             .vault
