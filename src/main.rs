@@ -102,17 +102,27 @@ enum AuditCommand {
 }
 
 /// Logs go to stderr; `AGENT_STS_LOG` (or `RUST_LOG`) sets the filter, by default
-/// `info` for the servers and `warn` for one-shot commands.
-fn init_logging(default: &str) {
+/// `info` for the servers and `warn` for one-shot commands. A filter that does not
+/// parse is an error naming the variable, never a silent fallback.
+fn init_logging(default: &str) -> Result<(), String> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_STS_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match ["AGENT_STS_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().map(|v| (name, v)))
+    {
+        Some((name, value)) => tracing_subscriber::EnvFilter::builder()
+            .parse(&value)
+            .map_err(|e| {
+                format!("{name}: not a log filter ({e}); e.g. info, or agent_sts=debug")
+            })?,
+        None => tracing_subscriber::EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
@@ -125,7 +135,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::Serve { .. } | Command::Shim { .. } | Command::Dev(_)
     );
-    init_logging(if server { "info" } else { "warn" });
+    if let Err(e) = init_logging(if server { "info" } else { "warn" }) {
+        eprintln!("agent-sts: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -80,6 +80,9 @@ const ENV_SECTIONS: &[&str] = &[
 /// Sections an environment variable may override in the shim configuration.
 const SHIM_ENV_SECTIONS: &[&str] = &["shim", "secrets", "vault", "audit", "limits"];
 
+/// `AGENT_STS_*` variables that are not configuration overrides (lowercase, prefix off).
+const NOT_OVERRIDES: &[&str] = &["log", "log_format"];
+
 /// A configuration error: always names where (file or variable) and which key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -545,7 +548,8 @@ impl Config {
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
     pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let mut config = validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)?;
+        let mut config = validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)
+            .map_err(|e| blame_override(e, env))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -581,7 +585,8 @@ impl ShimConfig {
         file: &str,
         env: &dyn Environment,
     ) -> Result<ShimConfig, ConfigError> {
-        let mut config = validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)?;
+        let mut config = validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)
+            .map_err(|e| blame_override(e, env))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -667,12 +672,32 @@ fn apply_env<R: serde::de::DeserializeOwned>(
     let mut names = Vec::new();
     for (name, value) in vars {
         let rest = &name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if NOT_OVERRIDES.contains(&rest.as_str()) {
+            continue;
+        }
         let Some((section, key)) = sections.iter().find_map(|s| {
             rest.strip_prefix(s)
                 .and_then(|r| r.strip_prefix('_'))
                 .map(|k| (*s, k))
         }) else {
-            continue; // not a configuration override (e.g. AGENT_STS_LOG)
+            // A section of the other program (the STS's [server] for a shim sharing
+            // its environment) is not this one's to read.
+            let elsewhere = ENV_SECTIONS
+                .iter()
+                .chain(SHIM_ENV_SECTIONS)
+                .any(|s| rest.strip_prefix(s).is_some_and(|r| r.starts_with('_')));
+            if elsewhere {
+                continue;
+            }
+            // As an unknown key in the file is: a typo is an error, not silence.
+            return Err(ConfigError::Invalid {
+                file: format!("environment variable {name}"),
+                key: rest.clone(),
+                message: format!(
+                    "not a setting: AGENT_STS_<SECTION>_<KEY> overrides a key of [{}] (AGENT_STS_LOG and AGENT_STS_LOG_FORMAT set logging)",
+                    sections.join("], [")
+                ),
+            });
         };
         let table = doc
             .entry(section)
@@ -695,6 +720,30 @@ fn apply_env<R: serde::de::DeserializeOwned>(
         file: format!("{file} with environment overrides {}", names.join(", ")),
         message: e.message().to_string(),
     })
+}
+
+/// An error about a key an environment variable set names that variable, not the file
+/// whose value it replaced.
+fn blame_override(error: ConfigError, env: &dyn Environment) -> ConfigError {
+    match error {
+        ConfigError::Invalid { file, key, message } => {
+            let var = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase());
+            let overridden = env
+                .vars_with_prefix(ENV_PREFIX)
+                .iter()
+                .any(|(n, _)| *n == var);
+            ConfigError::Invalid {
+                file: if overridden {
+                    format!("environment variable {var} (overriding {file})")
+                } else {
+                    file
+                },
+                key,
+                message,
+            }
+        }
+        other => other,
+    }
 }
 
 /// An override's value: a TOML scalar or array when it parses as one, else a string.
@@ -1449,6 +1498,63 @@ path = "audit.log"
             .to_string();
         assert!(e.contains("AGENT_STS_SERVER_LISTN"), "{e}");
         assert!(e.contains("listn"), "{e}");
+    }
+
+    /// A bad value from the environment is blamed on its variable, not the file; a
+    /// variable naming no section is an error like an unknown key; the logging ones
+    /// are not settings and pass.
+    #[test]
+    fn environment_errors_name_the_variable_and_unknown_names_are_refused() {
+        let one = |name: &str, value: &str| {
+            let mut env = BTreeMap::new();
+            env.insert(name.to_string(), value.to_string());
+            env
+        };
+        let e = Config::from_toml(
+            MINIMAL,
+            "sts.toml",
+            &one("AGENT_STS_SERVER_LISTEN", "nowhere"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("environment variable AGENT_STS_SERVER_LISTEN")
+                && e.contains("server.listen"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            MINIMAL,
+            "sts.toml",
+            &one("AGENT_STS_SERVR_LISTEN", "127.0.0.1:1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("AGENT_STS_SERVR_LISTEN") && e.contains("not a setting"),
+            "{e}"
+        );
+        let e = ShimConfig::from_toml(
+            SHIM,
+            "shim.toml",
+            &one("AGENT_STS_SHIMM_LISTEN", "127.0.0.1:1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("AGENT_STS_SHIMM_LISTEN"), "{e}");
+        // The STS's own sections are left to it when a shim shares its environment.
+        ShimConfig::from_toml(SHIM, "shim.toml", &one("AGENT_STS_SERVER_LISTEN", "x")).unwrap();
+        for name in ["AGENT_STS_LOG", "AGENT_STS_LOG_FORMAT"] {
+            Config::from_toml(MINIMAL, "sts.toml", &one(name, "json")).unwrap();
+        }
+        // A value in the file that is wrong is still blamed on the file.
+        let e = Config::from_toml(
+            &MINIMAL.replace("[server]", "[server]\nlisten = \"nowhere\""),
+            "sts.toml",
+            &one("AGENT_STS_LOG", "info"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("sts.toml: server.listen"), "{e}");
     }
 
     const SHIM: &str = r#"

@@ -566,3 +566,38 @@ fn relative_paths_resolve_against_the_config_file_not_the_working_directory() {
         );
     }
 }
+
+/// A log filter that does not parse is an error naming the variable (exit 2), not a
+/// silent fallback to the default.
+#[test]
+fn an_invalid_log_filter_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "scopes",
+            "check",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scopes"),
+        ])
+        .current_dir(dir.path())
+        .env("AGENT_STS_LOG", "agent_sts=[[[")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("AGENT_STS_LOG"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The same command with a good filter succeeds.
+    let ok = std::process::Command::new(BIN)
+        .args([
+            "scopes",
+            "check",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scopes"),
+        ])
+        .current_dir(dir.path())
+        .env("AGENT_STS_LOG", "agent_sts=debug")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+}

@@ -24,6 +24,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 BINARY = Path(os.environ.get("AGENT_STS_BIN", REPO / "target" / "debug" / "agent-sts"))
 
+
+def child_env() -> "dict[str, str]":
+    """The environment for an ``agent-sts`` process: this one's, without
+    ``AGENT_STS_BIN`` (the binary refuses ``AGENT_STS_*`` names that are not settings)."""
+    return {k: v for k, v in os.environ.items() if k != "AGENT_STS_BIN"}
+
 #: The demo action and the agent the dev catalogue grants it to (scopes/github.toml).
 ACTION = "github.issues.create"
 TRUST = "k8s-prod"
@@ -81,7 +87,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
-        env={**os.environ, "AGENT_STS_LOG": "info"},
+        env={**child_env(), "AGENT_STS_LOG": "info"},
     )
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent_sts import AgentSts, DPoPKey
-from conftest import ACTION, AGENT, BINARY, REPO, START_TIMEOUT, Recorder, jwt_part
+from conftest import ACTION, AGENT, BINARY, REPO, START_TIMEOUT, Recorder, child_env, jwt_part
 
 K8S_ISSUER = "https://kubernetes.default.svc"
 KID = "python-client-test"
@@ -78,10 +78,16 @@ def nonce_sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NonceSts]:
         f'[audit]\npath = "{work}/audit.log"\n' + trusts
     )
     config = ["--config", str(work / "sts.toml")]
-    subprocess.run([str(BINARY), "keys", "rotate", *config], cwd=work, check=True, capture_output=True)
+    subprocess.run(
+        [str(BINARY), "keys", "rotate", *config],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        env=child_env(),
+    )
     log = open(work / "stderr.log", "w")
     proc = subprocess.Popen(
-        [str(BINARY), "serve", *config], cwd=work, stdout=log, stderr=log, env={**os.environ}
+        [str(BINARY), "serve", *config], cwd=work, stdout=log, stderr=log, env=child_env()
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT
