@@ -829,6 +829,14 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if issuer.is_empty() || issuer.chars().any(char::is_whitespace) {
         return Err(c.err("server.issuer", "must be a non-empty URL without spaces"));
     }
+    // Verifiers fetch `{issuer}/.well-known/jwks.json` and DPoP proofs name
+    // `{issuer}/token`: an absolute https URL (http only on loopback), nothing after
+    // the path.
+    match parse_jwks_uri(&issuer) {
+        Ok(url) if url.query().is_none() && url.fragment().is_none() => {}
+        Ok(_) => return Err(c.err("server.issuer", "must not have a query or fragment")),
+        Err(problem) => return Err(c.err("server.issuer", problem)),
+    }
     let scopes_dir = PathBuf::from(raw.server.scopes_dir.as_deref().unwrap_or("scopes"));
 
     // [tokens]
@@ -1715,5 +1723,32 @@ path = "audit.log"
             matches!(&c.trusts[0].jwks, KeySource::File(p) if *p == base.join("jwks/k8s.json"))
         );
         assert_eq!(c.audit.path, base.join("audit.log"));
+    }
+
+    #[test]
+    fn the_issuer_is_an_absolute_https_url() {
+        for bad in [
+            "sts.example.org",
+            "http://sts.example.org",
+            "ftp://sts.example.org",
+            "https://user:pw@sts.example.org",
+            "https://sts.example.org/?x=1",
+            "https://sts.example.org/#f",
+        ] {
+            let e = err(&MINIMAL.replace("https://sts.example.org", bad));
+            assert!(e.contains("server.issuer"), "{bad}: {e}");
+        }
+        for good in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "https://sts.example.org/t/acme",
+        ] {
+            Config::from_toml(
+                &MINIMAL.replace("https://sts.example.org", good),
+                "sts.toml",
+                &no_env(),
+            )
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 }
