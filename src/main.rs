@@ -64,6 +64,9 @@ enum KeysCommand {
     Rotate {
         #[arg(long)]
         config: PathBuf,
+        /// Rotate even though a `next` key is still pending (it would be overtaken).
+        #[arg(long)]
+        force: bool,
     },
     /// List kid, algorithm, state and dates; never key material.
     List {
@@ -183,13 +186,27 @@ async fn run(command: Command) -> Result<(), StartError> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Keys { command } => match command {
-            KeysCommand::Rotate { config } => {
+            KeysCommand::Rotate { config, force } => {
                 let config = load_config(&config)?;
                 let store = store::open(&config).await?.keys;
+                let now = identity::unix_now();
+                let (ring, _) = keys::load_valid(store.as_ref())
+                    .await
+                    .map_err(|e| StartError::Runtime(e.to_string()))?;
+                let pending = keys::list(&ring, now, config.tokens.max_ttl)
+                    .into_iter()
+                    .find(|k| k.state == keys::KeyState::Next);
+                if let (Some(next), false) = (pending, force) {
+                    return Err(StartError::Runtime(format!(
+                        "key {} is still pending: it starts signing at {}; rotate after that, or pass --force to add another next key now",
+                        next.kid,
+                        rfc3339(next.activates_at)
+                    )));
+                }
                 let (kid, state) = keys::rotate(
                     store.as_ref(),
                     config.tokens.algorithm,
-                    identity::unix_now(),
+                    now,
                     config.keys.publish_lead,
                     config.tokens.max_ttl,
                 )
@@ -206,6 +223,16 @@ async fn run(command: Command) -> Result<(), StartError> {
                         store.location()
                     );
                 } else {
+                    let (ring, _) = keys::load_valid(store.as_ref())
+                        .await
+                        .map_err(|e| StartError::Runtime(e.to_string()))?;
+                    if let Some(k) = ring.keys.iter().find(|k| k.kid == kid) {
+                        println!(
+                            "published now, signs from {} (in {} s)",
+                            rfc3339(k.activates_at),
+                            k.activates_at.saturating_sub(now)
+                        );
+                    }
                     println!("written to {}", store.location());
                 }
                 Ok(())
@@ -218,17 +245,20 @@ async fn run(command: Command) -> Result<(), StartError> {
                     .await
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
                 println!(
-                    "{:<44} {:<6} {:<9} {:<21} activates_at",
-                    "kid", "alg", "state", "created_at"
+                    "{:<44} {:<6} {:<9} {:<21} {:<21} {:<21} removed_at",
+                    "kid", "alg", "state", "created_at", "activates_at", "retires_at"
                 );
+                let when = |t: Option<u64>| t.map_or_else(|| "-".to_string(), rfc3339);
                 for row in keys::list(&ring, identity::unix_now(), config.tokens.max_ttl) {
                     println!(
-                        "{:<44} {:<6} {:<9} {:<21} {}",
+                        "{:<44} {:<6} {:<9} {:<21} {:<21} {:<21} {}",
                         row.kid,
                         row.alg.as_str(),
                         row.state.as_str(),
                         rfc3339(row.created_at),
-                        rfc3339(row.activates_at)
+                        rfc3339(row.activates_at),
+                        when(row.retires_at),
+                        when(row.removed_at)
                     );
                 }
                 Ok(())

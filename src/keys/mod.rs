@@ -837,6 +837,10 @@ pub struct KeyListing {
     pub state: KeyState,
     pub created_at: u64,
     pub activates_at: u64,
+    /// When it stops signing (its successor activates), if it has one.
+    pub retires_at: Option<u64>,
+    /// When it leaves the JWKS (`max_ttl` + 60 s after it retires).
+    pub removed_at: Option<u64>,
 }
 
 /// States of every stored key at `now` (no key material).
@@ -852,9 +856,17 @@ pub fn list(ring: &StoredRing, now: u64, max_ttl: Duration) -> Vec<KeyListing> {
             state,
             created_at: k.created_at,
             activates_at: k.activates_at,
+            retires_at: None,
+            removed_at: None,
         })
         .collect();
     rows.sort_by_key(|r| r.activates_at);
+    let keep = max_ttl.as_secs().saturating_add(REMOVAL_MARGIN.as_secs());
+    for i in 1..rows.len() {
+        let successor = rows[i].activates_at;
+        rows[i - 1].retires_at = Some(successor);
+        rows[i - 1].removed_at = Some(successor.saturating_add(keep));
+    }
     rows
 }
 

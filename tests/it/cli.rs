@@ -601,3 +601,59 @@ fn an_invalid_log_filter_is_an_error() {
         .unwrap();
     assert!(ok.status.success(), "{}", text(&ok.stderr));
 }
+
+/// `keys rotate` guardrails: the second rotation says when its key starts signing; a
+/// third while that key is still `next` is refused (exit 1, nothing written) unless
+/// `--force`; `keys list` shows when each key retires and leaves the JWKS.
+#[test]
+fn rotate_refuses_to_overtake_a_pending_key_and_list_shows_the_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sts.toml");
+    std::fs::write(
+        &config,
+        "[server]\nissuer = \"https://sts.example.org\"\n\n[keys]\ndir = \"keys\"\npublish_lead = \"10m\"\njwks_max_age = \"5m\"\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let first = run(&["keys", "rotate", "--config", c], dir.path());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = run(&["keys", "rotate", "--config", c], dir.path());
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains("signs from"),
+        "{}",
+        text(&second.stdout)
+    );
+    let ring = dir.path().join("keys/signing-keys.json");
+    let before = std::fs::read(&ring).unwrap();
+    let third = run(&["keys", "rotate", "--config", c], dir.path());
+    assert_eq!(third.status.code(), Some(1), "{}", text(&third.stdout));
+    assert!(
+        text(&third.stderr).contains("--force"),
+        "{}",
+        text(&third.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&ring).unwrap(),
+        before,
+        "written despite the refusal"
+    );
+    let forced = run(&["keys", "rotate", "--force", "--config", c], dir.path());
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+
+    let list = text(&run(&["keys", "list", "--config", c], dir.path()).stdout);
+    let header = list.lines().next().unwrap();
+    assert!(
+        header.contains("retires_at") && header.contains("removed_at"),
+        "{list}"
+    );
+    let active = list.lines().find(|l| l.contains(" active ")).unwrap();
+    let timestamps = active
+        .split_whitespace()
+        .filter(|w| w.len() == 20 && w.ends_with('Z') && w.as_bytes()[10] == b'T')
+        .count();
+    assert_eq!(
+        timestamps, 4,
+        "created, activates, retires, removed: {active}"
+    );
+}
