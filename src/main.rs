@@ -72,6 +72,9 @@ enum KeysCommand {
     List {
         #[arg(long)]
         config: PathBuf,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -86,6 +89,9 @@ enum ScopesCommand {
         /// embedded `agent-sts dev` trusts).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// One JSON document instead of the lines (errors too, on stdout, exit 2).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -101,6 +107,13 @@ enum AuditCommand {
         /// first `seq` above 1 and print the hash the earlier file must end with.
         #[arg(long)]
         continued: bool,
+        /// Fail (exit 1) unless the last line hashes to HASH: a copy of the last hash
+        /// kept elsewhere catches a log cut short, which the chain alone cannot.
+        #[arg(long, value_name = "HASH")]
+        expect_last: Option<String>,
+        /// One JSON document instead of the lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -237,19 +250,38 @@ async fn run(command: Command) -> Result<(), StartError> {
                 }
                 Ok(())
             }
-            KeysCommand::List { config } => {
+            KeysCommand::List { config, json } => {
                 let config = load_config(&config)?;
                 let store = store::open(&config).await?.keys;
                 // The check `serve` runs: a ring it would refuse is refused here too.
                 let (ring, _) = keys::load_valid(store.as_ref())
                     .await
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
+                let rows = keys::list(&ring, identity::unix_now(), config.tokens.max_ttl);
+                if json {
+                    let keys: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "kid": r.kid,
+                                "alg": r.alg.as_str(),
+                                "state": r.state.as_str(),
+                                "created_at": r.created_at,
+                                "activates_at": r.activates_at,
+                                "retires_at": r.retires_at,
+                                "removed_at": r.removed_at,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({ "keys": keys }));
+                    return Ok(());
+                }
                 println!(
                     "{:<44} {:<6} {:<9} {:<21} {:<21} {:<21} removed_at",
                     "kid", "alg", "state", "created_at", "activates_at", "retires_at"
                 );
                 let when = |t: Option<u64>| t.map_or_else(|| "-".to_string(), rfc3339);
-                for row in keys::list(&ring, identity::unix_now(), config.tokens.max_ttl) {
+                for row in rows {
                     println!(
                         "{:<44} {:<6} {:<9} {:<21} {:<21} {:<21} {}",
                         row.kid,
@@ -265,7 +297,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             }
         },
         Command::Scopes {
-            command: ScopesCommand::Check { dir, config },
+            command: ScopesCommand::Check { dir, config, json },
         } => {
             let (directory, dir) = match config {
                 Some(path) => {
@@ -278,11 +310,34 @@ async fn run(command: Command) -> Result<(), StartError> {
                     dir.unwrap_or_else(|| PathBuf::from("scopes")),
                 ),
             };
-            let catalogue =
-                catalogue::Catalogue::check_dir(&dir, &directory).map_err(|errors| {
-                    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    StartError::Config(format!("{} error(s):\n{}", lines.len(), lines.join("\n")))
-                })?;
+            let checked = catalogue::Catalogue::check_dir(&dir, &directory);
+            if json {
+                let doc = match &checked {
+                    Ok(c) => serde_json::json!({
+                        "dir": dir.display().to_string(),
+                        "ok": true,
+                        "actions": c.actions().map(action_json).collect::<Vec<_>>(),
+                    }),
+                    Err(errors) => serde_json::json!({
+                        "dir": dir.display().to_string(),
+                        "ok": false,
+                        "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }),
+                };
+                println!("{doc}");
+                return match checked {
+                    Ok(_) => Ok(()),
+                    Err(errors) => Err(StartError::Config(format!(
+                        "{} error(s) in {}",
+                        errors.len(),
+                        dir.display()
+                    ))),
+                };
+            }
+            let catalogue = checked.map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                StartError::Config(format!("{} error(s):\n{}", lines.len(), lines.join("\n")))
+            })?;
             for action in catalogue.actions() {
                 println!("{}", describe(action));
             }
@@ -290,12 +345,45 @@ async fn run(command: Command) -> Result<(), StartError> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { files, continued },
+            command:
+                AuditCommand::Verify {
+                    files,
+                    continued,
+                    expect_last,
+                    json,
+                },
         } => {
             let report = audit::verify_files(&files, continued)
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            println!("{}: {} lines, chain intact", names.join(" "), report.lines);
+            let expected = expect_last
+                .as_deref()
+                .map(|h| h.trim().eq_ignore_ascii_case(&report.last_hash));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "files": names,
+                        "lines": report.lines,
+                        "first_seq": report.first_seq,
+                        "continues": report.continues,
+                        "last_hash": report.last_hash,
+                        "intact": true,
+                        "expected_last": expected,
+                    })
+                );
+            } else {
+                println!("{}: {} lines, chain intact", names.join(" "), report.lines);
+            }
+            if expected == Some(false) {
+                return Err(StartError::Runtime(format!(
+                    "the last line hashes to {}, not the expected hash: the log was cut short or replaced after that hash was recorded",
+                    report.last_hash
+                )));
+            }
+            if json {
+                return Ok(());
+            }
             if let Some(prev) = report.continues {
                 println!(
                     "the chain starts at seq {} and continues an earlier file not given: its last line must hash to {prev}",
@@ -306,6 +394,26 @@ async fn run(command: Command) -> Result<(), StartError> {
             Ok(())
         }
     }
+}
+
+/// One action of `scopes check --json`.
+fn action_json(a: &catalogue::Action) -> serde_json::Value {
+    serde_json::json!({
+        "name": a.name,
+        "source": a.source.to_string(),
+        "audience": a.audience,
+        "ttl_seconds": a.ttl.map(|t| t.as_secs()),
+        "delegation": a.delegation.as_str(),
+        "agents": a.agents.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "subjects": a.subjects.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "credential": a.credential,
+        "sender_constraint": a.sender_constraint.map(|s| s.as_str()),
+        "request": a.request.as_ref().map(|r| serde_json::json!({
+            "method": r.method,
+            "path": r.path.as_str(),
+            "headers": r.headers,
+        })),
+    })
 }
 
 /// One line of `scopes check`.

@@ -657,3 +657,76 @@ fn rotate_refuses_to_overtake_a_pending_key_and_list_shows_the_timeline() {
         "created, activates, retires, removed: {active}"
     );
 }
+
+/// `--json` on `keys list`, `scopes check` and `audit verify`; `audit verify
+/// --expect-last HASH` catches a log cut short that still chains.
+#[tokio::test]
+async fn json_output_and_the_expected_last_hash() {
+    let (sts, issuers) = TestSts::standard().await;
+    for scope in ["docs.read", "github.issues.create"] {
+        sts.exchange_for(&issuers.k8s_token("triage"), scope).await;
+    }
+    let cwd = sts.dir.path();
+    let config = sts.config_path.to_str().unwrap();
+    let json_of = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))
+    };
+
+    let keys = json_of(&run(&["keys", "list", "--json", "--config", config], cwd));
+    assert_eq!(keys["keys"][0]["state"], "active", "{keys}");
+    assert!(keys["keys"][0]["activates_at"].is_u64(), "{keys}");
+
+    let scopes = json_of(&run(
+        &["scopes", "check", "--json", "--config", config],
+        cwd,
+    ));
+    assert_eq!(scopes["ok"], true, "{scopes}");
+    assert!(
+        scopes["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "docs.read"),
+        "{scopes}"
+    );
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("bad.toml"), "[[action]]\nname = \"x\"\n").unwrap();
+    let out = run(
+        &[
+            "scopes",
+            "check",
+            "--json",
+            "--config",
+            config,
+            broken.path().to_str().unwrap(),
+        ],
+        cwd,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let doc = json_of(&out);
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert!(!doc["errors"].as_array().unwrap().is_empty(), "{doc}");
+
+    let audit = sts.audit_path();
+    let a = audit.to_str().unwrap();
+    let report = json_of(&run(&["audit", "verify", "--json", a], cwd));
+    assert_eq!(
+        (report["lines"].as_u64(), report["intact"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let last = report["last_hash"].as_str().unwrap().to_owned();
+    let ok = run(&["audit", "verify", "--expect-last", &last, a], cwd);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    // Cut the last line off: the rest still chains, the recorded hash says otherwise.
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let first = log.lines().next().unwrap();
+    std::fs::write(&audit, format!("{first}\n")).unwrap();
+    let cut = run(&["audit", "verify", "--expect-last", &last, a], cwd);
+    assert_eq!(cut.status.code(), Some(1), "{}", text(&cut.stdout));
+    assert!(
+        text(&cut.stderr).contains("cut short"),
+        "{}",
+        text(&cut.stderr)
+    );
+}
