@@ -25,6 +25,45 @@ impl StartError {
     }
 }
 
+/// Refuses to start (exit 2) unless `path`, the value of configuration key `key` in
+/// `source`, is a readable directory (`dir`) or file: a typo in a path is caught at
+/// start with the key, the path and the OS's reason, not as a server that runs unready.
+pub fn require_path(
+    source: &str,
+    key: &str,
+    path: &std::path::Path,
+    dir: bool,
+) -> Result<(), StartError> {
+    let fail = |reason: String| {
+        StartError::Config(format!("{source}: {key}: {}: {reason}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if dir {
+        if !meta.is_dir() {
+            return Err(fail("not a directory".into()));
+        }
+        std::fs::read_dir(path).map_err(|e| fail(e.to_string()))?;
+    } else {
+        if !meta.is_file() {
+            return Err(fail("not a file".into()));
+        }
+        std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `error` and its causes, `: `-separated (an OS error under a path error, say).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs `task` every `interval` (first run one interval from now), forever; a slow
 /// run delays the next instead of piling up.
 pub fn every<F, Fut>(interval: std::time::Duration, task: F)

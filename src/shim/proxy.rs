@@ -165,6 +165,16 @@ fn nonce_secret(file: &std::path::Path, source: &str) -> Result<Vec<u8>, StartEr
 /// Wires a shim from its configuration.
 pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     let s = &config.shim;
+    // The paths first, before anything starts or logs: a typo exits 2 naming the key.
+    runtime::require_path(&config.source, "shim.scopes_dir", &s.scopes_dir, true)?;
+    if let crate::config::SecretsConfig::File { path } = &config.secrets {
+        runtime::require_path(&config.source, "secrets.file", path, false)?;
+    }
+    let audit =
+        AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes).map_err(|e| {
+            let reason = runtime::with_causes(&e);
+            StartError::Config(format!("{}: audit.path: {reason}", config.source))
+        })?;
     let mut verifier = Verifier::builder(&s.issuer, &s.audience, s.jwks_uri.as_str())
         .limits(&config.limits.verification())
         .jwks_refresh(s.jwks_refresh)
@@ -202,8 +212,6 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         .timeout(s.upstream_timeout)
         .build()
         .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
-    let audit = AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes)
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let shim = Shim {
         audience: s.audience.clone(),
         public_url: s.public_url.clone(),

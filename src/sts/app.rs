@@ -51,8 +51,31 @@ pub struct App {
     pub summary_interval: std::time::Duration,
 }
 
+/// Checks the paths the configuration names (the catalogue directory, the secrets
+/// file, trusts' `jwks_file`) and opens the audit log: the audit log, or the refusal
+/// naming the key, the path and the OS's reason (exit 2).
+fn preflight(config: &Config) -> Result<AuditLog, StartError> {
+    let source = &config.source;
+    runtime::require_path(source, "server.scopes_dir", &config.server.scopes_dir, true)?;
+    if let crate::config::SecretsConfig::File { path } = &config.secrets {
+        runtime::require_path(source, "secrets.file", path, false)?;
+    }
+    for trust in &config.trusts {
+        if let agent_sts_verifier::KeySource::File(path) = &trust.jwks {
+            let key = format!("trust[{}].jwks_file", trust.name);
+            runtime::require_path(source, &key, path, false)?;
+        }
+    }
+    AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes).map_err(|e| {
+        let reason = runtime::with_causes(&e);
+        StartError::Config(format!("{source}: audit.path: {reason}"))
+    })
+}
+
 /// Wires every part from `config`.
 pub async fn build(config: &Config) -> Result<App, StartError> {
+    // The paths first, before anything starts or logs: a typo exits 2 naming the key.
+    let audit = preflight(config)?;
     let stores = store::open(config).await?;
     let metrics = Arc::new(Metrics::new().with_vault(stores.vault.as_deref().map(Vault::metrics)));
     let trusts = TrustStore::new(
@@ -87,8 +110,6 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     }
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
-    let audit = AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes)
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let catalogue_reloads_kept = metrics.catalogue_reloads_kept.clone();
     let sts = Sts::new(StsParts {
         issuer: config.server.issuer.clone(),

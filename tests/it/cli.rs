@@ -730,3 +730,53 @@ async fn json_output_and_the_expected_last_hash() {
         text(&cut.stderr)
     );
 }
+
+/// A path the configuration names that is not there stops `serve` at once (exit 2),
+/// naming the key, the path and the OS's reason, before it logs that anything started.
+#[test]
+fn missing_paths_stop_serve_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("secrets.toml"), "").unwrap();
+    let base = "[server]\nissuer = \"https://sts.example.org\"\nlisten = \"127.0.0.1:0\"\nscopes_dir = \"scopes\"\n\n[secrets]\nstore = \"file\"\nfile = \"secrets.toml\"\n\n[audit]\npath = \"audit.log\"\n";
+    let cases = [
+        (
+            "server.scopes_dir",
+            base.replace("scopes_dir = \"scopes\"", "scopes_dir = \"scoeps\""),
+        ),
+        (
+            "secrets.file",
+            base.replace("file = \"secrets.toml\"", "file = \"secret.toml\""),
+        ),
+        (
+            "audit.path",
+            base.replace("path = \"audit.log\"", "path = \"no-such-dir/audit.log\""),
+        ),
+        (
+            "trust[k8s].jwks_file",
+            format!(
+                "{base}\n[[trust]]\nname = \"k8s\"\nissuer = \"https://k8s\"\njwks_file = \"k8s-jwks.json\"\nalgorithms = [\"RS256\"]\n"
+            ),
+        ),
+    ];
+    for (key, config_text) in cases {
+        let config = dir.path().join("sts.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env_remove("AGENT_STS_LOG")
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("No such file or directory"),
+            "{key}: {err}"
+        );
+        assert!(
+            !err.contains("INFO"),
+            "{key}: logged before refusing: {err}"
+        );
+    }
+}
