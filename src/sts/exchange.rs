@@ -322,6 +322,7 @@ impl Sts {
 
     /// Decides one exchange at `now` (unix seconds).
     pub async fn exchange(&self, request: ExchangeRequest, now: u64) -> Result<Issued, Rejection> {
+        let started = std::time::Instant::now();
         let mut facts = Facts::default();
         let result = self.decide(&request, now, &mut facts).await;
         let (outcome, reason, minted) = match &result {
@@ -354,6 +355,25 @@ impl Sts {
             self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
             return Err(Rejection::AuditUnavailable);
         }
+        if !summarised {
+            // One decision event per request, at the level operators keep on: who, what,
+            // why, how long; never a token. Anonymous refusals are sampled like the audit
+            // log's (the first of each reason per window).
+            let agent = facts.actor.as_ref().or(facts.subject.as_ref());
+            tracing::info!(
+                target: "agent_sts::decision",
+                decision = if minted.is_some() { "allow" } else { "deny" },
+                reason,
+                trust = facts.subject.as_ref().map(|s| &*s.trust),
+                subject = facts.subject.as_ref().map(|s| s.subject.as_str()),
+                client_id = agent.map(qualified),
+                action = record.action,
+                kid = minted.map(|m| m.kid.as_str()),
+                bound = minted.map(|m| m.bound),
+                latency_us = started.elapsed().as_micros() as u64,
+                "token request decided"
+            );
+        }
         match result {
             Ok(m) => {
                 let action = facts.action.as_deref().unwrap_or(OTHER_ACTION);
@@ -363,7 +383,6 @@ impl Sts {
                         action: action.to_string(),
                     })
                     .inc();
-                tracing::debug!(action, kid = %m.kid, jti = %m.jti, "token issued");
                 Ok(Issued {
                     access_token: m.access_token,
                     expires_in: m.expires_in,
@@ -382,7 +401,8 @@ impl Sts {
     /// form errors): audited and counted like any other decision.
     pub fn refuse(&self, rejection: Rejection) -> Rejection {
         let record = Decision::now(Outcome::Deny, rejection.reason());
-        let written = if self.anonymous.admit(rejection.reason()) {
+        let admitted = self.anonymous.admit(rejection.reason());
+        let written = if admitted {
             self.audit.append_decision(&record)
         } else {
             Ok(())
@@ -394,7 +414,14 @@ impl Sts {
                 Rejection::AuditUnavailable
             }
         };
-        tracing::debug!(reason = rejection.reason(), "token request refused");
+        if admitted {
+            tracing::info!(
+                target: "agent_sts::decision",
+                decision = "deny",
+                reason = rejection.reason(),
+                "token request decided"
+            );
+        }
         self.count_denial(None, rejection);
         rejection
     }

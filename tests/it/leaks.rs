@@ -174,3 +174,65 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
         }
     }
 }
+
+/// One decision event per `/token` request at `info` (issue: refusals left no trace):
+/// who (trust, subject, client id), what, why and how long, never a token; anonymous
+/// refusals are sampled like the audit log's, so a flood of junk is a few lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_one_info_event_and_junk_floods_are_sampled() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = sts_dir(&issuers);
+    let rotate = run(
+        &["keys", "rotate", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let sts = ServeProcess::start(&config, dir.path(), "info");
+    let url = format!("{}/token", sts.url);
+    let subject = issuers.k8s_token("triage");
+    let ok = post_form(&url, exchange_form(&subject, "docs.read")).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let denied = post_form(&url, exchange_form(&subject, "no.such.action")).await;
+    assert_eq!(denied.status, 400);
+    for _ in 0..100 {
+        post_form(&url, exchange_form("garbage", "docs.read")).await;
+    }
+    let (_, stderr) = sts.stop();
+    let events: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("token request decided"))
+        .collect();
+    let allow = events
+        .iter()
+        .find(|l| l.contains("decision=\"allow\""))
+        .unwrap();
+    for field in [
+        "trust=",
+        "subject=",
+        "client_id=",
+        "action=",
+        "latency_us=",
+        "kid=",
+    ] {
+        assert!(allow.contains(field), "{field} missing: {allow}");
+    }
+    assert!(
+        allow.contains("k8s-prod:system:serviceaccount:agents:triage"),
+        "{allow}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|l| l.contains("reason=\"action_not_permitted\"")),
+        "{events:?}"
+    );
+    let junk = events
+        .iter()
+        .filter(|l| l.contains("invalid_subject_token"))
+        .count();
+    assert!(
+        (1..=3).contains(&junk),
+        "100 junk requests made {junk} events"
+    );
+    assert!(!stderr.contains(&ok.token()) && !stderr.contains(&subject));
+}
