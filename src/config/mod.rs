@@ -531,18 +531,17 @@ impl Config {
         if let KeyStoreKind::File { dir } = &mut config.keys.store {
             at(dir);
         }
-        if let SecretsConfig::File { path } = &mut config.secrets {
-            at(path);
-        }
-        if let Some(v) = &mut config.vault {
-            v.auth.resolve(&base);
-        }
         for trust in &mut config.trusts {
             if let KeySource::File(path) = &mut trust.jwks {
                 at(path);
             }
         }
-        at(&mut config.audit.path);
+        resolve_stores(
+            &base,
+            &mut config.secrets,
+            config.vault.as_mut(),
+            &mut config.audit,
+        );
         Ok(config)
     }
 
@@ -569,13 +568,12 @@ impl ShimConfig {
         if let Some(f) = &mut config.shim.dpop_nonce_secret_file {
             at(f);
         }
-        if let SecretsConfig::File { path } = &mut config.secrets {
-            at(path);
-        }
-        if let Some(v) = &mut config.vault {
-            v.auth.resolve(&base);
-        }
-        at(&mut config.audit.path);
+        resolve_stores(
+            &base,
+            &mut config.secrets,
+            config.vault.as_mut(),
+            &mut config.audit,
+        );
         Ok(config)
     }
 
@@ -605,6 +603,23 @@ fn resolve(base: &Path, path: &mut PathBuf) {
     if path.is_relative() {
         *path = base.join(&*path);
     }
+}
+
+/// The paths the STS and the shim share, resolved against `base`: the secrets file,
+/// Vault's credential files and the audit log.
+fn resolve_stores(
+    base: &Path,
+    secrets: &mut SecretsConfig,
+    vault: Option<&mut VaultConfig>,
+    audit: &mut AuditConfig,
+) {
+    if let SecretsConfig::File { path } = secrets {
+        resolve(base, path);
+    }
+    if let Some(v) = vault {
+        v.auth.resolve(base);
+    }
+    resolve(base, &mut audit.path);
 }
 
 impl VaultAuth {

@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::shim::request_target::TargetError;
+use agent_sts_verifier::layer::DPOP_CHALLENGE;
 
 /// Why the shim did not proxy a request, or why the proxied call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,9 +156,6 @@ impl ShimError {
         self.to_string()
     }
 }
-
-/// The `DPoP` challenge's algorithms (RFC 9449 §7.1).
-const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA\"";
 
 impl IntoResponse for ShimError {
     fn into_response(self) -> Response {

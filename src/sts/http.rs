@@ -172,19 +172,6 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
 /// `DPoP-Nonce` (RFC 9449 §8.1).
 const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
 
-/// The `DPoP` header (RFC 9449 §4.1): none, or exactly one well-formed value.
-fn dpop_header(headers: &axum::http::HeaderMap) -> Result<Option<DpopProof>, Rejection> {
-    let mut values = headers.get_all("dpop").iter();
-    match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(v), None) => v
-            .to_str()
-            .map(|v| Some(DpopProof::new(v.trim())))
-            .map_err(|_| Rejection::InvalidDpopProof),
-        (Some(_), Some(_)) => Err(Rejection::InvalidDpopProof),
-    }
-}
-
 async fn token_wrong_method(State(state): State<AppState>) -> Response {
     state
         .sts
@@ -216,7 +203,9 @@ async fn read_exchange(
     if !form {
         return Err(Rejection::UnsupportedMediaType);
     }
-    let dpop = dpop_header(&parts.headers)?;
+    let dpop = agent_sts_verifier::layer::dpop_proof(&parts.headers)
+        .map_err(|_| Rejection::InvalidDpopProof)?
+        .map(DpopProof::new);
     let bytes = read_body(body, state.max_body_bytes).await?;
     let mut exchange = token_exchange::parse(&bytes, state.max_token_bytes)?;
     exchange.dpop = dpop;

@@ -84,13 +84,24 @@ pub fn presented_token(
     if !scheme.eq_ignore_ascii_case("dpop") {
         return Err(BearerError::Malformed);
     }
+    match dpop_proof(headers)? {
+        Some(proof) => Ok(Presented::Dpop { token, proof }),
+        None => Err(BearerError::Proof),
+    }
+}
+
+/// The `DPoP` proof header (RFC 9449 §4.1): none, or exactly one visible-ASCII value
+/// (trimmed); two, or one that is not text, is [`BearerError::Proof`]. The token
+/// endpoint and resource servers read it alike.
+pub fn dpop_proof(headers: &HeaderMap) -> Result<Option<&str>, BearerError> {
     let mut proofs = headers.get_all("dpop").iter();
     match (proofs.next(), proofs.next()) {
+        (None, _) => Ok(None),
         (Some(proof), None) => proof
             .to_str()
-            .map(|proof| Presented::Dpop { token, proof })
+            .map(|p| Some(p.trim()))
             .map_err(|_| BearerError::Proof),
-        _ => Err(BearerError::Proof),
+        (Some(_), Some(_)) => Err(BearerError::Proof),
     }
 }
 
@@ -265,8 +276,9 @@ enum Refusal {
     DpopInvalidToken,
 }
 
-/// The `DPoP` challenge's algorithms (RFC 9449 §7.1).
-const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA\"";
+/// The `DPoP` challenge's scheme and algorithms (RFC 9449 §7.1), for any server that
+/// challenges as this layer does.
+pub const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA\"";
 
 impl Refusal {
     fn response<B: Default>(self) -> Response<B> {
