@@ -80,6 +80,17 @@ impl TestShim {
         TestShim { url, ..self }
     }
 
+    /// Switches the written configuration to Vault's secret store, logging in with a
+    /// token of `policies` (`max_stale` 2 s).
+    async fn use_vault(&self, vault: &crate::openbao::OpenBao, policies: &[&str]) {
+        let text = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .replace("store = \"file\"", "store = \"vault\"");
+        let auth = vault.token_auth(policies).await;
+        let vault_section = crate::vault::vault_section(vault, &auth, "2s");
+        std::fs::write(&self.config_path, format!("{text}\n{vault_section}")).unwrap();
+    }
+
     /// Only writes `shim.toml` (for `agent-sts shim --config`); `url` stays empty.
     fn write_config(
         sts: &TestSts,
@@ -1661,15 +1672,7 @@ async fn a_credential_held_in_vault_is_injected_and_its_revocation_followed() {
     let (sts, issuers) = TestSts::standard().await;
     let (echo, upstream) = start_echo().await;
     let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
-    let text = std::fs::read_to_string(&shim.config_path)
-        .unwrap()
-        .replace("store = \"file\"", "store = \"vault\"");
-    let auth = vault.token_auth(&["agent-sts-shim"]).await;
-    let text = format!(
-        "{text}\n{}",
-        crate::vault::vault_section(&vault, &auth, "2s")
-    );
-    std::fs::write(&shim.config_path, text).unwrap();
+    shim.use_vault(&vault, &["agent-sts-shim"]).await;
     let app = shim.build().await;
     let shim = shim.serve(app).await;
     let url = shim.url.clone();
@@ -2099,16 +2102,8 @@ async fn a_credential_the_vault_policy_denies_is_a_configuration_error_at_the_sh
     let (sts, issuers) = TestSts::standard().await;
     let (echo, upstream) = start_echo().await;
     let shim = TestShim::write_config(&sts, GITHUB, &upstream, "", &sts.dir.path().join("scopes"));
-    let text = std::fs::read_to_string(&shim.config_path)
-        .unwrap()
-        .replace("store = \"file\"", "store = \"vault\"");
     // Renew and look itself up, but no credential: a policy that forgot them.
-    let auth = vault.token_auth(&["default"]).await;
-    let text = format!(
-        "{text}\n{}",
-        crate::vault::vault_section(&vault, &auth, "2s")
-    );
-    std::fs::write(&shim.config_path, text).unwrap();
+    shim.use_vault(&vault, &["default"]).await;
     let app = shim.build().await;
     let admin = spawn_router(app.admin_router()).await;
     let shim = shim.serve(app).await;
