@@ -553,9 +553,10 @@ fn config() -> Criterion {
         .without_plots()
 }
 
-/// A DPoP proof (RFC 9449) checked as the STS and the shim check it: parse, thumbprint,
-/// ES256 signature, htm/htu, iat, ath, and the replay cache (each proof fresh, so
-/// every check inserts a new jti; the cache is at its 100k cap after warm-up).
+/// A DPoP proof (RFC 9449) checked as the STS and the shim check it: header (parsed
+/// once per agent key, then cached), signature, htm/htu, iat, ath, and the replay cache
+/// (each proof fresh, so every check inserts a new jti; the cache is at its 100k cap
+/// after warm-up); for ES256 and EdDSA proofs, and for a key seen for the first time.
 fn bench_dpop(c: &mut Criterion) {
     use agent_sts_verifier::{DpopRules, DpopVerifier, ProofTarget};
     let verifier = DpopVerifier::new(DpopRules::default());
@@ -569,9 +570,22 @@ fn bench_dpop(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("dpop");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("verify proof (ES256, ath, replay cache)", |b| {
+    let ed25519 = agent_sts_testkit::DpopKey::ed25519();
+    for key in [&key, &ed25519] {
+        group.bench_function(
+            format!("verify proof ({}, ath, replay cache)", key.alg()),
+            |b| {
+                b.iter_batched(
+                    || key.proof("POST", url, Some(token), None),
+                    |proof| verifier.verify(&proof, &target, unix_now()).unwrap(),
+                    criterion::BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    group.bench_function("verify proof (ES256, a new key each time)", |b| {
         b.iter_batched(
-            || key.proof("POST", url, Some(token), None),
+            || agent_sts_testkit::DpopKey::new().proof("POST", url, Some(token), None),
             |proof| verifier.verify(&proof, &target, unix_now()).unwrap(),
             criterion::BatchSize::SmallInput,
         )

@@ -41,7 +41,8 @@
 //! 300000), `LOAD_RUNTIME` (`shared`: servers and load generator on one tokio runtime
 //! of `LOAD_SERVER_THREADS` workers; `split`: the load generator on its own runtime of
 //! `LOAD_CLIENT_THREADS` workers), `LOAD_SCENARIOS` (a subset such as `B` or `AC`, for
-//! profiling one scenario).
+//! profiling one scenario), `LOAD_DPOP_ALG` (`ES256`, the default, or `EdDSA`: the
+//! agents' proof keys in D and E).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -100,6 +101,8 @@ struct Settings {
     knobs: Knobs,
     pool: usize,
     scenarios: String,
+    /// The proofs' algorithm in D and E: `ES256` or `EdDSA`.
+    dpop_alg: String,
 }
 
 impl Settings {
@@ -108,6 +111,11 @@ impl Settings {
             knobs: Knobs::from_env("LOAD"),
             pool: env_or("LOAD_POOL", 300_000),
             scenarios: env_or("LOAD_SCENARIOS", "ABCDE".to_string()).to_ascii_uppercase(),
+            dpop_alg: match env_or("LOAD_DPOP_ALG", "ES256".to_string()).as_str() {
+                "EdDSA" => "EdDSA".to_string(),
+                "ES256" => "ES256".to_string(),
+                other => panic!("LOAD_DPOP_ALG must be ES256 or EdDSA, not {other}"),
+            },
         }
     }
 }
@@ -238,10 +246,15 @@ fn bodies(key: &SigningKey, n: usize, tag: &str) -> Vec<Bytes> {
 }
 
 /// `n` token requests (the bodies of `bodies`, in turn), each with its own DPoP proof
-/// for the STS's token endpoint from one of 64 agent keys, `iat` 4 s ahead.
-fn bound_requests(bodies: &[Bytes], n: usize) -> Vec<(Bytes, axum::http::HeaderValue)> {
-    let keys: Vec<agent_sts_testkit::DpopKey> =
-        (0..64).map(|_| agent_sts_testkit::DpopKey::new()).collect();
+/// for the STS's token endpoint from one of 64 agent keys (`alg` ES256 or EdDSA), `iat`
+/// 4 s ahead.
+fn bound_requests(bodies: &[Bytes], n: usize, alg: &str) -> Vec<(Bytes, axum::http::HeaderValue)> {
+    let keys: Vec<agent_sts_testkit::DpopKey> = (0..64)
+        .map(|_| match alg {
+            "EdDSA" => agent_sts_testkit::DpopKey::ed25519(),
+            _ => agent_sts_testkit::DpopKey::new(),
+        })
+        .collect();
     let url = format!("{STS_ISSUER}/token");
     let iat = unix_now() + 4;
     common::on_every_core(n, |i| {
@@ -285,10 +298,15 @@ fn main() {
     let with_proofs = |id: char, bodies: &[Bytes]| {
         settings.scenarios.contains(id).then(|| {
             let started = Instant::now();
-            let proofs = Arc::new(bound_requests(bodies, settings.pool / 2));
+            let proofs = Arc::new(bound_requests(
+                bodies,
+                settings.pool / 2,
+                &settings.dpop_alg,
+            ));
             println!(
-                "signed {} DPoP proofs for {id} in {:.1?}",
+                "signed {} {} DPoP proofs for {id} in {:.1?}",
                 proofs.len(),
+                settings.dpop_alg,
                 started.elapsed()
             );
             proofs

@@ -308,9 +308,15 @@ pub fn alg_name(alg: Algorithm) -> &'static str {
     }
 }
 
-/// An agent runtime's DPoP key (RFC 9449): a fresh P-256 key that signs proofs.
+/// An agent runtime's DPoP key (RFC 9449): a fresh P-256 (ES256, the default) or
+/// Ed25519 (EdDSA) key that signs proofs.
 pub struct DpopKey {
-    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    pair: DpopPair,
+}
+
+enum DpopPair {
+    Es256(aws_lc_rs::signature::EcdsaKeyPair),
+    EdDsa(aws_lc_rs::signature::Ed25519KeyPair),
 }
 
 impl Default for DpopKey {
@@ -320,31 +326,58 @@ impl Default for DpopKey {
 }
 
 impl DpopKey {
+    /// A fresh P-256 key (ES256).
     pub fn new() -> DpopKey {
         use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         DpopKey {
-            pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-                .unwrap(),
+            pair: DpopPair::Es256(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap(),
+            ),
         }
     }
 
-    /// The public JWK (`kty`, `crv`, `x`, `y`).
+    /// A fresh Ed25519 key (EdDSA).
+    pub fn ed25519() -> DpopKey {
+        DpopKey {
+            pair: DpopPair::EdDsa(aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap()),
+        }
+    }
+
+    /// The JOSE `alg` of the proofs this key signs.
+    pub fn alg(&self) -> &'static str {
+        match self.pair {
+            DpopPair::Es256(_) => "ES256",
+            DpopPair::EdDsa(_) => "EdDSA",
+        }
+    }
+
+    /// The public JWK (`kty`, `crv`, `x`, `y`; or `kty`, `crv`, `x` for Ed25519).
     pub fn jwk(&self) -> serde_json::Value {
         use aws_lc_rs::signature::KeyPair;
-        let p = self.pair.public_key().as_ref();
-        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65])})
+        match &self.pair {
+            DpopPair::Es256(pair) => {
+                let p = pair.public_key().as_ref();
+                serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65])})
+            }
+            DpopPair::EdDsa(pair) => {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())})
+            }
+        }
     }
 
     /// The RFC 7638 thumbprint of [`DpopKey::jwk`]: what `cnf.jkt` must be.
     pub fn thumbprint(&self) -> String {
         let jwk = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            jwk["x"].as_str().unwrap(),
-            jwk["y"].as_str().unwrap()
-        );
+        let x = jwk["x"].as_str().unwrap();
+        let canonical = match &self.pair {
+            DpopPair::Es256(_) => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{}"}}"#,
+                jwk["y"].as_str().unwrap()
+            ),
+            DpopPair::EdDsa(_) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+        };
         b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
     }
 
@@ -355,14 +388,19 @@ impl DpopKey {
             b64(header.to_string().as_bytes()),
             b64(claims.to_string().as_bytes())
         );
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let sig = self.pair.sign(&rng, input.as_bytes()).unwrap();
-        format!("{input}.{}", b64(sig.as_ref()))
+        let signature = match &self.pair {
+            DpopPair::Es256(pair) => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                pair.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec()
+            }
+            DpopPair::EdDsa(pair) => pair.sign(input.as_bytes()).as_ref().to_vec(),
+        };
+        format!("{input}.{}", b64(&signature))
     }
 
-    /// The standard header: `typ` `dpop+jwt`, `alg` ES256, the public `jwk`.
+    /// The standard header: `typ` `dpop+jwt`, the key's `alg`, the public `jwk`.
     pub fn header(&self) -> serde_json::Value {
-        serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()})
+        serde_json::json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()})
     }
 
     /// The standard claims for `method` `url` now, with a fresh `jti`, and `ath` for

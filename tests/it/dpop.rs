@@ -395,6 +395,39 @@ async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
 /// Behind a load balancer the agent addresses `shim.public_url`: proofs name it, and a
 /// proof naming the shim's audience host instead is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ed25519_key_binds_and_uses_tokens_like_a_p256_one() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (_echo, upstream) = start_echo().await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let subject = issuers.k8s_token("triage");
+    let key = DpopKey::ed25519();
+    let bound = exchange_with(
+        &sts,
+        &subject,
+        "github.issues.create",
+        &[&key.proof("POST", TOKEN_URL, None, None)],
+    )
+    .await;
+    assert_eq!(bound.json()["token_type"], "DPoP", "{bound:?}");
+    let token = bound.token();
+    assert_eq!(claims_of(&token)["cnf"]["jkt"], key.thumbprint());
+    let htu = format!("{GITHUB}{ISSUES}");
+    let ok = call_shim(
+        &shim,
+        "DPoP",
+        &token,
+        &[&key.proof("POST", &htu, Some(&token), None)],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // The same header (cached after the first proof) with another key's signature.
+    let forged =
+        DpopKey::ed25519().sign(&key.header(), &key.claims("POST", &htu, Some(&token), None));
+    let refused = call_shim(&shim, "DPoP", &token, &[&forged]).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_checks_htu_against_its_public_url() {
     let (sts, issuers) = TestSts::standard().await;
     let (_echo, upstream) = start_echo().await;

@@ -14,6 +14,7 @@
 //! fragment are left out, and a proof whose `htu` has either is refused (§4.2 defines
 //! `htu` without them).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::{constant_time, digest, hmac};
@@ -31,6 +32,11 @@ pub const MAX_PROOF_BYTES: usize = 4096;
 
 /// Longest `jti` accepted.
 const MAX_JTI_BYTES: usize = 256;
+
+/// How many distinct proof headers (one per agent key, in practice) keep their parsed
+/// key: a runtime signs every proof with the same key, so its header is the same bytes
+/// each time and the key is parsed and thumbprinted once.
+const HEADER_CACHE_CAPACITY: u64 = 10_000;
 
 /// Header parameters a proof may carry (§4.2); anything else is refused.
 const PROOF_HEADER: [&str; 4] = ["typ", "alg", "jwk", "kid"];
@@ -128,6 +134,18 @@ pub struct Proof {
 pub struct DpopVerifier {
     rules: DpopRules,
     seen: moka::sync::Cache<[u8; 32], ()>,
+    /// Proof headers (the base64url segment, exactly as sent) that passed every header
+    /// check, with what they yield. The same bytes always yield the same result, so a
+    /// hit skips only work whose outcome is known; the signature is checked every time.
+    headers: moka::sync::Cache<Box<str>, Arc<CheckedHeader>>,
+}
+
+/// What a valid proof header yields: the key to check the signature with, and the
+/// binding it names.
+struct CheckedHeader {
+    key: VerifyingKey,
+    jkt: String,
+    algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for DpopVerifier {
@@ -144,7 +162,14 @@ impl DpopVerifier {
             .max_capacity(rules.replay_capacity)
             .time_to_live(rules.max_age + rules.max_skew + Duration::from_secs(1))
             .build();
-        DpopVerifier { rules, seen }
+        let headers = moka::sync::Cache::builder()
+            .max_capacity(HEADER_CACHE_CAPACITY)
+            .build();
+        DpopVerifier {
+            rules,
+            seen,
+            headers,
+        }
     }
 
     pub fn rules(&self) -> &DpopRules {
@@ -255,7 +280,33 @@ impl DpopVerifier {
         }
         let jws =
             jose::split_compact(proof).map_err(|_| DpopError::Malformed("not a compact JWS"))?;
-        let header_bytes = base64url::decode(jws.header).ok_or(DpopError::Malformed("header"))?;
+        let header = match self.headers.get(jws.header) {
+            Some(header) => header,
+            None => {
+                let header = Arc::new(self.check_header(jws.header)?);
+                self.headers.insert(jws.header.into(), Arc::clone(&header));
+                header
+            }
+        };
+        let signature = jose::decode_signature(jws.signature).ok_or(DpopError::Signature)?;
+        if !header
+            .key
+            .verify(header.algorithm, jws.signing_input.as_bytes(), &signature)
+        {
+            return Err(DpopError::Signature);
+        }
+        let claims = jose::parse_claims(jws.payload).map_err(|_| DpopError::Malformed("claims"))?;
+        let signed = Signed {
+            jkt: header.jkt.clone(),
+            algorithm: header.algorithm,
+        };
+        Ok((signed, claims))
+    }
+
+    /// The header's checks (§4.3 points 4 to 6): `typ`, an accepted `alg`, a public
+    /// `jwk` that parses for it, no other parameter.
+    fn check_header(&self, segment: &str) -> Result<CheckedHeader, DpopError> {
+        let header_bytes = base64url::decode(segment).ok_or(DpopError::Malformed("header"))?;
         let header: Map<String, Value> =
             serde_json::from_slice(&header_bytes).map_err(|_| DpopError::Malformed("header"))?;
         if !header.keys().all(|k| PROOF_HEADER.contains(&k.as_str())) {
@@ -279,12 +330,11 @@ impl DpopVerifier {
         }
         let key = VerifyingKey::from_jwk(jwk, algorithm).ok_or(DpopError::Key)?;
         let jkt = jwk_thumbprint(jwk).ok_or(DpopError::Key)?;
-        let signature = jose::decode_signature(jws.signature).ok_or(DpopError::Signature)?;
-        if !key.verify(algorithm, jws.signing_input.as_bytes(), &signature) {
-            return Err(DpopError::Signature);
-        }
-        let claims = jose::parse_claims(jws.payload).map_err(|_| DpopError::Malformed("claims"))?;
-        Ok((Signed { jkt, algorithm }, claims))
+        Ok(CheckedHeader {
+            key,
+            jkt,
+            algorithm,
+        })
     }
 }
 
@@ -684,6 +734,28 @@ mod tests {
             v.verify("a.b", &target(), NOW),
             Err(DpopError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_known_header_still_needs_a_valid_signature() {
+        for key in [Key::es256(), Key::ed25519()] {
+            let v = verifier();
+            assert!(v.verify(&key.proof(claims("1")), &target(), NOW).is_ok());
+            // Same header bytes (now cached), signed by a key that is not the one named.
+            let other = if key.alg() == "ES256" {
+                Key::es256()
+            } else {
+                Key::ed25519()
+            };
+            let forged = other.proof_with(key.header(), claims("2"));
+            assert_eq!(v.verify(&forged, &target(), NOW), Err(DpopError::Signature));
+            // The claims of a valid proof under another cached header's signature.
+            let valid = key.proof(claims("3"));
+            let (signed, signature) = valid.rsplit_once('.').unwrap();
+            let tampered = format!("{}.{signature}", signed.replace(".", ".e30"));
+            assert!(v.verify(&tampered, &target(), NOW).is_err());
+            assert!(v.verify(&valid, &target(), NOW).is_ok());
+        }
     }
 
     #[test]
