@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod catalogue;
 pub mod config;
+pub mod control;
 pub mod dev;
 pub mod identity;
 pub mod keys;

@@ -366,7 +366,7 @@ impl RefusalWindow {
     }
 }
 
-fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     // humantime panics on a time before the epoch and fails (which serde_json turns
     // into a panic) after year 9999: check the range first.
     match time.duration_since(UNIX_EPOCH) {

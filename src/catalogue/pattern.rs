@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use agent_sts_verifier::glob::glob_match;
+
 use crate::identity::principal::{Principal, TrustDirectory};
 
 /// Subjects longer than this many bytes never match any pattern; patterns longer
@@ -186,46 +188,4 @@ impl fmt::Display for SubjectPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-/// `*` matches any run of bytes (including none, slashes and colons); every other
-/// byte matches itself. Classic two-pointer wildcard matching: when a literal
-/// fails after a `*`, only the most recent `*` is widened by one byte, which is
-/// sufficient for `*`-only globs. O(|pattern| × |text|) worst case, no recursion.
-/// Byte-wise matching is sound for UTF-8 because literal runs are whole UTF-8
-/// sequences, which can only align at character boundaries.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    glob_match_counting(pattern, text).0
-}
-
-/// [`glob_match`], and how many steps it took: tests bound the work by
-/// `(|pattern| + 1) × (|text| + 1)` without measuring time.
-pub(super) fn glob_match_counting(pattern: &[u8], text: &[u8]) -> (bool, usize) {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut steps = 0usize;
-    // Position in `pattern` just after the last `*` seen, and the text position
-    // that `*` currently extends to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        steps += 1;
-        match pattern.get(p) {
-            Some(b'*') => {
-                p += 1;
-                star = Some((p, t));
-            }
-            Some(&c) if c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((after_star, upto)) => {
-                    p = after_star;
-                    t = upto + 1;
-                    star = Some((after_star, t));
-                }
-                None => return (false, steps),
-            },
-        }
-    }
-    (pattern[p..].iter().all(|&b| b == b'*'), steps)
 }

@@ -2,8 +2,8 @@
 //! shapes, and property tests of the matcher against a reference implementation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::pattern::glob_match_counting;
 use super::*;
+use agent_sts_verifier::glob::glob_match_counting;
 use proptest::prelude::*;
 use std::fs;
 

@@ -74,7 +74,7 @@ pub const ENV_PREFIX: &str = "AGENT_STS_";
 /// Sections an environment variable may override in the STS configuration
 /// (`[[trust]]` is a list and cannot be).
 const ENV_SECTIONS: &[&str] = &[
-    "server", "tokens", "keys", "secrets", "vault", "audit", "limits",
+    "server", "tokens", "keys", "deny", "secrets", "vault", "audit", "limits",
 ];
 
 /// Sections an environment variable may override in the shim configuration.
@@ -112,6 +112,8 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     keys: RawKeys,
+    #[serde(default)]
+    deny: RawDeny,
     #[serde(default)]
     secrets: RawSecrets,
     vault: Option<RawVault>,
@@ -151,6 +153,15 @@ struct RawKeys {
     refresh_interval: Option<String>,
     publish_lead: Option<String>,
     jwks_max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeny {
+    vault_path: Option<String>,
+    refresh_interval: Option<String>,
+    max_stale: Option<String>,
+    feed_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +279,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub tokens: TokensConfig,
     pub keys: KeysConfig,
+    pub deny: DenyConfig,
     pub secrets: SecretsConfig,
     pub vault: Option<VaultConfig>,
     pub trusts: Vec<TrustConfig>,
@@ -308,6 +320,21 @@ pub struct KeysConfig {
     pub refresh_interval: Duration,
     pub publish_lead: Duration,
     pub jwks_max_age: Duration,
+}
+
+/// The kill switch (`[deny]`): where the deny list lives (beside the keyring) and how
+/// fast it travels.
+#[derive(Debug, Clone)]
+pub struct DenyConfig {
+    /// The deny list: `<keys.dir>/deny-list.json`, or this KV path in Vault.
+    pub store: KeyStoreKind,
+    /// How often each replica re-reads the list.
+    pub refresh_interval: Duration,
+    /// How long a replica keeps its last good list when the store cannot be read (or
+    /// holds a malformed one); after that it refuses every token and is not ready.
+    pub max_stale: Duration,
+    /// The `exp` of the signed feed, after its `iat`.
+    pub feed_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +556,9 @@ impl Config {
         let at = |p: &mut PathBuf| resolve(&base, p);
         at(&mut config.server.scopes_dir);
         if let KeyStoreKind::File { dir } = &mut config.keys.store {
+            at(dir);
+        }
+        if let KeyStoreKind::File { dir } = &mut config.deny.store {
             at(dir);
         }
         for trust in &mut config.trusts {
@@ -924,6 +954,36 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    // [deny]
+    let deny = DenyConfig {
+        store: match &key_store {
+            KeyStoreKind::File { dir } => KeyStoreKind::File { dir: dir.clone() },
+            KeyStoreKind::Vault { path } => {
+                KeyStoreKind::Vault {
+                    path: raw.deny.vault_path.clone().unwrap_or_else(|| {
+                        match path.rsplit_once('/') {
+                            Some((parent, _)) => format!("{parent}/deny-list"),
+                            None => "deny-list".into(),
+                        }
+                    }),
+                }
+            }
+        },
+        refresh_interval: c.duration(
+            "deny.refresh_interval",
+            raw.deny.refresh_interval.as_deref(),
+            "2s",
+        )?,
+        max_stale: c.duration("deny.max_stale", raw.deny.max_stale.as_deref(), "1m")?,
+        feed_max_age: c.duration("deny.feed_max_age", raw.deny.feed_max_age.as_deref(), "1m")?,
+    };
+    if deny.max_stale < deny.refresh_interval {
+        return Err(c.err("deny.max_stale", "must be at least deny.refresh_interval"));
+    }
+    if let (KeyStoreKind::File { .. }, Some(_)) = (&deny.store, &raw.deny.vault_path) {
+        return Err(c.err("deny.vault_path", "only with keys.store = \"vault\""));
+    }
+
     let secrets = validate_secrets(&c, &raw.secrets)?;
 
     // [vault]
@@ -1067,6 +1127,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             publish_lead,
             jwks_max_age,
         },
+        deny,
         secrets,
         vault,
         trusts,

@@ -66,6 +66,8 @@ pub enum ShimError {
     UpstreamPartial,
     #[error("the token cannot be checked now: the STS's keys are unavailable")]
     KeysUnavailable,
+    #[error("the token cannot be checked now: the STS's deny list is unavailable")]
+    DenyListUnavailable,
     #[error("the audit log cannot be written")]
     AuditUnavailable,
     #[error("too many requests in flight")]
@@ -94,7 +96,9 @@ impl ShimError {
             | UpstreamEncoding
             | UpstreamPartial => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            KeysUnavailable | AuditUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            KeysUnavailable | DenyListUnavailable | AuditUnavailable | Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -117,7 +121,9 @@ impl ShimError {
                 "upstream_error"
             }
             UpstreamTimeout => "upstream_timeout",
-            KeysUnavailable | AuditUnavailable | Overloaded => "temporarily_unavailable",
+            KeysUnavailable | DenyListUnavailable | AuditUnavailable | Overloaded => {
+                "temporarily_unavailable"
+            }
         }
     }
 
@@ -146,6 +152,7 @@ impl ShimError {
             UpstreamEncoding => "upstream_encoding",
             UpstreamPartial => "upstream_partial",
             KeysUnavailable => "keys_unavailable",
+            DenyListUnavailable => "deny_list_unavailable",
             AuditUnavailable => "audit_unavailable",
             Overloaded => "overloaded",
         }

@@ -736,6 +736,11 @@ fn token_error(e: VerifyError) -> ShimError {
         VerifyError::Token(JwtError::JwksUnavailable { .. }) => {
             return ShimError::KeysUnavailable;
         }
+        VerifyError::DenyListUnavailable => return ShimError::DenyListUnavailable,
+        VerifyError::Denied { entry } => {
+            tracing::info!(entry = %entry, "token refused by the deny list");
+            "denied"
+        }
         VerifyError::Token(JwtError::Claim { claim: "exp", .. }) => "token_expired",
         VerifyError::Token(JwtError::Claim { claim: "aud", .. }) => "wrong_audience",
         VerifyError::Token(JwtError::UnknownIssuer) => "wrong_issuer",

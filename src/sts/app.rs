@@ -3,7 +3,8 @@
 //! `build` wires the parts (trusts, catalogue, keyring, secret store, audit log) and
 //! reports a startup failure as a [`StartError`] (README, "Command line": exit code 2
 //! for invalid configuration, 1 for a runtime failure). `serve` binds, starts the
-//! background refreshers (keyring and catalogue, every `keys.refresh_interval`) and
+//! background refreshers (keyring and catalogue, every `keys.refresh_interval`; the deny
+//! list, every `deny.refresh_interval`) and
 //! runs until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use crate::audit::AuditLog;
 use crate::catalogue::{self, Catalogue, TrustDirectory};
 use crate::config::{Config, KeyStoreKind};
+use crate::control::{self, DenyGuard};
 use crate::identity::{TrustStore, unix_now};
 use crate::keys::Keyring;
 use crate::runtime::{self, ConnectionLimits, StartError, every, shutdown_signal};
@@ -19,7 +21,7 @@ use crate::store::{self, CredentialCache, vault::Vault};
 use crate::sts::exchange::{DpopSettings, Sts, StsParts};
 use crate::sts::http::{AppState, Layers};
 use crate::sts::rate_limit::IdentityRateLimiter;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{DenyMetrics, Metrics};
 
 /// The largest header section a token request needs (the token travels in the body).
 const STS_MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -42,6 +44,8 @@ pub struct App {
     pub scopes_dir: PathBuf,
     pub directory: Arc<TrustDirectory>,
     pub refresh_interval: std::time::Duration,
+    /// How often the deny list is re-read.
+    pub deny_refresh_interval: std::time::Duration,
     /// Counts catalogue reloads that kept the last good catalogue.
     pub catalogue_reloads_kept: prometheus_client::metrics::counter::Counter,
     pub vault: Option<Arc<Vault>>,
@@ -77,7 +81,12 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     // The paths first, before anything starts or logs: a typo exits 2 naming the key.
     let audit = preflight(config)?;
     let stores = store::open(config).await?;
-    let metrics = Arc::new(Metrics::new().with_vault(stores.vault.as_deref().map(Vault::metrics)));
+    let deny_metrics = DenyMetrics::default();
+    let metrics = Arc::new(
+        Metrics::new()
+            .with_vault(stores.vault.as_deref().map(Vault::metrics))
+            .with_deny(&deny_metrics),
+    );
     let trusts = TrustStore::new(
         &config.trusts,
         &config.server.issuer,
@@ -108,6 +117,19 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         Ok(n) => tracing::info!(keys = n, "keyring loaded"),
         Err(e) => tracing::error!(error = %e, "keyring unreadable: not ready"),
     }
+    let deny = DenyGuard::new(
+        control::store::open(config, stores.vault.as_ref())?,
+        &config.server.issuer,
+        config
+            .trusts
+            .iter()
+            .map(|t| (t.name.clone(), t.issuer.clone()))
+            .collect(),
+        config.deny.max_stale,
+        config.deny.feed_max_age,
+        deny_metrics,
+    );
+    deny.refresh(unix_now(), &audit).await;
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let catalogue_reloads_kept = metrics.catalogue_reloads_kept.clone();
@@ -131,6 +153,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             nonces: config.tokens.dpop_nonces,
             max_age: config.tokens.dpop_max_age,
         },
+        deny,
     });
     Ok(App {
         state: AppState {
@@ -149,6 +172,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
+        deny_refresh_interval: config.deny.refresh_interval,
         catalogue_reloads_kept,
         vault: stores.vault,
     })
@@ -165,6 +189,11 @@ impl App {
         every(self.refresh_interval, move || {
             let sts = sts.clone();
             async move { sts.refresh_keys(unix_now()).await }
+        });
+        let sts = self.state.sts.clone();
+        every(self.deny_refresh_interval, move || {
+            let sts = sts.clone();
+            async move { sts.refresh_deny_list(unix_now()).await }
         });
         let sts = self.state.sts.clone();
         every(self.summary_interval, move || {

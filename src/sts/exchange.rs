@@ -8,7 +8,8 @@
 //! 2. rate-limit the verified agent identity;
 //! 3. the catalogue: the action exists and is granted to the agent, bound to its
 //!    (trust, subject); an unknown action and an ungranted one are the same refusal,
-//!    so the catalogue cannot be enumerated;
+//!    so the catalogue cannot be enumerated; then the deny list (the kill switch): no
+//!    identity of the request and not its action is stopped, and the list is fresh;
 //! 4. delegation as the action allows, the delegating subject granted by `subjects`,
 //!    and the actor named by the subject token's `may_act` when it has one;
 //! 5. `audience`/`resource`, if sent, name the action's audience;
@@ -27,6 +28,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Decision, Outcome, RefusalWindow};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal, SenderConstraint};
+use crate::control::{DenyCheck, DenyGuard};
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
 use crate::secret::{DpopProof, MintedJwt};
@@ -79,6 +81,8 @@ pub struct StsParts {
     pub metrics: Arc<Metrics>,
     pub rate_limiter: IdentityRateLimiter,
     pub dpop: DpopSettings,
+    /// The kill switch: this replica's deny list.
+    pub deny: DenyGuard,
 }
 
 /// A token service. Its parts are its own: handlers and refreshers go through the
@@ -102,6 +106,7 @@ pub struct Sts {
     proofs: DpopVerifier,
     /// `{issuer}/token`: the `htu` proofs must name.
     token_url: String,
+    deny: DenyGuard,
 }
 
 impl std::fmt::Debug for Sts {
@@ -125,6 +130,8 @@ pub struct Readiness {
     pub vault: Option<StoreHealth>,
     /// The keyring's last refresh error, if its last refresh failed.
     pub keyring_error: Option<String>,
+    /// The deny list was read within `deny.max_stale`.
+    pub deny_list: bool,
 }
 
 impl Readiness {
@@ -132,6 +139,7 @@ impl Readiness {
     pub fn ready(&self) -> bool {
         self.catalogue
             && self.signing_key
+            && self.deny_list
             && self.secret_store.ok
             && self.vault.as_ref().is_none_or(|v| v.ok)
     }
@@ -213,6 +221,7 @@ impl Sts {
                 ..DpopRules::default()
             }),
             dpop: parts.dpop,
+            deny: parts.deny,
         }
     }
 
@@ -289,6 +298,16 @@ impl Sts {
         }
     }
 
+    /// Re-reads the deny list (the periodic refresher); failures keep the last good one.
+    pub async fn refresh_deny_list(&self, now: u64) {
+        self.deny.refresh(now, &self.audit).await;
+    }
+
+    /// The signed deny-list feed at `now` (`None`: the list is stale, or no key signs).
+    pub fn deny_feed(&self, now: u64) -> Option<Arc<str>> {
+        self.deny.feed(&self.keyring, now)
+    }
+
     /// Re-reads the keyring (the periodic refresher); failures keep the last good ring.
     pub async fn refresh_keys(&self, now: u64) {
         let _ = self.keyring.refresh(now).await;
@@ -307,6 +326,7 @@ impl Sts {
             secret_store: self.credentials.health().await,
             vault: self.vault.as_ref().map(|v| v.health()),
             keyring_error: self.keyring.health().last_error.clone(),
+            deny_list: self.deny.fresh(now),
         }
     }
 
@@ -493,6 +513,19 @@ impl Sts {
         }
         facts.action = Some(action.name.as_str().into());
         facts.audience = Some(action.audience.clone());
+        match self.deny.check(
+            &principal(&subject),
+            actor.as_ref().map(principal).as_ref(),
+            &action.name,
+            now,
+        ) {
+            DenyCheck::Allowed => {}
+            DenyCheck::Denied(entry) => {
+                tracing::warn!(entry = %entry, client_id = %client_id, action = %action.name, "token request refused by the deny list");
+                return Err(Rejection::Denied);
+            }
+            DenyCheck::Unavailable => return Err(Rejection::DenyListUnavailable),
+        }
         let constraint = action.sender_constraint.unwrap_or(self.dpop.default);
         if constraint == SenderConstraint::Dpop && proof.is_none() {
             return Err(Rejection::InvalidDpopProof);
@@ -703,6 +736,17 @@ credential = "integrations/missing"
             } else {
                 100
             };
+            let deny = DenyGuard::new(
+                Arc::new(crate::control::FileDenyStore::new(self.dir.path())),
+                STS,
+                vec![("idp".into(), IDP.into())],
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                Default::default(),
+            );
+            let deny_audit = self.dir.path().join(format!("deny-{}.log", rand_suffix()));
+            deny.refresh(unix_now(), &AuditLog::open(&deny_audit).unwrap())
+                .await;
             Sts::new(StsParts {
                 issuer: STS.into(),
                 default_ttl: Duration::from_secs(300),
@@ -720,6 +764,7 @@ credential = "integrations/missing"
                     nonces: false,
                     max_age: Duration::from_secs(60),
                 },
+                deny,
             })
         }
     }

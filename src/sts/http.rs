@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             post(token).fallback(token_wrong_method).layer(timed),
         )
         .route("/.well-known/jwks.json", get(jwks))
+        .route(agent_sts_verifier::deny::FEED_PATH, get(deny_feed))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -237,6 +238,34 @@ async fn jwks(State(state): State<AppState>) -> Response {
     response
 }
 
+/// The deny list, signed (see `agent_sts_verifier::deny`): shims and services refuse
+/// live tokens it names. 503 when this replica's list is stale, so they fail closed.
+async fn deny_feed(State(state): State<AppState>) -> Response {
+    match state.sts.deny_feed(unix_now()) {
+        Some(document) => (
+            [
+                (header::CONTENT_TYPE, "application/deny-list+jwt"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            document.to_string(),
+        )
+            .into_response(),
+        None => {
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the deny list is unavailable\n",
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&RETRY_AFTER_SECONDS.to_string())
+                    .unwrap_or(HeaderValue::from_static("1")),
+            );
+            response
+        }
+    }
+}
+
 /// RFC 8414 §2 metadata. `scopes_supported` is left out on purpose: the catalogue is
 /// not enumerable from outside.
 async fn metadata(State(state): State<AppState>) -> Response {
@@ -268,6 +297,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "signing_key": if r.signing_key { "ok" } else { "no active signing key" },
             "secret_store": r.secret_store.detail,
             "keyring": r.keyring_error.as_deref().unwrap_or("ok"),
+            "deny_list": if r.deny_list { "ok" } else { "not read within deny.max_stale" },
         }
     });
     let mut body = body;

@@ -73,6 +73,11 @@ pub enum Rejection {
     /// Server nonces are on and the proof lacks a current one (RFC 9449 §8): the
     /// answer carries a fresh `DPoP-Nonce`.
     UseDpopNonce,
+    /// An identity of the request, or its action, is on the deny list (the kill
+    /// switch): unacceptable by policy (RFC 8693 §2.2.2).
+    Denied,
+    /// The deny list could not be read for longer than `deny.max_stale`: no token.
+    DenyListUnavailable,
     /// The client tried to authenticate (HTTP Basic, `client_secret`): not supported.
     ClientAuthentication,
     /// The caller's identity is over its rate limit.
@@ -109,6 +114,7 @@ impl Rejection {
             SigningKeyUnavailable
             | SecretStoreUnavailable
             | IssuerKeysUnavailable
+            | DenyListUnavailable
             | AuditUnavailable
             | RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,6 +136,7 @@ impl Rejection {
             | SigningKeyUnavailable
             | SecretStoreUnavailable
             | IssuerKeysUnavailable
+            | DenyListUnavailable
             | AuditUnavailable
             | RequestTimeout => "temporarily_unavailable",
             Internal => "server_error",
@@ -174,6 +181,8 @@ impl Rejection {
             InvalidTarget => "audience or resource does not match the requested action",
             InvalidDpopProof => "the DPoP proof is missing, repeated or invalid",
             UseDpopNonce => "a DPoP proof with the server's current nonce is required",
+            Denied => "the request is refused by policy",
+            DenyListUnavailable => "the deny list cannot be read; retry later",
             ClientAuthentication => {
                 "client authentication is not supported: authenticate with the subject_token"
             }
@@ -216,6 +225,8 @@ impl Rejection {
             InvalidTarget => "invalid_target",
             InvalidDpopProof => "invalid_dpop_proof",
             UseDpopNonce => "use_dpop_nonce",
+            Denied => "denied",
+            DenyListUnavailable => "deny_list_unavailable",
             ClientAuthentication => "client_authentication",
             RateLimited => "rate_limited",
             SigningKeyUnavailable => "signing_key_unavailable",

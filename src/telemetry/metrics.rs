@@ -104,6 +104,48 @@ impl VaultMetrics {
         );
     }
 }
+/// The deny list's counters and gauges (`deny_list_*`), registered by the STS.
+#[derive(Debug, Clone, Default)]
+pub struct DenyMetrics {
+    /// Reads of the deny list from the store, by outcome (`ok`, `failed`, `malformed`).
+    pub reads: Family<OutcomeLabels, Counter>,
+    /// Changes seen in the list.
+    pub changes: Counter,
+    /// Entries in force at the last read.
+    pub entries: Gauge,
+    /// Unix seconds of the last successful read.
+    pub last_read: Gauge,
+}
+
+impl DenyMetrics {
+    pub fn read(&self, outcome: &'static str) {
+        self.reads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "deny_list_reads",
+            "Reads of the deny list from the key store, by outcome (ok, failed, malformed: the last good list is kept)",
+            self.reads.clone(),
+        );
+        registry.register(
+            "deny_list_changes",
+            "Changes seen in the deny list",
+            self.changes.clone(),
+        );
+        registry.register(
+            "deny_list_entries",
+            "Deny-list entries in force at the last read",
+            self.entries.clone(),
+        );
+        registry.register(
+            "deny_list_last_read_seconds",
+            "When the deny list was last read successfully (unix seconds)",
+            self.last_read.clone(),
+        );
+    }
+}
+
 /// Help of the STS's and the shim's `catalogue_reloads_kept` counter.
 const CATALOGUE_RELOADS_KEPT_HELP: &str = "Catalogue reloads that kept the last good catalogue (a scope file still settling, changing while read, too large or invalid)";
 
@@ -172,6 +214,12 @@ impl Metrics {
         if let Some(v) = vault {
             v.register(&mut self.registry);
         }
+        self
+    }
+
+    /// These metrics and the deny list's.
+    pub fn with_deny(mut self, deny: &DenyMetrics) -> Self {
+        deny.register(&mut self.registry);
         self
     }
 

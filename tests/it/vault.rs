@@ -547,6 +547,7 @@ async fn a_malformed_keyring_in_vault_keeps_the_last_good_one() {
 /// credentials granted one by one, and `integrations/slack` forgotten.
 const NARROW_POLICY: &str = r#"
 path "secret/data/agent-sts/signing-keys" { capabilities = ["read"] }
+path "secret/data/agent-sts/deny-list" { capabilities = ["read"] }
 path "secret/data/integrations/github" { capabilities = ["read"] }
 path "auth/token/renew-self" { capabilities = ["update"] }
 path "auth/token/lookup-self" { capabilities = ["read"] }
@@ -633,6 +634,7 @@ async fn readiness_probes_and_a_denied_credential_cost_vault_a_constant() {
             .filter(|r| {
                 !r.by_root
                     && r.path != "secret/data/agent-sts/signing-keys"
+                    && r.path != "secret/data/agent-sts/deny-list"
                     && r.path != "auth/token/lookup-self"
             })
             .count()

@@ -12,11 +12,16 @@
 //! with a proof ([`crate::dpop`]) for this request, signed by that key, carrying the
 //! token's hash; sent as `Bearer` it is refused (the downgrade of §7.1).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::deny::{
+    DEFAULT_DENY_MAX_STALE, DEFAULT_DENY_REFRESH, DenyList, FEED_PATH, FEED_TYPE, FeedCache,
+    FeedError, FeedSettings, MAX_FEED_BYTES, feed_url_beside,
+};
 use crate::dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, ProofTarget};
 use crate::error::JwtError;
 use crate::issuers::{IssuerConfig, IssuerSet, Limits};
@@ -98,6 +103,12 @@ pub enum VerifyError {
     Downgrade,
     #[error("a token without a DPoP binding was sent with the DPoP scheme")]
     NotBound,
+    /// The token matches deny-list entry `entry` (the kill switch, or a revocation).
+    #[error("the token is refused by deny-list entry {entry}")]
+    Denied { entry: String },
+    /// No deny list fresh enough to check tokens against: every token is refused.
+    #[error("the STS's deny list could not be read for longer than allowed")]
+    DenyListUnavailable,
 }
 
 /// Why a verifier could not be built.
@@ -109,6 +120,8 @@ pub enum VerifierError {
     Client(#[from] reqwest::Error),
     #[error("{0}: must be greater than zero")]
     ZeroDuration(&'static str),
+    #[error("deny feed: {0}")]
+    DenyFeed(&'static str),
 }
 
 /// Verifies agent-sts access tokens for one audience.
@@ -120,6 +133,8 @@ pub struct Verifier {
     proofs: DpopVerifier,
     /// When set, proofs must carry one of its nonces (RFC 9449 §9).
     nonces: Option<NonceSource>,
+    /// The STS's deny list, unless turned off ([`VerifierBuilder::without_deny_feed`]).
+    deny: Option<FeedCache>,
 }
 
 /// Builds a [`Verifier`] ([`Verifier::builder`]).
@@ -133,6 +148,16 @@ pub struct VerifierBuilder {
     jwks_refresh: Duration,
     jwks_max_stale: Duration,
     nonce_secret: Option<NonceSecret>,
+    deny: DenySettings,
+}
+
+/// How the deny-list feed is read.
+#[derive(Debug, Clone)]
+struct DenySettings {
+    enabled: bool,
+    uri: Option<String>,
+    refresh: Duration,
+    max_stale: Duration,
 }
 
 /// The nonce secret, never printed.
@@ -178,15 +203,66 @@ impl VerifierBuilder {
         self
     }
 
-    /// The verifier; fails on a `jwks_uri` that is not https (or http on loopback), a
-    /// zero refresh or staleness bound, or an HTTP client that cannot be built.
+    /// How often the STS's deny list is re-read (default [`DEFAULT_DENY_REFRESH`]): a
+    /// denied agent's live tokens are refused here at most this long (plus the STS's
+    /// own refresh of the list) after `agent-sts deny add`.
+    pub fn deny_refresh(mut self, refresh: Duration) -> Self {
+        self.deny.refresh = refresh;
+        self
+    }
+
+    /// How long the last good deny list keeps serving while the feed cannot be read
+    /// (default [`DEFAULT_DENY_MAX_STALE`]); after that every token is refused.
+    pub fn deny_max_stale(mut self, max_stale: Duration) -> Self {
+        self.deny.max_stale = max_stale;
+        self
+    }
+
+    /// Where the deny-list feed is read (https, or http on loopback). By default it
+    /// sits beside the JWKS: `.../.well-known/jwks.json` → `.../deny-list`.
+    pub fn deny_feed_uri(mut self, uri: &str) -> Self {
+        self.deny.uri = Some(uri.to_string());
+        self
+    }
+
+    /// Turns the deny-list feed off: tokens the STS has been told to stop keep working
+    /// here until they expire. For verifiers of an issuer that publishes no feed.
+    pub fn without_deny_feed(mut self) -> Self {
+        self.deny.enabled = false;
+        self
+    }
+
+    /// The verifier; fails on a `jwks_uri` or deny feed URL that is not https (or http
+    /// on loopback), a zero refresh or staleness bound, or an HTTP client that cannot
+    /// be built.
     pub fn build(self) -> Result<Verifier, VerifierError> {
-        if self.jwks_refresh.is_zero() {
-            return Err(VerifierError::ZeroDuration("jwks_refresh"));
+        for (name, d) in [
+            ("jwks_refresh", self.jwks_refresh),
+            ("jwks_max_stale", self.jwks_max_stale),
+            ("deny_refresh", self.deny.refresh),
+            ("deny_max_stale", self.deny.max_stale),
+        ] {
+            if d.is_zero() {
+                return Err(VerifierError::ZeroDuration(name));
+            }
         }
-        if self.jwks_max_stale.is_zero() {
-            return Err(VerifierError::ZeroDuration("jwks_max_stale"));
-        }
+        let deny = match &self.deny {
+            DenySettings { enabled: false, .. } => None,
+            settings => {
+                let uri = match &settings.uri {
+                    Some(uri) => uri.clone(),
+                    None => feed_url_beside(&self.jwks_uri).ok_or(VerifierError::DenyFeed(
+                        "the jwks_uri does not end in /.well-known/jwks.json: set the feed's URL",
+                    ))?,
+                };
+                Some(FeedCache::new(FeedSettings {
+                    url: crate::jwks::parse_jwks_uri(&uri).map_err(VerifierError::DenyFeed)?,
+                    audience: format!("{}{FEED_PATH}", self.issuer.trim_end_matches('/')),
+                    refresh: settings.refresh,
+                    max_stale: settings.max_stale.max(settings.refresh),
+                }))
+            }
+        };
         let sts = IssuerConfig {
             name: "sts".into(),
             issuer: self.issuer,
@@ -207,6 +283,7 @@ impl VerifierBuilder {
             audience: self.audience,
             proofs: DpopVerifier::new(rules),
             nonces,
+            deny,
         })
     }
 }
@@ -251,6 +328,12 @@ impl Verifier {
             jwks_refresh: DEFAULT_JWKS_REFRESH,
             jwks_max_stale: DEFAULT_JWKS_MAX_STALE,
             nonce_secret: None,
+            deny: DenySettings {
+                enabled: true,
+                uri: None,
+                refresh: DEFAULT_DENY_REFRESH,
+                max_stale: DEFAULT_DENY_MAX_STALE,
+            },
         }
     }
 
@@ -316,6 +399,61 @@ impl Verifier {
     /// Verifies `token` at `now` (unix seconds), whatever its binding: use
     /// [`verify_presented`](Self::verify_presented) to accept requests.
     pub async fn verify(&self, token: &str, now: u64) -> Result<AccessToken, VerifyError> {
+        let token = self.verify_signed(token, now).await?;
+        if let Some(feed) = &self.deny {
+            let list = feed
+                .current(now, || self.fetch_deny_list(feed, now))
+                .await
+                .ok_or(VerifyError::DenyListUnavailable)?;
+            if let Some(rule) = list.refusal(&token, now) {
+                return Err(VerifyError::Denied {
+                    entry: rule.id.clone(),
+                });
+            }
+        }
+        Ok(token)
+    }
+
+    /// The deny list in force here at `now` (fetching it when due), for a service's
+    /// own checks and reports; `None` when the feed is off or too stale.
+    pub async fn deny_list(&self, now: u64) -> Option<Arc<DenyList>> {
+        let feed = self.deny.as_ref()?;
+        feed.current(now, || self.fetch_deny_list(feed, now)).await
+    }
+
+    async fn fetch_deny_list(&self, feed: &FeedCache, now: u64) -> Result<DenyList, FeedError> {
+        let (body, _) = crate::jwks::fetch_uri(
+            self.issuers.http(),
+            &feed.settings.url,
+            "application/jwt",
+            MAX_FEED_BYTES,
+        )
+        .await
+        .map_err(|_| FeedError::Fetch)?;
+        let text = std::str::from_utf8(&body).map_err(|_| FeedError::Invalid)?;
+        let verified = self
+            .issuers
+            .verify_document(text.trim(), &feed.settings.audience, FEED_TYPE, now)
+            .await
+            .map_err(|e| match e {
+                JwtError::JwksUnavailable { .. } => FeedError::Fetch,
+                _ => FeedError::Invalid,
+            })?;
+        let issued_at = verified
+            .claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .ok_or(FeedError::Invalid)?;
+        let rules = verified
+            .claims
+            .get("deny")
+            .cloned()
+            .ok_or(FeedError::Invalid)
+            .and_then(|d| serde_json::from_value(d).map_err(|_| FeedError::Invalid))?;
+        Ok(DenyList { issued_at, rules })
+    }
+
+    async fn verify_signed(&self, token: &str, now: u64) -> Result<AccessToken, VerifyError> {
         let verified = self.issuers.verify(token, now).await?;
         let typ = verified.typ.as_deref().unwrap_or("").to_ascii_lowercase();
         if typ != "at+jwt" && typ != "application/at+jwt" {

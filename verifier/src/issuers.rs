@@ -239,7 +239,7 @@ impl IssuerSet {
             // The key that verified it is gone or changed: verify again (and fail).
             self.verified.invalidate(&digest);
         }
-        let (verified, key) = self.verify_uncached(token, now).await?;
+        let (verified, key) = self.verify_uncached(token, &self.audience, now).await?;
         let verified = Arc::new(verified);
         self.verified.insert(
             digest,
@@ -251,9 +251,36 @@ impl IssuerSet {
         Ok(verified)
     }
 
+    /// Verifies a signed document of an issuer (not a token for this service: its
+    /// `aud` is `audience`, its `typ` must be `typ`), with the same keys and claim
+    /// rules as tokens, and no cache.
+    pub async fn verify_document(
+        &self,
+        document: &str,
+        audience: &str,
+        typ: &str,
+        now: u64,
+    ) -> Result<VerifiedJwt, JwtError> {
+        let (verified, _) = self.verify_uncached(document, audience, now).await?;
+        if !verified
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(typ))
+        {
+            return Err(JwtError::Malformed("typ"));
+        }
+        Ok(verified)
+    }
+
+    /// The HTTP client the set fetches with.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     async fn verify_uncached(
         &self,
         raw: &str,
+        audience: &str,
         now: u64,
     ) -> Result<(VerifiedJwt, KeyBinding), JwtError> {
         let jws = jose::split_compact(raw)?;
@@ -295,13 +322,14 @@ impl IssuerSet {
             return Err(JwtError::BadSignature { trust: trust() });
         }
 
-        let checked = check_claims(&claims, &issuer.rules, &self.audience, now).map_err(
-            |(claim, problem)| JwtError::Claim {
-                trust: trust(),
-                claim,
-                problem,
-            },
-        )?;
+        let checked =
+            check_claims(&claims, &issuer.rules, audience, now).map_err(|(claim, problem)| {
+                JwtError::Claim {
+                    trust: trust(),
+                    claim,
+                    problem,
+                }
+            })?;
         let binding = KeyBinding {
             issuer: index,
             kid: header.kid,

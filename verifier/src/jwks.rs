@@ -255,7 +255,7 @@ impl JwksCache {
     /// set replaces the current one whatever it holds; a failure leaves it in place.
     async fn fetch_locked(&self, http: &reqwest::Client) -> Result<Arc<KeySet>, JwtError> {
         let result = match &self.source {
-            KeySource::Uri(url) => fetch_uri(http, url, self.max_bytes).await,
+            KeySource::Uri(url) => fetch_uri(http, url, "application/json", self.max_bytes).await,
             KeySource::File(path) => tokio::fs::read(path)
                 .await
                 .map(|bytes| (bytes, None))
@@ -297,15 +297,17 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
-/// The JWKS body and the response's `Cache-Control: max-age`, if any.
-async fn fetch_uri(
+/// The body at `url` (a JWKS, or another document of the issuer's, of media type
+/// `accept`) and the response's `Cache-Control: max-age`, if any.
+pub(crate) async fn fetch_uri(
     http: &reqwest::Client,
     url: &reqwest::Url,
+    accept: &str,
     cap: usize,
 ) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
     let mut response = http
         .get(url.clone())
-        .header(reqwest::header::ACCEPT, "application/json")
+        .header(reqwest::header::ACCEPT, accept)
         .send()
         .await
         .map_err(|_| JwksError::Transport)?;

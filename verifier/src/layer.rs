@@ -187,7 +187,8 @@ impl RequireAccessToken {
             .verify_presented(presented, &target, crate::unix_now())
             .await
             .map_err(|e| match e {
-                VerifyError::Token(JwtError::JwksUnavailable { .. }) => Refusal::KeysUnavailable,
+                VerifyError::Token(JwtError::JwksUnavailable { .. })
+                | VerifyError::DenyListUnavailable => Refusal::KeysUnavailable,
                 VerifyError::Dpop(crate::dpop::DpopError::UseNonce) => Refusal::UseDpopNonce,
                 VerifyError::Dpop(_) => Refusal::InvalidDpopProof,
                 VerifyError::Downgrade | VerifyError::NotBound => Refusal::DpopInvalidToken,

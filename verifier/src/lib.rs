@@ -30,8 +30,10 @@
 pub mod access_token;
 mod base64url;
 pub mod claims;
+pub mod deny;
 pub mod dpop;
 pub mod error;
+pub mod glob;
 pub mod issuers;
 pub mod jose;
 pub mod jwk;

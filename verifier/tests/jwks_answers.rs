@@ -154,9 +154,11 @@ async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> b
 }
 
 /// A verifier whose keys are refreshed every `refresh` and kept through an outage for
-/// `max_stale`; the refetch cooldown stays at its 30 s default.
+/// `max_stale`; the refetch cooldown stays at its 30 s default. This issuer publishes
+/// keys only, no deny list.
 fn verifier(jwks: &Jwks, refresh: Duration, max_stale: Duration) -> Verifier {
     Verifier::builder(ISSUER, AUDIENCE, &jwks.uri)
+        .without_deny_feed()
         .jwks_refresh(refresh)
         .jwks_max_stale(max_stale)
         .build()

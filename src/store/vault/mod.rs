@@ -173,7 +173,7 @@ struct Observed {
 /// A logged-in Vault client.
 pub struct Vault {
     http: reqwest::Client,
-    config: VaultConfig,
+    pub(crate) config: VaultConfig,
     base: String,
     session: ArcSwapOption<Session>,
     generation: AtomicU64,
