@@ -2,10 +2,17 @@
 //! refusal. No HTTP here: the handler in [`crate::sts::http`] extracts, calls
 //! [`Sts::exchange`], and converts.
 //!
+//! Both grants arrive as one [`ExchangeRequest`]: a jwt-bearer (RFC 7523) request is
+//! a token exchange whose subject token is the assertion, with no actor and one
+//! `resource`. Only step 1 (how the identity token is verified, and the error code of
+//! a bad one) and the spending of a single-use assertion in step 2 depend on the grant.
+//!
 //! The order of checks is the policy:
 //! 1. verify the subject token (and the actor token, when delegating) against the
-//!    configured trusts;
-//! 2. rate-limit the verified agent identity;
+//!    configured trusts; a jwt-bearer assertion may name the issuer or the token
+//!    endpoint as its audience, and a bad one is `invalid_grant`;
+//! 2. rate-limit the verified agent identity; then its DPoP proof's `jti` and, for a
+//!    trust with `single_use_assertions`, its assertion's `jti` are spent;
 //! 3. the catalogue: the action exists and is granted to the agent, bound to its
 //!    (trust, subject); an unknown action and an ungranted one are the same refusal,
 //!    so the catalogue cannot be enumerated;
@@ -27,6 +34,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditLog, Decision, Outcome, RefusalWindow};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal, SenderConstraint};
+use crate::identity::replay::ReplayError;
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
 use crate::secret::{DpopProof, MintedJwt};
@@ -35,7 +43,7 @@ use crate::store::vault::Vault;
 use crate::sts::mint::{Actor, Grant, MintError, mint};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
-use crate::sts::token_exchange::ExchangeRequest;
+use crate::sts::token_exchange::{ExchangeRequest, GrantType};
 use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
 use agent_sts_verifier::{DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 
@@ -339,6 +347,7 @@ impl Sts {
             jti: minted.map(|m| m.jti.as_str()),
             kid: minted.map(|m| m.kid.as_str()),
             expires_at: minted.map(|m| m.expires_at),
+            grant: Some(request.grant.as_str()),
             ..Decision::now(outcome, reason)
         };
         // A refusal before any identity verified is anonymous: the first of each reason
@@ -364,6 +373,7 @@ impl Sts {
                 target: "agent_sts::decision",
                 decision = if minted.is_some() { "allow" } else { "deny" },
                 reason,
+                grant = request.grant.as_str(),
                 trust = facts.subject.as_ref().map(|s| &*s.trust),
                 subject = facts.subject.as_ref().map(|s| s.subject.as_str()),
                 client_id = agent.map(qualified),
@@ -449,11 +459,16 @@ impl Sts {
         };
 
         // 1. Identities.
-        let subject = self
-            .trusts
-            .verify(&req.subject_token, now)
-            .await
-            .map_err(|e| refused_identity(&e, "subject_token", Rejection::InvalidSubjectToken))?;
+        let subject = match req.grant {
+            GrantType::TokenExchange => self.trusts.verify(&req.subject_token, now).await,
+            GrantType::JwtBearer => self.trusts.verify_assertion(&req.subject_token, now).await,
+        }
+        .map_err(|e| match req.grant {
+            GrantType::TokenExchange => {
+                refused_identity(&e, "subject_token", Rejection::InvalidSubjectToken)
+            }
+            GrantType::JwtBearer => refused_identity(&e, "assertion", Rejection::InvalidAssertion),
+        })?;
         facts.subject = Some(subject.clone());
         let actor = match &req.actor_token {
             Some(t) => {
@@ -478,6 +493,20 @@ impl Sts {
                 tracing::debug!("DPoP proof replayed");
                 Rejection::InvalidDpopProof
             })?;
+        }
+        if req.grant == GrantType::JwtBearer {
+            self.trusts
+                .spend_assertion(&subject, now)
+                .map_err(|e| match e {
+                    ReplayError::Full => {
+                        tracing::warn!(error = %e, "single-use assertion refused");
+                        Rejection::SpentAssertionsFull
+                    }
+                    e => {
+                        tracing::debug!(error = %e, "assertion refused");
+                        Rejection::AssertionReplayed
+                    }
+                })?;
         }
 
         // 3. Catalogue.
@@ -569,6 +598,9 @@ impl Sts {
             jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
         mint(&key, &grant, now).map_err(|e| match e {
+            MintError::SubjectExpiring if req.grant == GrantType::JwtBearer => {
+                Rejection::InvalidAssertion
+            }
             MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
             other => {
                 tracing::error!(error = %other, "minting failed");
@@ -670,6 +702,7 @@ credential = "integrations/missing"
                 leeway: Duration::from_secs(30),
                 jwks_refresh: Duration::from_secs(300),
                 jwks_max_stale: Duration::from_secs(3600),
+                single_use_assertions: true,
             };
             let trusts =
                 TrustStore::new(&[trust], STS, &Limits::default(), metrics.clone()).unwrap();
@@ -749,6 +782,7 @@ credential = "integrations/missing"
             _ => world.token(subject),
         };
         let request = ExchangeRequest {
+            grant: GrantType::TokenExchange,
             subject_token,
             actor_token: None,
             action: action.into(),
@@ -854,6 +888,7 @@ credential = "integrations/missing"
         let key = agent_sts_testkit::DpopKey::new();
         let url = format!("{STS}/token");
         let request = |subject: SubjectToken, proof: &str| ExchangeRequest {
+            grant: GrantType::TokenExchange,
             subject_token: subject,
             actor_token: None,
             action: "docs.read".into(),

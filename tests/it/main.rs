@@ -8,6 +8,7 @@ mod dpop;
 mod exchange;
 mod faults;
 mod harness;
+mod jwt_bearer;
 mod key_removal;
 mod leaks;
 mod openbao;
