@@ -13,6 +13,7 @@ mod key_removal;
 mod leaks;
 mod openbao;
 mod process;
+mod resource_metadata;
 mod rotation;
 mod router;
 mod shim;
