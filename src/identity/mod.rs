@@ -154,6 +154,16 @@ impl TrustStore {
         )
     }
 
+    /// How many single-use assertions are spent and still remembered.
+    pub fn spent_len(&self) -> usize {
+        self.spent.len()
+    }
+
+    /// Whether no single-use assertion is remembered.
+    pub fn spent_is_empty(&self) -> bool {
+        self.spent.is_empty()
+    }
+
     /// The STS's own rules over a token the issuer set verified.
     fn admit(&self, jwt: Arc<agent_sts_verifier::VerifiedJwt>) -> Result<VerifiedToken, JwtError> {
         let claim_error = |claim, problem| JwtError::Claim {

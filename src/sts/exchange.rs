@@ -877,6 +877,74 @@ credential = "integrations/missing"
         expect_refusals(&world, &unaudited, &cases).await;
     }
 
+    /// A jwt-bearer assertion from a single-use trust is spent only once it verified and
+    /// its agent passed the rate limit: forged or rate-limited ones take no place in
+    /// the bounded set, and a spent one is refused the second time as `invalid_grant`.
+    #[tokio::test]
+    async fn only_a_verified_admitted_assertion_is_spent() {
+        let world = World::new();
+        let sts = world.sts(Break::Nothing).await;
+        let now = unix_now();
+        let assertion = |sub: &str, jti: &str, aud: &str| {
+            let header = serde_json::json!({"alg": "ES256", "kid": world.idp.kid, "typ": "JWT"});
+            let claims = serde_json::json!({
+                "iss": IDP, "sub": sub, "aud": aud, "iat": now, "exp": now + 300, "jti": jti,
+            });
+            SubjectToken::new(
+                world
+                    .idp
+                    .sign_compact(header.to_string().as_bytes(), claims.to_string().as_bytes())
+                    .unwrap(),
+            )
+        };
+        let request = |token: SubjectToken| ExchangeRequest {
+            grant: GrantType::JwtBearer,
+            subject_token: token,
+            actor_token: None,
+            action: "docs.read".into(),
+            audiences: vec![],
+            resources: vec!["https://docs.test".into()],
+            dpop: None,
+        };
+        let token_url = format!("{STS}/token");
+        for i in 0..20 {
+            let forged = assertion("agent-1", &format!("f{i}"), &token_url);
+            let forged = SubjectToken::new(format!("{}x", forged.expose()));
+            let got = sts.exchange(request(forged), now).await;
+            assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
+        }
+        // Wrong audience: the issuer and the token endpoint only.
+        let got = sts
+            .exchange(request(assertion("agent-1", "w", "https://docs.test")), now)
+            .await;
+        assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
+        assert!(sts.trusts.spent_is_empty());
+
+        sts.exchange(request(assertion("agent-1", "a", &token_url)), now)
+            .await
+            .unwrap();
+        sts.exchange(request(assertion("agent-1", "b", STS)), now)
+            .await
+            .unwrap();
+        let again = sts
+            .exchange(request(assertion("agent-1", "a", &token_url)), now)
+            .await;
+        let again = again.err();
+        assert_eq!(again, Some(Rejection::AssertionReplayed));
+        assert_eq!(again.map(Rejection::code), Some("invalid_grant"));
+
+        let limited = world.sts(Break::RateBurstOfOne).await;
+        limited
+            .exchange(request(assertion("agent-1", "c", STS)), now)
+            .await
+            .unwrap();
+        let over = limited
+            .exchange(request(assertion("agent-1", "d", STS)), now)
+            .await;
+        assert_eq!(over.err(), Some(Rejection::RateLimited));
+        assert_eq!(limited.trusts.spent_len(), 1);
+    }
+
     /// Anyone can sign a valid proof with a fresh key: a proof sent with a token that
     /// does not verify is refused without taking a place in the bounded replay cache,
     /// so a flood of them cannot push real `jti`s out. A verified agent's proof is

@@ -282,10 +282,13 @@ async fn every_bad_assertion_or_target_is_refused_and_mints_nothing() {
             "invalid_request",
         ),
     ];
-    let before = audit(&sts)
-        .iter()
-        .filter(|l| l["decision"] == "allow")
-        .count();
+    let allowed = |sts: &TestSts| {
+        audit(sts)
+            .iter()
+            .filter(|l| l["decision"] == "allow")
+            .count()
+    };
+    let before = allowed(&sts);
     for (what, assertion, scope, resources, status, code) in &cases {
         let r = bearer_grant(&sts, assertion, scope, resources, None).await;
         r.assert_error(*status, code, &[assertion.as_str(), TRIAGE]);
@@ -295,11 +298,15 @@ async fn every_bad_assertion_or_target_is_refused_and_mints_nothing() {
             "{what} echoed"
         );
     }
-    let after = audit(&sts)
-        .iter()
-        .filter(|l| l["decision"] == "allow")
-        .count();
-    assert_eq!(before, after, "something was minted");
+    assert_eq!(before, allowed(&sts), "something was minted");
+    // An assertion for the token endpoint is no subject token (whose audience is the
+    // issuer alone), even once verified and cached as an assertion.
+    let for_endpoint = assertion(&issuers, |_| {});
+    let r = bearer_grant(&sts, &for_endpoint, "docs.read", &[DOCS], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    sts.exchange_for(&for_endpoint, "docs.read")
+        .await
+        .assert_error(400, "invalid_request", &[&for_endpoint]);
     // The assertion was never the problem in the target cases: the same request with
     // one right resource passes (the trust is not single-use, the assertion reusable).
     let r = bearer_grant(&sts, &good, "docs.read", &[DOCS], None).await;
