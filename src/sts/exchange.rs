@@ -884,6 +884,8 @@ credential = "integrations/missing"
     async fn only_a_verified_admitted_assertion_is_spent() {
         let world = World::new();
         let sts = world.sts(Break::Nothing).await;
+        // Claims are stamped at the start; each decision takes the clock as it is then
+        // (the keys of a fresh `World` activate at their creation).
         let now = unix_now();
         let assertion = |sub: &str, jti: &str, aud: &str| {
             let header = serde_json::json!({"alg": "ES256", "kid": world.idp.kid, "typ": "JWT"});
@@ -910,24 +912,27 @@ credential = "integrations/missing"
         for i in 0..20 {
             let forged = assertion("agent-1", &format!("f{i}"), &token_url);
             let forged = SubjectToken::new(format!("{}x", forged.expose()));
-            let got = sts.exchange(request(forged), now).await;
+            let got = sts.exchange(request(forged), unix_now()).await;
             assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
         }
         // Wrong audience: the issuer and the token endpoint only.
         let got = sts
-            .exchange(request(assertion("agent-1", "w", "https://docs.test")), now)
+            .exchange(
+                request(assertion("agent-1", "w", "https://docs.test")),
+                unix_now(),
+            )
             .await;
         assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
         assert!(sts.trusts.spent_is_empty());
 
-        sts.exchange(request(assertion("agent-1", "a", &token_url)), now)
+        sts.exchange(request(assertion("agent-1", "a", &token_url)), unix_now())
             .await
             .unwrap();
-        sts.exchange(request(assertion("agent-1", "b", STS)), now)
+        sts.exchange(request(assertion("agent-1", "b", STS)), unix_now())
             .await
             .unwrap();
         let again = sts
-            .exchange(request(assertion("agent-1", "a", &token_url)), now)
+            .exchange(request(assertion("agent-1", "a", &token_url)), unix_now())
             .await;
         let again = again.err();
         assert_eq!(again, Some(Rejection::AssertionReplayed));
@@ -935,11 +940,11 @@ credential = "integrations/missing"
 
         let limited = world.sts(Break::RateBurstOfOne).await;
         limited
-            .exchange(request(assertion("agent-1", "c", STS)), now)
+            .exchange(request(assertion("agent-1", "c", STS)), unix_now())
             .await
             .unwrap();
         let over = limited
-            .exchange(request(assertion("agent-1", "d", STS)), now)
+            .exchange(request(assertion("agent-1", "d", STS)), unix_now())
             .await;
         assert_eq!(over.err(), Some(Rejection::RateLimited));
         assert_eq!(limited.trusts.spent_len(), 1);
