@@ -168,6 +168,8 @@ pub struct Decision<'a> {
     pub kid: Option<&'a str>,
     /// The issued token's expiry, in Unix seconds.
     pub expires_at: Option<u64>,
+    /// The grant the request came in as (`token-exchange`, `jwt-bearer`), once read.
+    pub grant: Option<&'a str>,
 }
 
 impl<'a> Decision<'a> {
@@ -186,6 +188,7 @@ impl<'a> Decision<'a> {
             jti: None,
             kid: None,
             expires_at: None,
+            grant: None,
         }
     }
 }
@@ -1107,11 +1110,12 @@ mod tests {
             jti: Some("j1"),
             kid: Some("k1"),
             expires_at: Some(1_700_000_300),
+            grant: Some("jwt-bearer"),
             ..Decision::now(Outcome::Allow, "issued")
         };
         assert_eq!(
             serde_json::to_string(&decision).unwrap(),
-            r#"{"time":"2023-11-14T22:13:20.123Z","trust":"k8s","subject":"system:serviceaccount:ns:sa","actor":null,"action":"github.issues.read","audience":"https://api.github.com","decision":"allow","reason":"issued","jti":"j1","kid":"k1","expires_at":1700000300}"#
+            r#"{"time":"2023-11-14T22:13:20.123Z","trust":"k8s","subject":"system:serviceaccount:ns:sa","actor":null,"action":"github.issues.read","audience":"https://api.github.com","decision":"allow","reason":"issued","jti":"j1","kid":"k1","expires_at":1700000300,"grant":"jwt-bearer"}"#
         );
         let deny = Decision {
             time: UNIX_EPOCH,
@@ -1119,7 +1123,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&deny).unwrap(),
-            r#"{"time":"1970-01-01T00:00:00.000Z","trust":null,"subject":null,"actor":null,"action":null,"audience":null,"decision":"deny","reason":"rate_limited","jti":null,"kid":null,"expires_at":null}"#
+            r#"{"time":"1970-01-01T00:00:00.000Z","trust":null,"subject":null,"actor":null,"action":null,"audience":null,"decision":"deny","reason":"rate_limited","jti":null,"kid":null,"expires_at":null,"grant":null}"#
         );
     }
 

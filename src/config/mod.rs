@@ -203,6 +203,7 @@ struct RawTrust {
     leeway: Option<String>,
     jwks_refresh: Option<String>,
     jwks_max_stale: Option<String>,
+    single_use_assertions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +387,11 @@ pub struct TrustConfig {
     pub jwks_refresh: Duration,
     /// How long the last good keys keep serving when the JWKS endpoint fails.
     pub jwks_max_stale: Duration,
+    /// The issuer mints a token per request, each with a `jti`: as a jwt-bearer
+    /// assertion (RFC 7523), one without a `jti` is refused, and a `jti` is accepted
+    /// once within the token's lifetime. Off by default: platform tokens (Kubernetes
+    /// projected tokens, CI OIDC tokens) are presented many times while they live.
+    pub single_use_assertions: bool,
 }
 
 impl TrustConfig {
@@ -1100,6 +1106,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             leeway,
             jwks_refresh,
             jwks_max_stale,
+            single_use_assertions: t.single_use_assertions.unwrap_or(false),
         });
     }
 

@@ -11,12 +11,17 @@
 //!   catalogue's unprefixed `spiffe://` patterns, and a subject that claims to be a
 //!   SPIFFE ID must be a valid one ([`spiffe`]) before any pattern sees it;
 //! - a token carrying `act` (itself delegated) is refused: its chain would be lost;
+//! - a jwt-bearer assertion (RFC 7523) is verified like a subject token, but its
+//!   `aud` may name the STS's issuer *or* its token endpoint URL (RFC 7523 §3 allows
+//!   either for the authorization server), and a trust with `single_use_assertions`
+//!   has each assertion's `jti` spent once ([`replay`]);
 //! - JWKS fetches are counted per trust and failures logged.
 //!
 //! May import `config` (the `[[trust]]` entries), `secret` and `telemetry`; the
 //! catalogue and both programs import it, never the reverse.
 
 pub mod principal;
+pub mod replay;
 pub mod spiffe;
 
 use std::ops::Deref;
@@ -28,6 +33,7 @@ use agent_sts_verifier::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
 pub use agent_sts_verifier::{JwksError, JwtError, unix_now};
 
 use crate::config::TrustConfig;
+use crate::identity::replay::{ReplayError, SpentAssertions};
 use crate::secret::SubjectToken;
 use crate::telemetry::metrics::Metrics;
 
@@ -53,6 +59,11 @@ pub struct TrustStore {
     issuers: IssuerSet,
     /// Per trust name, its SPIFFE trust domains.
     spiffe_domains: Vec<(Arc<str>, Arc<[String]>)>,
+    /// The audiences a jwt-bearer assertion may name: the issuer and `{issuer}/token`.
+    assertion_audiences: [String; 2],
+    /// Trusts whose assertions are single-use, with their leeway (seconds).
+    single_use: Vec<(Arc<str>, u64)>,
+    spent: SpentAssertions,
 }
 
 impl TrustStore {
@@ -75,6 +86,16 @@ impl TrustStore {
         Ok(TrustStore {
             issuers: IssuerSet::new(&issuers, own_issuer, limits, Some(observer))?
                 .refuse_issuer(own_issuer),
+            assertion_audiences: [
+                own_issuer.to_string(),
+                format!("{}/token", own_issuer.trim_end_matches('/')),
+            ],
+            single_use: trusts
+                .iter()
+                .filter(|t| t.single_use_assertions)
+                .map(|t| (t.name.as_str().into(), t.leeway.as_secs()))
+                .collect(),
+            spent: SpentAssertions::new(replay::DEFAULT_CAPACITY),
             spiffe_domains: trusts
                 .iter()
                 .map(|t| {
@@ -91,6 +112,60 @@ impl TrustStore {
     /// keys and the claim rules; results are cached until the token expires.
     pub async fn verify(&self, token: &SubjectToken, now: u64) -> Result<VerifiedToken, JwtError> {
         let jwt = self.issuers.verify(token.expose(), now).await?;
+        self.admit(jwt)
+    }
+
+    /// Verifies a jwt-bearer `assertion` (RFC 7523 §3) at `now`: as a subject token,
+    /// except that its `aud` may name this STS's issuer or its token endpoint URL. Its
+    /// `jti` is not spent here: see [`TrustStore::spend_assertion`].
+    pub async fn verify_assertion(
+        &self,
+        assertion: &SubjectToken,
+        now: u64,
+    ) -> Result<VerifiedToken, JwtError> {
+        let [issuer, token_endpoint] = &self.assertion_audiences;
+        let jwt = self
+            .issuers
+            .verify_for(assertion.expose(), now, &[issuer, token_endpoint])
+            .await?;
+        self.admit(jwt)
+    }
+
+    /// Spends a verified assertion's `jti` when its trust has `single_use_assertions`
+    /// (a no-op for other trusts): the second presentation within its lifetime is
+    /// refused. Call once the agent is known to be within its rate limit.
+    pub fn spend_assertion(&self, assertion: &VerifiedToken, now: u64) -> Result<(), ReplayError> {
+        let Some((_, leeway)) = self.single_use.iter().find(|(t, _)| *t == assertion.trust) else {
+            return Ok(());
+        };
+        let jti = match assertion.claims.get("jti") {
+            Some(serde_json::Value::String(j)) if !j.is_empty() => j,
+            _ => {
+                return Err(ReplayError::MissingJti {
+                    trust: assertion.trust.to_string(),
+                });
+            }
+        };
+        self.spent.spend(
+            &assertion.trust,
+            jti,
+            assertion.expires_at.saturating_add(*leeway),
+            now,
+        )
+    }
+
+    /// How many single-use assertions are spent and still remembered.
+    pub fn spent_len(&self) -> usize {
+        self.spent.len()
+    }
+
+    /// Whether no single-use assertion is remembered.
+    pub fn spent_is_empty(&self) -> bool {
+        self.spent.is_empty()
+    }
+
+    /// The STS's own rules over a token the issuer set verified.
+    fn admit(&self, jwt: Arc<agent_sts_verifier::VerifiedJwt>) -> Result<VerifiedToken, JwtError> {
         let claim_error = |claim, problem| JwtError::Claim {
             trust: jwt.trust.to_string(),
             claim,

@@ -7,7 +7,9 @@
 //! with `error="invalid_token"` (401) or `error="insufficient_scope"` (403), and the
 //! same code in a JSON body. The issue contract asks for `error="invalid_token"` on a
 //! missing token too, where §3.1 says the code SHOULD be left out; we follow the
-//! contract so clients can treat every 401 alike. Descriptions are fixed strings: they
+//! contract so clients can treat every 401 alike. Every 401 and 403 challenge also
+//! points at the shim's RFC 9728 metadata (`resource_metadata`, and `scope` when the
+//! route names one action: [`Challenge`]). Descriptions are fixed strings: they
 //! never quote the token, the path, the credential or an upstream message. Each error
 //! also has a stable snake_case `reason` for the audit log and the logs.
 
@@ -15,6 +17,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::shim::request_target::TargetError;
+use crate::shim::resource_metadata::Challenge;
 use agent_sts_verifier::layer::DPOP_CHALLENGE;
 
 /// Why the shim did not proxy a request, or why the proxied call failed.
@@ -166,7 +169,19 @@ impl ShimError {
 
 impl IntoResponse for ShimError {
     fn into_response(self) -> Response {
+        self.response(None)
+    }
+}
+
+impl ShimError {
+    /// The RFC 6750 §3 response, its 401 or 403 challenges carrying `challenge`'s RFC
+    /// 9728 parameters when given.
+    pub fn response(self, challenge: Option<&Challenge<'_>>) -> Response {
         let status = self.status();
+        let params = match (challenge, status) {
+            (Some(c), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => c.params(),
+            _ => String::new(),
+        };
         let body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),
@@ -192,17 +207,16 @@ impl IntoResponse for ShimError {
             let scheme = if dpop { DPOP_CHALLENGE } else { "Bearer" };
             let separator = if dpop { "," } else { "" };
             let value = format!(
-                "{scheme}{separator} error=\"{code}\", error_description=\"{}\"",
+                "{scheme}{separator} error=\"{code}\", error_description=\"{}\"{params}",
                 self.description()
             );
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
             }
-            if matches!(self, ShimError::MissingToken) {
-                headers.append(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(DPOP_CHALLENGE),
-                );
+            if matches!(self, ShimError::MissingToken)
+                && let Ok(v) = HeaderValue::from_str(&format!("{DPOP_CHALLENGE}{params}"))
+            {
+                headers.append(header::WWW_AUTHENTICATE, v);
             }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

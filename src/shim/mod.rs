@@ -7,7 +7,9 @@
 //! - [`method_override`]: `_method` and its kin, in the query and in form, multipart
 //!   and JSON bodies;
 //! - [`scrub`]: removing the credential, in every encoding, from what comes back;
-//! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response.
+//! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response;
+//! - [`resource_metadata`]: the RFC 9728 document, served here and never forwarded,
+//!   and the `resource_metadata` every challenge points at.
 //!
 //! Tokens are checked with the `agent-sts-verifier` crate, exactly as a downstream
 //! service would. May import `catalogue`, `store`, `audit`, `telemetry`, `config`,
@@ -17,6 +19,7 @@ pub mod error;
 pub mod method_override;
 pub mod proxy;
 pub mod request_target;
+pub mod resource_metadata;
 pub mod scrub;
 
 pub use proxy::{Shim, ShimApp, build};

@@ -36,7 +36,9 @@
 //! at most `max_request_bytes + max_response_bytes` per request in flight, and
 //! `[limits] max_concurrency` requests in flight (a request waits for a slot at most
 //! `[limits] request_timeout`, then answers 503). Health, readiness and metrics are on
-//! a separate `admin_listen`: every path of `listen` belongs to the upstream.
+//! a separate `admin_listen`: every path of `listen` belongs to the upstream, but for
+//! the RFC 9728 metadata ([`crate::shim::resource_metadata`]), which the shim answers
+//! itself before any of the steps above and never forwards.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -56,6 +58,7 @@ use crate::runtime::{self, StartError};
 use crate::shim::error::ShimError;
 use crate::shim::method_override;
 use crate::shim::request_target::{self, Target};
+use crate::shim::resource_metadata::{self, Challenge, ResourceMetadata};
 use crate::shim::scrub::Scrubber;
 use crate::store;
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
@@ -104,6 +107,12 @@ pub struct Shim {
     upstream: reqwest::Url,
     verifier: Verifier,
     catalogue: ArcSwap<Catalogue>,
+    /// The actions this shim serves (this audience, with an `[action.request]`), by
+    /// name: the metadata's `scopes_supported` and a challenge's `scope`. Replaced with
+    /// the catalogue.
+    served: ArcSwap<Vec<(String, RequestShape)>>,
+    /// The RFC 9728 document and its URL.
+    metadata: ResourceMetadata,
     credentials: CredentialCache,
     /// The scrubber of each credential path, rebuilt when the credential changes.
     scrubbers: moka::sync::Cache<String, (Arc<StoredCredential>, Arc<Scrubber>)>,
@@ -124,6 +133,8 @@ pub struct Shim {
 #[derive(Debug, Default)]
 struct Call {
     token: Option<AccessToken>,
+    /// The canonical request path, once known (for a challenge's `scope`).
+    target: Option<String>,
     path: Option<String>,
     upstream_status: Option<u16>,
     scrubbed: u64,
@@ -189,13 +200,25 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     })?;
     let catalogue = Catalogue::load_dir(&s.scopes_dir, &TrustDirectory::any())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let served = catalogue
-        .actions()
-        .filter(|a| a.audience == s.audience && a.request.is_some())
-        .count();
-    if served == 0 {
+    let served = served_actions(&catalogue, &s.audience);
+    if served.is_empty() {
         tracing::warn!(audience = %s.audience, "no catalogue action has this shim's audience and an [action.request]: every request will be refused");
     }
+    if s.public_url != s.audience.trim_end_matches('/') {
+        tracing::warn!(
+            public_url = %s.public_url,
+            audience = %s.audience,
+            "shim.public_url and shim.audience differ: the RFC 9728 metadata names public_url as the resource, so a client asking the STS for a token with resource=public_url gets invalid_target unless the action's audience is public_url too"
+        );
+    }
+    let dpop_algorithms = verifier
+        .proofs()
+        .rules()
+        .algorithms
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
+    let metadata = ResourceMetadata::new(&s.public_url, &s.issuer, dpop_algorithms);
     // The shim keeps no keyring: its secrets and Vault files are checked.
     store::check_secret_files(None, &config.secrets, config.vault.as_ref())?;
     let vault = match (&config.secrets, &config.vault) {
@@ -218,6 +241,8 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         upstream: s.upstream.clone(),
         verifier,
         catalogue: ArcSwap::from_pointee(catalogue),
+        served: ArcSwap::from_pointee(served),
+        metadata,
         credentials: CredentialCache::new(store, ttl),
         scrubbers: moka::sync::Cache::new(10_000),
         client,
@@ -234,7 +259,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         metrics: ShimMetrics::new().with_vault(vault.as_deref().map(Vault::metrics)),
         vault: vault.clone(),
     };
-    tracing::info!(audience = %s.audience, actions = served, "shim ready");
+    tracing::info!(audience = %s.audience, actions = shim.served.load().len(), "shim ready");
     Ok(ShimApp {
         shim: Arc::new(shim),
         scopes_dir: s.scopes_dir.clone(),
@@ -275,7 +300,7 @@ impl ShimApp {
             Arc::new(TrustDirectory::any()),
             self.refresh_interval,
             shim.metrics.catalogue_reloads_kept.clone(),
-            move |c| shim.catalogue.store(c),
+            move |c| shim.replace_catalogue(c),
         );
     }
 
@@ -322,6 +347,10 @@ impl ShimApp {
 }
 
 async fn handle(State(shim): State<Arc<Shim>>, request: Request) -> Response {
+    // RFC 9728: the shim's own document, never forwarded, however the path is spelled.
+    if resource_metadata::names_metadata(request.uri()) {
+        return shim.metadata_response(request.method());
+    }
     let mut response = shim.handle(request).await;
     // RFC 9449 §9: with nonces on, every answer carries the one to use next.
     if let Some(nonce) = shim.verifier.dpop_nonce(unix_now())
@@ -371,7 +400,51 @@ async fn metrics(State(shim): State<Arc<Shim>>) -> Response {
         .into_response()
 }
 
+/// The actions of `catalogue` a shim for `audience` serves, sorted by name.
+fn served_actions(catalogue: &Catalogue, audience: &str) -> Vec<(String, RequestShape)> {
+    let mut served: Vec<(String, RequestShape)> = catalogue
+        .actions()
+        .filter(|a| a.audience == audience)
+        .filter_map(|a| Some((a.name.clone(), a.request.clone()?)))
+        .collect();
+    served.sort_by(|a, b| a.0.cmp(&b.0));
+    served
+}
+
 impl Shim {
+    /// Serves `catalogue` from the next request on.
+    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) {
+        self.served
+            .store(Arc::new(served_actions(&catalogue, &self.audience)));
+        self.catalogue.store(catalogue);
+    }
+
+    /// The RFC 9728 metadata document (or 405 for a method other than GET and HEAD).
+    pub fn metadata_response(&self, method: &Method) -> Response {
+        let served = self.served.load();
+        let scopes: Vec<&str> = served.iter().map(|(name, _)| name.as_str()).collect();
+        self.metadata.response(method, &scopes)
+    }
+
+    /// A refusal as its response; a 401 or 403 challenge names the metadata and, when
+    /// the request's method and path fit exactly one action served here, its scope.
+    fn refusal_response(&self, refusal: ShimError, method: &Method, call: &Call) -> Response {
+        let served = self.served.load();
+        let mut fitting = served.iter().filter(|(_, shape)| {
+            call.target
+                .as_deref()
+                .is_some_and(|path| shape.matches(method.as_str(), path))
+        });
+        let scope = match (fitting.next(), fitting.next()) {
+            (Some((name, _)), None) => Some(name.as_str()),
+            _ => None,
+        };
+        refusal.response(Some(&Challenge {
+            resource_metadata: self.metadata.url(),
+            scope,
+        }))
+    }
+
     /// Handles one request: proxies it or refuses it, and audits either way.
     pub async fn handle(&self, request: Request) -> Response {
         let started = std::time::Instant::now();
@@ -443,7 +516,7 @@ impl Shim {
                     tracing::error!(error = %e, "audit log unwritable");
                 }
                 tracing::info!(method = %method, path = ?call.path, reason = refusal.reason(), status = refusal.status().as_u16(), "refused");
-                refusal.into_response()
+                self.refusal_response(refusal, &method, &call)
             }
         }
     }
@@ -453,6 +526,7 @@ impl Shim {
         check_header_size(&parts, self.caps.header_bytes)?;
         check_framing(&parts.headers)?;
         let target = request_target::canonicalize(&parts.uri).map_err(ShimError::Target)?;
+        call.target = Some(target.path.clone());
         if target
             .query
             .as_deref()

@@ -2,10 +2,17 @@
 //! refusal. No HTTP here: the handler in [`crate::sts::http`] extracts, calls
 //! [`Sts::exchange`], and converts.
 //!
+//! Both grants arrive as one [`ExchangeRequest`]: a jwt-bearer (RFC 7523) request is
+//! a token exchange whose subject token is the assertion, with no actor and one
+//! `resource`. Only step 1 (how the identity token is verified, and the error code of
+//! a bad one) and the spending of a single-use assertion in step 2 depend on the grant.
+//!
 //! The order of checks is the policy:
 //! 1. verify the subject token (and the actor token, when delegating) against the
-//!    configured trusts;
-//! 2. rate-limit the verified agent identity;
+//!    configured trusts; a jwt-bearer assertion may name the issuer or the token
+//!    endpoint as its audience, and a bad one is `invalid_grant`;
+//! 2. rate-limit the verified agent identity; then its DPoP proof's `jti` and, for a
+//!    trust with `single_use_assertions`, its assertion's `jti` are spent;
 //! 3. the catalogue: the action exists and is granted to the agent, bound to its
 //!    (trust, subject); an unknown action and an ungranted one are the same refusal,
 //!    so the catalogue cannot be enumerated; then the deny list (the kill switch): no
@@ -29,6 +36,7 @@ use arc_swap::ArcSwap;
 use crate::audit::{AuditLog, Decision, Outcome, RefusalWindow};
 use crate::catalogue::{Action, Catalogue, Delegation, Principal, SenderConstraint};
 use crate::control::{DenyCheck, DenyGuard};
+use crate::identity::replay::ReplayError;
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
 use crate::secret::{DpopProof, MintedJwt};
@@ -37,7 +45,7 @@ use crate::store::vault::Vault;
 use crate::sts::mint::{Actor, Grant, MintError, mint};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
-use crate::sts::token_exchange::ExchangeRequest;
+use crate::sts::token_exchange::{ExchangeRequest, GrantType};
 use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
 use agent_sts_verifier::{DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
 
@@ -359,6 +367,7 @@ impl Sts {
             jti: minted.map(|m| m.jti.as_str()),
             kid: minted.map(|m| m.kid.as_str()),
             expires_at: minted.map(|m| m.expires_at),
+            grant: Some(request.grant.as_str()),
             ..Decision::now(outcome, reason)
         };
         // A refusal before any identity verified is anonymous: the first of each reason
@@ -384,6 +393,7 @@ impl Sts {
                 target: "agent_sts::decision",
                 decision = if minted.is_some() { "allow" } else { "deny" },
                 reason,
+                grant = request.grant.as_str(),
                 trust = facts.subject.as_ref().map(|s| &*s.trust),
                 subject = facts.subject.as_ref().map(|s| s.subject.as_str()),
                 client_id = agent.map(qualified),
@@ -469,11 +479,16 @@ impl Sts {
         };
 
         // 1. Identities.
-        let subject = self
-            .trusts
-            .verify(&req.subject_token, now)
-            .await
-            .map_err(|e| refused_identity(&e, "subject_token", Rejection::InvalidSubjectToken))?;
+        let subject = match req.grant {
+            GrantType::TokenExchange => self.trusts.verify(&req.subject_token, now).await,
+            GrantType::JwtBearer => self.trusts.verify_assertion(&req.subject_token, now).await,
+        }
+        .map_err(|e| match req.grant {
+            GrantType::TokenExchange => {
+                refused_identity(&e, "subject_token", Rejection::InvalidSubjectToken)
+            }
+            GrantType::JwtBearer => refused_identity(&e, "assertion", Rejection::InvalidAssertion),
+        })?;
         facts.subject = Some(subject.clone());
         let actor = match &req.actor_token {
             Some(t) => {
@@ -498,6 +513,20 @@ impl Sts {
                 tracing::debug!("DPoP proof replayed");
                 Rejection::InvalidDpopProof
             })?;
+        }
+        if req.grant == GrantType::JwtBearer {
+            self.trusts
+                .spend_assertion(&subject, now)
+                .map_err(|e| match e {
+                    ReplayError::Full => {
+                        tracing::warn!(error = %e, "single-use assertion refused");
+                        Rejection::SpentAssertionsFull
+                    }
+                    e => {
+                        tracing::debug!(error = %e, "assertion refused");
+                        Rejection::AssertionReplayed
+                    }
+                })?;
         }
 
         // 3. Catalogue.
@@ -602,6 +631,9 @@ impl Sts {
             jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
         mint(&key, &grant, now).map_err(|e| match e {
+            MintError::SubjectExpiring if req.grant == GrantType::JwtBearer => {
+                Rejection::InvalidAssertion
+            }
             MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
             other => {
                 tracing::error!(error = %other, "minting failed");
@@ -703,6 +735,7 @@ credential = "integrations/missing"
                 leeway: Duration::from_secs(30),
                 jwks_refresh: Duration::from_secs(300),
                 jwks_max_stale: Duration::from_secs(3600),
+                single_use_assertions: true,
             };
             let trusts =
                 TrustStore::new(&[trust], STS, &Limits::default(), metrics.clone()).unwrap();
@@ -794,6 +827,7 @@ credential = "integrations/missing"
             _ => world.token(subject),
         };
         let request = ExchangeRequest {
+            grant: GrantType::TokenExchange,
             subject_token,
             actor_token: None,
             action: action.into(),
@@ -888,6 +922,79 @@ credential = "integrations/missing"
         expect_refusals(&world, &unaudited, &cases).await;
     }
 
+    /// A jwt-bearer assertion from a single-use trust is spent only once it verified and
+    /// its agent passed the rate limit: forged or rate-limited ones take no place in
+    /// the bounded set, and a spent one is refused the second time as `invalid_grant`.
+    #[tokio::test]
+    async fn only_a_verified_admitted_assertion_is_spent() {
+        let world = World::new();
+        let sts = world.sts(Break::Nothing).await;
+        // Claims are stamped at the start; each decision takes the clock as it is then
+        // (the keys of a fresh `World` activate at their creation).
+        let now = unix_now();
+        let assertion = |sub: &str, jti: &str, aud: &str| {
+            let header = serde_json::json!({"alg": "ES256", "kid": world.idp.kid, "typ": "JWT"});
+            let claims = serde_json::json!({
+                "iss": IDP, "sub": sub, "aud": aud, "iat": now, "exp": now + 300, "jti": jti,
+            });
+            SubjectToken::new(
+                world
+                    .idp
+                    .sign_compact(header.to_string().as_bytes(), claims.to_string().as_bytes())
+                    .unwrap(),
+            )
+        };
+        let request = |token: SubjectToken| ExchangeRequest {
+            grant: GrantType::JwtBearer,
+            subject_token: token,
+            actor_token: None,
+            action: "docs.read".into(),
+            audiences: vec![],
+            resources: vec!["https://docs.test".into()],
+            dpop: None,
+        };
+        let token_url = format!("{STS}/token");
+        for i in 0..20 {
+            let forged = assertion("agent-1", &format!("f{i}"), &token_url);
+            let forged = SubjectToken::new(format!("{}x", forged.expose()));
+            let got = sts.exchange(request(forged), unix_now()).await;
+            assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
+        }
+        // Wrong audience: the issuer and the token endpoint only.
+        let got = sts
+            .exchange(
+                request(assertion("agent-1", "w", "https://docs.test")),
+                unix_now(),
+            )
+            .await;
+        assert_eq!(got.err(), Some(Rejection::InvalidAssertion));
+        assert!(sts.trusts.spent_is_empty());
+
+        sts.exchange(request(assertion("agent-1", "a", &token_url)), unix_now())
+            .await
+            .unwrap();
+        sts.exchange(request(assertion("agent-1", "b", STS)), unix_now())
+            .await
+            .unwrap();
+        let again = sts
+            .exchange(request(assertion("agent-1", "a", &token_url)), unix_now())
+            .await;
+        let again = again.err();
+        assert_eq!(again, Some(Rejection::AssertionReplayed));
+        assert_eq!(again.map(Rejection::code), Some("invalid_grant"));
+
+        let limited = world.sts(Break::RateBurstOfOne).await;
+        limited
+            .exchange(request(assertion("agent-1", "c", STS)), unix_now())
+            .await
+            .unwrap();
+        let over = limited
+            .exchange(request(assertion("agent-1", "d", STS)), unix_now())
+            .await;
+        assert_eq!(over.err(), Some(Rejection::RateLimited));
+        assert_eq!(limited.trusts.spent_len(), 1);
+    }
+
     /// Anyone can sign a valid proof with a fresh key: a proof sent with a token that
     /// does not verify is refused without taking a place in the bounded replay cache,
     /// so a flood of them cannot push real `jti`s out. A verified agent's proof is
@@ -899,6 +1006,7 @@ credential = "integrations/missing"
         let key = agent_sts_testkit::DpopKey::new();
         let url = format!("{STS}/token");
         let request = |subject: SubjectToken, proof: &str| ExchangeRequest {
+            grant: GrantType::TokenExchange,
             subject_token: subject,
             actor_token: None,
             action: "docs.read".into(),

@@ -2,8 +2,10 @@
 //!
 //! Handlers only extract, call and convert: `POST /token` checks the transport rules
 //! (no query string, no client authentication header, a form content type, the body
-//! cap), hands the body to [`crate::sts::token_exchange::parse`] and the result to
-//! [`crate::sts::exchange::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2 response.
+//! cap), hands the body to [`crate::sts::token_exchange::parse`] (token exchange or
+//! jwt-bearer, one normalized request) and the result to
+//! [`crate::sts::exchange::Sts::exchange`], and turns the outcome into an RFC 8693 §2.2
+//! (or RFC 6749 §5.1) response.
 //! Every refusal, even one decided before the form is read, goes through
 //! [`Sts::refuse`] so it is audited (anonymous ones summarised per window) and counted
 //! like any other decision.
@@ -30,7 +32,7 @@ use crate::identity::unix_now;
 use crate::secret::DpopProof;
 use crate::sts::exchange::Sts;
 use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
-use crate::sts::token_exchange::{self, GRANT_TYPE_TOKEN_EXCHANGE};
+use crate::sts::token_exchange::{self, GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -274,7 +276,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "issuer": state.sts.issuer(),
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
         "token_endpoint_auth_signing_alg_values_supported": [],

@@ -32,8 +32,21 @@ pub enum Rejection {
     RepeatedParameter,
     /// `grant_type` absent.
     MissingGrantType,
-    /// A grant type other than token exchange.
+    /// A grant type other than token exchange and jwt-bearer.
     UnsupportedGrantType,
+    /// jwt-bearer without `assertion`.
+    MissingAssertion,
+    /// The jwt-bearer assertion failed verification (signature, claims, an issuer that
+    /// is not a trust or is this STS, an audience that is neither the issuer nor the
+    /// token endpoint): RFC 7523 §3.1 `invalid_grant`.
+    InvalidAssertion,
+    /// A single-use assertion presented again within its lifetime, or without the
+    /// `jti` its trust requires (RFC 7523 §3 item 7).
+    AssertionReplayed,
+    /// jwt-bearer with no `resource`, or more than one (RFC 8707 §2).
+    ResourceNotOne,
+    /// The set of spent single-use assertions is full of live entries.
+    SpentAssertionsFull,
     /// `subject_token` absent.
     MissingSubjectToken,
     /// `subject_token_type` absent or not a JWT type.
@@ -116,6 +129,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | DenyListUnavailable
             | AuditUnavailable
+            | SpentAssertionsFull
             | RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -128,7 +142,8 @@ impl Rejection {
         match self {
             UnsupportedGrantType => "unsupported_grant_type",
             ScopeNotOneAction | ActionNotPermitted | CredentialUnavailable => "invalid_scope",
-            InvalidTarget => "invalid_target",
+            InvalidTarget | ResourceNotOne => "invalid_target",
+            InvalidAssertion | AssertionReplayed => "invalid_grant",
             InvalidDpopProof => "invalid_dpop_proof",
             UseDpopNonce => "use_dpop_nonce",
             ClientAuthentication => "invalid_client",
@@ -138,6 +153,7 @@ impl Rejection {
             | IssuerKeysUnavailable
             | DenyListUnavailable
             | AuditUnavailable
+            | SpentAssertionsFull
             | RequestTimeout => "temporarily_unavailable",
             Internal => "server_error",
             _ => "invalid_request",
@@ -156,8 +172,13 @@ impl Rejection {
             RepeatedParameter => "a request parameter is repeated",
             MissingGrantType => "grant_type is missing",
             UnsupportedGrantType => {
-                "only urn:ietf:params:oauth:grant-type:token-exchange is supported"
+                "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange or urn:ietf:params:oauth:grant-type:jwt-bearer"
             }
+            MissingAssertion => "assertion is missing",
+            InvalidAssertion => "the assertion is invalid",
+            AssertionReplayed => "the assertion was already used",
+            ResourceNotOne => "resource must be sent once, naming the action's audience",
+            SpentAssertionsFull => "too many single-use assertions in flight; retry later",
             MissingSubjectToken => "subject_token is missing",
             UnsupportedSubjectTokenType => {
                 "subject_token_type must be urn:ietf:params:oauth:token-type:jwt"
@@ -208,6 +229,11 @@ impl Rejection {
             RepeatedParameter => "repeated_parameter",
             MissingGrantType => "missing_grant_type",
             UnsupportedGrantType => "unsupported_grant_type",
+            MissingAssertion => "missing_assertion",
+            InvalidAssertion => "invalid_assertion",
+            AssertionReplayed => "assertion_replayed",
+            ResourceNotOne => "resource_not_one",
+            SpentAssertionsFull => "spent_assertions_full",
             MissingSubjectToken => "missing_subject_token",
             UnsupportedSubjectTokenType => "unsupported_subject_token_type",
             ActorTokenWithoutType => "actor_token_without_type",

@@ -1,24 +1,33 @@
-//! RFC 8693 token-exchange requests: from a form body to a checked request.
+//! Token requests: from a form body to one checked, normalized request, whichever the
+//! grant.
 //!
 //! This module knows nothing of HTTP. It takes the raw `application/x-www-form-urlencoded`
-//! body (RFC 8693 §2.1, RFC 6749 Appendix B) and returns either an
+//! body (RFC 6749 Appendix B) of either grant the STS takes, and returns either an
 //! [`ExchangeRequest`] whose every field has been checked, or the [`Rejection`] that
-//! explains why not. Rules, in the order they are applied:
+//! explains why not. Both grants come out as the same request, so one pipeline
+//! ([`crate::sts::exchange`]) decides them: the jwt-bearer `assertion` is the subject
+//! token of a token exchange without an actor, and [`ExchangeRequest::grant`] says
+//! which rules its identity is verified under. Rules, in the order they are applied:
 //! - at most [`MAX_PARAMETERS`] parameters; any known parameter sent twice is refused
 //!   (never "last value wins"), except `audience` and `resource`, which RFC 8693
 //!   §2.1 allows to repeat (each must then name the action's audience);
 //! - a parameter with an empty value counts as absent (RFC 6749 §3.1); unknown
-//!   parameters are ignored (RFC 6749 §3.2);
-//! - `grant_type` must be token exchange; client authentication parameters are
-//!   refused (the workload token is the authentication);
-//! - `subject_token` with a JWT `subject_token_type`; `actor_token` and
-//!   `actor_token_type` together or not at all; tokens within the size cap;
+//!   parameters are ignored (RFC 6749 §3.2), and so are the other grant's;
+//! - `grant_type` must be token exchange or jwt-bearer; client authentication
+//!   parameters are refused (the workload token is the authentication);
+//! - token exchange (RFC 8693 §2.1): `subject_token` with a JWT `subject_token_type`;
+//!   `actor_token` and `actor_token_type` together or not at all;
+//! - jwt-bearer (RFC 7523 §2.1, as the MCP workload-identity extension profiles it):
+//!   one `assertion`, and exactly one `resource` (RFC 8707 §2; none or several is
+//!   `invalid_target`);
+//! - tokens within the size cap;
 //! - `scope` names exactly one action (RFC 6749 §3.3: space-delimited).
 
 use crate::secret::{DpopProof, SubjectToken};
 use crate::sts::oauth_error::Rejection;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -26,9 +35,33 @@ pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:acce
 /// Most parameters a request may carry.
 pub const MAX_PARAMETERS: usize = 32;
 
-/// A checked token-exchange request.
+/// Which grant a request came in as: it decides how the identity token is verified
+/// and which error code a bad one gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    /// RFC 8693: `subject_token` (audience: the issuer); a bad one is
+    /// `invalid_request` (RFC 8693 §2.2.2).
+    TokenExchange,
+    /// RFC 7523 §2.1: `assertion` (audience: the issuer or the token endpoint), possibly
+    /// single-use; a bad one is `invalid_grant` (RFC 7523 §3.1).
+    JwtBearer,
+}
+
+impl GrantType {
+    /// Short name for the audit log and the decision event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::TokenExchange => "token-exchange",
+            GrantType::JwtBearer => "jwt-bearer",
+        }
+    }
+}
+
+/// A checked token request, either grant (see the module docs).
 #[derive(Debug)]
 pub struct ExchangeRequest {
+    pub grant: GrantType,
+    /// The subject token, or the jwt-bearer assertion.
     pub subject_token: SubjectToken,
     pub actor_token: Option<SubjectToken>,
     /// The one catalogue action asked for (not yet known to exist).
@@ -50,6 +83,7 @@ struct Seen {
     actor_token_type: Option<String>,
     requested_token_type: Option<String>,
     scope: Option<String>,
+    assertion: Option<String>,
     client_auth: bool,
     audiences: Vec<String>,
     resources: Vec<String>,
@@ -77,7 +111,7 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         return Err(Rejection::MalformedBody);
     }
     let mut s = Seen::default();
-    let mut flags = [false; 7];
+    let mut flags = [false; 8];
     for (count, (name, value)) in form_urlencoded::parse(body).enumerate() {
         if count >= MAX_PARAMETERS {
             return Err(Rejection::MalformedBody);
@@ -91,6 +125,7 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
             "actor_token_type" => once(&mut s.actor_token_type, value, &mut flags[4])?,
             "requested_token_type" => once(&mut s.requested_token_type, value, &mut flags[5])?,
             "scope" => once(&mut s.scope, value, &mut flags[6])?,
+            "assertion" => once(&mut s.assertion, value, &mut flags[7])?,
             "audience" if !value.is_empty() => s.audiences.push(value),
             "resource" if !value.is_empty() => s.resources.push(value),
             "client_secret" | "client_assertion" | "client_assertion_type" => s.client_auth = true,
@@ -98,13 +133,33 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         }
     }
 
-    match s.grant_type.as_deref() {
+    let grant = match s.grant_type.as_deref() {
         None => return Err(Rejection::MissingGrantType),
-        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => GrantType::TokenExchange,
+        Some(GRANT_TYPE_JWT_BEARER) => GrantType::JwtBearer,
         Some(_) => return Err(Rejection::UnsupportedGrantType),
-    }
+    };
     if s.client_auth {
         return Err(Rejection::ClientAuthentication);
+    }
+    let action = one_action(s.scope.as_deref());
+    if grant == GrantType::JwtBearer {
+        let assertion = s.assertion.ok_or(Rejection::MissingAssertion)?;
+        if assertion.len() > max_token_bytes {
+            return Err(Rejection::TokenTooLarge);
+        }
+        if s.resources.len() != 1 {
+            return Err(Rejection::ResourceNotOne);
+        }
+        return Ok(ExchangeRequest {
+            grant,
+            subject_token: SubjectToken::new(assertion),
+            actor_token: None,
+            action: action?,
+            audiences: s.audiences,
+            resources: s.resources,
+            dpop: None,
+        });
     }
     let subject_token = s.subject_token.ok_or(Rejection::MissingSubjectToken)?;
     if !s.subject_token_type.as_deref().is_some_and(is_jwt_type) {
@@ -129,24 +184,24 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
     {
         return Err(Rejection::TokenTooLarge);
     }
-    let mut actions = s
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|a| !a.is_empty());
-    let action = match (actions.next(), actions.next()) {
-        (Some(one), None) => one.to_string(),
-        _ => return Err(Rejection::ScopeNotOneAction),
-    };
     Ok(ExchangeRequest {
+        grant,
+        action: action?,
         subject_token: SubjectToken::new(subject_token),
         actor_token: actor_token.map(SubjectToken::new),
-        action,
         audiences: s.audiences,
         resources: s.resources,
         dpop: None,
     })
+}
+
+/// The one action `scope` names (RFC 6749 §3.3: space-delimited), or the refusal.
+fn one_action(scope: Option<&str>) -> Result<String, Rejection> {
+    let mut actions = scope.unwrap_or("").split(' ').filter(|a| !a.is_empty());
+    match (actions.next(), actions.next()) {
+        (Some(one), None) => Ok(one.to_string()),
+        _ => Err(Rejection::ScopeNotOneAction),
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +290,58 @@ mod tests {
             assert_eq!(p(&body).unwrap_err(), want, "{body}");
         }
         assert_eq!(parse(b"\xff\xfe", 100).unwrap_err(), MalformedBody);
+    }
+
+    const BEARER: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b.c&scope=docs.read&resource=https%3A%2F%2Fdocs.test";
+
+    #[test]
+    fn jwt_bearer_is_the_same_request_with_the_assertion_as_subject() {
+        let r = p(BEARER).unwrap();
+        assert_eq!(r.grant, GrantType::JwtBearer);
+        assert_eq!(r.subject_token.expose(), "a.b.c");
+        assert!(r.actor_token.is_none());
+        assert_eq!(r.action, "docs.read");
+        assert_eq!(r.resources, vec!["https://docs.test"]);
+        // The other grant's parameters are ignored (RFC 6749 §3.2).
+        let r = p(&format!("{BEARER}&actor_token=x.y.z&subject_token=q.r.s")).unwrap();
+        assert!(r.actor_token.is_none());
+        assert_eq!(r.subject_token.expose(), "a.b.c");
+        assert_eq!(p(GOOD).unwrap().grant, GrantType::TokenExchange);
+    }
+
+    #[test]
+    fn jwt_bearer_rules_have_their_rejections() {
+        use Rejection::*;
+        let cases: Vec<(String, Rejection)> = vec![
+            (BEARER.replace("assertion=a.b.c&", ""), MissingAssertion),
+            (
+                BEARER.replace("assertion=a.b.c", "assertion="),
+                MissingAssertion,
+            ),
+            (format!("{BEARER}&assertion=d.e.f"), RepeatedParameter),
+            (
+                BEARER.replace("&resource=https%3A%2F%2Fdocs.test", ""),
+                ResourceNotOne,
+            ),
+            (
+                format!("{BEARER}&resource=https%3A%2F%2Fdocs.test"),
+                ResourceNotOne,
+            ),
+            (
+                format!("{BEARER}&resource=https%3A%2F%2Fother.test"),
+                ResourceNotOne,
+            ),
+            (BEARER.replace("&scope=docs.read", ""), ScopeNotOneAction),
+            (
+                BEARER.replace("scope=docs.read", "scope=docs.read+docs.write"),
+                ScopeNotOneAction,
+            ),
+            (format!("{BEARER}&client_assertion=x"), ClientAuthentication),
+            (BEARER.replace("a.b.c", &"a".repeat(101)), TokenTooLarge),
+        ];
+        for (body, want) in cases {
+            assert_eq!(p(&body).unwrap_err(), want, "{body}");
+        }
     }
 
     proptest! {

@@ -363,8 +363,9 @@ async fn grant_type_missing_or_not_token_exchange_is_refused() {
         "password",
         "client_credentials",
         "authorization_code",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
         "urn:ietf:params:oauth:grant-type:token-exchange ",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer ",
     ] {
         let r = sts.exchange(&with(Some(grant))).await;
         r.assert_error(400, "unsupported_grant_type", &secrets_of(&subject));

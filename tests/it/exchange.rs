@@ -182,7 +182,10 @@ async fn metadata_jwks_health_and_readiness() {
         meta["jwks_uri"],
         format!("{STS_ISSUER}/.well-known/jwks.json")
     );
-    assert_eq!(meta["grant_types_supported"][0], GRANT);
+    assert_eq!(
+        meta["grant_types_supported"],
+        serde_json::json!([GRANT, "urn:ietf:params:oauth:grant-type:jwt-bearer"])
+    );
     let jwks = sts.get("/.well-known/jwks.json").await;
     assert_eq!(jwks.status, 200);
     assert_eq!(jwks.headers["cache-control"], "public, max-age=300");

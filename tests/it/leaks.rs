@@ -84,6 +84,26 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
         ))
         .await,
     );
+    // The jwt-bearer grant: the canary as a good assertion (its audience, the issuer,
+    // is one the grant takes), tampered, repeated, and as the resource.
+    let bearer = |assertion: &str, resource: &str| {
+        form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion),
+            ("scope", "github.issues.create"),
+            ("resource", resource),
+        ])
+    };
+    record(post(bearer(&canary, "https://github-shim.internal")).await);
+    record(post(bearer(&tampered, "https://github-shim.internal")).await);
+    record(post(bearer(&canary, &canary)).await);
+    record(
+        post(format!(
+            "{}&assertion={canary}",
+            bearer(&canary, "https://github-shim.internal")
+        ))
+        .await,
+    );
     let query = client
         .post(format!("{}/token?subject_token={canary}", sts.url))
         .header("content-type", "application/x-www-form-urlencoded")

@@ -351,7 +351,7 @@ fn claims_of(token: &str) -> Value {
 }
 
 /// The STS's own signing key, read from its key store.
-fn sts_key(sts: &TestSts) -> SigningKey {
+pub fn sts_key(sts: &TestSts) -> SigningKey {
     let bytes = std::fs::read(sts.dir.path().join("keys/signing-keys.json")).unwrap();
     let ring: agent_sts::keys::StoredRing = serde_json::from_slice(&bytes).unwrap();
     let stored = ring.keys.first().unwrap();

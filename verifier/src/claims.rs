@@ -85,11 +85,47 @@ pub fn numeric_date(
     }
 }
 
+/// Whether `aud` (a string, or a non-empty array of strings) names one of
+/// `audiences`, exactly.
+pub fn names_audience(
+    claims: &serde_json::Map<String, Value>,
+    audiences: &[&str],
+) -> Result<(), ClaimProblem> {
+    let expected = |a: &str| audiences.contains(&a);
+    match claims.get("aud") {
+        Some(Value::String(a)) if expected(a) => Ok(()),
+        Some(Value::Array(list)) if !list.is_empty() => {
+            if !list.iter().all(Value::is_string) {
+                return Err(("aud", "array holds a non-string"));
+            }
+            if !list.iter().filter_map(Value::as_str).any(expected) {
+                return Err(("aud", "does not name the expected audience"));
+            }
+            Ok(())
+        }
+        Some(Value::String(_)) => Err(("aud", "does not name the expected audience")),
+        Some(Value::Array(_)) => Err(("aud", "is an empty array")),
+        Some(_) => Err(("aud", "is not a string or array of strings")),
+        None => Err(("aud", "is missing")),
+    }
+}
+
 /// Checks `sub`, `aud`, `exp`, `iat` and `nbf` against `audience` at `now`.
 pub fn check_claims(
     claims: &serde_json::Map<String, Value>,
     rules: &ClaimRules,
     audience: &str,
+    now: u64,
+) -> Result<CheckedClaims, ClaimProblem> {
+    check_claims_for(claims, rules, &[audience], now)
+}
+
+/// [`check_claims`] where `aud` may name any one of `audiences` (an authorization
+/// server known by its issuer and by its token endpoint URL, RFC 7523 §3).
+pub fn check_claims_for(
+    claims: &serde_json::Map<String, Value>,
+    rules: &ClaimRules,
+    audiences: &[&str],
     now: u64,
 ) -> Result<CheckedClaims, ClaimProblem> {
     let leeway = rules.leeway.as_secs();
@@ -111,21 +147,7 @@ pub fn check_claims(
         ));
     }
 
-    match claims.get("aud") {
-        Some(Value::String(a)) if a == audience => {}
-        Some(Value::Array(list)) if !list.is_empty() => {
-            if !list.iter().all(Value::is_string) {
-                return Err(("aud", "array holds a non-string"));
-            }
-            if !list.iter().any(|a| a.as_str() == Some(audience)) {
-                return Err(("aud", "does not name the expected audience"));
-            }
-        }
-        Some(Value::String(_)) => return Err(("aud", "does not name the expected audience")),
-        Some(Value::Array(_)) => return Err(("aud", "is an empty array")),
-        Some(_) => return Err(("aud", "is not a string or array of strings")),
-        None => return Err(("aud", "is missing")),
-    }
+    names_audience(claims, audiences)?;
 
     let exp = numeric_date(claims, "exp")?.ok_or(("exp", "is missing"))?;
     let iat = numeric_date(claims, "iat")?.ok_or(("iat", "is missing"))?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::claims::{ClaimRules, check_claims};
+use crate::claims::{ClaimRules, check_claims_for, names_audience};
 use crate::jose::{self, Algorithm};
 use crate::jwk::KeyFingerprint;
 use crate::jwks::{FetchObserver, Freshness, JwksCache, KeySource, Pick, http_client};
@@ -221,6 +221,19 @@ impl IssuerSet {
     /// keys and the claim rules; results are cached until the token expires, and hold
     /// only while the issuer still publishes the key that verified them.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<VerifiedJwt>, JwtError> {
+        self.verify_for(token, now, &[self.audience.as_str()]).await
+    }
+
+    /// [`verify`](Self::verify) where `aud` may name any one of `audiences` instead of
+    /// the set's audience. The cache of verified tokens is shared: a hit holds only if
+    /// its `aud` names one of `audiences` too, so a token verified for one audience is
+    /// never taken for another.
+    pub async fn verify_for(
+        &self,
+        token: &str,
+        now: u64,
+        audiences: &[&str],
+    ) -> Result<Arc<VerifiedJwt>, JwtError> {
         if token.len() > self.max_token_bytes {
             return Err(JwtError::Malformed("too large"));
         }
@@ -234,12 +247,19 @@ impl IssuerSet {
                 .key_set(&self.http, false)
                 .await?;
             if keys.still_picks(binding.kid.as_deref(), binding.alg, &binding.fingerprint) {
+                names_audience(&hit.jwt.claims, audiences).map_err(|(claim, problem)| {
+                    JwtError::Claim {
+                        trust: hit.jwt.trust.to_string(),
+                        claim,
+                        problem,
+                    }
+                })?;
                 return Ok(hit.jwt.clone());
             }
             // The key that verified it is gone or changed: verify again (and fail).
             self.verified.invalidate(&digest);
         }
-        let (verified, key) = self.verify_uncached(token, &self.audience, now).await?;
+        let (verified, key) = self.verify_uncached(token, now, audiences).await?;
         let verified = Arc::new(verified);
         self.verified.insert(
             digest,
@@ -261,7 +281,7 @@ impl IssuerSet {
         typ: &str,
         now: u64,
     ) -> Result<VerifiedJwt, JwtError> {
-        let (verified, _) = self.verify_uncached(document, audience, now).await?;
+        let (verified, _) = self.verify_uncached(document, now, &[audience]).await?;
         if !verified
             .typ
             .as_deref()
@@ -280,8 +300,8 @@ impl IssuerSet {
     async fn verify_uncached(
         &self,
         raw: &str,
-        audience: &str,
         now: u64,
+        audiences: &[&str],
     ) -> Result<(VerifiedJwt, KeyBinding), JwtError> {
         let jws = jose::split_compact(raw)?;
         let header = jose::parse_header(jws.header)?;
@@ -322,14 +342,13 @@ impl IssuerSet {
             return Err(JwtError::BadSignature { trust: trust() });
         }
 
-        let checked =
-            check_claims(&claims, &issuer.rules, audience, now).map_err(|(claim, problem)| {
-                JwtError::Claim {
-                    trust: trust(),
-                    claim,
-                    problem,
-                }
-            })?;
+        let checked = check_claims_for(&claims, &issuer.rules, audiences, now).map_err(
+            |(claim, problem)| JwtError::Claim {
+                trust: trust(),
+                claim,
+                problem,
+            },
+        )?;
         let binding = KeyBinding {
             issuer: index,
             kid: header.kid,

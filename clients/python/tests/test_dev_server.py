@@ -75,6 +75,24 @@ def test_call_through_the_shim(dev: Dev, tmp_path: Path, recorder: Recorder) -> 
     assert "ath" not in jwt_part(exchange.headers["DPoP"], 1)
 
 
+def test_call_through_the_shim_with_the_jwt_bearer_grant(
+    dev: Dev, tmp_path: Path, recorder: Recorder
+) -> None:
+    auth = AgentSts(
+        dev.sts,
+        ACTION,
+        token_file=token_file(dev, tmp_path),
+        resource="https://github-shim.internal",
+    )
+    with httpx.Client(auth=auth, transport=recorder) as http:
+        r = http.post(dev.issue_url, json=ISSUE)
+    assert r.status_code == 200, r.text
+    assert r.json()["headers"]["authorization"] == ["[redacted]"]
+    (answer,) = recorder.token_answers()
+    assert answer["token_type"] == "DPoP"
+    assert jwt_part(answer["access_token"], 1)["aud"] == "https://github-shim.internal"
+
+
 def test_query_is_left_out_of_htu(dev: Dev, tmp_path: Path, recorder: Recorder) -> None:
     auth = AgentSts(dev.sts, ACTION, token_file=token_file(dev, tmp_path))
     with httpx.Client(auth=auth, transport=recorder) as http:

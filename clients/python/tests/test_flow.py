@@ -152,6 +152,22 @@ def test_exchange_request_and_proof() -> None:
     assert isinstance(claims["iat"], int) and len(claims["jti"]) >= 16
 
 
+def test_jwt_bearer_grant_with_resource() -> None:
+    key = DPoPKey()
+    server = Server(token=[issued("at-1")], resource=[ok])
+    with server.client(agent(key=key, resource="https://github-shim.internal")) as http:
+        assert http.post(RESOURCE, json={}).status_code == 200
+    assert server.form(0) == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "assertion": WORKLOAD,
+        "scope": "github.issues.create",
+        "resource": "https://github-shim.internal",
+    }
+    assert verify_proof(server.token_calls[0].headers["DPoP"])[1]["htu"] == f"{STS}/token"
+    with pytest.raises(ValueError):
+        agent(audience="https://a.test", resource="https://a.test")
+
+
 def test_token_endpoint_nonce_is_retried_once_with_the_nonce() -> None:
     server = Server(
         token=[oauth_error(400, "use_dpop_nonce", {"DPoP-Nonce": "n-1"}), issued("at-1")],

@@ -48,6 +48,7 @@ __all__ = ["AgentSts"]
 log = logging.getLogger("agent_sts")
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 
 #: Where RFC 8414 metadata lives under the STS URL.
@@ -91,7 +92,11 @@ class AgentSts(httpx.Auth):
     ``sts_url`` is the STS (its issuer URL); ``action`` the one catalogue action the
     token is for (the exchange's ``scope``). The workload token comes from
     ``token_file`` (read at each exchange, so rotation is followed) or from ``token``,
-    a callable returning it. ``audience`` is sent when given. ``key`` defaults to a
+    a callable returning it. ``audience`` is sent when given. With ``resource`` (the
+    resource server's RFC 8707 identifier, e.g. the ``resource`` of its RFC 9728
+    metadata) the token is asked for with the RFC 7523 jwt-bearer grant instead, as MCP
+    clients with workload identity do: the workload token is the ``assertion``.
+    ``key`` defaults to a
     fresh in-memory P-256 key. ``margin``: seconds before expiry at which a new token
     is exchanged (capped at half the token's lifetime). ``http``: a sync client to reach
     the STS with (otherwise the client being authorised sends those requests too).
@@ -114,6 +119,7 @@ class AgentSts(httpx.Auth):
         token_file: Union[str, Path, None] = None,
         token: Optional[Callable[[], str]] = None,
         audience: Optional[str] = None,
+        resource: Optional[str] = None,
         key: Optional[DPoPKey] = None,
         margin: float = 30,
         http: Optional[httpx.Client] = None,
@@ -126,11 +132,14 @@ class AgentSts(httpx.Auth):
             raise ValueError("action must be one catalogue action name")
         if margin < 0:
             raise ValueError("margin must not be negative")
+        if resource is not None and audience is not None:
+            raise ValueError("give at most one of audience= (token exchange) and resource= (jwt-bearer)")
         self._sts = _checked_url(sts_url, "sts_url").rstrip("/")
         self._action = action
         self._token_file = Path(token_file) if token_file is not None else None
         self._token = token
         self._audience = audience
+        self._resource = resource
         self._key = key if key is not None else DPoPKey()
         self._margin = float(margin)
         self._http = http
@@ -259,8 +268,8 @@ class AgentSts(httpx.Auth):
         return _drive(exchange, self._http)
 
     def _exchange(self, timeout: Dict[str, Any]) -> Flow:
-        """RFC 8693 token exchange with a DPoP proof (RFC 9449 §5), one retry on
-        ``use_dpop_nonce``."""
+        """RFC 8693 token exchange (or the RFC 7523 jwt-bearer grant, with
+        ``resource``) with a DPoP proof (RFC 9449 §5), one retry on ``use_dpop_nonce``."""
         extensions = {"timeout": timeout, _INTERNAL: True}
         endpoint = self._token_endpoint
         if endpoint is None:
@@ -272,12 +281,20 @@ class AgentSts(httpx.Auth):
             )
             endpoint = self._read_metadata(response)
         url = httpx.URL(endpoint)
-        form = {
-            "grant_type": GRANT_TYPE,
-            "subject_token": self._subject_token(),
-            "subject_token_type": TOKEN_TYPE_JWT,
-            "scope": self._action,
-        }
+        if self._resource is not None:
+            form = {
+                "grant_type": GRANT_TYPE_JWT_BEARER,
+                "assertion": self._subject_token(),
+                "scope": self._action,
+                "resource": self._resource,
+            }
+        else:
+            form = {
+                "grant_type": GRANT_TYPE,
+                "subject_token": self._subject_token(),
+                "subject_token_type": TOKEN_TYPE_JWT,
+                "scope": self._action,
+            }
         if self._audience is not None:
             form["audience"] = self._audience
         log.debug("exchanging the workload token for %s", self._action)
