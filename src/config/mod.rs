@@ -25,6 +25,7 @@ use serde::Deserialize;
 use crate::catalogue::SenderConstraint;
 use crate::keys::signing_key::SigningAlgorithm;
 use crate::secret::VaultToken;
+use crate::telemetry::logs::LogFormat;
 
 /// Where environment variables come from.
 /// The one way the process environment is read (`AGENT_STS_*` overrides and
@@ -121,6 +122,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +132,14 @@ struct RawServer {
     listen: Option<String>,
     issuer: String,
     scopes_dir: Option<String>,
+    admin_listen: Option<String>,
+}
+
+/// `[log]`: how log lines are written (the filter is `AGENT_STS_LOG`, not a setting).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +244,8 @@ struct RawShimConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +286,8 @@ pub struct Config {
     pub trusts: Vec<TrustConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
+    /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +296,9 @@ pub struct ServerConfig {
     /// `iss` of minted tokens and the audience incoming workload tokens must carry.
     pub issuer: String,
     pub scopes_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served apart from the public
+    /// port; when set, `/metrics` leaves the public port.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -469,6 +487,8 @@ pub struct ShimConfig {
     pub vault: Option<VaultConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
+    /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
+    pub log_format: LogFormat,
 }
 
 /// `[shim]`: the README's keys ("The shim"), plus the timeouts and size caps the README documents.
@@ -1045,6 +1065,20 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
 
     let audit = validate_audit(&c, &raw.audit)?;
     let limits = validate_limits(&c, raw.limits)?;
+    let log_format = validate_log(&c, &raw.log)?;
+    let admin_listen = raw
+        .server
+        .admin_listen
+        .as_deref()
+        .map(|a| a.parse::<SocketAddr>())
+        .transpose()
+        .map_err(|_| c.err("server.admin_listen", "not an address:port"))?;
+    if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+        return Err(c.err(
+            "server.admin_listen",
+            "must differ from server.listen: it takes /metrics off the public port",
+        ));
+    }
 
     Ok(Config {
         source: file.to_string(),
@@ -1052,6 +1086,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             listen,
             issuer,
             scopes_dir,
+            admin_listen,
         },
         tokens: TokensConfig {
             default_ttl,
@@ -1072,6 +1107,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         trusts,
         audit,
         limits,
+        log_format,
     })
 }
 
@@ -1163,6 +1199,7 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         vault,
         audit: validate_audit(&c, &raw.audit)?,
         limits: validate_limits(&c, raw.limits)?,
+        log_format: validate_log(&c, &raw.log)?,
     })
 }
 
@@ -1181,6 +1218,14 @@ pub fn parse_upstream(uri: &str) -> Result<reqwest::Url, &'static str> {
 }
 
 /// `[secrets]`, shared by the STS and the shim.
+fn validate_log(c: &Check, raw: &RawLog) -> Result<LogFormat, ConfigError> {
+    match raw.format.as_deref() {
+        None => Ok(LogFormat::Text),
+        Some(name) => LogFormat::from_name(name)
+            .ok_or_else(|| c.err("log.format", "must be \"text\" or \"json\"")),
+    }
+}
+
 fn validate_secrets(c: &Check, raw: &RawSecrets) -> Result<SecretsConfig, ConfigError> {
     match raw.store.as_deref().unwrap_or("file") {
         "file" => Ok(SecretsConfig::File {

@@ -668,6 +668,16 @@ pub struct Keyring {
     /// When set, keys stop signing this long after the last successful read.
     max_stale: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// What the last refresh saw (published kids, the active kid), so a refresh logs
+    /// what changed since, not the steady state; `None` before the first refresh.
+    seen: std::sync::Mutex<Option<SeenKeys>>,
+}
+
+/// The published kids and the active kid a refresh saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct SeenKeys {
+    published: std::collections::BTreeSet<String>,
+    active: Option<String>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -697,6 +707,7 @@ impl Keyring {
             max_ttl,
             max_stale,
             metrics,
+            seen: std::sync::Mutex::new(None),
         }
     }
 
@@ -706,8 +717,17 @@ impl Keyring {
         match self.read_ring(now).await {
             Ok(keys) => {
                 let n = keys.len();
-                let published = self.published(&keys, now).len();
-                self.metrics.signing_keys.set(published as i64);
+                let published = self.published(&keys, now);
+                self.metrics.signing_keys.set(published.len() as i64);
+                let seen = SeenKeys {
+                    published: published.iter().map(|k| k.key.kid.clone()).collect(),
+                    active: keys
+                        .iter()
+                        .rev()
+                        .find(|k| k.activates_at <= now)
+                        .map(|k| k.key.kid.clone()),
+                };
+                self.log_changes(seen, &keys);
                 self.current.store(Arc::new(keys));
                 let previous = self.health.load();
                 if previous.last_success.is_some()
@@ -738,6 +758,45 @@ impl Keyring {
                 Err(e)
             }
         }
+    }
+
+    /// Logs, at `info`, the keys published, activated and gone from the JWKS since the
+    /// last refresh (nothing on the first, which `serve` reports itself, and nothing
+    /// when nothing changed).
+    fn log_changes(&self, now_seen: SeenKeys, keys: &[Arc<LoadedKey>]) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if let Some(before) = seen.as_ref() {
+            for kid in now_seen.published.difference(&before.published) {
+                let activates_at = keys
+                    .iter()
+                    .find(|k| &k.key.kid == kid)
+                    .map(|k| k.activates_at);
+                tracing::info!(kid = %kid, activates_at, "signing key published");
+            }
+            if now_seen.active != before.active
+                && let Some(kid) = &now_seen.active
+            {
+                tracing::info!(kid = %kid, previous = before.active.as_deref().unwrap_or("none"), "signing key activated");
+            }
+            for kid in before.published.difference(&now_seen.published) {
+                tracing::info!(kid = %kid, "signing key removed from the JWKS");
+            }
+        }
+        *seen = Some(now_seen);
+    }
+
+    /// Seconds the signing key has been active, and seconds until the pending `next`
+    /// key activates, at `now` (for `/metrics`).
+    pub fn timeline(&self, now: u64) -> (Option<u64>, Option<u64>) {
+        let keys = self.current.load();
+        let active = keys.iter().rev().find(|k| k.activates_at <= now);
+        let next = keys.iter().find(|k| k.activates_at > now);
+        (
+            active.map(|k| now - k.activates_at),
+            next.map(|k| k.activates_at - now),
+        )
     }
 
     async fn read_ring(&self, now: u64) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {

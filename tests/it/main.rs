@@ -11,6 +11,7 @@ mod harness;
 mod key_removal;
 mod leaks;
 mod openbao;
+mod operations;
 mod process;
 mod rotation;
 mod router;
