@@ -5,6 +5,7 @@ mod attacks;
 mod catalogue_reload;
 mod cli;
 mod dpop;
+mod example;
 mod exchange;
 mod faults;
 mod harness;
