@@ -176,7 +176,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
-            tracing::info!(listen = %addr, issuer = %config.server.issuer, "agent-sts serving");
+            tracing::info!(listen = %addr, issuer = %config.server.issuer, audit = %config.audit.path.display(), "agent-sts serving");
             app.serve(listener, None).await
         }
         Command::Shim { config } => {
@@ -188,7 +188,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
-            tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, "agent-sts shim serving");
+            tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, audit = %config.audit.path.display(), "agent-sts shim serving");
             shim.serve(listener).await
         }
         Command::Dev(args) => {
