@@ -2,6 +2,8 @@
 //! binary lints it with `scopes check --config` and serves it against a real Vault-API
 //! server, from another working directory, changing only what a test machine must
 //! (addresses, the AppRole files, the audit path) through `AGENT_STS_*` overrides.
+//! And keeps the README pointing at it: its configuration block is that file, and
+//! every repository path it names exists (items 2 and 11).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -152,4 +154,39 @@ fn the_readme_configuration_example_is_the_shipped_file() {
     let block = &section[section.find("```toml\n").unwrap() + 8..];
     let block = &block[..block.find("```\n").unwrap()];
     assert_eq!(block, std::fs::read_to_string(example()).unwrap());
+}
+
+/// Every repository path the README names (`src/...`, `tests/...`, `examples/...`,
+/// `keys/vault/...`, links) is in the repository.
+#[test]
+fn the_readme_names_only_files_the_repository_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let roots = [
+        "src/",
+        "tests/",
+        "verifier/",
+        "examples/",
+        "keys/vault/",
+        "keys/test/",
+        "benches/",
+        "clients/",
+        "testkit/",
+        ".ci/",
+    ];
+    let mut checked = 0;
+    for (i, _) in readme.match_indices(['`', '(']) {
+        let rest = &readme[i + 1..];
+        let end = rest.find(['`', ')', ' ', ':', ',']).unwrap_or(rest.len());
+        let candidate = &rest[..end];
+        if !roots.iter().any(|r| candidate.starts_with(r)) || candidate.contains(['*', '<', '{']) {
+            continue;
+        }
+        checked += 1;
+        assert!(
+            root.join(candidate).exists(),
+            "the README names {candidate}, which the repository does not have"
+        );
+    }
+    assert!(checked > 20, "only {checked} paths found");
 }
