@@ -1492,6 +1492,53 @@ path = "audit.log"
     }
 
     #[test]
+    fn log_format_and_admin_listen() {
+        let c = Config::from_toml(MINIMAL, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.server.admin_listen, None);
+        let text = MINIMAL.replace(
+            "[server]\n",
+            "[log]\nformat = \"json\"\n\n[server]\nadmin_listen = \"127.0.0.1:9100\"\n",
+        );
+        let c = Config::from_toml(&text, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.server.admin_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        // From the environment, blamed on the variable; AGENT_STS_LOG_FORMAT is not a
+        // setting and leaves the file's format alone.
+        let env = BTreeMap::from([
+            (
+                "AGENT_STS_SERVER_ADMIN_LISTEN".to_string(),
+                "nine".to_string(),
+            ),
+            ("AGENT_STS_LOG_FORMAT".to_string(), "text".to_string()),
+        ]);
+        let e = Config::from_toml(&text, "sts.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment variable AGENT_STS_SERVER_ADMIN_LISTEN")
+                && e.contains("server.admin_listen: not an address:port"),
+            "{e}"
+        );
+        let env = BTreeMap::from([("AGENT_STS_LOG_FORMAT".to_string(), "text".to_string())]);
+        let c = Config::from_toml(&text, "sts.toml", &env).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let e = err(&MINIMAL.replace("[server]\n", "[log]\nformat = \"yaml\"\n\n[server]\n"));
+        assert!(
+            e.contains("log.format: must be \"text\" or \"json\""),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "[server]\n",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+        ));
+        assert!(e.contains("server.admin_listen: must differ"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_file_and_key() {
         let e = err(&format!("{MINIMAL}\n[audit]\npaht = \"x\"\n"));
         assert!(e.starts_with("sts.toml"), "{e}");
