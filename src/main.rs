@@ -305,13 +305,13 @@ async fn run(command: Command) -> Result<(), StartError> {
                     let dir = dir.unwrap_or_else(|| config.server.scopes_dir.clone());
                     (sts::trust_directory(&config), dir)
                 }
-                None => (
-                    {
-                        init_logging(COMMAND_LOG, None)?;
-                        dev::trust_directory()
-                    },
-                    dir.unwrap_or_else(|| PathBuf::from("scopes")),
-                ),
+                None => {
+                    init_logging(COMMAND_LOG, None)?;
+                    (
+                        dev::trust_directory(),
+                        dir.unwrap_or_else(|| PathBuf::from("scopes")),
+                    )
+                }
             };
             let checked = catalogue::Catalogue::check_dir(&dir, &directory);
             if json {
