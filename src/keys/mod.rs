@@ -778,7 +778,7 @@ impl Keyring {
             if now_seen.active != before.active
                 && let Some(kid) = &now_seen.active
             {
-                tracing::info!(kid = %kid, previous = before.active.as_deref().unwrap_or("none"), "signing key activated");
+                tracing::info!(kid = %kid, previous = %before.active.as_deref().unwrap_or("none"), "signing key activated");
             }
             for kid in before.published.difference(&now_seen.published) {
                 tracing::info!(kid = %kid, "signing key removed from the JWKS");
@@ -1060,6 +1060,92 @@ mod tests {
             rows.iter().map(|r| r.state).collect::<Vec<_>>(),
             vec![Active, Next]
         );
+    }
+
+    /// Captures the events of the current thread while it lives.
+    fn capture_logs() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        #[derive(Clone)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Capture(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        (buffer, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// A refresh logs what changed since the last one, at info: a key published, a key
+    /// activated (by time passing, with the ring unchanged), a key gone from the JWKS;
+    /// nothing on the first refresh or while nothing changes.
+    #[tokio::test]
+    async fn refreshes_log_keys_published_activated_and_removed_not_the_steady_state() {
+        let (logs, _guard) = capture_logs();
+        let text = || String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileKeyStore::new(dir.path()));
+        let lead = Duration::from_secs(600);
+        let (first, _) = rotate(store.as_ref(), SigningAlgorithm::ES256, 1000, lead, TTL)
+            .await
+            .unwrap();
+        let ring = Keyring::new(store.clone(), TTL, None, Arc::new(Metrics::new()));
+        ring.refresh(1000).await.unwrap();
+        ring.refresh(1030).await.unwrap();
+        assert_eq!(
+            text(),
+            "",
+            "the first refresh and an unchanged one say nothing"
+        );
+
+        let (second, _) = rotate(store.as_ref(), SigningAlgorithm::ES256, 1100, lead, TTL)
+            .await
+            .unwrap();
+        ring.refresh(1100).await.unwrap();
+        ring.refresh(1130).await.unwrap();
+        let published: Vec<String> = text()
+            .lines()
+            .filter(|l| l.contains("signing key published"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(published.len(), 1, "{}", text());
+        assert!(published[0].contains(&second) && published[0].contains("activates_at=1701"));
+        assert_eq!(ring.timeline(1130), (Some(130), Some(571)));
+
+        ring.refresh(1701).await.unwrap();
+        ring.refresh(1731).await.unwrap();
+        let log = text();
+        let activated: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("signing key activated"))
+            .collect();
+        assert_eq!(activated.len(), 1, "{log}");
+        assert!(activated[0].contains(&format!("kid={second}")));
+        assert!(activated[0].contains(&format!("previous={first}")));
+        assert_eq!(ring.timeline(1731), (Some(30), None));
+
+        let gone = 1701 + TTL.as_secs() + REMOVAL_MARGIN.as_secs();
+        ring.refresh(gone).await.unwrap();
+        let log = text();
+        let removed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("signing key removed from the JWKS"))
+            .collect();
+        assert_eq!(removed.len(), 1, "{log}");
+        assert!(removed[0].contains(&first));
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
     }
 
     #[tokio::test]
