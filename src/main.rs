@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use agent_sts::config::{Config, ProcessEnv, ShimConfig};
 use agent_sts::runtime::{self, StartError};
+use agent_sts::telemetry::logs::{self, LogFormat};
 use agent_sts::{audit, catalogue, dev, identity, keys, shim, store, sts};
 
 #[derive(Parser)]
@@ -118,28 +119,27 @@ enum AuditCommand {
 }
 
 /// Logs go to stderr; `AGENT_STS_LOG` (or `RUST_LOG`) sets the filter, by default
-/// `info` for the servers and `warn` for one-shot commands. A filter that does not
-/// parse is an error naming the variable, never a silent fallback.
-fn init_logging(default: &str) -> Result<(), String> {
-    use std::io::IsTerminal;
-    let filter = match ["AGENT_STS_LOG", "RUST_LOG"]
+/// `info` for the servers and `warn` for one-shot commands, and `AGENT_STS_LOG_FORMAT`
+/// (else the configuration's `[log] format`) the format. A filter or format that does
+/// not parse is an error naming the variable (exit 2), never a silent fallback.
+/// Called once the configuration is read, so its `[log] format` applies from the first
+/// line; errors before that are printed by `main`.
+fn init_logging(default: &str, configured: Option<LogFormat>) -> Result<(), StartError> {
+    let filter_var = ["AGENT_STS_LOG", "RUST_LOG"]
         .into_iter()
-        .find_map(|name| std::env::var(name).ok().map(|v| (name, v)))
-    {
-        Some((name, value)) => tracing_subscriber::EnvFilter::builder()
-            .parse(&value)
-            .map_err(|e| {
-                format!("{name}: not a log filter ({e}); e.g. info, or agent_sts=debug")
-            })?,
-        None => tracing_subscriber::EnvFilter::new(default),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .find_map(|name| std::env::var(name).ok().map(|v| (name, v)));
+    let filter = logs::filter(filter_var.as_ref().map(|(n, v)| (*n, v.as_str())), default)
+        .map_err(StartError::Config)?;
+    let format = logs::format(std::env::var(logs::FORMAT_VAR).ok().as_deref(), configured)
+        .map_err(StartError::Config)?;
+    logs::install(filter, format);
     Ok(())
 }
+
+/// The default log filter of `serve`, `shim` and `dev`.
+const SERVER_LOG: &str = "info";
+/// The default log filter of one-shot commands.
+const COMMAND_LOG: &str = "warn";
 
 fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
     Config::load(path, &ProcessEnv).map_err(|e| StartError::Config(e.to_string()))
@@ -147,14 +147,6 @@ fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(
-        cli.command,
-        Command::Serve { .. } | Command::Shim { .. } | Command::Dev(_)
-    );
-    if let Err(e) = init_logging(if server { "info" } else { "warn" }) {
-        eprintln!("agent-sts: {e}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,29 +170,35 @@ async fn run(command: Command) -> Result<(), StartError> {
     match command {
         Command::Serve { config } => {
             let config = load_config(&config)?;
+            init_logging(SERVER_LOG, Some(config.log_format))?;
             let app = sts::build(&config).await?;
             let listener = runtime::bind(config.server.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
-            tracing::info!(listen = %addr, issuer = %config.server.issuer, "agent-sts serving");
+            tracing::info!(listen = %addr, issuer = %config.server.issuer, audit = %config.audit.path.display(), "agent-sts serving");
             app.serve(listener, None).await
         }
         Command::Shim { config } => {
             let config = ShimConfig::load(&config, &ProcessEnv)
                 .map_err(|e| StartError::Config(e.to_string()))?;
+            init_logging(SERVER_LOG, Some(config.log_format))?;
             let shim = shim::build(&config).await?;
             let listener = runtime::bind(config.shim.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
-            tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, "agent-sts shim serving");
+            tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, audit = %config.audit.path.display(), "agent-sts shim serving");
             shim.serve(listener).await
         }
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => {
+            init_logging(SERVER_LOG, None)?;
+            dev::run(args).await
+        }
         Command::Keys { command } => match command {
             KeysCommand::Rotate { config, force } => {
                 let config = load_config(&config)?;
+                init_logging(COMMAND_LOG, Some(config.log_format))?;
                 let store = store::open(&config).await?.keys;
                 let now = identity::unix_now();
                 let (ring, _) = keys::load_valid(store.as_ref())
@@ -252,6 +250,7 @@ async fn run(command: Command) -> Result<(), StartError> {
             }
             KeysCommand::List { config, json } => {
                 let config = load_config(&config)?;
+                init_logging(COMMAND_LOG, Some(config.log_format))?;
                 let store = store::open(&config).await?.keys;
                 // The check `serve` runs: a ring it would refuse is refused here too.
                 let (ring, _) = keys::load_valid(store.as_ref())
@@ -302,13 +301,17 @@ async fn run(command: Command) -> Result<(), StartError> {
             let (directory, dir) = match config {
                 Some(path) => {
                     let config = load_config(&path)?;
+                    init_logging(COMMAND_LOG, Some(config.log_format))?;
                     let dir = dir.unwrap_or_else(|| config.server.scopes_dir.clone());
                     (sts::trust_directory(&config), dir)
                 }
-                None => (
-                    dev::trust_directory(),
-                    dir.unwrap_or_else(|| PathBuf::from("scopes")),
-                ),
+                None => {
+                    init_logging(COMMAND_LOG, None)?;
+                    (
+                        dev::trust_directory(),
+                        dir.unwrap_or_else(|| PathBuf::from("scopes")),
+                    )
+                }
             };
             let checked = catalogue::Catalogue::check_dir(&dir, &directory);
             if json {
@@ -353,6 +356,7 @@ async fn run(command: Command) -> Result<(), StartError> {
                     json,
                 },
         } => {
+            init_logging(COMMAND_LOG, None)?;
             let report = audit::verify_files(&files, continued)
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

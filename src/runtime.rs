@@ -111,6 +111,30 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
         .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
 }
 
+/// Binds `addr` and serves `router` there in the background until the process ends:
+/// the admin listener of the STS (`server.admin_listen`) and of the shim
+/// (`shim.admin_listen`), where `/healthz`, `/readyz` and `/metrics` are kept off the
+/// public port. Logs `{program} admin serving` with the bound address (port 0 picks
+/// one) and returns it.
+pub async fn serve_admin(
+    program: &'static str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    limits: ConnectionLimits,
+) -> Result<std::net::SocketAddr, StartError> {
+    let listener = bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    tracing::info!(listen = %local, "{program} admin serving");
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, router, limits, std::future::pending()).await {
+            tracing::error!(error = %e, "{program} admin listener stopped");
+        }
+    });
+    Ok(local)
+}
+
 /// What bounds the connections of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

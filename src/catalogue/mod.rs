@@ -371,6 +371,16 @@ impl Catalogue {
         Self::reload_dir_with(dir, trusts, now, SETTLE, &mut |_| {})
     }
 
+    /// [`reload_dir`](Self::reload_dir) with every error of the catalogue, not only the
+    /// first (a file still settling or changing while read is the one error).
+    pub fn reload_dir_all(
+        dir: &Path,
+        trusts: &TrustDirectory,
+        now: SystemTime,
+    ) -> Result<Catalogue, Vec<CatalogueError>> {
+        Self::reload_dir_every(dir, trusts, now, SETTLE, &mut |_| {})
+    }
+
     /// [`reload_dir`](Self::reload_dir) with the settle window given and a hook run
     /// after each file is read (tests change files there).
     fn reload_dir_with(
@@ -380,18 +390,39 @@ impl Catalogue {
         settle: Duration,
         after_read: &mut dyn FnMut(&Path),
     ) -> Result<Catalogue, CatalogueError> {
-        let snapshot = read_whole(dir, after_read)?;
+        Self::reload_dir_every(dir, trusts, now, settle, after_read).map_err(|errors| {
+            // Never empty; the fallback only keeps this free of panics.
+            errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| CatalogueError::ReadDir {
+                    dir: dir.to_owned(),
+                    error: io::Error::other("reload failed"),
+                })
+        })
+    }
+
+    /// The reload with every error it finds.
+    fn reload_dir_every(
+        dir: &Path,
+        trusts: &TrustDirectory,
+        now: SystemTime,
+        settle: Duration,
+        after_read: &mut dyn FnMut(&Path),
+    ) -> Result<Catalogue, Vec<CatalogueError>> {
+        let snapshot = read_whole(dir, after_read).map_err(|e| vec![e])?;
         if let Some((path, wait)) = snapshot.unsettled(now, settle) {
-            return Err(CatalogueError::Unsettled {
+            return Err(vec![CatalogueError::Unsettled {
                 path: path.to_owned(),
                 settle,
                 wait,
-            });
+            }]);
         }
         let (catalogue, errors) = Self::parse(dir, snapshot, trusts);
-        match errors.into_iter().next() {
-            Some(first) => Err(first),
-            None => Ok(catalogue),
+        if errors.is_empty() {
+            Ok(catalogue)
+        } else {
+            Err(errors)
         }
     }
 
@@ -428,7 +459,12 @@ impl Catalogue {
                 "scope file modified moments ago, used as read; deploy catalogue changes by rename (see the README)"
             );
         }
-        Self::parse(dir, snapshot, trusts)
+        let files = snapshot.files.len();
+        let (catalogue, errors) = Self::parse(dir, snapshot, trusts);
+        if errors.is_empty() {
+            tracing::info!(dir = %dir.display(), files, actions = catalogue.len(), "loaded scope catalogue");
+        }
+        (catalogue, errors)
     }
 
     fn parse(
@@ -442,11 +478,11 @@ impl Catalogue {
         }
         let (catalogue, errors) = loader.finish();
         if errors.is_empty() {
-            tracing::info!(
+            tracing::debug!(
                 dir = %dir.display(),
                 files = snapshot.files.len(),
                 actions = catalogue.len(),
-                "loaded scope catalogue"
+                "read scope catalogue"
             );
         }
         (catalogue, errors)
@@ -476,65 +512,148 @@ impl Catalogue {
     }
 }
 
+/// The counters a catalogue reloader keeps (the STS's and the shim's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadCounters {
+    /// Every reload that kept the last good catalogue, for whatever reason.
+    pub kept: Counter,
+    /// Reloads that failed on the catalogue's content or files (not a file still
+    /// settling or changing while read, which only defers the reload).
+    pub failures: Counter,
+}
+
 /// Re-reads the catalogue in `dir` every `interval` (first one interval from now) and
-/// hands each good one to `install`; a failed read is logged, counted in `kept` and the
-/// last good catalogue stays whole (the STS and the shim alike).
+/// hands each good one to `install`, which returns the catalogue it replaced; a failed
+/// read is logged, counted and the last good catalogue stays whole (the STS and the
+/// shim alike).
+///
+/// What is logged is what changed, not the steady state: a catalogue that differs from
+/// the one it replaces (`info`, with the actions added and removed), a failure with
+/// every error it found (`error`, once per distinct set of errors; repeats at `debug`),
+/// and the first good reload after failures. An unchanged reload logs at `debug`.
 ///
 /// A reload that finds a file still settling ([`CatalogueError::Unsettled`]) tries
 /// once more as soon as it will have settled, if that comes before the next tick;
-/// otherwise the next tick reads it. Nothing is remembered between reloads, so a
-/// deferred change is never forgotten: every tick reads the directory afresh.
+/// otherwise the next tick reads it. Nothing is remembered between reloads but the
+/// last failure's text, so a deferred change is never forgotten: every tick reads the
+/// directory afresh.
 pub fn spawn_reloader<F>(
     dir: PathBuf,
     trusts: Arc<TrustDirectory>,
     interval: Duration,
-    kept: Counter,
+    counters: ReloadCounters,
     install: F,
 ) where
-    F: Fn(Arc<Catalogue>) + Send + Sync + 'static,
+    F: Fn(Arc<Catalogue>) -> Arc<Catalogue> + Send + Sync + 'static,
 {
     let install = Arc::new(install);
+    let last_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     crate::runtime::every(interval, move || {
-        let (dir, trusts, install, kept) =
-            (dir.clone(), trusts.clone(), install.clone(), kept.clone());
+        let (dir, trusts, install, counters, last_failure) = (
+            dir.clone(),
+            trusts.clone(),
+            install.clone(),
+            counters.clone(),
+            last_failure.clone(),
+        );
         async move {
             let mut early_retry = true;
             loop {
                 let (d, t) = (dir.clone(), trusts.clone());
                 let loaded = tokio::task::spawn_blocking(move || {
-                    Catalogue::reload_dir(&d, &t, SystemTime::now())
+                    Catalogue::reload_dir_all(&d, &t, SystemTime::now())
                 })
                 .await;
-                match loaded {
-                    Ok(Ok(c)) => install(Arc::new(c)),
-                    Ok(Err(CatalogueError::Unsettled { path, wait, .. }))
-                        if early_retry && wait < interval =>
+                let failure = match loaded {
+                    Ok(Ok(c)) => {
+                        let new = Arc::new(c);
+                        let old = install(new.clone());
+                        log_change(&dir, &old, &new);
+                        if let Ok(mut last) = last_failure.lock()
+                            && let Some(previous) = last.take()
+                        {
+                            tracing::info!(dir = %dir.display(), previous_error = %previous, "scope catalogue reloads again");
+                        }
+                        return;
+                    }
+                    Ok(Err(errors)) => errors,
+                    Err(e) => {
+                        counters.kept.inc();
+                        counters.failures.inc();
+                        tracing::error!(error = %e, "catalogue reload task failed");
+                        return;
+                    }
+                };
+                counters.kept.inc();
+                match failure.as_slice() {
+                    [CatalogueError::Unsettled { path, wait, .. }]
+                        if early_retry && *wait < interval =>
                     {
-                        kept.inc();
                         tracing::info!(file = %path.display(), "scope file still settling; keeping the last good catalogue and reading again shortly");
                         early_retry = false;
-                        tokio::time::sleep(wait + UNSETTLED_MARGIN).await;
+                        tokio::time::sleep(*wait + UNSETTLED_MARGIN).await;
                         continue;
                     }
-                    Ok(Err(
-                        e @ (CatalogueError::Unsettled { .. } | CatalogueError::Changed { .. }),
-                    )) => {
-                        kept.inc();
+                    [e @ (CatalogueError::Unsettled { .. } | CatalogueError::Changed { .. })] => {
                         tracing::warn!(error = %e, "scope files changing; keeping the last good catalogue until the next reload");
                     }
-                    Ok(Err(e)) => {
-                        kept.inc();
-                        tracing::error!(error = %e, "catalogue reload failed; keeping the last good catalogue");
-                    }
-                    Err(e) => {
-                        kept.inc();
-                        tracing::error!(error = %e, "catalogue reload task failed");
+                    errors => {
+                        counters.failures.inc();
+                        let text = errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        let mut last = last_failure.lock().ok();
+                        let repeated = last
+                            .as_deref()
+                            .is_some_and(|l| l.as_deref() == Some(text.as_str()));
+                        if repeated {
+                            tracing::debug!(errors = errors.len(), error = %text, "catalogue reload failed again; keeping the last good catalogue");
+                        } else {
+                            tracing::error!(errors = errors.len(), error = %text, "catalogue reload failed; keeping the last good catalogue");
+                        }
+                        if let Some(last) = last.as_deref_mut() {
+                            *last = Some(text);
+                        }
                     }
                 }
                 return;
             }
         }
     });
+}
+
+/// Logs what a reload changed: at `info` the actions added, removed and changed when
+/// the catalogue differs, at `debug` when it does not.
+fn log_change(dir: &Path, old: &Catalogue, new: &Catalogue) {
+    if old == new {
+        tracing::debug!(dir = %dir.display(), actions = new.len(), "scope catalogue unchanged");
+        return;
+    }
+    let names = |from: &Catalogue, to: &Catalogue| -> Vec<String> {
+        from.actions
+            .keys()
+            .filter(|n| !to.actions.contains_key(*n))
+            .cloned()
+            .collect()
+    };
+    let added = names(new, old);
+    let removed = names(old, new);
+    let changed: Vec<String> = new
+        .actions
+        .iter()
+        .filter(|(n, a)| old.actions.get(*n).is_some_and(|o| o != *a))
+        .map(|(n, _)| n.clone())
+        .collect();
+    tracing::info!(
+        dir = %dir.display(),
+        actions = new.len(),
+        added = %added.join(","),
+        removed = %removed.join(","),
+        changed = %changed.join(","),
+        "scope catalogue changed"
+    );
 }
 
 /// Added to the settle wait before an early retry, so the file is settled by then.

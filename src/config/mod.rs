@@ -25,6 +25,7 @@ use serde::Deserialize;
 use crate::catalogue::SenderConstraint;
 use crate::keys::signing_key::SigningAlgorithm;
 use crate::secret::VaultToken;
+use crate::telemetry::logs::LogFormat;
 
 /// Where environment variables come from.
 /// The one way the process environment is read (`AGENT_STS_*` overrides and
@@ -123,6 +124,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +134,14 @@ struct RawServer {
     listen: Option<String>,
     issuer: String,
     scopes_dir: Option<String>,
+    admin_listen: Option<String>,
+}
+
+/// `[log]`: how log lines are written (the filter is `AGENT_STS_LOG`, not a setting).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +256,8 @@ struct RawShimConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +299,8 @@ pub struct Config {
     pub trusts: Vec<TrustConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
+    /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +309,9 @@ pub struct ServerConfig {
     /// `iss` of minted tokens and the audience incoming workload tokens must carry.
     pub issuer: String,
     pub scopes_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served apart from the public
+    /// port; when set, `/metrics` leaves the public port.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +520,8 @@ pub struct ShimConfig {
     pub vault: Option<VaultConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
+    /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
+    pub log_format: LogFormat,
 }
 
 /// `[shim]`: the README's keys ("The shim"), plus the timeouts and size caps the README documents.
@@ -1112,6 +1132,20 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
 
     let audit = validate_audit(&c, &raw.audit)?;
     let limits = validate_limits(&c, raw.limits)?;
+    let log_format = validate_log(&c, &raw.log)?;
+    let admin_listen = raw
+        .server
+        .admin_listen
+        .as_deref()
+        .map(|a| a.parse::<SocketAddr>())
+        .transpose()
+        .map_err(|_| c.err("server.admin_listen", "not an address:port"))?;
+    if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+        return Err(c.err(
+            "server.admin_listen",
+            "must differ from server.listen: it takes /metrics off the public port",
+        ));
+    }
 
     Ok(Config {
         source: file.to_string(),
@@ -1119,6 +1153,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             listen,
             issuer,
             scopes_dir,
+            admin_listen,
         },
         tokens: TokensConfig {
             default_ttl,
@@ -1140,6 +1175,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         trusts,
         audit,
         limits,
+        log_format,
     })
 }
 
@@ -1231,6 +1267,7 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         vault,
         audit: validate_audit(&c, &raw.audit)?,
         limits: validate_limits(&c, raw.limits)?,
+        log_format: validate_log(&c, &raw.log)?,
     })
 }
 
@@ -1249,6 +1286,14 @@ pub fn parse_upstream(uri: &str) -> Result<reqwest::Url, &'static str> {
 }
 
 /// `[secrets]`, shared by the STS and the shim.
+fn validate_log(c: &Check, raw: &RawLog) -> Result<LogFormat, ConfigError> {
+    match raw.format.as_deref() {
+        None => Ok(LogFormat::Text),
+        Some(name) => LogFormat::from_name(name)
+            .ok_or_else(|| c.err("log.format", "must be \"text\" or \"json\"")),
+    }
+}
+
 fn validate_secrets(c: &Check, raw: &RawSecrets) -> Result<SecretsConfig, ConfigError> {
     match raw.store.as_deref().unwrap_or("file") {
         "file" => Ok(SecretsConfig::File {
@@ -1512,6 +1557,53 @@ path = "audit.log"
             "hvs.canary-token"
         );
         assert!(!format!("{vault:?}").contains("canary"));
+    }
+
+    #[test]
+    fn log_format_and_admin_listen() {
+        let c = Config::from_toml(MINIMAL, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.server.admin_listen, None);
+        let text = MINIMAL.replace(
+            "[server]\n",
+            "[log]\nformat = \"json\"\n\n[server]\nadmin_listen = \"127.0.0.1:9100\"\n",
+        );
+        let c = Config::from_toml(&text, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.server.admin_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        // From the environment, blamed on the variable; AGENT_STS_LOG_FORMAT is not a
+        // setting and leaves the file's format alone.
+        let env = BTreeMap::from([
+            (
+                "AGENT_STS_SERVER_ADMIN_LISTEN".to_string(),
+                "nine".to_string(),
+            ),
+            ("AGENT_STS_LOG_FORMAT".to_string(), "text".to_string()),
+        ]);
+        let e = Config::from_toml(&text, "sts.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment variable AGENT_STS_SERVER_ADMIN_LISTEN")
+                && e.contains("server.admin_listen: not an address:port"),
+            "{e}"
+        );
+        let env = BTreeMap::from([("AGENT_STS_LOG_FORMAT".to_string(), "text".to_string())]);
+        let c = Config::from_toml(&text, "sts.toml", &env).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let e = err(&MINIMAL.replace("[server]\n", "[log]\nformat = \"yaml\"\n\n[server]\n"));
+        assert!(
+            e.contains("log.format: must be \"text\" or \"json\""),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "[server]\n",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n",
+        ));
+        assert!(e.contains("server.admin_listen: must differ"), "{e}");
     }
 
     #[test]

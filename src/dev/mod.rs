@@ -284,8 +284,8 @@ async fn dev_token(
 }
 
 /// Adds a random dev value for every credential the catalogue names and the secrets
-/// file lacks.
-fn ensure_dev_secrets(path: &Path, catalogue: &Catalogue) -> Result<(), StartError> {
+/// file lacks; returns whether it wrote the file.
+fn ensure_dev_secrets(path: &Path, catalogue: &Catalogue) -> Result<bool, StartError> {
     let mut doc: toml::Table = match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).map_err(|_| {
             StartError::Runtime(format!("{}: not a valid secrets file", path.display()))
@@ -326,11 +326,18 @@ fn ensure_dev_secrets(path: &Path, catalogue: &Catalogue) -> Result<(), StartErr
         crate::keys::write_private_file(path, text.as_bytes())
             .map_err(|e| StartError::Runtime(format!("{}: {e}", path.display())))?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Runs `agent-sts dev`.
-pub async fn run(args: DevArgs) -> Result<(), StartError> {
+pub async fn run(mut args: DevArgs) -> Result<(), StartError> {
+    // Absolute from here on: every path printed, and every file written, is named
+    // whole, whatever the working directory.
+    for path in [&mut args.keys, &mut args.scopes] {
+        if let Ok(absolute) = std::path::absolute(&*path) {
+            *path = absolute;
+        }
+    }
     // Bound first, so `--listen 127.0.0.1:0` works: the issuer URL is the real address.
     let listener = runtime::bind(args.listen).await?;
     let listen = listener
@@ -342,6 +349,8 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
     std::fs::create_dir_all(&args.keys)
         .map_err(|e| StartError::Runtime(format!("{}: {e}", args.keys.display())))?;
 
+    // What this run creates, printed with the example.
+    let mut wrote: Vec<PathBuf> = Vec::new();
     // Signing keys: bootstrap one active key on first run.
     let store = FileKeyStore::new(&args.keys);
     let (ring, _) = store
@@ -358,16 +367,24 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
         )
         .await
         .map_err(|e| StartError::Runtime(e.to_string()))?;
+        wrote.push(PathBuf::from(store.location()));
     }
     let catalogue = Catalogue::load_dir(&config.server.scopes_dir, &sts::trust_directory(&config))
         .map_err(|e| StartError::Config(e.to_string()))?;
-    if let crate::config::SecretsConfig::File { path } = &config.secrets {
-        ensure_dev_secrets(path, &catalogue)?;
+    if let crate::config::SecretsConfig::File { path } = &config.secrets
+        && ensure_dev_secrets(path, &catalogue)?
+    {
+        wrote.push(path.clone());
     }
+    let issuer_keys = args.keys.join("dev-issuers.json");
+    let had_issuer_keys = issuer_keys.exists();
     let issuer = Arc::new(DevIssuer::load_or_create(
         &args.keys,
         &config.server.issuer,
     )?);
+    if !had_issuer_keys {
+        wrote.push(issuer_keys);
+    }
     let app = sts::build(&config).await?;
     let demo = demo_action(&catalogue);
     // The demo shim needs an action it can complete; without one the STS runs alone.
@@ -377,7 +394,14 @@ pub async fn run(args: DevArgs) -> Result<(), StartError> {
         }
         _ => None,
     };
-    print_example(&config, &catalogue, &issuer, demo, shim_url.as_deref());
+    print_example(
+        &config,
+        &catalogue,
+        &issuer,
+        demo,
+        shim_url.as_deref(),
+        &wrote,
+    );
     app.serve(listener, Some(issuer.router())).await
 }
 
@@ -448,6 +472,7 @@ fn print_example(
     issuer: &DevIssuer,
     action: Option<&crate::catalogue::Action>,
     shim_url: Option<&str>,
+    wrote: &[PathBuf],
 ) {
     let base = &config.server.issuer;
     println!("agent-sts dev: STS at {base} (issuer {base})");
@@ -465,6 +490,9 @@ fn print_example(
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
+    for path in wrote {
+        println!("  wrote {}", path.display());
+    }
     println!("  dev workload issuer: POST {base}/dev/issuers/<trust>/token -d sub=<subject>");
     let (trust, sub) = DEMO_AGENT;
     let (Some(action), Some(token)) = (action, issuer.token(trust, sub)) else {

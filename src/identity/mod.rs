@@ -77,9 +77,9 @@ impl TrustStore {
     ) -> Result<Self, reqwest::Error> {
         let issuers: Vec<IssuerConfig> = trusts.iter().map(TrustConfig::issuer_config).collect();
         let observer: FetchObserver = Arc::new(move |trust, outcome| match outcome {
-            Ok(()) => metrics.jwks_fetch(trust, "ok"),
+            Ok(()) => metrics.jwks_fetch(trust, "ok", unix_now()),
             Err(reason) => {
-                metrics.jwks_fetch(trust, "error");
+                metrics.jwks_fetch(trust, "error", unix_now());
                 tracing::warn!(trust, %reason, "JWKS fetch failed; keeping the last good keys until they are stale");
             }
         });

@@ -668,6 +668,16 @@ pub struct Keyring {
     /// When set, keys stop signing this long after the last successful read.
     max_stale: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// What the last refresh saw (published kids, the active kid), so a refresh logs
+    /// what changed since, not the steady state; `None` before the first refresh.
+    seen: std::sync::Mutex<Option<SeenKeys>>,
+}
+
+/// The published kids and the active kid a refresh saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct SeenKeys {
+    published: std::collections::BTreeSet<String>,
+    active: Option<String>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -697,6 +707,7 @@ impl Keyring {
             max_ttl,
             max_stale,
             metrics,
+            seen: std::sync::Mutex::new(None),
         }
     }
 
@@ -706,8 +717,17 @@ impl Keyring {
         match self.read_ring(now).await {
             Ok(keys) => {
                 let n = keys.len();
-                let published = self.published(&keys, now).len();
-                self.metrics.signing_keys.set(published as i64);
+                let published = self.published(&keys, now);
+                self.metrics.signing_keys.set(published.len() as i64);
+                let seen = SeenKeys {
+                    published: published.iter().map(|k| k.key.kid.clone()).collect(),
+                    active: keys
+                        .iter()
+                        .rev()
+                        .find(|k| k.activates_at <= now)
+                        .map(|k| k.key.kid.clone()),
+                };
+                self.log_changes(seen, &keys);
                 self.current.store(Arc::new(keys));
                 let previous = self.health.load();
                 if previous.last_success.is_some()
@@ -738,6 +758,45 @@ impl Keyring {
                 Err(e)
             }
         }
+    }
+
+    /// Logs, at `info`, the keys published, activated and gone from the JWKS since the
+    /// last refresh (nothing on the first, which `serve` reports itself, and nothing
+    /// when nothing changed).
+    fn log_changes(&self, now_seen: SeenKeys, keys: &[Arc<LoadedKey>]) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if let Some(before) = seen.as_ref() {
+            for kid in now_seen.published.difference(&before.published) {
+                let activates_at = keys
+                    .iter()
+                    .find(|k| &k.key.kid == kid)
+                    .map(|k| k.activates_at);
+                tracing::info!(kid = %kid, activates_at, "signing key published");
+            }
+            if now_seen.active != before.active
+                && let Some(kid) = &now_seen.active
+            {
+                tracing::info!(kid = %kid, previous = %before.active.as_deref().unwrap_or("none"), "signing key activated");
+            }
+            for kid in before.published.difference(&now_seen.published) {
+                tracing::info!(kid = %kid, "signing key removed from the JWKS");
+            }
+        }
+        *seen = Some(now_seen);
+    }
+
+    /// Seconds the signing key has been active, and seconds until the pending `next`
+    /// key activates, at `now` (for `/metrics`).
+    pub fn timeline(&self, now: u64) -> (Option<u64>, Option<u64>) {
+        let keys = self.current.load();
+        let active = keys.iter().rev().find(|k| k.activates_at <= now);
+        let next = keys.iter().find(|k| k.activates_at > now);
+        (
+            active.map(|k| now - k.activates_at),
+            next.map(|k| k.activates_at - now),
+        )
     }
 
     async fn read_ring(&self, now: u64) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
@@ -1001,6 +1060,92 @@ mod tests {
             rows.iter().map(|r| r.state).collect::<Vec<_>>(),
             vec![Active, Next]
         );
+    }
+
+    /// Captures the events of the current thread while it lives.
+    fn capture_logs() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        #[derive(Clone)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Capture(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        (buffer, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// A refresh logs what changed since the last one, at info: a key published, a key
+    /// activated (by time passing, with the ring unchanged), a key gone from the JWKS;
+    /// nothing on the first refresh or while nothing changes.
+    #[tokio::test]
+    async fn refreshes_log_keys_published_activated_and_removed_not_the_steady_state() {
+        let (logs, _guard) = capture_logs();
+        let text = || String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileKeyStore::new(dir.path()));
+        let lead = Duration::from_secs(600);
+        let (first, _) = rotate(store.as_ref(), SigningAlgorithm::ES256, 1000, lead, TTL)
+            .await
+            .unwrap();
+        let ring = Keyring::new(store.clone(), TTL, None, Arc::new(Metrics::new()));
+        ring.refresh(1000).await.unwrap();
+        ring.refresh(1030).await.unwrap();
+        assert_eq!(
+            text(),
+            "",
+            "the first refresh and an unchanged one say nothing"
+        );
+
+        let (second, _) = rotate(store.as_ref(), SigningAlgorithm::ES256, 1100, lead, TTL)
+            .await
+            .unwrap();
+        ring.refresh(1100).await.unwrap();
+        ring.refresh(1130).await.unwrap();
+        let published: Vec<String> = text()
+            .lines()
+            .filter(|l| l.contains("signing key published"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(published.len(), 1, "{}", text());
+        assert!(published[0].contains(&second) && published[0].contains("activates_at=1701"));
+        assert_eq!(ring.timeline(1130), (Some(130), Some(571)));
+
+        ring.refresh(1701).await.unwrap();
+        ring.refresh(1731).await.unwrap();
+        let log = text();
+        let activated: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("signing key activated"))
+            .collect();
+        assert_eq!(activated.len(), 1, "{log}");
+        assert!(activated[0].contains(&format!("kid={second}")));
+        assert!(activated[0].contains(&format!("previous={first}")));
+        assert_eq!(ring.timeline(1731), (Some(30), None));
+
+        let gone = 1701 + TTL.as_secs() + REMOVAL_MARGIN.as_secs();
+        ring.refresh(gone).await.unwrap();
+        let log = text();
+        let removed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("signing key removed from the JWKS"))
+            .collect();
+        assert_eq!(removed.len(), 1, "{log}");
+        assert!(removed[0].contains(&first));
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
     }
 
     #[tokio::test]

@@ -290,6 +290,7 @@ impl ShimApp {
             let shim = shim.clone();
             async move {
                 if let Err(e) = shim.anonymous.flush(&shim.audit) {
+                    shim.metrics.audit_write_failures.inc();
                     tracing::error!(error = %e, "audit summary of anonymous refusals not written");
                 }
             }
@@ -299,7 +300,10 @@ impl ShimApp {
             self.scopes_dir.clone(),
             Arc::new(TrustDirectory::any()),
             self.refresh_interval,
-            shim.metrics.catalogue_reloads_kept.clone(),
+            catalogue::ReloadCounters {
+                kept: shim.metrics.catalogue_reloads_kept.clone(),
+                failures: shim.metrics.catalogue_reload_failures.clone(),
+            },
             move |c| shim.replace_catalogue(c),
         );
     }
@@ -320,19 +324,13 @@ impl ShimApp {
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), StartError> {
         self.spawn_refreshers();
         if let Some(addr) = self.admin_listen {
-            let admin = runtime::bind(addr).await?;
-            let local = admin
-                .local_addr()
-                .map_err(|e| StartError::Runtime(e.to_string()))?;
-            tracing::info!(listen = %local, "agent-sts shim admin serving");
-            let router = self.admin_router();
-            let limits = self.connections;
-            tokio::spawn(async move {
-                let forever = std::future::pending();
-                if let Err(e) = runtime::serve(admin, router, limits, forever).await {
-                    tracing::error!(error = %e, "shim admin listener stopped");
-                }
-            });
+            runtime::serve_admin(
+                "agent-sts shim",
+                addr,
+                self.admin_router(),
+                self.connections,
+            )
+            .await?;
         }
         let router = self.router();
         runtime::serve(
@@ -412,11 +410,11 @@ fn served_actions(catalogue: &Catalogue, audience: &str) -> Vec<(String, Request
 }
 
 impl Shim {
-    /// Serves `catalogue` from the next request on.
-    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) {
+    /// Serves `catalogue` from the next request on; the one it replaces.
+    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) -> Arc<Catalogue> {
         self.served
             .store(Arc::new(served_actions(&catalogue, &self.audience)));
-        self.catalogue.store(catalogue);
+        self.catalogue.swap(catalogue)
     }
 
     /// The RFC 9728 metadata document (or 405 for a method other than GET and HEAD).
@@ -485,6 +483,9 @@ impl Shim {
         } else {
             self.audit.append_call(&record)
         };
+        if audited.is_err() {
+            self.metrics.audit_write_failures.inc();
+        }
         let decision = match (outcome, &audited) {
             (Outcome::Allow, Ok(())) => ("allow", reason),
             (Outcome::Allow, Err(_)) => ("deny", ShimError::AuditUnavailable.reason()),
@@ -503,7 +504,7 @@ impl Shim {
         match result {
             Ok(response) => match audited {
                 Ok(()) => {
-                    tracing::debug!(method = %method, path = ?call.path, status = ?call.upstream_status, scrubbed = call.scrubbed, "proxied");
+                    tracing::debug!(method = %method, path = call.path.as_deref().unwrap_or("-"), status = call.upstream_status.unwrap_or_default(), scrubbed = call.scrubbed, "proxied");
                     response
                 }
                 Err(e) => {
@@ -515,7 +516,7 @@ impl Shim {
                 if let Err(e) = audited {
                     tracing::error!(error = %e, "audit log unwritable");
                 }
-                tracing::info!(method = %method, path = ?call.path, reason = refusal.reason(), status = refusal.status().as_u16(), "refused");
+                tracing::info!(method = %method, path = call.path.as_deref().unwrap_or("-"), reason = refusal.reason(), status = refusal.status().as_u16(), "refused");
                 self.refusal_response(refusal, &method, &call)
             }
         }

@@ -4,8 +4,8 @@
 //! reports a startup failure as a [`StartError`] (README, "Command line": exit code 2
 //! for invalid configuration, 1 for a runtime failure). `serve` binds, starts the
 //! background refreshers (keyring and catalogue, every `keys.refresh_interval`; the deny
-//! list, every `deny.refresh_interval`) and
-//! runs until SIGINT or SIGTERM.
+//! list, every `deny.refresh_interval`), the admin listener when `server.admin_listen`
+//! is set, and runs until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,11 +46,14 @@ pub struct App {
     pub refresh_interval: std::time::Duration,
     /// How often the deny list is re-read.
     pub deny_refresh_interval: std::time::Duration,
-    /// Counts catalogue reloads that kept the last good catalogue.
-    pub catalogue_reloads_kept: prometheus_client::metrics::counter::Counter,
+    /// Counts catalogue reloads that kept the last good catalogue, and failures.
+    pub reload_counters: catalogue::ReloadCounters,
     pub vault: Option<Arc<Vault>>,
     /// Header-read timeout and connection caps of the listener.
     pub connections: ConnectionLimits,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served apart (then `/metrics`
+    /// leaves the public router).
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// How often anonymous refusals are summarised in the audit log.
     pub summary_interval: std::time::Duration,
 }
@@ -132,7 +135,10 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     deny.refresh(unix_now(), &audit).await;
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
-    let catalogue_reloads_kept = metrics.catalogue_reloads_kept.clone();
+    let reload_counters = catalogue::ReloadCounters {
+        kept: metrics.catalogue_reloads_kept.clone(),
+        failures: metrics.catalogue_reload_failures.clone(),
+    };
     let sts = Sts::new(StsParts {
         issuer: config.server.issuer.clone(),
         default_ttl: config.tokens.default_ttl,
@@ -168,12 +174,13 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             max_concurrency: config.limits.max_concurrency,
         },
         connections: config.limits.connections(STS_MAX_HEADER_BYTES),
+        admin_listen: config.server.admin_listen,
         summary_interval: config.audit.summary_interval,
         scopes_dir: config.server.scopes_dir.clone(),
         directory,
         refresh_interval: config.keys.refresh_interval,
         deny_refresh_interval: config.deny.refresh_interval,
-        catalogue_reloads_kept,
+        reload_counters,
         vault: stores.vault,
     })
 }
@@ -205,14 +212,15 @@ impl App {
             self.scopes_dir.clone(),
             self.directory.clone(),
             self.refresh_interval,
-            self.catalogue_reloads_kept.clone(),
+            self.reload_counters.clone(),
             move |c| sts.replace_catalogue(c),
         );
     }
 
     /// The router with its layers, plus `extra` routes (the dev issuer).
     pub fn router(&self, extra: Option<axum::Router>) -> axum::Router {
-        let mut router = crate::sts::http::router(self.state.clone());
+        let public_metrics = self.admin_listen.is_none();
+        let mut router = crate::sts::http::router(self.state.clone(), public_metrics);
         if let Some(extra) = extra {
             router = router.merge(extra);
         }
@@ -226,6 +234,10 @@ impl App {
         extra: Option<axum::Router>,
     ) -> Result<(), StartError> {
         self.spawn_refreshers();
+        if let Some(addr) = self.admin_listen {
+            let admin = crate::sts::http::admin_router(self.state.clone());
+            runtime::serve_admin("agent-sts", addr, admin, self.connections).await?;
+        }
         let router = self.router(extra);
         runtime::serve(listener, router, self.connections, shutdown_signal())
             .await

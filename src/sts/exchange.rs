@@ -302,6 +302,7 @@ impl Sts {
     /// Writes the summary lines of the anonymous refusals counted since the last call.
     pub fn flush_anonymous_refusals(&self) {
         if let Err(e) = self.anonymous.flush(&self.audit) {
+            self.metrics.audit_write_failures.inc();
             tracing::error!(error = %e, "audit summary of anonymous refusals not written");
         }
     }
@@ -322,8 +323,9 @@ impl Sts {
     }
 
     /// Serves `catalogue` from the next request on.
-    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) {
-        self.catalogue.store(catalogue);
+    /// Installs `catalogue` and returns the one it replaces.
+    pub fn replace_catalogue(&self, catalogue: Arc<Catalogue>) -> Arc<Catalogue> {
+        self.catalogue.swap(catalogue)
     }
 
     /// What `/readyz` reports at `now`.
@@ -345,6 +347,13 @@ impl Sts {
 
     /// The metrics in the text exposition format.
     pub fn render_metrics(&self) -> String {
+        let (age, next) = self.keyring.timeline(crate::identity::unix_now());
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        match age {
+            Some(age) => self.metrics.signing_key_age.set(gauge(age)),
+            None => self.metrics.signing_key_age.set(0),
+        };
+        self.metrics.next_key_activation.set(next.map_or(0, gauge));
         self.metrics.render()
     }
 
@@ -380,6 +389,7 @@ impl Sts {
             self.audit.append_decision(&record)
         };
         if let Err(e) = written {
+            self.metrics.audit_write_failures.inc();
             tracing::error!(error = %e, "audit log write failed; refusing the request");
             self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
             return Err(Rejection::AuditUnavailable);
@@ -440,6 +450,7 @@ impl Sts {
         let rejection = match written {
             Ok(()) => rejection,
             Err(e) => {
+                self.metrics.audit_write_failures.inc();
                 tracing::error!(error = %e, "audit log write failed");
                 Rejection::AuditUnavailable
             }

@@ -51,10 +51,11 @@ pub struct Layers {
     pub max_concurrency: usize,
 }
 
-/// The STS router.
-pub fn router(state: AppState) -> Router {
+/// The STS router: the public endpoints, `/healthz` and `/readyz`, and `/metrics`
+/// unless it is served on an admin listener instead (`public_metrics` false).
+pub fn router(state: AppState, public_metrics: bool) -> Router {
     let timed = axum::middleware::from_fn_with_state(state.sts.clone(), token_latency);
-    Router::new()
+    let router = Router::new()
         .route(
             "/token",
             post(token).fallback(token_wrong_method).layer(timed),
@@ -62,6 +63,20 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route(agent_sts_verifier::deny::FEED_PATH, get(deny_feed))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    let router = if public_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// The admin listener's routes (`server.admin_listen`): `/healthz`, `/readyz` and
+/// `/metrics`, the same handlers as on the public port.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -6,6 +6,11 @@
 //! the configuration and fixed outcome words. No label is ever built from unverified
 //! input, so a client cannot grow the metric families (README, "Security properties"
 //! 7) or plant a secret in them (property 1).
+//!
+//! Counters are registered without `_total`: prometheus-client appends it to every
+//! counter in the exposition (`agent_sts_tokens_issued_total`), as OpenMetrics asks.
+//! Figures that are a function of time (key age, process figures) are computed at
+//! each scrape, not by a ticking task.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +36,49 @@ pub struct FetchLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrustLabels {
+    /// A configured trust's name.
+    pub trust: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// One of [`VAULT_OPERATIONS`].
+    pub operation: &'static str,
+}
+
+/// The `operation` label values of `agent_sts_vault_request_duration_seconds`.
+pub const VAULT_OPERATIONS: &[&str] = &["read", "write", "login", "renew", "lookup"];
+
+/// A histogram family whose buckets are fixed by a plain function.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn vault_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// What every program registers: `build_info{version}` = 1 and the process figures.
+fn register_common(registry: &mut Registry) {
+    let build_info = Family::<VersionLabels, Gauge>::default();
+    build_info
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    registry.register(
+        "build_info",
+        "Always 1; the version label names the running build",
+        build_info,
+    );
+    registry.register_collector(Box::new(super::process::ProcessCollector));
+}
+
 /// The STS's metrics and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +90,14 @@ pub struct Metrics {
     pub signing_keys: Gauge,
     pub keyring_refresh_failures: Counter,
     pub catalogue_reloads_kept: Counter,
+    pub catalogue_reload_failures: Counter,
+    pub audit_write_failures: Counter,
+    /// When each trust's JWKS was last fetched successfully (unix seconds).
+    pub jwks_last_success: Family<TrustLabels, Gauge>,
+    /// How long the signing key has been active (seconds; 0 without one).
+    pub signing_key_age: Gauge,
+    /// Seconds until the pending `next` key starts signing (0 when none is pending).
+    pub next_key_activation: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,7 +107,7 @@ pub struct OutcomeLabels {
 
 /// The Vault client's counters and gauges (`vault_*`), registered by the server that
 /// uses the client (the STS, or a shim under its own prefix).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VaultMetrics {
     /// Requests sent to Vault, by outcome.
     pub requests: Family<OutcomeLabels, Counter>,
@@ -63,9 +119,31 @@ pub struct VaultMetrics {
     pub token_expires_at: Gauge,
     /// 1 when the Vault token can be renewed.
     pub token_renewable: Gauge,
+    /// Time per request, by operation ([`VAULT_OPERATIONS`]).
+    pub request_duration: HistogramFamily<OperationLabels>,
+}
+
+impl Default for VaultMetrics {
+    fn default() -> Self {
+        VaultMetrics {
+            requests: Family::default(),
+            logins: Family::default(),
+            permission_denied: Counter::default(),
+            token_expires_at: Gauge::default(),
+            token_renewable: Gauge::default(),
+            request_duration: Family::new_with_constructor(vault_latency_histogram),
+        }
+    }
 }
 
 impl VaultMetrics {
+    /// Records how long one request of `operation` took.
+    pub fn observe(&self, operation: &'static str, elapsed: std::time::Duration) {
+        self.request_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
     pub fn request(&self, outcome: &'static str) {
         self.requests
             .get_or_create(&OutcomeLabels { outcome })
@@ -101,6 +179,11 @@ impl VaultMetrics {
             "vault_token_renewable",
             "1 when the Vault token can be renewed",
             self.token_renewable.clone(),
+        );
+        registry.register(
+            "vault_request_duration_seconds",
+            "Time per Vault request, by operation (read, write, login, renew, lookup)",
+            self.request_duration.clone(),
         );
     }
 }
@@ -149,6 +232,13 @@ impl DenyMetrics {
 /// Help of the STS's and the shim's `catalogue_reloads_kept` counter.
 const CATALOGUE_RELOADS_KEPT_HELP: &str = "Catalogue reloads that kept the last good catalogue (a scope file still settling, changing while read, too large or invalid)";
 
+/// Help of the STS's and the shim's `catalogue_reload_failures` counter.
+const CATALOGUE_RELOAD_FAILURES_HELP: &str = "Catalogue reloads that failed (an invalid, unreadable or oversized scope file; not one still settling); the last good catalogue is kept";
+
+/// Help of the STS's and the shim's `audit_write_failures` counter.
+const AUDIT_WRITE_FAILURES_HELP: &str =
+    "Audit lines that could not be written (the request was refused or its answer withheld)";
+
 /// Label value for an action name that is not in the catalogue.
 pub const OTHER_ACTION: &str = "other";
 
@@ -162,6 +252,12 @@ impl Metrics {
         let signing_keys = Gauge::default();
         let keyring_refresh_failures = Counter::default();
         let catalogue_reloads_kept = Counter::default();
+        let catalogue_reload_failures = Counter::default();
+        let audit_write_failures = Counter::default();
+        let jwks_last_success = Family::<TrustLabels, Gauge>::default();
+        let signing_key_age = Gauge::default();
+        let next_key_activation = Gauge::default();
+        register_common(&mut registry);
         registry.register(
             "tokens_issued",
             "Tokens minted, by action",
@@ -197,6 +293,31 @@ impl Metrics {
             CATALOGUE_RELOADS_KEPT_HELP,
             catalogue_reloads_kept.clone(),
         );
+        registry.register(
+            "catalogue_reload_failures",
+            CATALOGUE_RELOAD_FAILURES_HELP,
+            catalogue_reload_failures.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            AUDIT_WRITE_FAILURES_HELP,
+            audit_write_failures.clone(),
+        );
+        registry.register(
+            "jwks_last_success_seconds",
+            "When each trust's JWKS was last fetched successfully (unix seconds)",
+            jwks_last_success.clone(),
+        );
+        registry.register(
+            "signing_key_age_seconds",
+            "How long the active signing key has been signing",
+            signing_key_age.clone(),
+        );
+        registry.register(
+            "signing_key_next_activation_seconds",
+            "Seconds until the pending next signing key starts signing (0 when none is pending)",
+            next_key_activation.clone(),
+        );
         Metrics {
             registry,
             tokens_issued,
@@ -206,6 +327,11 @@ impl Metrics {
             signing_keys,
             keyring_refresh_failures,
             catalogue_reloads_kept,
+            catalogue_reload_failures,
+            audit_write_failures,
+            jwks_last_success,
+            signing_key_age,
+            next_key_activation,
         }
     }
 
@@ -223,14 +349,22 @@ impl Metrics {
         self
     }
 
-    /// Counts a JWKS fetch of a configured trust.
-    pub fn jwks_fetch(&self, trust: &str, outcome: &'static str) {
+    /// Counts a JWKS fetch of a configured trust; a successful one (`ok`) also sets
+    /// its `jwks_last_success_seconds` to `now`.
+    pub fn jwks_fetch(&self, trust: &str, outcome: &'static str, now: u64) {
         self.jwks_fetches
             .get_or_create(&FetchLabels {
                 trust: trust.to_string(),
                 outcome,
             })
             .inc();
+        if outcome == "ok" {
+            self.jwks_last_success
+                .get_or_create(&TrustLabels {
+                    trust: trust.to_string(),
+                })
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
     }
 
     /// The text exposition.
@@ -254,11 +388,14 @@ pub struct ShimMetrics {
     pub requests: Family<ShimLabels, Counter>,
     pub duration: Histogram,
     pub catalogue_reloads_kept: Counter,
+    pub catalogue_reload_failures: Counter,
+    pub audit_write_failures: Counter,
 }
 
 impl ShimMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("agent_sts_shim");
+        register_common(&mut registry);
         let requests = Family::<ShimLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         registry.register(
@@ -277,11 +414,25 @@ impl ShimMetrics {
             CATALOGUE_RELOADS_KEPT_HELP,
             catalogue_reloads_kept.clone(),
         );
+        let catalogue_reload_failures = Counter::default();
+        registry.register(
+            "catalogue_reload_failures",
+            CATALOGUE_RELOAD_FAILURES_HELP,
+            catalogue_reload_failures.clone(),
+        );
+        let audit_write_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            AUDIT_WRITE_FAILURES_HELP,
+            audit_write_failures.clone(),
+        );
         ShimMetrics {
             registry,
             requests,
             duration,
             catalogue_reloads_kept,
+            catalogue_reload_failures,
+            audit_write_failures,
         }
     }
 

@@ -780,3 +780,83 @@ fn missing_paths_stop_serve_at_start_naming_the_key() {
         );
     }
 }
+
+/// Every command that writes names the absolute path it wrote, whatever the working
+/// directory: `dev` each file it creates on first run (and none on the next), `serve`
+/// its audit log in the line that says where it listens (a relative `audit.path`
+/// resolved against the configuration's directory), `keys rotate` its keyring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_that_writes_prints_the_absolute_path_it_wrote() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = std::fs::canonicalize(work.path()).unwrap();
+    let scopes = concat!(env!("CARGO_MANIFEST_DIR"), "/scopes");
+    let args = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--shim-listen",
+        "127.0.0.1:0",
+        "--keys",
+        "keys",
+        "--scopes",
+        scopes,
+    ]
+    .map(std::ffi::OsStr::new);
+    let start = || {
+        ServeProcess::spawn(&args, &[], work.path(), "warn", |out, _| {
+            out.contains("curl -s -X").then(|| "started".to_string())
+        })
+    };
+    let (first, _) = start().stop();
+    for file in ["signing-keys.json", "dev-secrets.toml", "dev-issuers.json"] {
+        let path = cwd.join("keys").join(file);
+        assert!(path.is_file(), "{file}");
+        assert!(
+            first.contains(&format!("  wrote {}\n", path.display())),
+            "{file}: {first}"
+        );
+    }
+    assert!(
+        first.contains(&format!("audit logs: {}", cwd.join("keys").display())),
+        "{first}"
+    );
+    let (second, _) = start().stop();
+    assert!(
+        !second.contains("  wrote "),
+        "nothing new written: {second}"
+    );
+
+    let issuers = Issuers::start().await;
+    let (dir, config) = sts_files(
+        &issuers.specs(),
+        SCOPES,
+        "",
+        ConfigTweaks {
+            audit_path: Some("audit.log"),
+            ..ConfigTweaks::default()
+        },
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let rotate = run(
+        &["keys", "rotate", "--config", config.to_str().unwrap()],
+        elsewhere.path(),
+    );
+    assert!(
+        text(&rotate.stdout).contains(&format!(
+            "written to {}",
+            dir.path().join("keys/signing-keys.json").display()
+        )),
+        "{}",
+        text(&rotate.stdout)
+    );
+    let sts = ServeProcess::start(&config, elsewhere.path(), "info");
+    let (_, log) = sts.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("agent-sts serving"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("audit={}", dir.path().join("audit.log").display())),
+        "{line}"
+    );
+}

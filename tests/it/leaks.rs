@@ -15,7 +15,7 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
     );
     assert!(rotate.status.success(), "{}", text(&rotate.stderr));
 
-    let sts = ServeProcess::start(&config, dir.path(), "trace");
+    let sts = ServeProcess::start(&config, dir.path(), TRACE_ALL);
     let client = reqwest::Client::new();
     let mut responses = String::new();
     let mut record = |r: Reply| {

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-sts");
 
+/// The log filter of the leak hunts: everything at TRACE, the HTTP and TLS stack
+/// included (it is held at `warn` unless the filter names it).
+pub const TRACE_ALL: &str = "trace,hyper=trace,h2=trace,rustls=trace,reqwest=trace";
+
 /// Runs `agent-sts ARGS` to completion.
 pub fn run(args: &[&str], cwd: &Path) -> Output {
     Command::new(BIN)

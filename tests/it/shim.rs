@@ -1331,7 +1331,7 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
     let (echo, upstream) = start_echo().await;
     let scopes = sts.dir.path().join("scopes");
     let config = TestShim::write_config(&sts, GITHUB, &upstream, "", &scopes);
-    let shim = ServeProcess::start_shim(&config.config_path, config.dir.path(), "trace");
+    let shim = ServeProcess::start_shim(&config.config_path, config.dir.path(), TRACE_ALL);
 
     let workload = issuers.k8s_token("triage");
     let token = access_token(&sts, &issuers, "github.issues.create").await;
@@ -1376,6 +1376,15 @@ async fn the_shim_binary_leaks_no_credential_or_token_at_trace_level() {
 
     // The work really happened, at TRACE.
     assert!(stderr.contains("TRACE"), "no TRACE lines captured");
+    // The shim's own lines print values, not Rust `Option`s.
+    let own: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" proxied") || l.contains(" refused"))
+        .collect();
+    assert!(own.len() >= 9, "{stderr}");
+    for line in own {
+        assert!(!line.contains("Some(") && !line.contains("=None"), "{line}");
+    }
     assert_eq!(
         echo.hits(),
         4,
@@ -1434,7 +1443,7 @@ async fn agent_sts_dev_runs_its_printed_example_and_redacts_the_dev_secret() {
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
     };
-    let dev = ServeProcess::spawn(&args, &[], tmp.path(), "trace", |out, _| {
+    let dev = ServeProcess::spawn(&args, &[], tmp.path(), TRACE_ALL, |out, _| {
         out.contains("curl -s -X")
             .then(|| printed_url(out, "agent-sts dev: STS at "))
             .flatten()

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::harness::*;
 use crate::openbao::OpenBao;
+use crate::process::TRACE_ALL;
 
 /// An STS whose key store and secret store are OpenBao, with `auth` lines for
 /// `[vault]` (its own credentials); `max_stale` 2 s so the tests see staleness
@@ -112,6 +113,15 @@ async fn token_auth_mints_with_a_vault_key_verified_via_jwks_and_the_gate_follow
     let claims = verify_independently(&sts.url, &r.token(), "https://github-shim.internal").await;
     assert_eq!(claims["scope"], "github.issues.create");
     assert!(!r.text.contains(CANARY_CREDENTIAL));
+    // Vault latency by operation: the start's lookup-self and the reads of the ring
+    // and the credential, from a fixed set of operation names.
+    let metrics = sts.get("/metrics").await.text;
+    for operation in ["read", "lookup"] {
+        let count =
+            format!("agent_sts_vault_request_duration_seconds_count{{operation=\"{operation}\"}} ");
+        assert!(metrics.contains(&count), "{operation}: {metrics}");
+    }
+    assert!(!metrics.contains(&vault.root_token), "{metrics}");
 
     // Missing in Vault → no token.
     sts.exchange_for(&subject, "disabled.thing")
@@ -308,7 +318,7 @@ async fn vault_leak_hunt_at_trace_finds_no_token_secret_id_credential_or_key() {
     let list = run(&["keys", "list", "--config", ops], dir.path());
     assert!(list.status.success(), "{}", text(&list.stderr));
 
-    let sts = ServeProcess::start(&config, dir.path(), "trace");
+    let sts = ServeProcess::start(&config, dir.path(), TRACE_ALL);
     let subject = issuers.k8s_token("triage");
     let url = format!("{}/token", sts.url);
     let mut responses = String::new();

@@ -412,7 +412,10 @@ impl Vault {
         token: Option<&VaultToken>,
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
+        let operation = operation(&method, path);
+        let started = Instant::now();
         let result = self.exchange(method, path, token, body).await;
+        self.metrics.observe(operation, started.elapsed());
         let reach = match &result {
             Err(VaultError::Unavailable) => Reach::Unreachable,
             Err(VaultError::Sealed) => Reach::Sealed,
@@ -966,6 +969,22 @@ impl KeyStore for VaultKeyStore {
                 },
                 other => write_err(other.to_string()),
             })
+    }
+}
+
+/// The `operation` label of a request (one of `telemetry::metrics::VAULT_OPERATIONS`):
+/// from the method and the fixed path shapes this client sends, never from a value.
+fn operation(method: &reqwest::Method, path: &str) -> &'static str {
+    if path.starts_with("auth/") && path.ends_with("/login") {
+        "login"
+    } else if path == "auth/token/renew-self" {
+        "renew"
+    } else if path == "auth/token/lookup-self" {
+        "lookup"
+    } else if *method == reqwest::Method::GET {
+        "read"
+    } else {
+        "write"
     }
 }
 
