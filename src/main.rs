@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use agent_sts::config::{Config, ProcessEnv, ShimConfig};
 use agent_sts::runtime::{self, StartError};
 use agent_sts::telemetry::logs::{self, LogFormat};
-use agent_sts::{audit, catalogue, dev, identity, keys, shim, store, sts};
+use agent_sts::{audit, catalogue, control, dev, identity, keys, shim, store, sts};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,72 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The kill switch: stop agents, subjects, actions or tokens at every STS replica,
+    /// shim and verifier within seconds.
+    Deny {
+        #[command(subcommand)]
+        command: DenyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DenyCommand {
+    /// Add an entry; prints its id (and, on stderr, where it was written).
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        target: DenyTargetArgs,
+        /// Why (kept in the store, shown by `deny list`; one line).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Lift the entry after DURATION (e.g. `30m`, `2h`); default: until removed.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// List the entries: id, state, when, until, who, what and why.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the entry ID.
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        id: String,
+    },
+}
+
+/// What `deny add` stops: exactly one.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DenyTargetArgs {
+    /// An agent wherever it appears in a token (subject, client, any actor).
+    #[arg(long, value_name = "TRUST:PATTERN")]
+    agent: Option<String>,
+    /// The subject tokens are for.
+    #[arg(long, value_name = "TRUST:PATTERN")]
+    subject: Option<String>,
+    /// Every token for one catalogue action.
+    #[arg(long, value_name = "NAME")]
+    action: Option<String>,
+    /// One token, by its `jti`.
+    #[arg(long, value_name = "JTI")]
+    jti: Option<String>,
+}
+
+impl DenyTargetArgs {
+    fn target(self) -> Option<control::commands::Target> {
+        use control::commands::Target;
+        self.agent
+            .map(Target::Agent)
+            .or(self.subject.map(Target::Subject))
+            .or(self.action.map(Target::Action))
+            .or(self.jti.map(Target::Jti))
+    }
 }
 
 #[derive(Subcommand)]
@@ -395,6 +461,79 @@ async fn run(command: Command) -> Result<(), StartError> {
                 );
             }
             println!("last line hash {}", report.last_hash);
+            Ok(())
+        }
+        Command::Deny { command } => run_deny(command).await,
+    }
+}
+
+async fn run_deny(command: DenyCommand) -> Result<(), StartError> {
+    let now = identity::unix_now();
+    match command {
+        DenyCommand::Add {
+            config,
+            target,
+            reason,
+            duration,
+        } => {
+            let config = load_config(&config)?;
+            init_logging(COMMAND_LOG, Some(config.log_format))?;
+            let duration = duration
+                .map(|d| {
+                    humantime::parse_duration(&d)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            StartError::Config(format!(
+                                "--for: not a duration: {d:?} (use e.g. \"30m\", \"2h\")"
+                            ))
+                        })
+                })
+                .transpose()?;
+            let target = target
+                .target()
+                .ok_or_else(|| StartError::Config("name what to deny".into()))?;
+            let store = control::commands::open(&config).await?;
+            let entry =
+                control::commands::add(&config, store.as_ref(), target, reason, duration, now)
+                    .await?;
+            println!("{}", entry.rule.id);
+            eprintln!(
+                "denied {} ({}); written to {}; every replica refuses within deny.refresh_interval ({}), every verifier within that plus its own refresh",
+                control::commands::describe_target(&entry.rule.target),
+                entry
+                    .rule
+                    .until
+                    .and_then(keys::format_timestamp)
+                    .map_or_else(|| "until removed".to_string(), |t| format!("until {t}")),
+                store.location(),
+                humantime::format_duration(config.deny.refresh_interval)
+            );
+            Ok(())
+        }
+        DenyCommand::List { config, json } => {
+            let config = load_config(&config)?;
+            init_logging(COMMAND_LOG, Some(config.log_format))?;
+            let store = control::commands::open(&config).await?;
+            let list = control::commands::list(store.as_ref()).await?;
+            if json {
+                println!("{}", control::commands::json(&list, now));
+            } else {
+                print!("{}", control::commands::table(&list, now));
+            }
+            Ok(())
+        }
+        DenyCommand::Remove { config, id } => {
+            let config = load_config(&config)?;
+            init_logging(COMMAND_LOG, Some(config.log_format))?;
+            let store = control::commands::open(&config).await?;
+            let entry = control::commands::remove(store.as_ref(), &id, now).await?;
+            println!(
+                "removed {} ({}) from {}",
+                entry.rule.id,
+                control::commands::describe_target(&entry.rule.target),
+                store.location()
+            );
             Ok(())
         }
     }

@@ -280,6 +280,9 @@ struct RawShim {
     jwks_max_stale: Option<String>,
     public_url: Option<String>,
     dpop_nonce_secret_file: Option<String>,
+    deny_refresh: Option<String>,
+    deny_max_stale: Option<String>,
+    deny_feed_uri: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -563,6 +566,13 @@ pub struct ShimSection {
     /// When set, DPoP proofs must carry a nonce keyed by this file's secret, which
     /// every replica of the shim shares (RFC 9449 §9).
     pub dpop_nonce_secret_file: Option<PathBuf>,
+    /// How often the STS's deny list (the kill switch) is re-read.
+    pub deny_refresh: Duration,
+    /// How long the last good deny list serves while the feed cannot be read; after
+    /// that every token is refused (503).
+    pub deny_max_stale: Duration,
+    /// Where the deny-list feed is read; default beside `jwks_uri`.
+    pub deny_feed_uri: Option<String>,
 }
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
@@ -1259,6 +1269,9 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         jwks_refresh: c.duration("shim.jwks_refresh", r.jwks_refresh.as_deref(), "5m")?,
         jwks_max_stale: c.duration("shim.jwks_max_stale", r.jwks_max_stale.as_deref(), "1h")?,
         dpop_nonce_secret_file: r.dpop_nonce_secret_file.map(PathBuf::from),
+        deny_refresh: c.duration("shim.deny_refresh", r.deny_refresh.as_deref(), "2s")?,
+        deny_max_stale: c.duration("shim.deny_max_stale", r.deny_max_stale.as_deref(), "1m")?,
+        deny_feed_uri: r.deny_feed_uri,
     };
     Ok(ShimConfig {
         source: file.to_string(),

@@ -189,7 +189,12 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     let mut verifier = Verifier::builder(&s.issuer, &s.audience, s.jwks_uri.as_str())
         .limits(&config.limits.verification())
         .jwks_refresh(s.jwks_refresh)
-        .jwks_max_stale(s.jwks_max_stale);
+        .jwks_max_stale(s.jwks_max_stale)
+        .deny_refresh(s.deny_refresh)
+        .deny_max_stale(s.deny_max_stale);
+    if let Some(uri) = &s.deny_feed_uri {
+        verifier = verifier.deny_feed_uri(uri);
+    }
     if let Some(file) = &s.dpop_nonce_secret_file {
         verifier = verifier.dpop_nonces(&nonce_secret(file, &config.source)?);
     }

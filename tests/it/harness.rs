@@ -260,6 +260,15 @@ impl TestSts {
         Self::serve_app(dir, config_path, app).await
     }
 
+    /// Another replica: builds and serves the configuration at `config_path` (kept in
+    /// `dir`), whose keys are already in its store.
+    pub async fn replica(dir: tempfile::TempDir, config_path: PathBuf) -> TestSts {
+        let env = std::collections::BTreeMap::new();
+        let config = agent_sts::config::Config::load(&config_path, &env).unwrap();
+        let app = agent_sts::sts::build(&config).await.unwrap();
+        Self::serve_app(dir, config_path, app).await
+    }
+
     async fn serve_app(
         dir: tempfile::TempDir,
         config_path: PathBuf,

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod jwt_bearer;
 mod key_removal;
+mod kill_switch;
 mod leaks;
 mod openbao;
 mod operations;

@@ -67,13 +67,13 @@ impl TestShim {
     }
 
     /// The shim built from the configuration written at `config_path`.
-    async fn build(&self) -> agent_sts::shim::ShimApp {
+    pub async fn build(&self) -> agent_sts::shim::ShimApp {
         let config = ShimConfig::load(&self.config_path, &BTreeMap::new()).unwrap();
         agent_sts::shim::build(&config).await.unwrap()
     }
 
     /// Serves `app` on 127.0.0.1:0; `url` is set.
-    async fn serve(self, app: agent_sts::shim::ShimApp) -> TestShim {
+    pub async fn serve(self, app: agent_sts::shim::ShimApp) -> TestShim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(app.serve(listener));
@@ -82,7 +82,7 @@ impl TestShim {
 
     /// Switches the written configuration to Vault's secret store, logging in with a
     /// token of `policies` (`max_stale` 2 s).
-    async fn use_vault(&self, vault: &crate::openbao::OpenBao, policies: &[&str]) {
+    pub async fn use_vault(&self, vault: &crate::openbao::OpenBao, policies: &[&str]) {
         let text = std::fs::read_to_string(&self.config_path)
             .unwrap()
             .replace("store = \"file\"", "store = \"vault\"");
@@ -92,7 +92,7 @@ impl TestShim {
     }
 
     /// Only writes `shim.toml` (for `agent-sts shim --config`); `url` stays empty.
-    fn write_config(
+    pub fn write_config(
         sts: &TestSts,
         audience: &str,
         upstream: &str,
@@ -134,7 +134,7 @@ summary_interval = "1s"
         }
     }
 
-    fn audit(&self) -> Vec<Value> {
+    pub fn audit(&self) -> Vec<Value> {
         audit_lines(&self.audit_path)
     }
 

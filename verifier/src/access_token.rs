@@ -120,7 +120,7 @@ pub enum VerifierError {
     Client(#[from] reqwest::Error),
     #[error("{0}: must be greater than zero")]
     ZeroDuration(&'static str),
-    #[error("deny feed: {0}")]
+    #[error("deny_feed_uri: {0}")]
     DenyFeed(&'static str),
 }
 
