@@ -30,13 +30,6 @@ async fn exchange_with(sts: &TestSts, subject: &str, scope: &str, proofs: &[&str
     reply(request.send().await.unwrap()).await
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_proof_binds_the_token_to_its_key() {
     let issuers = Issuers::start().await;

@@ -66,13 +66,6 @@ fn unique_jti() -> String {
     format!("jti-{t}-{n}")
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 fn audit(sts: &TestSts) -> Vec<Value> {
     std::fs::read_to_string(sts.audit_path())
         .unwrap_or_default()

@@ -243,3 +243,220 @@ async fn deny_add_reaches_two_replicas_a_shim_and_a_service_within_the_bound() {
     .await;
     assert!(back, "replica A kept refusing after the entry was removed");
 }
+
+/// A file-store STS (deny list in `keys/deny-list.json`) with `deny` settings, and a
+/// shim in front of an echo upstream reading its feed every second.
+async fn file_world(deny: &str, shim_extra: &str) -> (TestSts, Issuers, TestShim, String) {
+    let issuers = Issuers::start().await;
+    let sts = TestSts::start(&issuers.specs(), SCOPES, &deny_section(deny)).await;
+    let (_echo, upstream) = start_echo().await;
+    let extra = format!("deny_refresh = \"1s\"\n{shim_extra}");
+    let shim = TestShim::start(&sts, GITHUB, &upstream, &extra).await;
+    let config = sts.config_path.to_str().unwrap().to_string();
+    (sts, issuers, shim, config)
+}
+
+async fn shim_status(shim: &TestShim, token: &str) -> u16 {
+    status(
+        reqwest::Client::new()
+            .post(format!("{}{ISSUES}", shim.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await
+}
+
+/// One token stopped by its `jti` (others of the same agent keep working), and an
+/// entry with `--for` lifting itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jti_entry_stops_one_token_and_a_timed_entry_lifts_itself() {
+    let (sts, issuers, shim, config) = file_world("", "").await;
+    let stolen = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    let other = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    let jti = claims_of(&stolen)["jti"].as_str().unwrap().to_string();
+    deny(
+        &config,
+        &["add", "--jti", &jti, "--reason", "leaked in a log"],
+    );
+    let refused =
+        crate::vault::eventually(5, || async { shim_status(&shim, &stolen).await == 401 }).await;
+    assert!(refused, "the denied jti still works at the shim");
+    assert_eq!(
+        shim_status(&shim, &other).await,
+        200,
+        "another token of the agent was refused"
+    );
+
+    deny(
+        &config,
+        &["add", "--action", "github.issues.create", "--for", "3s"],
+    );
+    let refused =
+        crate::vault::eventually(5, || async { shim_status(&shim, &other).await == 401 }).await;
+    assert!(refused, "the denied action still works at the shim");
+    let subject = issuers.k8s_token("triage");
+    assert_eq!(
+        sts.exchange_for(&subject, "github.issues.create")
+            .await
+            .error(),
+        "invalid_request"
+    );
+    assert_eq!(
+        sts.exchange_for(&subject, "docs.read").await.status,
+        200,
+        "another action was refused"
+    );
+    let lifted =
+        crate::vault::eventually(8, || async { shim_status(&shim, &other).await == 200 }).await;
+    assert!(lifted, "the timed entry did not lift itself");
+    assert_eq!(
+        sts.exchange_for(&subject, "github.issues.create")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        shim_status(&shim, &stolen).await,
+        401,
+        "the jti entry lifted with the timed one"
+    );
+}
+
+/// Eight operators adding at once through check-and-set: no entry lost (file store,
+/// under its lock; the Vault store's `cas` is exercised by the OpenBao test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deny_adds_lose_no_entry() {
+    let (_sts, _issuers, _shim, config) = file_world("", "").await;
+    let adds: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                deny(&config, &["add", "--jti", &format!("jti-{i}")])
+                    .trim()
+                    .to_string()
+            })
+        })
+        .collect();
+    let mut ids: Vec<String> = adds.into_iter().map(|h| h.join().unwrap()).collect();
+    ids.sort();
+    let listed: Value = serde_json::from_str(&deny(&config, &["list", "--json"])).unwrap();
+    let mut stored: Vec<String> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ids);
+}
+
+/// A malformed list in the store: the last good list stays enforced and the failure
+/// is counted; past `deny.max_stale` the replica refuses every token (503), is not
+/// ready and stops serving the feed, and past its own `deny_max_stale` so does the
+/// shim. A good list heals both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_deny_list_keeps_the_last_good_one_then_fails_closed() {
+    let (sts, issuers, shim, config) =
+        file_world("max_stale = \"3s\"", "deny_max_stale = \"2s\"").await;
+    let token = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    let subject = issuers.k8s_token("triage");
+    deny(&config, &["add", "--action", "docs.read"]);
+    let denied = crate::vault::eventually(5, || async {
+        sts.exchange_for(&subject, "docs.read").await.error() == "invalid_request"
+    })
+    .await;
+    assert!(denied);
+
+    let path = sts.dir.path().join("keys/deny-list.json");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(
+        &path,
+        br#"{"entries": [{"id": "d-1", "kind": "everyone"}]}"#,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = sts.get("/metrics").await.text;
+    assert!(
+        metrics.contains("agent_sts_deny_list_reads_total{outcome=\"malformed\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sts.exchange_for(&subject, "docs.read").await.error(),
+        "invalid_request",
+        "the last good list was dropped"
+    );
+    assert_eq!(shim_status(&shim, &token).await, 200);
+
+    let closed = crate::vault::eventually(8, || async {
+        let r = sts.exchange_for(&subject, "slack.message.post").await;
+        r.status == 503 && r.error() == "temporarily_unavailable"
+    })
+    .await;
+    assert!(closed, "a stale deny list did not stop minting");
+    let ready = sts.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_ne!(ready.json()["checks"]["deny_list"], "ok");
+    assert_eq!(sts.get("/deny-list").await.status, 503);
+    let shim_closed =
+        crate::vault::eventually(8, || async { shim_status(&shim, &token).await == 503 }).await;
+    assert!(
+        shim_closed,
+        "the shim kept accepting tokens without a fresh deny list"
+    );
+
+    std::fs::write(&path, good).unwrap();
+    let healed = crate::vault::eventually(8, || async {
+        sts.exchange_for(&subject, "slack.message.post")
+            .await
+            .status
+            == 200
+            && shim_status(&shim, &token).await == 200
+    })
+    .await;
+    assert!(healed, "a good list did not heal the replica and the shim");
+}
+
+/// The same against Vault KV v2, whose `cas` makes each write conditional in Vault:
+/// eight operators at once under the shipped deny policy, no entry lost; the serve
+/// policy cannot write the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deny_adds_in_vault_lose_no_entry() {
+    let vault = OpenBao::start().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let auth = serve_token_auth(&vault).await;
+    let sts = vault_sts_with(&vault, &issuers, &auth, |t| t + &deny_section("")).await;
+    let ops = operator_config(&vault, &sts, "deny.toml", "agent-sts-deny").await;
+    let adds: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let ops = ops.clone();
+            std::thread::spawn(move || {
+                deny(&ops, &["add", "--jti", &format!("jti-{i}")])
+                    .trim()
+                    .to_string()
+            })
+        })
+        .collect();
+    let mut ids: Vec<String> = adds.into_iter().map(|h| h.join().unwrap()).collect();
+    ids.sort();
+    let stored = vault.read("agent-sts/deny-list").await.unwrap();
+    let mut kept: Vec<String> = stored["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ids);
+
+    let serve = sts.config_path.to_str().unwrap();
+    let out = run(
+        &["deny", "add", "--config", serve, "--jti", "x"],
+        std::path::Path::new("/"),
+    );
+    assert!(
+        !out.status.success(),
+        "the serve policy wrote the deny list"
+    );
+}
