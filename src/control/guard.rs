@@ -166,6 +166,19 @@ impl DenyGuard {
         }
     }
 
+    /// Adds `entry` to the store (a revocation) and re-reads the list, so this
+    /// replica refuses it, and publishes it, at once.
+    pub async fn revoke(
+        &self,
+        entry: super::DenyEntry,
+        now: u64,
+        audit: &AuditLog,
+    ) -> Result<(), super::deny_list::EditError> {
+        super::deny_list::add(self.store.as_ref(), entry, now).await?;
+        self.refresh(now, audit).await;
+        Ok(())
+    }
+
     /// Whether the list is fresh enough to decide with at `now`.
     pub fn fresh(&self, now: u64) -> bool {
         self.held

@@ -133,6 +133,12 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         deny_metrics,
     );
     deny.refresh(unix_now(), &audit).await;
+    let own_tokens = crate::sts::revocation::own_token_verifier(
+        &config.server.issuer,
+        keyring.clone(),
+        &config.limits.verification(),
+    )
+    .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let reload_counters = catalogue::ReloadCounters {
@@ -160,6 +166,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
             max_age: config.tokens.dpop_max_age,
         },
         deny,
+        own_tokens,
     });
     Ok(App {
         state: AppState {

@@ -47,7 +47,7 @@ use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::sts::token_exchange::{ExchangeRequest, GrantType};
 use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
-use agent_sts_verifier::{DpopRules, DpopVerifier, NonceSource, Proof, ProofTarget};
+use agent_sts_verifier::{DpopRules, DpopVerifier, IssuerSet, NonceSource, Proof, ProofTarget};
 
 /// A successful exchange (RFC 8693 §2.2.1).
 #[derive(Debug)]
@@ -91,30 +91,34 @@ pub struct StsParts {
     pub dpop: DpopSettings,
     /// The kill switch: this replica's deny list.
     pub deny: DenyGuard,
+    /// Verifies this STS's own tokens ([`crate::sts::revocation::own_token_verifier`]).
+    pub own_tokens: IssuerSet,
 }
 
 /// A token service. Its parts are its own: handlers and refreshers go through the
 /// methods below.
 pub struct Sts {
-    issuer: String,
+    pub(crate) issuer: String,
     default_ttl: Duration,
     max_ttl: Duration,
-    trusts: TrustStore,
-    catalogue: ArcSwap<Catalogue>,
+    pub(crate) trusts: TrustStore,
+    pub(crate) catalogue: ArcSwap<Catalogue>,
     keyring: Arc<Keyring>,
     credentials: CredentialCache,
     vault: Option<Arc<Vault>>,
-    audit: AuditLog,
+    pub(crate) audit: AuditLog,
     /// Refusals before any identity is known, summarised per window.
     anonymous: RefusalWindow,
     metrics: Arc<Metrics>,
-    rate_limiter: IdentityRateLimiter,
+    pub(crate) rate_limiter: IdentityRateLimiter,
     dpop: DpopSettings,
     /// Checks proofs and remembers their `jti`s.
-    proofs: DpopVerifier,
+    pub(crate) proofs: DpopVerifier,
     /// `{issuer}/token`: the `htu` proofs must name.
     token_url: String,
-    deny: DenyGuard,
+    pub(crate) deny: DenyGuard,
+    /// Verifies the access tokens this STS minted (revocation, introspection).
+    pub(crate) own_tokens: IssuerSet,
 }
 
 impl std::fmt::Debug for Sts {
@@ -230,6 +234,7 @@ impl Sts {
             }),
             dpop: parts.dpop,
             deny: parts.deny,
+            own_tokens: parts.own_tokens,
         }
     }
 
@@ -791,6 +796,12 @@ credential = "integrations/missing"
             let deny_audit = self.dir.path().join(format!("deny-{}.log", rand_suffix()));
             deny.refresh(unix_now(), &AuditLog::open(&deny_audit).unwrap())
                 .await;
+            let own_tokens = crate::sts::revocation::own_token_verifier(
+                STS,
+                keyring.clone(),
+                &Limits::default(),
+            )
+            .unwrap();
             Sts::new(StsParts {
                 issuer: STS.into(),
                 default_ttl: Duration::from_secs(300),
@@ -809,6 +820,7 @@ credential = "integrations/missing"
                     max_age: Duration::from_secs(60),
                 },
                 deny,
+                own_tokens,
             })
         }
     }

@@ -32,6 +32,7 @@ use crate::identity::unix_now;
 use crate::secret::DpopProof;
 use crate::sts::exchange::Sts;
 use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
+use crate::sts::revocation;
 use crate::sts::token_exchange::{self, GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE};
 
 /// What the handlers share.
@@ -62,6 +63,7 @@ pub fn router(state: AppState, public_metrics: bool) -> Router {
         )
         .route("/.well-known/jwks.json", get(jwks))
         .route(agent_sts_verifier::deny::FEED_PATH, get(deny_feed))
+        .route("/revoke", post(revoke).fallback(wrong_method))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -187,8 +189,59 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
+/// The transport rules of every form endpoint (`/token`, `/revoke`, `/introspect`):
+/// nothing in the query string (tokens are never read from URLs), and a form body.
+fn form_transport(parts: &axum::http::request::Parts) -> Result<(), Rejection> {
+    if parts.uri.query().is_some() {
+        return Err(Rejection::ParametersInUrl);
+    }
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form {
+        Ok(())
+    } else {
+        Err(Rejection::UnsupportedMediaType)
+    }
+}
+
+/// RFC 7009 `POST /revoke`: the caller's own token in `Authorization` (with its DPoP
+/// proof when bound), the token to end in the form; 200 with no body.
+async fn revoke(State(state): State<AppState>, request: Request) -> Response {
+    let now = unix_now();
+    let (parts, body) = request.into_parts();
+    let result = async {
+        form_transport(&parts)?;
+        let caller =
+            agent_sts_verifier::layer::presented_token(&parts.headers, state.max_token_bytes)
+                .map_err(|_| Rejection::InvalidClient)?;
+        let bytes = read_body(body, state.max_body_bytes).await?;
+        let token = revocation::token_parameter(&bytes, state.max_token_bytes)?;
+        state.sts.revoke(caller, &token, now).await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let mut response = StatusCode::OK.into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
 /// `DPoP-Nonce` (RFC 9449 §8.1).
 const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
+
+async fn wrong_method() -> Response {
+    Rejection::MethodNotAllowed.into_response()
+}
 
 async fn token_wrong_method(State(state): State<AppState>) -> Response {
     state
@@ -203,23 +256,9 @@ async fn read_exchange(
     request: Request,
 ) -> Result<token_exchange::ExchangeRequest, Rejection> {
     let (parts, body) = request.into_parts();
-    if parts.uri.query().is_some() {
-        return Err(Rejection::ParametersInUrl);
-    }
+    form_transport(&parts)?;
     if parts.headers.contains_key(header::AUTHORIZATION) {
         return Err(Rejection::ClientAuthentication);
-    }
-    let form = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !form {
-        return Err(Rejection::UnsupportedMediaType);
     }
     let dpop = agent_sts_verifier::layer::dpop_proof(&parts.headers)
         .map_err(|_| Rejection::InvalidDpopProof)?
@@ -291,6 +330,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "issuer": state.sts.issuer(),
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{issuer}/revoke"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],

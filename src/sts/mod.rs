@@ -5,6 +5,7 @@
 //! - [`exchange`]: the decision, step by step, and its audit record;
 //! - [`mint`]: the RFC 9068 access token;
 //! - [`rate_limit`]: per verified agent;
+//! - [`revocation`]: RFC 7009 `POST /revoke`, and checking tokens this STS minted;
 //! - [`oauth_error`]: the RFC 6749 §5.2 error table (no HTTP);
 //! - [`http`]: the axum router, thin handlers and protective layers (the only place
 //!   that turns a refusal into a response);
@@ -19,6 +20,7 @@ pub mod http;
 pub mod mint;
 pub mod oauth_error;
 pub mod rate_limit;
+pub mod revocation;
 pub mod token_exchange;
 
 pub use app::{App, build, trust_directory};

@@ -93,6 +93,13 @@ pub enum Rejection {
     DenyListUnavailable,
     /// The client tried to authenticate (HTTP Basic, `client_secret`): not supported.
     ClientAuthentication,
+    /// `/revoke`, `/introspect`: the caller's own token (or workload token) is missing,
+    /// invalid, or not allowed here.
+    InvalidClient,
+    /// `/revoke`: the token was issued to another agent.
+    NotYourToken,
+    /// `/revoke`, `/introspect`: no `token` parameter.
+    MissingTokenParameter,
     /// The caller's identity is over its rate limit.
     RateLimited,
     /// No signing key can be used right now.
@@ -122,7 +129,7 @@ impl Rejection {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ClientAuthentication => StatusCode::UNAUTHORIZED,
+            ClientAuthentication | InvalidClient => StatusCode::UNAUTHORIZED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SigningKeyUnavailable
             | SecretStoreUnavailable
@@ -146,7 +153,8 @@ impl Rejection {
             InvalidAssertion | AssertionReplayed => "invalid_grant",
             InvalidDpopProof => "invalid_dpop_proof",
             UseDpopNonce => "use_dpop_nonce",
-            ClientAuthentication => "invalid_client",
+            ClientAuthentication | InvalidClient => "invalid_client",
+            NotYourToken => "unauthorized_client",
             RateLimited
             | SigningKeyUnavailable
             | SecretStoreUnavailable
@@ -203,6 +211,9 @@ impl Rejection {
             InvalidDpopProof => "the DPoP proof is missing, repeated or invalid",
             UseDpopNonce => "a DPoP proof with the server's current nonce is required",
             Denied => "the request is refused by policy",
+            InvalidClient => "the caller's credential is missing, invalid or not allowed here",
+            NotYourToken => "the token was issued to another client",
+            MissingTokenParameter => "token is missing",
             DenyListUnavailable => "the deny list cannot be read; retry later",
             ClientAuthentication => {
                 "client authentication is not supported: authenticate with the subject_token"
@@ -252,6 +263,9 @@ impl Rejection {
             InvalidDpopProof => "invalid_dpop_proof",
             UseDpopNonce => "use_dpop_nonce",
             Denied => "denied",
+            InvalidClient => "invalid_client",
+            NotYourToken => "not_your_token",
+            MissingTokenParameter => "missing_token",
             DenyListUnavailable => "deny_list_unavailable",
             ClientAuthentication => "client_authentication",
             RateLimited => "rate_limited",

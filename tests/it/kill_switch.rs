@@ -418,8 +418,8 @@ async fn a_malformed_deny_list_keeps_the_last_good_one_then_fails_closed() {
 }
 
 /// The same against Vault KV v2, whose `cas` makes each write conditional in Vault:
-/// eight operators at once under the shipped deny policy, no entry lost; the serve
-/// policy cannot write the list.
+/// eight operators at once under the shipped deny policy, no entry lost; and a
+/// revocation written by the STS under the shipped serve policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deny_adds_in_vault_lose_no_entry() {
     let vault = OpenBao::start().await;
@@ -450,13 +450,155 @@ async fn concurrent_deny_adds_in_vault_lose_no_entry() {
     kept.sort();
     assert_eq!(kept, ids);
 
-    let serve = sts.config_path.to_str().unwrap();
-    let out = run(
-        &["deny", "add", "--config", serve, "--jti", "x"],
-        std::path::Path::new("/"),
-    );
+    let token = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await
+        .token();
+    let r = revoke(&sts, "Bearer", &token, None, &token).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let stored = vault.read("agent-sts/deny-list").await.unwrap();
+    assert_eq!(stored["entries"].as_array().unwrap().len(), 9);
     assert!(
-        !out.status.success(),
-        "the serve policy wrote the deny list"
+        stored
+            .to_string()
+            .contains(claims_of(&token)["jti"].as_str().unwrap())
     );
+}
+
+/// `POST /revoke` with `token` in the form and the caller's own token in
+/// `Authorization` (`scheme` `Bearer` or `DPoP`, with `proof`).
+async fn revoke(
+    sts: &TestSts,
+    scheme: &str,
+    caller: &str,
+    proof: Option<&str>,
+    token: &str,
+) -> Reply {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .append_pair("token_type_hint", "access_token")
+        .finish();
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/revoke", sts.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("{scheme} {caller}"))
+        .body(body);
+    if let Some(p) = proof {
+        request = request.header("DPoP", p);
+    }
+    reply(request.send().await.unwrap()).await
+}
+
+/// RFC 7009: an agent ends its own token (every verifier refuses it within the kill
+/// switch's bound; the entry drops out at the token's `exp`); another agent's token is
+/// refused; an invalid token is answered 200 with nothing done; a caller without a
+/// token of ours is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_revokes_its_own_token_and_only_its_own() {
+    let (sts, issuers, shim, config) = file_world("", "").await;
+    let token = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    let spare = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    let other_agent = sts
+        .exchange_for(&issuers.k8s_token("planner"), "docs.read")
+        .await
+        .token();
+    assert_eq!(shim_status(&shim, &token).await, 200);
+
+    // Another agent's token: refused, and it keeps working.
+    let r = revoke(&sts, "Bearer", &token, None, &other_agent).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (400, "unauthorized_client"),
+        "{r:?}"
+    );
+    // Not a token of ours: 200, nothing written.
+    let r = revoke(&sts, "Bearer", &token, None, "not.a.token").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let listed: Value = serde_json::from_str(&deny(&config, &["list", "--json"])).unwrap();
+    assert_eq!(listed["entries"], json!([]));
+    // No caller token, or one that is not ours.
+    for caller in ["", &issuers.k8s_token("triage")] {
+        let r = revoke(&sts, "Bearer", caller, None, &token).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (401, "invalid_client"),
+            "{r:?}"
+        );
+    }
+
+    // The agent ends its token, presenting it.
+    let r = revoke(&sts, "Bearer", &token, None, &token).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let refused =
+        crate::vault::eventually(5, || async { shim_status(&shim, &token).await == 401 }).await;
+    assert!(refused, "a revoked token still works at the shim");
+    assert_eq!(
+        shim_status(&shim, &spare).await,
+        200,
+        "revoking one token stopped another"
+    );
+    let listed: Value = serde_json::from_str(&deny(&config, &["list", "--json"])).unwrap();
+    let entry = &listed["entries"][0];
+    let claims = claims_of(&token);
+    assert_eq!(entry["kind"], "jti");
+    assert_eq!(entry["jti"], claims["jti"]);
+    assert_eq!(entry["until"], json!(claims["exp"].as_u64().unwrap() + 1));
+    assert_eq!(entry["added_by"], claims["client_id"]);
+    // Another token of the same agent can end the spare one.
+    let fresh = crate::shim::access_token(&sts, &issuers, "github.issues.create").await;
+    assert_eq!(
+        revoke(&sts, "Bearer", &fresh, None, &spare).await.status,
+        200
+    );
+    let audit = audit_lines(&sts.dir.path().join("audit.log"));
+    let revoked: Vec<&Value> = audit.iter().filter(|l| l["reason"] == "revoked").collect();
+    assert_eq!(revoked.len(), 2, "{audit:?}");
+    assert!(audit.iter().any(|l| l["reason"] == "not_your_token"));
+}
+
+/// A DPoP-bound token revokes only with its key's proof for `{issuer}/revoke`: a
+/// copied bound token cannot end anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_token_is_revoked_only_with_its_proof() {
+    let (sts, issuers, _shim, _config) = file_world("", "").await;
+    let key = agent_sts_testkit::DpopKey::new();
+    let token_url = format!("{STS_ISSUER}/token");
+    let bound = reply(
+        reqwest::Client::new()
+            .post(format!("{}/token", sts.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("DPoP", key.proof("POST", &token_url, None, None))
+            .body(exchange_form(&issuers.k8s_token("triage"), "docs.read"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .token();
+    let revoke_url = format!("{STS_ISSUER}/revoke");
+    let thief = agent_sts_testkit::DpopKey::new();
+    for (scheme, proof) in [
+        ("Bearer", None),
+        ("DPoP", None),
+        (
+            "DPoP",
+            Some(thief.proof("POST", &revoke_url, Some(&bound), None)),
+        ),
+        (
+            "DPoP",
+            Some(key.proof("POST", &token_url, Some(&bound), None)),
+        ),
+    ] {
+        let r = revoke(&sts, scheme, &bound, proof.as_deref(), &bound).await;
+        assert!(
+            r.status == 401 || r.status == 400,
+            "{scheme} {proof:?}: {r:?}"
+        );
+    }
+    let proof = key.proof("POST", &revoke_url, Some(&bound), None);
+    let r = revoke(&sts, "DPoP", &bound, Some(&proof), &bound).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let again = revoke(&sts, "DPoP", &bound, Some(&proof), &bound).await;
+    assert_ne!(again.status, 200, "a replayed proof was accepted");
 }

@@ -24,7 +24,7 @@ use crate::deny::{
 };
 use crate::dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, ProofTarget};
 use crate::error::JwtError;
-use crate::issuers::{IssuerConfig, IssuerSet, Limits};
+use crate::issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
 use crate::jose::Algorithm;
 use crate::jwks::KeySource;
 
@@ -454,7 +454,14 @@ impl Verifier {
     }
 
     async fn verify_signed(&self, token: &str, now: u64) -> Result<AccessToken, VerifyError> {
-        let verified = self.issuers.verify(token, now).await?;
+        AccessToken::from_verified(&*self.issuers.verify(token, now).await?)
+    }
+}
+
+impl AccessToken {
+    /// The access token a verified JWT is: `typ` `at+jwt`, one action in `scope`,
+    /// `client_id` and `jti` present, `act` and `cnf` well-formed when present.
+    pub fn from_verified(verified: &VerifiedJwt) -> Result<AccessToken, VerifyError> {
         let typ = verified.typ.as_deref().unwrap_or("").to_ascii_lowercase();
         if typ != "at+jwt" && typ != "application/at+jwt" {
             return Err(VerifyError::NotAccessToken);

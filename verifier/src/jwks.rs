@@ -35,7 +35,34 @@ pub enum KeySource {
     Uri(reqwest::Url),
     /// Read from a file (e.g. a Kubernetes cluster's exported JWKS).
     File(PathBuf),
+    /// Held by this process (the STS checking tokens it minted itself).
+    Local(LocalJwks),
 }
+
+/// A JWK set this process holds, read through a function at each refresh.
+#[derive(Clone)]
+pub struct LocalJwks(Arc<dyn Fn() -> Vec<u8> + Send + Sync>);
+
+impl LocalJwks {
+    /// `jwks` returns the current JWK set document.
+    pub fn new(jwks: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Self {
+        LocalJwks(Arc::new(jwks))
+    }
+}
+
+impl std::fmt::Debug for LocalJwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalJwks")
+    }
+}
+
+impl PartialEq for LocalJwks {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LocalJwks {}
 
 impl KeySource {
     /// A `jwks_uri` (see [`parse_jwks_uri`]).
@@ -260,6 +287,7 @@ impl JwksCache {
                 .await
                 .map(|bytes| (bytes, None))
                 .map_err(|_| JwksError::File),
+            KeySource::Local(jwks) => Ok(((jwks.0)(), None)),
         }
         .and_then(|(bytes, max_age)| Ok((parse_jwks(&bytes, &self.allowed)?, max_age)));
         if let Some(observe) = &self.observer {

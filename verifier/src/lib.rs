@@ -49,7 +49,7 @@ pub use dpop::{DpopError, DpopRules, DpopVerifier, NonceSource, Proof, ProofTarg
 pub use error::{JwksError, JwtError};
 pub use issuers::{IssuerConfig, IssuerSet, Limits, VerifiedJwt};
 pub use jose::Algorithm;
-pub use jwks::KeySource;
+pub use jwks::{KeySource, LocalJwks};
 #[cfg(feature = "tower")]
 pub use layer::RequireAccessToken;
 
