@@ -116,6 +116,8 @@ struct RawConfig {
     #[serde(default)]
     deny: RawDeny,
     #[serde(default)]
+    introspection: Vec<RawIntrospection>,
+    #[serde(default)]
     secrets: RawSecrets,
     vault: Option<RawVault>,
     #[serde(default)]
@@ -164,6 +166,13 @@ struct RawKeys {
     refresh_interval: Option<String>,
     publish_lead: Option<String>,
     jwks_max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    callers: Vec<String>,
+    audiences: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +306,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub keys: KeysConfig,
     pub deny: DenyConfig,
+    /// Who may call `POST /introspect`, and about which audiences.
+    pub introspection: Vec<IntrospectionGrant>,
     pub secrets: SecretsConfig,
     pub vault: Option<VaultConfig>,
     pub trusts: Vec<TrustConfig>,
@@ -342,6 +353,15 @@ pub struct KeysConfig {
     pub refresh_interval: Duration,
     pub publish_lead: Duration,
     pub jwks_max_age: Duration,
+}
+
+/// One `[[introspection]]` entry: services whose workload identity matches one of
+/// `callers` (`TRUST:PATTERN`, checked against the trusts when the STS is built) may
+/// introspect tokens for `audiences`.
+#[derive(Debug, Clone)]
+pub struct IntrospectionGrant {
+    pub callers: Vec<String>,
+    pub audiences: Vec<String>,
 }
 
 /// The kill switch (`[deny]`): where the deny list lives (beside the keyring) and how
@@ -1020,6 +1040,27 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         return Err(c.err("deny.vault_path", "only with keys.store = \"vault\""));
     }
 
+    // [[introspection]]
+    let mut introspection = Vec::with_capacity(raw.introspection.len());
+    for (i, grant) in raw.introspection.into_iter().enumerate() {
+        if grant.callers.is_empty() {
+            return Err(c.err(
+                &format!("introspection[{i}].callers"),
+                "must name at least one TRUST:PATTERN",
+            ));
+        }
+        if grant.audiences.is_empty() || grant.audiences.iter().any(String::is_empty) {
+            return Err(c.err(
+                &format!("introspection[{i}].audiences"),
+                "must name at least one audience",
+            ));
+        }
+        introspection.push(IntrospectionGrant {
+            callers: grant.callers,
+            audiences: grant.audiences,
+        });
+    }
+
     let secrets = validate_secrets(&c, &raw.secrets)?;
 
     // [vault]
@@ -1180,6 +1221,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             jwks_max_age,
         },
         deny,
+        introspection,
         secrets,
         vault,
         trusts,

@@ -214,6 +214,16 @@ impl DenyGuard {
         }
     }
 
+    /// The id of the first entry in force at `now` that stops `token` (one of ours),
+    /// matched as verifiers match it.
+    pub fn refusal(&self, token: &agent_sts_verifier::AccessToken, now: u64) -> Option<String> {
+        let held = self.held.load();
+        held.list
+            .in_force(now)
+            .find(|e| self.published(&e.rule).refuses(token))
+            .map(|e| e.rule.id.clone())
+    }
+
     /// The signed feed at `now`, or `None` when the list is stale or no key signs.
     pub fn feed(&self, keyring: &Keyring, now: u64) -> Option<Arc<str>> {
         if !self.fresh(now) {

@@ -139,6 +139,11 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         &config.limits.verification(),
     )
     .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
+    let introspection = crate::sts::introspection::IntrospectionPolicy::new(
+        &config.introspection,
+        &directory,
+        &config.source,
+    )?;
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let credentials = CredentialCache::new(stores.secrets.clone(), ttl);
     let reload_counters = catalogue::ReloadCounters {
@@ -167,6 +172,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         },
         deny,
         own_tokens,
+        introspection,
     });
     Ok(App {
         state: AppState {

@@ -93,6 +93,8 @@ pub struct StsParts {
     pub deny: DenyGuard,
     /// Verifies this STS's own tokens ([`crate::sts::revocation::own_token_verifier`]).
     pub own_tokens: IssuerSet,
+    /// Who may introspect which audiences.
+    pub introspection: crate::sts::introspection::IntrospectionPolicy,
 }
 
 /// A token service. Its parts are its own: handlers and refreshers go through the
@@ -119,6 +121,7 @@ pub struct Sts {
     pub(crate) deny: DenyGuard,
     /// Verifies the access tokens this STS minted (revocation, introspection).
     pub(crate) own_tokens: IssuerSet,
+    pub(crate) introspection: crate::sts::introspection::IntrospectionPolicy,
 }
 
 impl std::fmt::Debug for Sts {
@@ -235,6 +238,7 @@ impl Sts {
             dpop: parts.dpop,
             deny: parts.deny,
             own_tokens: parts.own_tokens,
+            introspection: parts.introspection,
         }
     }
 
@@ -821,6 +825,7 @@ credential = "integrations/missing"
                 },
                 deny,
                 own_tokens,
+                introspection: Default::default(),
             })
         }
     }

@@ -29,7 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::identity::unix_now;
-use crate::secret::DpopProof;
+use crate::secret::{DpopProof, SubjectToken};
 use crate::sts::exchange::Sts;
 use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
 use crate::sts::revocation;
@@ -64,6 +64,7 @@ pub fn router(state: AppState, public_metrics: bool) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route(agent_sts_verifier::deny::FEED_PATH, get(deny_feed))
         .route("/revoke", post(revoke).fallback(wrong_method))
+        .route("/introspect", post(introspect).fallback(wrong_method))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -236,6 +237,34 @@ async fn revoke(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
+/// RFC 7662 `POST /introspect`: the calling service's workload token in
+/// `Authorization: Bearer`, the token to look at in the form; the answer as JSON.
+async fn introspect(State(state): State<AppState>, request: Request) -> Response {
+    let now = unix_now();
+    let (parts, body) = request.into_parts();
+    let result = async {
+        form_transport(&parts)?;
+        let caller =
+            match agent_sts_verifier::layer::presented_token(&parts.headers, state.max_token_bytes)
+            {
+                Ok(agent_sts_verifier::Presented::Bearer(t)) => SubjectToken::new(t.to_string()),
+                _ => return Err(state.sts.refuse(Rejection::InvalidClient)),
+            };
+        let bytes = read_body(body, state.max_body_bytes).await?;
+        let token = revocation::token_parameter(&bytes, state.max_token_bytes)?;
+        state.sts.introspect(&caller, &token, now).await
+    }
+    .await;
+    match result {
+        Ok(answer) => {
+            let mut response = (StatusCode::OK, axum::Json(answer)).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
 /// `DPoP-Nonce` (RFC 9449 §8.1).
 const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
 
@@ -331,6 +360,7 @@ async fn metadata(State(state): State<AppState>) -> Response {
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{issuer}/revoke"),
+        "introspection_endpoint": format!("{issuer}/introspect"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],

@@ -6,6 +6,7 @@
 //! - [`mint`]: the RFC 9068 access token;
 //! - [`rate_limit`]: per verified agent;
 //! - [`revocation`]: RFC 7009 `POST /revoke`, and checking tokens this STS minted;
+//! - [`introspection`]: RFC 7662 `POST /introspect` for the services allowed to ask;
 //! - [`oauth_error`]: the RFC 6749 §5.2 error table (no HTTP);
 //! - [`http`]: the axum router, thin handlers and protective layers (the only place
 //!   that turns a refusal into a response);
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod exchange;
 pub mod http;
+pub mod introspection;
 pub mod mint;
 pub mod oauth_error;
 pub mod rate_limit;

@@ -602,3 +602,171 @@ async fn a_bound_token_is_revoked_only_with_its_proof() {
     let again = revoke(&sts, "DPoP", &bound, Some(&proof), &bound).await;
     assert_ne!(again.status, 200, "a replayed proof was accepted");
 }
+
+/// The STS with one `[[introspection]]` grant: the `docs-reader` service may ask about
+/// `docs.internal` and `salesforce-shim.internal` tokens.
+async fn introspection_world() -> (TestSts, Issuers) {
+    let issuers = Issuers::start().await;
+    let extra = format!(
+        "{}\n[[introspection]]\ncallers = [\"k8s-prod:system:serviceaccount:agents:docs-reader\"]\naudiences = [\"{DOCS}\", \"https://salesforce-shim.internal\"]\n",
+        deny_section("")
+    );
+    let sts = TestSts::start(&issuers.specs(), SCOPES, &extra).await;
+    (sts, issuers)
+}
+
+async fn introspect(sts: &TestSts, caller: &str, token: &str) -> Reply {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .finish();
+    reply(
+        reqwest::Client::new()
+            .post(format!("{}/introspect", sts.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", format!("Bearer {caller}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// RFC 7662: an allowed service learns the claims of an active token of its
+/// audiences (the `act` chain and `cnf` included, never the token); everything else
+/// (another audience, malformed, revoked, denied) is `{"active": false}` with no
+/// reason; a caller that is not allowed, or not a workload, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_answers_allowed_callers_about_their_audiences_only() {
+    let (sts, issuers) = introspection_world().await;
+    let reader = issuers.k8s_token("docs-reader");
+    let agent = issuers.k8s_token("triage");
+    let docs = sts.exchange_for(&agent, "docs.read").await.token();
+
+    let r = introspect(&sts, &reader, &docs).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let answer = r.json();
+    let claims = claims_of(&docs);
+    assert_eq!(answer["active"], true);
+    for name in [
+        "scope",
+        "client_id",
+        "sub",
+        "aud",
+        "iss",
+        "exp",
+        "iat",
+        "jti",
+    ] {
+        assert_eq!(answer[name], claims[name], "{name}");
+    }
+    assert_eq!(answer["token_type"], "Bearer");
+    assert!(!r.text.contains(&docs), "the token came back");
+
+    // A bound token: its `cnf` and the DPoP type.
+    let key = agent_sts_testkit::DpopKey::ed25519();
+    let bound = reply(
+        reqwest::Client::new()
+            .post(format!("{}/token", sts.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "DPoP",
+                key.proof("POST", &format!("{STS_ISSUER}/token"), None, None),
+            )
+            .body(exchange_form(&agent, "docs.read"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .token();
+    let answer = introspect(&sts, &reader, &bound).await.json();
+    assert_eq!(
+        (&answer["token_type"], &answer["cnf"]),
+        (&json!("DPoP"), &json!({"jkt": key.thumbprint()}))
+    );
+
+    // A delegated token: the chain comes along.
+    let delegated = sts
+        .exchange_delegated(
+            &issuers.user_token("alice@sales.example.org"),
+            &issuers.k8s_token("triage"),
+            "salesforce.opportunity.update",
+        )
+        .await;
+    assert_eq!(delegated.status, 200, "{delegated:?}");
+    let answer = introspect(&sts, &reader, &delegated.token()).await.json();
+    assert_eq!(answer["active"], true);
+    assert_eq!(answer["act"], claims_of(&delegated.token())["act"]);
+
+    // Inactive, all alike.
+    let github = sts
+        .exchange_for(&agent, "github.issues.create")
+        .await
+        .token();
+    let revoked = sts.exchange_for(&agent, "docs.read").await.token();
+    assert_eq!(
+        revoke(&sts, "Bearer", &revoked, None, &revoked)
+            .await
+            .status,
+        200
+    );
+    let mut tampered = docs.clone();
+    tampered.push('A');
+    for (what, token) in [
+        ("another audience", github.as_str()),
+        ("malformed", "not.a.token"),
+        ("tampered", tampered.as_str()),
+        ("a workload token", agent.as_str()),
+        ("revoked", revoked.as_str()),
+    ] {
+        let r = introspect(&sts, &reader, token).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"active": false})),
+            "{what}"
+        );
+    }
+    let config = sts.config_path.to_str().unwrap().to_string();
+    deny(&config, &["add", "--agent", TRIAGE]);
+    let inactive = crate::vault::eventually(5, || async {
+        introspect(&sts, &reader, &docs).await.json() == json!({"active": false})
+    })
+    .await;
+    assert!(inactive, "a denied agent's token stayed active");
+
+    // Callers.
+    for (what, caller) in [
+        ("not allowed", issuers.k8s_token("triage")),
+        ("an access token", docs.clone()),
+        ("nothing", String::new()),
+    ] {
+        let r = introspect(&sts, &caller, &docs).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (401, "invalid_client"),
+            "{what}: {r:?}"
+        );
+    }
+    let audit = audit_lines(&sts.dir.path().join("audit.log"));
+    for reason in [
+        "introspected_active",
+        "introspected_inactive",
+        "introspection_not_allowed",
+    ] {
+        assert!(audit.iter().any(|l| l["reason"] == reason), "{reason}");
+    }
+    let metadata = sts
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(
+        metadata["introspection_endpoint"],
+        format!("{STS_ISSUER}/introspect")
+    );
+    assert_eq!(
+        metadata["revocation_endpoint"],
+        format!("{STS_ISSUER}/revoke")
+    );
+}
