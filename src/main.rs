@@ -551,6 +551,7 @@ fn action_json(a: &catalogue::Action) -> serde_json::Value {
         "subjects": a.subjects.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "credential": a.credential,
         "sender_constraint": a.sender_constraint.map(|s| s.as_str()),
+        "delegable_to": a.delegable_to,
         "request": a.request.as_ref().map(|r| serde_json::json!({
             "method": r.method,
             "path": r.path.as_str(),

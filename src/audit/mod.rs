@@ -210,6 +210,8 @@ pub struct ProxiedCall<'a> {
     pub client_id: Option<&'a str>,
     /// `act.sub`, when delegated.
     pub actor: Option<&'a str>,
+    /// The whole `act` chain, when delegated (newest actor outermost).
+    pub act: Option<&'a agent_sts_verifier::Actor>,
     /// `scope`: the action.
     pub action: Option<&'a str>,
     /// `jti` of the access token.
@@ -1160,6 +1162,7 @@ mod tests {
                 issuer: Some("https://sts.example"),
                 client_id: Some("k8s:agent"),
                 actor: None,
+                act: None,
                 action: Some("docs.read"),
                 jti: Some("j1"),
                 method: "GET",

@@ -40,6 +40,7 @@ struct RawAction {
     subjects: Option<Spanned<Vec<Spanned<String>>>>,
     credential: Option<Spanned<String>>,
     sender_constraint: Option<Spanned<String>>,
+    delegable_to: Option<Vec<Spanned<String>>>,
     request: Option<RawRequest>,
 }
 
@@ -98,6 +99,9 @@ pub(super) struct Loader<'t> {
     actions: BTreeMap<String, Action>,
     /// Where each valid name was first defined (the line of its `name` key).
     names: BTreeMap<String, Location>,
+    /// `delegable_to` entries, checked against the whole catalogue at the end:
+    /// (action, index, named action, where).
+    delegable: Vec<(String, usize, String, Location)>,
     pub(super) errors: Vec<CatalogueError>,
 }
 
@@ -107,11 +111,31 @@ impl<'t> Loader<'t> {
             trusts,
             actions: BTreeMap::new(),
             names: BTreeMap::new(),
+            delegable: Vec::new(),
             errors: Vec::new(),
         }
     }
 
-    pub(super) fn finish(self) -> (Catalogue, Vec<CatalogueError>) {
+    /// The catalogue, once every `delegable_to` names an action of the same audience
+    /// (a sub-agent's token never reaches further than its parent's).
+    pub(super) fn finish(mut self) -> (Catalogue, Vec<CatalogueError>) {
+        for (action, i, named, at) in std::mem::take(&mut self.delegable) {
+            let problem = match (self.actions.get(&action), self.actions.get(&named)) {
+                (Some(_), None) => Problem::UnknownDelegable { name: named },
+                (Some(from), Some(to)) if from.audience != to.audience => {
+                    Problem::DelegableAudience {
+                        name: named,
+                        audience: to.audience.clone(),
+                    }
+                }
+                _ => continue,
+            };
+            self.errors.push(CatalogueError::Invalid {
+                at,
+                key: format!("delegable_to[{i}]"),
+                problem,
+            });
+        }
         (
             Catalogue {
                 actions: self.actions,
@@ -223,6 +247,19 @@ impl<'t> Loader<'t> {
                     }),
             ),
         };
+        let mut delegable_to = Vec::new();
+        for (i, entry) in raw.delegable_to.iter().flatten().enumerate() {
+            match validate_name(entry.get_ref()) {
+                Ok(named) => {
+                    if let Ok(from) = validate_name(raw.name.get_ref()) {
+                        self.delegable
+                            .push((from, i, named.clone(), site.location(entry.span())));
+                    }
+                    delegable_to.push(named);
+                }
+                Err(p) => errs.push(site.invalid(entry.span(), format!("delegable_to[{i}]"), p)),
+            }
+        }
         if raw.agents.get_ref().is_empty() {
             errs.push(site.invalid(raw.agents.span(), "agents", Problem::EmptyList));
         }
@@ -268,6 +305,7 @@ impl<'t> Loader<'t> {
             credential: credential?,
             request: request?,
             sender_constraint: sender_constraint?,
+            delegable_to,
             source,
         };
         for pattern in action.agents.iter().chain(&action.subjects) {

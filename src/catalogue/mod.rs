@@ -146,6 +146,9 @@ pub struct Action {
     pub request: Option<RequestShape>,
     /// `sender_constraint`; `None` takes the STS's `tokens.sender_constraint`.
     pub sender_constraint: Option<SenderConstraint>,
+    /// Actions a holder of a token for this one may hand to a sub-agent (RFC 8693
+    /// §4.1 chains): each of the same audience, checked at load.
+    pub delegable_to: Vec<String>,
     /// The line of the `[[action]]` header.
     pub source: Location,
 }
@@ -200,6 +203,12 @@ pub enum Problem {
     },
     #[error("header {value:?} cannot be forwarded: {reason}")]
     InvalidHeader { value: String, reason: &'static str },
+    #[error("no action {name:?} in the catalogue")]
+    UnknownDelegable { name: String },
+    #[error(
+        "action {name:?} is for another audience ({audience:?}): a sub-agent's token never reaches further than its parent's"
+    )]
+    DelegableAudience { name: String, audience: String },
 }
 
 /// A catalogue that could not be loaded. Apart from the two I/O variants, each

@@ -1433,3 +1433,46 @@ fn twenty_thousand_actions_load() {
         "scopes/c.toml:2: name: action \"svc19999.read\" is already defined at scopes/b.toml:79994"
     );
 }
+
+#[test]
+fn delegable_to_names_actions_of_the_same_audience() {
+    let a = |name: &str, audience: &str, delegable: &str| {
+        format!(
+            "[[action]]\nname = \"{name}\"\naudience = \"{audience}\"\nagents = [\"k8s-prod:a\"]\ndelegable_to = [{delegable}]\n\n"
+        )
+    };
+    let good = format!(
+        "{}{}",
+        a("gh.write", "https://gh", "\"gh.read\""),
+        a("gh.read", "https://gh", "\"gh.read\"")
+    );
+    let (_dir, loaded) = load(&[("a.toml", &good)]);
+    let catalogue = loaded.unwrap();
+    assert_eq!(catalogue.get("gh.write").unwrap().delegable_to, ["gh.read"]);
+
+    for (text, want) in [
+        (
+            a("gh.write", "https://gh", "\"gh.nope\""),
+            "delegable_to[0]: no action \"gh.nope\" in the catalogue",
+        ),
+        (
+            format!(
+                "{}{}",
+                a("gh.write", "https://gh", "\"docs.read\""),
+                a("docs.read", "https://docs", "")
+            ),
+            "delegable_to[0]: action \"docs.read\" is for another audience",
+        ),
+        (
+            a("gh.write", "https://gh", "\"Not An Action\""),
+            "delegable_to[0]: invalid action name",
+        ),
+    ] {
+        let (_dir, loaded) = load(&[("a.toml", &text)]);
+        let got = match loaded {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("loaded: {text}"),
+        };
+        assert!(got.contains(want), "got {got:?}, want {want:?}");
+    }
+}

@@ -155,6 +155,7 @@ struct RawTokens {
     sender_constraint: Option<String>,
     dpop_nonces: Option<bool>,
     dpop_max_age: Option<String>,
+    max_delegation_depth: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,6 +338,8 @@ pub struct TokensConfig {
     pub sender_constraint: SenderConstraint,
     /// Whether DPoP proofs at `/token` must carry a server nonce (RFC 9449 §8).
     pub dpop_nonces: bool,
+    /// Most actors an `act` chain may hold (a sub-agent's token from a parent's).
+    pub max_delegation_depth: usize,
     /// How old a DPoP proof's `iat` may be.
     pub dpop_max_age: Duration,
 }
@@ -1212,6 +1215,12 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             algorithm,
             sender_constraint,
             dpop_nonces: raw.tokens.dpop_nonces.unwrap_or(false),
+            max_delegation_depth: c.positive(
+                "tokens.max_delegation_depth",
+                raw.tokens.max_delegation_depth,
+                3,
+                agent_sts_verifier::access_token::MAX_ACTOR_DEPTH as i64,
+            )? as usize,
             dpop_max_age,
         },
         keys: KeysConfig {

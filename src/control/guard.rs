@@ -214,6 +214,24 @@ impl DenyGuard {
         }
     }
 
+    /// The verdict for an agent acting (not the subject of the request) for `action`:
+    /// `--agent` and `--action` entries.
+    pub fn check_agent(&self, agent: &Principal<'_>, action: &str, now: u64) -> DenyCheck {
+        if !self.fresh(now) {
+            return DenyCheck::Unavailable;
+        }
+        let held = self.held.load();
+        let hit = held.list.in_force(now).find(|e| match &e.rule.target {
+            DenyTarget::Action { action: a } => a == action,
+            DenyTarget::Agent(rule) => identity_matches(rule, agent),
+            DenyTarget::Subject(_) | DenyTarget::Jti { .. } => false,
+        });
+        match hit {
+            Some(entry) => DenyCheck::Denied(entry.rule.id.clone()),
+            None => DenyCheck::Allowed,
+        }
+    }
+
     /// The id of the first entry in force at `now` that stops `token` (one of ours),
     /// matched as verifiers match it.
     pub fn refusal(&self, token: &agent_sts_verifier::AccessToken, now: u64) -> Option<String> {

@@ -470,6 +470,7 @@ impl Shim {
             issuer: token.map(|t| t.issuer.as_str()),
             client_id: token.map(|t| t.client_id.as_str()),
             actor: token.and_then(|t| t.actor.as_ref()).map(|a| a.sub.as_str()),
+            act: token.and_then(|t| t.actor.as_ref()),
             action: token.map(|t| t.action.as_str()),
             jti: token.map(|t| t.jti.as_str()),
             method: method.as_str(),

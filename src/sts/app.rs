@@ -173,6 +173,7 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         deny,
         own_tokens,
         introspection,
+        max_delegation_depth: config.tokens.max_delegation_depth,
     });
     Ok(App {
         state: AppState {

@@ -45,7 +45,7 @@ use crate::store::vault::Vault;
 use crate::sts::mint::{Actor, Grant, MintError, mint};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
-use crate::sts::token_exchange::{ExchangeRequest, GrantType};
+use crate::sts::token_exchange::{ExchangeRequest, GrantType, SubjectType};
 use crate::telemetry::metrics::{ActionLabels, DenialLabels, Metrics, OTHER_ACTION};
 use agent_sts_verifier::{DpopRules, DpopVerifier, IssuerSet, NonceSource, Proof, ProofTarget};
 
@@ -95,33 +95,37 @@ pub struct StsParts {
     pub own_tokens: IssuerSet,
     /// Who may introspect which audiences.
     pub introspection: crate::sts::introspection::IntrospectionPolicy,
+    /// Most actors a delegation chain may hold.
+    pub max_delegation_depth: usize,
 }
 
 /// A token service. Its parts are its own: handlers and refreshers go through the
 /// methods below.
 pub struct Sts {
     pub(crate) issuer: String,
-    default_ttl: Duration,
-    max_ttl: Duration,
+    pub(crate) default_ttl: Duration,
+    pub(crate) max_ttl: Duration,
     pub(crate) trusts: TrustStore,
     pub(crate) catalogue: ArcSwap<Catalogue>,
-    keyring: Arc<Keyring>,
-    credentials: CredentialCache,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) credentials: CredentialCache,
     vault: Option<Arc<Vault>>,
     pub(crate) audit: AuditLog,
     /// Refusals before any identity is known, summarised per window.
     anonymous: RefusalWindow,
     metrics: Arc<Metrics>,
     pub(crate) rate_limiter: IdentityRateLimiter,
-    dpop: DpopSettings,
+    pub(crate) dpop: DpopSettings,
     /// Checks proofs and remembers their `jti`s.
     pub(crate) proofs: DpopVerifier,
     /// `{issuer}/token`: the `htu` proofs must name.
-    token_url: String,
+    pub(crate) token_url: String,
     pub(crate) deny: DenyGuard,
     /// Verifies the access tokens this STS minted (revocation, introspection).
     pub(crate) own_tokens: IssuerSet,
     pub(crate) introspection: crate::sts::introspection::IntrospectionPolicy,
+    /// Most actors a delegation chain may hold (`tokens.max_delegation_depth`).
+    pub(crate) max_delegation_depth: usize,
 }
 
 impl std::fmt::Debug for Sts {
@@ -162,18 +166,20 @@ impl Readiness {
 
 /// What is known about a request when it is decided, for the audit record.
 #[derive(Default)]
-struct Facts {
-    subject: Option<VerifiedToken>,
-    actor: Option<VerifiedToken>,
+pub(crate) struct Facts {
+    pub(crate) subject: Option<VerifiedToken>,
+    pub(crate) actor: Option<VerifiedToken>,
     /// The catalogue action, once known to exist and be granted (metric label).
-    action: Option<Arc<str>>,
+    pub(crate) action: Option<Arc<str>>,
     /// The action asked for, when it is a well-formed action name: the audit log
     /// records it even when it is unknown or not granted (never a metric label).
-    requested: Option<String>,
-    audience: Option<String>,
+    pub(crate) requested: Option<String>,
+    pub(crate) audience: Option<String>,
+    /// For a sub-agent's request: the parent token's subject (the audit's `subject`).
+    pub(crate) parent_subject: Option<String>,
 }
 
-fn principal(v: &VerifiedToken) -> Principal<'_> {
+pub(crate) fn principal(v: &VerifiedToken) -> Principal<'_> {
     Principal {
         trust: &v.trust,
         subject: &v.subject,
@@ -184,7 +190,11 @@ fn principal(v: &VerifiedToken) -> Principal<'_> {
 /// The refusal for a subject or actor token that did not verify: `invalid` (400), or
 /// 503 when the cause is ours (the issuer's keys could not be fetched and none are
 /// cached), so a client retries instead of giving up on a good token.
-fn refused_identity(error: &JwtError, which: &'static str, invalid: Rejection) -> Rejection {
+pub(crate) fn refused_identity(
+    error: &JwtError,
+    which: &'static str,
+    invalid: Rejection,
+) -> Rejection {
     if let JwtError::JwksUnavailable { .. } = error {
         tracing::warn!(token = which, error = %error, "token not checked: the issuer's keys are unavailable");
         Rejection::IssuerKeysUnavailable
@@ -210,7 +220,7 @@ fn may_act(subject: &VerifiedToken, actor: &VerifiedToken) -> bool {
 }
 
 /// `trust:subject`: an identity qualified by the trust it verified under.
-fn qualified(v: &VerifiedToken) -> String {
+pub(crate) fn qualified(v: &VerifiedToken) -> String {
     format!("{}:{}", v.trust, v.subject)
 }
 
@@ -239,6 +249,7 @@ impl Sts {
             deny: parts.deny,
             own_tokens: parts.own_tokens,
             introspection: parts.introspection,
+            max_delegation_depth: parts.max_delegation_depth,
         }
     }
 
@@ -378,7 +389,11 @@ impl Sts {
         let actor = facts.actor.as_ref().map(qualified);
         let record = Decision {
             trust: facts.subject.as_ref().map(|s| &*s.trust),
-            subject: facts.subject.as_ref().map(|s| s.subject.as_str()),
+            subject: facts
+                .subject
+                .as_ref()
+                .map(|s| s.subject.as_str())
+                .or(facts.parent_subject.as_deref()),
             actor: actor.as_deref(),
             action: facts.action.as_deref().or(facts.requested.as_deref()),
             audience: facts.audience.as_deref(),
@@ -390,8 +405,10 @@ impl Sts {
         };
         // A refusal before any identity verified is anonymous: the first of each reason
         // per window is written, the rest counted into a summary line.
-        let summarised =
-            minted.is_none() && facts.subject.is_none() && !self.anonymous.admit(reason);
+        let summarised = minted.is_none()
+            && facts.subject.is_none()
+            && facts.actor.is_none()
+            && !self.anonymous.admit(reason);
         let written = if summarised {
             Ok(())
         } else {
@@ -497,6 +514,12 @@ impl Sts {
             Some(p) => Some(self.check_proof(p, now)?),
             None => None,
         };
+
+        // A parent agent's token handed to a sub-agent: its own path, which only
+        // narrows (crate::sts::delegation).
+        if req.subject_type == SubjectType::AccessToken {
+            return self.decide_sub_delegation(req, proof, now, facts).await;
+        }
 
         // 1. Identities.
         let subject = match req.grant {
@@ -630,6 +653,7 @@ impl Sts {
         let act = actor.as_ref().map(|a| Actor {
             sub: a.subject.clone(),
             iss: a.issuer.to_string(),
+            act: None,
         });
         let not_after = match &actor {
             Some(a) => subject.expires_at.min(a.expires_at),
@@ -826,6 +850,7 @@ credential = "integrations/missing"
                 deny,
                 own_tokens,
                 introspection: Default::default(),
+                max_delegation_depth: 3,
             })
         }
     }
@@ -855,6 +880,7 @@ credential = "integrations/missing"
             _ => world.token(subject),
         };
         let request = ExchangeRequest {
+            subject_type: SubjectType::Workload,
             grant: GrantType::TokenExchange,
             subject_token,
             actor_token: None,
@@ -973,6 +999,7 @@ credential = "integrations/missing"
             )
         };
         let request = |token: SubjectToken| ExchangeRequest {
+            subject_type: SubjectType::Workload,
             grant: GrantType::JwtBearer,
             subject_token: token,
             actor_token: None,
@@ -1034,6 +1061,7 @@ credential = "integrations/missing"
         let key = agent_sts_testkit::DpopKey::new();
         let url = format!("{STS}/token");
         let request = |subject: SubjectToken, proof: &str| ExchangeRequest {
+            subject_type: SubjectType::Workload,
             grant: GrantType::TokenExchange,
             subject_token: subject,
             actor_token: None,

@@ -159,6 +159,7 @@ mod tests {
                 fingerprint: [0; 32],
             };
             let actor = Actor {
+                act: None,
                 sub: "spiffe://example.org/agent/triage".into(),
                 iss: "https://spire".into(),
             };

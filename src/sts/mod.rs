@@ -3,6 +3,7 @@
 //!
 //! - [`token_exchange`]: the RFC 8693 form, parsed into a checked request (no HTTP);
 //! - [`exchange`]: the decision, step by step, and its audit record;
+//! - [`delegation`]: a sub-agent's token from its parent's (chains that only narrow);
 //! - [`mint`]: the RFC 9068 access token;
 //! - [`rate_limit`]: per verified agent;
 //! - [`revocation`]: RFC 7009 `POST /revoke`, and checking tokens this STS minted;
@@ -16,6 +17,7 @@
 //! `audit`, `telemetry`) and `runtime`; nothing imports `sts` but `dev` and `main`.
 
 pub mod app;
+pub mod delegation;
 pub mod exchange;
 pub mod http;
 pub mod introspection;

@@ -100,6 +100,11 @@ pub enum Rejection {
     NotYourToken,
     /// `/revoke`, `/introspect`: no `token` parameter.
     MissingTokenParameter,
+    /// A sub-agent's request would make the `act` chain deeper than allowed.
+    DelegationTooDeep,
+    /// A sub-agent asked for an action its parent's action does not list in
+    /// `delegable_to`.
+    NotDelegable,
     /// The caller's identity is over its rate limit.
     RateLimited,
     /// No signing key can be used right now.
@@ -148,7 +153,9 @@ impl Rejection {
         use Rejection::*;
         match self {
             UnsupportedGrantType => "unsupported_grant_type",
-            ScopeNotOneAction | ActionNotPermitted | CredentialUnavailable => "invalid_scope",
+            ScopeNotOneAction | ActionNotPermitted | CredentialUnavailable | NotDelegable => {
+                "invalid_scope"
+            }
             InvalidTarget | ResourceNotOne => "invalid_target",
             InvalidAssertion | AssertionReplayed => "invalid_grant",
             InvalidDpopProof => "invalid_dpop_proof",
@@ -214,6 +221,8 @@ impl Rejection {
             InvalidClient => "the caller's credential is missing, invalid or not allowed here",
             NotYourToken => "the token was issued to another client",
             MissingTokenParameter => "token is missing",
+            DelegationTooDeep => "the delegation chain would be deeper than allowed",
+            NotDelegable => "the requested action cannot be delegated from the subject token's",
             DenyListUnavailable => "the deny list cannot be read; retry later",
             ClientAuthentication => {
                 "client authentication is not supported: authenticate with the subject_token"
@@ -266,6 +275,8 @@ impl Rejection {
             InvalidClient => "invalid_client",
             NotYourToken => "not_your_token",
             MissingTokenParameter => "missing_token",
+            DelegationTooDeep => "delegation_too_deep",
+            NotDelegable => "not_delegable",
             DenyListUnavailable => "deny_list_unavailable",
             ClientAuthentication => "client_authentication",
             RateLimited => "rate_limited",

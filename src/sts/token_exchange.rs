@@ -15,8 +15,10 @@
 //!   parameters are ignored (RFC 6749 §3.2), and so are the other grant's;
 //! - `grant_type` must be token exchange or jwt-bearer; client authentication
 //!   parameters are refused (the workload token is the authentication);
-//! - token exchange (RFC 8693 §2.1): `subject_token` with a JWT `subject_token_type`;
-//!   `actor_token` and `actor_token_type` together or not at all;
+//! - token exchange (RFC 8693 §2.1): `subject_token` with a JWT `subject_token_type`,
+//!   or an access token of ours (`...:access_token`, a parent agent's, handed to a
+//!   sub-agent: then `actor_token` is required); `actor_token` and `actor_token_type`
+//!   together or not at all;
 //! - jwt-bearer (RFC 7523 §2.1, as the MCP workload-identity extension profiles it):
 //!   one `assertion`, and exactly one `resource` (RFC 8707 §2; none or several is
 //!   `invalid_target`);
@@ -57,10 +59,21 @@ impl GrantType {
     }
 }
 
+/// What the subject token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectType {
+    /// A workload (or user) JWT from a configured trust.
+    Workload,
+    /// An access token this STS minted (`...:token-type:access_token`): a parent
+    /// agent's, handed to a sub-agent, which must send its own `actor_token`.
+    AccessToken,
+}
+
 /// A checked token request, either grant (see the module docs).
 #[derive(Debug)]
 pub struct ExchangeRequest {
     pub grant: GrantType,
+    pub subject_type: SubjectType,
     /// The subject token, or the jwt-bearer assertion.
     pub subject_token: SubjectToken,
     pub actor_token: Option<SubjectToken>,
@@ -153,6 +166,7 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         }
         return Ok(ExchangeRequest {
             grant,
+            subject_type: SubjectType::Workload,
             subject_token: SubjectToken::new(assertion),
             actor_token: None,
             action: action?,
@@ -162,9 +176,11 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
         });
     }
     let subject_token = s.subject_token.ok_or(Rejection::MissingSubjectToken)?;
-    if !s.subject_token_type.as_deref().is_some_and(is_jwt_type) {
-        return Err(Rejection::UnsupportedSubjectTokenType);
-    }
+    let subject_type = match s.subject_token_type.as_deref() {
+        Some(t) if is_jwt_type(t) => SubjectType::Workload,
+        Some(TOKEN_TYPE_ACCESS_TOKEN) => SubjectType::AccessToken,
+        _ => return Err(Rejection::UnsupportedSubjectTokenType),
+    };
     let actor_token = match (s.actor_token, s.actor_token_type.as_deref()) {
         (None, None) => None,
         (Some(t), Some(ty)) if is_jwt_type(ty) => Some(t),
@@ -184,8 +200,12 @@ pub fn parse(body: &[u8], max_token_bytes: usize) -> Result<ExchangeRequest, Rej
     {
         return Err(Rejection::TokenTooLarge);
     }
+    if subject_type == SubjectType::AccessToken && actor_token.is_none() {
+        return Err(Rejection::DelegationRequired);
+    }
     Ok(ExchangeRequest {
         grant,
+        subject_type,
         action: action?,
         subject_token: SubjectToken::new(subject_token),
         actor_token: actor_token.map(SubjectToken::new),

@@ -4,6 +4,7 @@
 mod attacks;
 mod catalogue_reload;
 mod cli;
+mod delegation;
 mod dpop;
 mod example;
 mod exchange;

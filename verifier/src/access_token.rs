@@ -44,11 +44,48 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 /// even an empty one, replaces them at once.
 pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(3600);
 
-/// The actor of a delegated token (RFC 8693 §4.1).
+/// The actor of a delegated token (RFC 8693 §4.1): the agent acting now, and in
+/// `act` the one it acts for when that one was itself delegated (the newest actor
+/// outermost).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Actor {
     pub sub: String,
     pub iss: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Deepest `act` nesting a token may carry.
+pub const MAX_ACTOR_DEPTH: usize = 8;
+
+impl Actor {
+    /// This actor and every one below it, newest first.
+    pub fn chain(&self) -> impl Iterator<Item = &Actor> {
+        std::iter::successors(Some(self), |a| a.act.as_deref())
+    }
+
+    /// The `act` claim, checked: `sub` and `iss` strings at every level, at most
+    /// [`MAX_ACTOR_DEPTH`] levels, nothing else read.
+    fn from_claim(act: &Value, depth: usize) -> Option<Actor> {
+        if depth >= MAX_ACTOR_DEPTH {
+            return None;
+        }
+        let field = |k: &str| {
+            act.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let inner = match act.get("act") {
+            None => None,
+            Some(inner) => Some(Box::new(Actor::from_claim(inner, depth + 1)?)),
+        };
+        Some(Actor {
+            sub: field("sub")?,
+            iss: field("iss")?,
+            act: inner,
+        })
+    }
 }
 
 /// A verified agent-sts access token.
@@ -58,7 +95,8 @@ pub struct AccessToken {
     pub issuer: String,
     /// `sub`: the agent, or the delegating user.
     pub subject: String,
-    /// `act`, when delegated: the agent acting for the subject.
+    /// `act`, when delegated: the agent acting for the subject, and below it the
+    /// chain of agents that delegated to it.
     pub actor: Option<Actor>,
     /// `scope`: the one catalogue action.
     pub action: String,
@@ -459,6 +497,11 @@ impl Verifier {
 }
 
 impl AccessToken {
+    /// Every actor of the `act` chain, newest first (none when not delegated).
+    pub fn actors(&self) -> impl Iterator<Item = &Actor> {
+        self.actor.iter().flat_map(Actor::chain)
+    }
+
     /// The access token a verified JWT is: `typ` `at+jwt`, one action in `scope`,
     /// `client_id` and `jti` present, `act` and `cnf` well-formed when present.
     pub fn from_verified(verified: &VerifiedJwt) -> Result<AccessToken, VerifyError> {
@@ -480,13 +523,7 @@ impl AccessToken {
         }
         let actor = match c.get("act") {
             None => None,
-            Some(act) => {
-                let field = |k: &str| act.get(k).and_then(Value::as_str).map(str::to_string);
-                match (field("sub"), field("iss")) {
-                    (Some(sub), Some(iss)) => Some(Actor { sub, iss }),
-                    _ => return Err(VerifyError::Claim("act")),
-                }
-            }
+            Some(act) => Some(Actor::from_claim(act, 0).ok_or(VerifyError::Claim("act"))?),
         };
         Ok(AccessToken {
             issuer: verified.issuer.to_string(),

@@ -121,10 +121,7 @@ impl DenyRule {
             DenyTarget::Agent(rule) => {
                 rule.matches_subject(token)
                     || rule.matches_client(&token.client_id)
-                    || token
-                        .actor
-                        .iter()
-                        .any(|a| rule.matches_actor(&a.iss, &a.sub))
+                    || token.actors().any(|a| rule.matches_actor(&a.iss, &a.sub))
             }
         }
     }
@@ -262,6 +259,7 @@ mod tests {
             actor: actor.map(|(iss, sub)| Actor {
                 iss: iss.into(),
                 sub: sub.into(),
+                act: None,
             }),
             action: "github.issues.create".into(),
             client_id: client_id.into(),
