@@ -770,3 +770,73 @@ async fn introspection_answers_allowed_callers_about_their_audiences_only() {
         format!("{STS_ISSUER}/revoke")
     );
 }
+
+/// The request-shape rules of `/token` hold at `/revoke` and `/introspect` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_and_introspect_refuse_bad_request_shapes() {
+    let (sts, issuers) = introspection_world().await;
+    let token = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await
+        .token();
+    let reader = issuers.k8s_token("docs-reader");
+    let http = reqwest::Client::new();
+    for (path, caller) in [("/revoke", &token), ("/introspect", &reader)] {
+        let url = format!("{}{path}", sts.url);
+        let form = "application/x-www-form-urlencoded";
+        let huge = format!("token={}", "a".repeat(20_000));
+        let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+            ("GET", http.get(&url), 405, "invalid_request"),
+            (
+                "token in the query",
+                http.post(format!("{url}?token={token}"))
+                    .header("content-type", form)
+                    .body(""),
+                400,
+                "invalid_request",
+            ),
+            (
+                "JSON body",
+                http.post(&url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+                415,
+                "invalid_request",
+            ),
+            (
+                "token twice",
+                http.post(&url)
+                    .header("content-type", form)
+                    .body(format!("token={token}&token=x")),
+                400,
+                "invalid_request",
+            ),
+            (
+                "no token",
+                http.post(&url)
+                    .header("content-type", form)
+                    .body("token_type_hint=access_token"),
+                400,
+                "invalid_request",
+            ),
+            (
+                "a token over the cap",
+                http.post(&url).header("content-type", form).body(huge),
+                400,
+                "invalid_request",
+            ),
+        ];
+        for (what, request, status, code) in cases {
+            let r = reply(request.bearer_auth(caller).send().await.unwrap()).await;
+            assert_eq!(
+                (r.status, r.error().as_str()),
+                (status, code),
+                "{path} {what}: {r:?}"
+            );
+            assert!(
+                !r.text.contains(&token),
+                "{path} {what}: the token came back"
+            );
+        }
+    }
+}

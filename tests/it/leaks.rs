@@ -104,6 +104,42 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
         ))
         .await,
     );
+    // Control after issuance: an access token of ours revoked, introspected, handed to
+    // a sub-agent; the canary as caller, parameter, parent and actor everywhere.
+    let access = post(exchange("docs.read", &canary)).await;
+    let access = access.token();
+    let to = |path: &str, auth: &str, body: String| {
+        let request = client
+            .post(format!("{}{path}", sts.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", format!("Bearer {auth}"))
+            .body(body);
+        async move { reply(request.send().await.unwrap()).await }
+    };
+    let token_form = |token: &str| form(&[("token", token)]);
+    record(to("/introspect", &canary, token_form(&access)).await);
+    record(to("/introspect", &access, token_form(&canary)).await);
+    record(to("/introspect", &canary, token_form(&tampered)).await);
+    record(to("/revoke", &canary, token_form(&access)).await);
+    record(to("/revoke", &access, token_form(&canary)).await);
+    let sub_agent = |parent: &str, actor: &str| {
+        form(&[
+            ("grant_type", GRANT),
+            ("subject_token", parent),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("actor_token", actor),
+            ("actor_token_type", JWT_TYPE),
+            ("scope", "docs.read"),
+        ])
+    };
+    record(post(sub_agent(&access, &canary)).await);
+    record(post(sub_agent(&canary, &canary)).await);
+    record(post(sub_agent(&access, &access)).await);
+    record(to("/revoke", &access, token_form(&access)).await);
+    record(to("/introspect", &canary, token_form(&access)).await);
     let query = client
         .post(format!("{}/token?subject_token={canary}", sts.url))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -121,6 +157,7 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
     record(reply(json).await);
     for path in [
         "/metrics",
+        "/deny-list",
         "/readyz",
         "/healthz",
         "/.well-known/jwks.json",
@@ -183,6 +220,19 @@ async fn no_secret_reaches_responses_logs_metrics_or_the_audit_log() {
         ("metrics", &metrics),
         ("audit log", &audit),
     ];
+    // An access token travels in its /token answer only.
+    let access_sig = access.rsplit('.').next().unwrap();
+    for (name, output) in &outputs[1..] {
+        assert!(
+            !output.contains(access_sig),
+            "{name} contains an access token"
+        );
+    }
+    let deny_list = std::fs::read_to_string(dir.path().join("keys/deny-list.json")).unwrap();
+    assert!(
+        deny_list.contains("\"jti\""),
+        "the revocation was not written: {deny_list}"
+    );
     for (name, output) in outputs {
         for secret in &secrets {
             assert!(
