@@ -161,6 +161,8 @@ struct RawKeys {
     store: Option<String>,
     dir: Option<String>,
     vault_path: Option<String>,
+    transit_mount: Option<String>,
+    transit_key: Option<String>,
     refresh_interval: Option<String>,
     publish_lead: Option<String>,
     jwks_max_age: Option<String>,
@@ -196,6 +198,9 @@ struct RawVault {
     kubernetes_role: Option<String>,
     kubernetes_token_file: Option<String>,
     kubernetes_mount: Option<String>,
+    jwt_role: Option<String>,
+    jwt_token_file: Option<String>,
+    jwt_mount: Option<String>,
     timeout: Option<String>,
     max_stale: Option<String>,
 }
@@ -329,8 +334,17 @@ pub struct TokensConfig {
 
 #[derive(Debug, Clone)]
 pub enum KeyStoreKind {
-    File { dir: PathBuf },
-    Vault { path: String },
+    File {
+        dir: PathBuf,
+    },
+    Vault {
+        path: String,
+    },
+    /// Keys that never leave Vault: the Transit key `<mount>/keys/<key>` signs.
+    Transit {
+        mount: String,
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +386,14 @@ pub enum VaultAuth {
         secret_id_file: PathBuf,
     },
     Kubernetes {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+    /// Vault's JWT auth method with the STS's own workload token (a projected
+    /// service-account token, a CI OIDC token), re-read from `token_file` at each
+    /// login so a rotated token is picked up.
+    Jwt {
         mount: String,
         role: String,
         token_file: PathBuf,
@@ -695,7 +717,9 @@ impl VaultAuth {
                 resolve(base, role_id_file);
                 resolve(base, secret_id_file);
             }
-            VaultAuth::Kubernetes { token_file, .. } => resolve(base, token_file),
+            VaultAuth::Kubernetes { token_file, .. } | VaultAuth::Jwt { token_file, .. } => {
+                resolve(base, token_file)
+            }
         }
     }
 }
@@ -960,8 +984,45 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                 .clone()
                 .unwrap_or_else(|| "agent-sts/signing-keys".into()),
         },
-        _ => return Err(c.err("keys.store", "must be \"file\" or \"vault\"")),
+        "transit" => KeyStoreKind::Transit {
+            mount: vault_name(
+                &c,
+                "keys.transit_mount",
+                raw.keys.transit_mount.as_deref().unwrap_or("transit"),
+                true,
+            )?,
+            key: vault_name(
+                &c,
+                "keys.transit_key",
+                raw.keys.transit_key.as_deref().unwrap_or("agent-sts"),
+                false,
+            )?,
+        },
+        _ => {
+            return Err(c.err("keys.store", "must be \"file\", \"vault\" or \"transit\""));
+        }
     };
+    if !matches!(key_store, KeyStoreKind::Transit { .. })
+        && (raw.keys.transit_mount.is_some() || raw.keys.transit_key.is_some())
+    {
+        return Err(c.err(
+            if raw.keys.transit_mount.is_some() {
+                "keys.transit_mount"
+            } else {
+                "keys.transit_key"
+            },
+            "only with keys.store = \"transit\"",
+        ));
+    }
+    // DPoP nonces are keyed by secrets derived from the signing keys' private
+    // material; a Transit key's private part never leaves Vault, and a secret derived
+    // from its public key would let anyone compute the nonces.
+    if matches!(key_store, KeyStoreKind::Transit { .. }) && raw.tokens.dpop_nonces == Some(true) {
+        return Err(c.err(
+            "tokens.dpop_nonces",
+            "is not available with keys.store = \"transit\": nonces are keyed by private key material, which Transit never hands out",
+        ));
+    }
     let refresh_interval = c.duration(
         "keys.refresh_interval",
         raw.keys.refresh_interval.as_deref(),
@@ -994,6 +1055,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                     }),
                 }
             }
+            // Transit signs; the deny list stays a KV entry beside where a KV keyring
+            // would be.
+            KeyStoreKind::Transit { .. } => KeyStoreKind::Vault {
+                path: raw
+                    .deny
+                    .vault_path
+                    .clone()
+                    .unwrap_or_else(|| "agent-sts/deny-list".into()),
+            },
         },
         refresh_interval: c.duration(
             "deny.refresh_interval",
@@ -1014,8 +1084,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
 
     // [vault]
     let vault = raw.vault.map(|v| validate_vault(&c, v)).transpose()?;
-    let needs_vault =
-        matches!(key_store, KeyStoreKind::Vault { .. }) || matches!(secrets, SecretsConfig::Vault);
+    let needs_vault = matches!(
+        key_store,
+        KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }
+    ) || matches!(secrets, SecretsConfig::Vault);
     if needs_vault && vault.is_none() {
         return Err(c.err(
             "vault",
@@ -1416,6 +1488,29 @@ fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, Co
     parse_jwks_uri(uri).map_err(|problem| c.err(key, problem))
 }
 
+/// A Vault mount path or Transit key name: `[A-Za-z0-9_.-]` (and `/` between the
+/// segments of a mount path), so it can only ever name the one path it is meant to.
+fn vault_name(c: &Check, key: &str, value: &str, slashes: bool) -> Result<String, ConfigError> {
+    let plain = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.');
+    let ok = !value.is_empty()
+        && value
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(plain))
+        && (slashes || !value.contains('/'));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(c.err(
+            key,
+            if slashes {
+                "must be a Vault mount path: [A-Za-z0-9_.-] segments separated by /"
+            } else {
+                "must be a name of [A-Za-z0-9_.-]"
+            },
+        ))
+    }
+}
+
 fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
     let address = v.address;
     // The Vault token, the signing keys and the credentials cross this connection:
@@ -1455,10 +1550,20 @@ fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
                     "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
                 })),
             },
+            "jwt" => VaultAuth::Jwt {
+                mount: vault_name(
+                    c,
+                    "vault.jwt_mount",
+                    v.jwt_mount.as_deref().unwrap_or("jwt"),
+                    true,
+                )?,
+                role: need("vault.jwt_role", v.jwt_role)?,
+                token_file: PathBuf::from(need("vault.jwt_token_file", v.jwt_token_file)?),
+            },
             _ => {
                 return Err(c.err(
                     "vault.auth",
-                    "must be \"token\", \"approle\" or \"kubernetes\"",
+                    "must be \"token\", \"approle\", \"kubernetes\" or \"jwt\"",
                 ));
             }
         };
