@@ -1605,6 +1605,75 @@ algorithms = ["ES256", "RS256"]
     }
 
     #[test]
+    fn transit_keys_and_jwt_auth_parse_with_their_defaults_and_refuse_misuse() {
+        let vault = "[vault]\naddress = \"http://127.0.0.1:8200\"\n";
+        let with = |keys: &str, vault_extra: &str| {
+            format!("{MINIMAL}\n[keys]\n{keys}\n{vault}{vault_extra}\n")
+        };
+        let jwt = "auth = \"jwt\"\njwt_role = \"agent-sts\"\njwt_token_file = \"/run/token\"\n";
+        let c =
+            Config::from_toml(&with("store = \"transit\"", jwt), "sts.toml", &no_env()).unwrap();
+        assert!(matches!(
+            &c.keys.store,
+            KeyStoreKind::Transit { mount, key } if mount == "transit" && key == "agent-sts"
+        ));
+        // The deny list stays a KV entry.
+        assert!(
+            matches!(&c.deny.store, KeyStoreKind::Vault { path } if path == "agent-sts/deny-list")
+        );
+        assert!(matches!(
+            &c.vault.as_ref().unwrap().auth,
+            VaultAuth::Jwt { mount, role, token_file }
+                if mount == "jwt" && role == "agent-sts" && token_file == Path::new("/run/token")
+        ));
+        let c = Config::from_toml(
+            &with(
+                "store = \"transit\"\ntransit_mount = \"ops/transit\"\ntransit_key = \"sts-1\"",
+                "auth = \"jwt\"\njwt_role = \"r\"\njwt_token_file = \"t\"\njwt_mount = \"oidc\"",
+            ),
+            "sts.toml",
+            &no_env(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &c.keys.store,
+            KeyStoreKind::Transit { mount, key } if mount == "ops/transit" && key == "sts-1"
+        ));
+
+        assert!(
+            err(&with("store = \"transit\"\ntransit_key = \"../sys\"", ""))
+                .contains("keys.transit_key")
+        );
+        assert!(
+            err(&with("store = \"transit\"\ntransit_mount = \"a//b\"", ""))
+                .contains("keys.transit_mount")
+        );
+        assert!(
+            err(&with("store = \"vault\"\ntransit_key = \"k\"", ""))
+                .contains("only with keys.store = \"transit\"")
+        );
+        assert!(err(&format!("{MINIMAL}\n[keys]\nstore = \"transit\"\n")).contains("[vault]"));
+        assert!(
+            err(&with(
+                "store = \"transit\"",
+                "auth = \"jwt\"\njwt_token_file = \"t\""
+            ))
+            .contains("vault.jwt_role")
+        );
+        assert!(
+            err(&with(
+                "store = \"transit\"",
+                "auth = \"jwt\"\njwt_role = \"r\""
+            ))
+            .contains("vault.jwt_token_file")
+        );
+        let nonces = format!(
+            "{MINIMAL}\n[tokens]\ndpop_nonces = true\n[keys]\nstore = \"transit\"\n{vault}"
+        );
+        assert!(err(&nonces).contains("tokens.dpop_nonces"));
+    }
+
+    #[test]
     fn design_example_parses() {
         let text = r#"
 [server]

@@ -1432,6 +1432,125 @@ mod tests {
         assert!(!log.contains("PRIVATE KEY"), "{log}");
     }
 
+    /// A remote key whose signer is scripted: its versions' public keys, and the key
+    /// that actually signs (another one, to play a signer that does not match).
+    #[derive(Debug)]
+    struct ScriptedRemote {
+        public: SigningKey,
+        signs_with: SigningKey,
+        gone: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl RemoteSign for ScriptedRemote {
+        async fn sign(&self, _: u64, message: &[u8]) -> Result<Vec<u8>, KeyMaterialError> {
+            use base64::Engine;
+            let sig = self.signs_with.sign(message)?;
+            Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(sig)
+                .unwrap())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl RemoteKeys for ScriptedRemote {
+        async fn versions(&self) -> Result<Option<RemoteKeySet>, KeyStoreError> {
+            if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let x = |m: &str| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(self.public.public_jwk[m].as_str().unwrap())
+                    .unwrap()
+            };
+            let mut raw = vec![4u8];
+            raw.extend(x("x"));
+            raw.extend(x("y"));
+            Ok(Some(RemoteKeySet {
+                algorithm: SigningAlgorithm::ES256,
+                versions: vec![RemoteVersion {
+                    version: 1,
+                    public_key: raw,
+                    created_at: 900,
+                }],
+            }))
+        }
+        async fn rotate(&self, _: SigningAlgorithm) -> Result<RemoteRotation, KeyStoreError> {
+            Ok(RemoteRotation::Rotated)
+        }
+        fn location(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn scripted(matching: bool) -> Arc<ScriptedRemote> {
+        let (public, pem) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+        let signs_with = if matching {
+            SigningKey::from_pem(SigningAlgorithm::ES256, &pem).unwrap()
+        } else {
+            SigningKey::generate(SigningAlgorithm::ES256).unwrap().0
+        };
+        Arc::new(ScriptedRemote {
+            public,
+            signs_with,
+            gone: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The keyring self-test applies to a remote key: a signer whose signatures do
+    /// not verify under the published key is refused (nothing signs, not even with
+    /// max_stale to spare), and a remote key that is gone stops signing at once
+    /// while the JWKS keeps it.
+    #[tokio::test]
+    async fn remote_keys_are_self_tested_and_a_missing_key_stops_signing_at_once() {
+        let lead = Duration::from_secs(600);
+        let stale = Some(Duration::from_secs(3600));
+        let metrics = Arc::new(Metrics::new());
+        let bad = scripted(false);
+        let ring = Keyring::from_source(KeySource::Remote(bad), lead, TTL, stale, metrics.clone());
+        let e = ring.refresh(1000).await.unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        assert!(ring.signer(1000).is_none());
+
+        let good = scripted(true);
+        let ring = Keyring::from_source(KeySource::Remote(good.clone()), lead, TTL, stale, metrics);
+        ring.refresh(1000).await.unwrap();
+        let signer = ring.signer(1000).unwrap();
+        assert_eq!(signer.key.kid, good.public.kid);
+        assert!(
+            signer.key.sign_compact(b"{}", b"{}").is_err(),
+            "remote keys never sign locally"
+        );
+        let jws = signer.key.sign_compact_async(b"{}", b"{}").await.unwrap();
+        assert_eq!(jws.split('.').count(), 3);
+
+        good.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = ring.refresh(1001).await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(ring.signer(1001).is_none(), "a deleted key signs on");
+        assert!(ring.jwks(1001).to_string().contains(&good.public.kid));
+        good.gone.store(false, std::sync::atomic::Ordering::SeqCst);
+        ring.refresh(1002).await.unwrap();
+        assert!(ring.signer(1002).is_some());
+    }
+
+    #[test]
+    fn remote_versions_activate_a_lead_after_creation_except_the_oldest() {
+        let v = |version, created_at| RemoteVersion {
+            version,
+            public_key: vec![],
+            created_at,
+        };
+        let lead = Duration::from_secs(600);
+        assert_eq!(
+            remote_activations(&[v(2, 5000), v(1, 1000), v(3, 9000)], lead),
+            vec![5600, 1000, 9600]
+        );
+        // Trimmed down to version 3: it is the oldest, and signs from its creation.
+        assert_eq!(remote_activations(&[v(3, 9000)], lead), vec![9000]);
+    }
+
     #[tokio::test]
     async fn malformed_ring_keeps_the_last_good_one() {
         let dir = tempfile::tempdir().unwrap();
