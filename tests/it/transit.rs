@@ -171,6 +171,25 @@ async fn transit_signs_and_follows_rotations_by_the_cli_and_by_bao_and_trimming(
         .await;
     assert_eq!(status, 403, "the serve policy must not rotate");
 
+    // Concurrent mints are coalesced into Transit batch requests; every token is
+    // signed by the key the JWKS publishes.
+    let signs_before = vault.count("transit/sign/agent-sts");
+    let tokens = futures_util::future::join_all((0..48).map(|_| async {
+        let r = sts
+            .exchange_for(&issuers.k8s_token("triage"), "github.issues.create")
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.token()
+    }))
+    .await;
+    for token in &tokens {
+        assert_eq!(kid_of(token), v1);
+        verify_independently(&sts.url, token, "https://github-shim.internal").await;
+    }
+    let signs = vault.count("transit/sign/agent-sts") - signs_before;
+    assert!(signs <= 48, "{signs} sign requests for 48 tokens");
+    eprintln!("48 concurrent tokens: {signs} transit sign requests");
+
     // `bao write -f transit/keys/agent-sts/rotate`: version 2 is published at once
     // (within the 1 s refresh), and version 1 signs until the 3 s lead has passed.
     vault.bao(&["write", "-f", "transit/keys/agent-sts/rotate"]);

@@ -10,10 +10,19 @@
 //! a 5xx (the request it is for answers 503 at once, the client retries); the 403
 //! rules of the client apply as to any call.
 //!
+//! Concurrent signs are coalesced into Transit batch requests (`batch_input`): a sign
+//! goes out at once when fewer than [`MAX_IN_FLIGHT`] requests are waiting on Vault;
+//! while they all are, the signs that arrive queue and leave together, up to
+//! [`MAX_BATCH`] per request, as soon as one returns. So an idle STS adds no wait at all,
+//! a loaded one waits at most for one request in flight, and Vault sees one request
+//! per batch instead of one per token.
+//!
 //! Nothing here logs or returns a response body: errors are the client's
 //! [`VaultError`] descriptions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -32,20 +41,168 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
+/// Sign requests to Transit in flight at once; more signs queue and are batched.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// Signs in one batch request at most.
+pub const MAX_BATCH: usize = 128;
+
+/// Signs waiting for the batcher at most; beyond, a sign fails at once (503).
+const QUEUE: usize = 8192;
+
+/// One sign waiting for its batch.
+struct Job {
+    version: u64,
+    message: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, KeyMaterialError>>,
+}
+
 /// A Transit key: `<mount>/keys/<key>`.
-#[derive(Debug)]
 pub struct TransitKeys {
+    signer: Arc<Signer>,
+    /// The batcher's queue, started by the first sign.
+    queue: OnceLock<mpsc::Sender<Job>>,
     vault: Arc<Vault>,
     mount: String,
     key: String,
 }
 
+impl std::fmt::Debug for TransitKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitKeys")
+            .field("mount", &self.mount)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// What the batcher signs with.
+struct Signer {
+    vault: Arc<Vault>,
+    path: String,
+}
+
+impl Signer {
+    fn failed(e: &VaultError) -> KeyMaterialError {
+        KeyMaterialError::Remote {
+            transient: matches!(e, VaultError::Unavailable | VaultError::Sealed),
+            reason: e.to_string(),
+        }
+    }
+
+    fn malformed() -> KeyMaterialError {
+        KeyMaterialError::Remote {
+            reason: "vault transit answered something that is not a signature".into(),
+            transient: false,
+        }
+    }
+
+    /// One sign request: a single input, or a batch of them, all with `version`.
+    async fn sign(
+        &self,
+        version: u64,
+        messages: &[&[u8]],
+    ) -> Vec<Result<Vec<u8>, KeyMaterialError>> {
+        let mut body = json!({
+            "key_version": version,
+            "marshaling_algorithm": "jws",
+            "hash_algorithm": "sha2-256",
+        });
+        if let [one] = messages {
+            body["input"] = json!(STANDARD.encode(one));
+        } else {
+            body["batch_input"] = messages
+                .iter()
+                .map(|m| json!({ "input": STANDARD.encode(m) }))
+                .collect();
+        }
+        let answer = match self
+            .vault
+            .call_with(reqwest::Method::POST, &self.path, Some(&body), false)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => return messages.iter().map(|_| Err(Self::failed(&e))).collect(),
+        };
+        let data = answer.get("data");
+        if messages.len() == 1 {
+            return vec![
+                data.and_then(|d| parse_signature(d, version))
+                    .ok_or_else(Self::malformed),
+            ];
+        }
+        let results = data
+            .and_then(|d| d.get("batch_results"))
+            .and_then(Value::as_array)
+            .filter(|r| r.len() == messages.len());
+        match results {
+            Some(results) => results
+                .iter()
+                .map(|r| parse_signature(r, version).ok_or_else(Self::malformed))
+                .collect(),
+            None => messages.iter().map(|_| Err(Self::malformed())).collect(),
+        }
+    }
+
+    /// Signs `jobs` (grouped by version, one request per group) and answers each.
+    async fn run(&self, jobs: Vec<Job>) {
+        let mut versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+        for version in versions {
+            let group: Vec<Job> = jobs
+                .iter_mut()
+                .filter(|j| j.as_ref().is_some_and(|j| j.version == version))
+                .filter_map(Option::take)
+                .collect();
+            let messages: Vec<&[u8]> = group.iter().map(|j| j.message.as_slice()).collect();
+            let results = self.sign(version, &messages).await;
+            for (job, result) in group.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// The batcher: takes a free slot, then everything queued (up to [`MAX_BATCH`]), and
+/// signs it in the background; ends when the key is dropped.
+async fn batch_loop(signer: Arc<Signer>, mut queue: mpsc::Receiver<Job>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let signer = signer.clone();
+        tokio::spawn(async move {
+            signer.run(jobs).await;
+            drop(slot);
+        });
+    }
+}
+
 impl TransitKeys {
     pub fn new(vault: Arc<Vault>, mount: impl Into<String>, key: impl Into<String>) -> Self {
+        let (mount, key) = (mount.into(), key.into());
         TransitKeys {
+            signer: Arc::new(Signer {
+                vault: vault.clone(),
+                path: format!("{mount}/sign/{key}"),
+            }),
+            queue: OnceLock::new(),
             vault,
-            mount: mount.into(),
-            key: key.into(),
+            mount,
+            key,
         }
     }
 
@@ -152,28 +309,23 @@ fn parse_signature(data: &Value, version: u64) -> Option<Vec<u8>> {
 #[async_trait::async_trait]
 impl RemoteSign for TransitKeys {
     async fn sign(&self, version: u64, message: &[u8]) -> Result<Vec<u8>, KeyMaterialError> {
-        let path = format!("{}/sign/{}", self.mount, self.key);
-        let body = json!({
-            "input": STANDARD.encode(message),
-            "key_version": version,
-            "marshaling_algorithm": "jws",
-            "hash_algorithm": "sha2-256",
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(batch_loop(self.signer.clone(), rx));
+            tx
         });
-        let answer = self
-            .vault
-            .call_with(reqwest::Method::POST, &path, Some(&body), false)
-            .await
-            .map_err(|e| KeyMaterialError::Remote {
-                transient: matches!(e, VaultError::Unavailable | VaultError::Sealed),
-                reason: e.to_string(),
-            })?;
-        answer
-            .get("data")
-            .and_then(|d| parse_signature(d, version))
-            .ok_or(KeyMaterialError::Remote {
-                reason: "vault transit answered something that is not a signature".into(),
-                transient: false,
-            })
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            version,
+            message: message.to_vec(),
+            reply,
+        };
+        let busy = || KeyMaterialError::Remote {
+            reason: "too many signs waiting for vault transit".into(),
+            transient: true,
+        };
+        queue.try_send(job).map_err(|_| busy())?;
+        answer.await.map_err(|_| busy())?
     }
 }
 
