@@ -9,7 +9,7 @@
 //! - two STS instances, identical but for where their signing key lives:
 //!   K keeps it in Vault KV (`keys.store = "vault"`: read every `refresh_interval`,
 //!   signs in process), T in Transit (`keys.store = "transit"`, ES256 `ecdsa-p256`:
-//!   one Transit sign request per token). Both read credentials from the file store
+//!   a Transit signature per token, concurrent ones coalesced into batch requests). Both read credentials from the file store
 //!   and see the same 64 repeated subject tokens (verified-subject cache hits), so
 //!   the difference between them is the signature.
 //!
@@ -219,7 +219,7 @@ fn main() {
         ('K', "K STS, key in Vault KV (signs in process)", kv),
         (
             'T',
-            "T STS, key in Vault Transit (one sign request per token)",
+            "T STS, key in Vault Transit (signs batched per request)",
             transit,
         ),
     ]
