@@ -523,6 +523,8 @@ async fn rotate_remote(
         .rotate(config.tokens.algorithm)
         .await
         .map_err(|e| runtime(e.to_string()))?;
+    // Vault dates the new version; list it at our time after it was made.
+    let now = identity::unix_now().max(now);
     let (_, rows) = remote_rows(remote, config, now).await?;
     let newest = rows
         .iter()

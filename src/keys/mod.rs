@@ -399,16 +399,21 @@ impl KeySource {
     }
 }
 
-/// Activation times of remote versions (in any order): the oldest listed version
-/// signs from its creation (a new key, or what an operator trimmed down to), every
-/// later one `publish_lead` after its creation.
-pub fn remote_activations(versions: &[RemoteVersion], publish_lead: Duration) -> Vec<u64> {
+/// Activation times of remote versions (in any order) at `now`: the oldest listed
+/// version signs from its creation (a new key, or what an operator trimmed down to;
+/// at once, too, when Vault's clock is ahead of ours: no token can need the lead
+/// before the first key), every later one `publish_lead` after its creation.
+pub fn remote_activations(
+    versions: &[RemoteVersion],
+    publish_lead: Duration,
+    now: u64,
+) -> Vec<u64> {
     let oldest = versions.iter().map(|v| v.version).min();
     versions
         .iter()
         .map(|v| {
             if Some(v.version) == oldest {
-                v.created_at
+                v.created_at.min(now)
             } else {
                 v.created_at.saturating_add(publish_lead.as_secs())
             }
@@ -446,7 +451,7 @@ pub fn list_remote(
     publish_lead: Duration,
     backend: Arc<dyn RemoteSign>,
 ) -> Result<Vec<KeyListing>, KeyringError> {
-    let activations = remote_activations(&set.versions, publish_lead);
+    let activations = remote_activations(&set.versions, publish_lead, now);
     let mut entries = Vec::with_capacity(set.versions.len());
     for (index, (v, activates_at)) in set.versions.iter().zip(&activations).enumerate() {
         let key = SigningKey::remote(set.algorithm, &v.public_key, backend.clone(), v.version)
@@ -1022,7 +1027,7 @@ impl Keyring {
         let Some(set) = remote.versions().await? else {
             return Err(KeyringError::RemoteMissing { location });
         };
-        let activations = remote_activations(&set.versions, self.publish_lead);
+        let activations = remote_activations(&set.versions, self.publish_lead, now);
         let states = key_states(&activations, now, self.max_ttl);
         let known = self.current.load();
         let backend: Arc<dyn RemoteSign> = remote.clone();
@@ -1544,11 +1549,13 @@ mod tests {
         };
         let lead = Duration::from_secs(600);
         assert_eq!(
-            remote_activations(&[v(2, 5000), v(1, 1000), v(3, 9000)], lead),
+            remote_activations(&[v(2, 5000), v(1, 1000), v(3, 9000)], lead, 9999),
             vec![5600, 1000, 9600]
         );
         // Trimmed down to version 3: it is the oldest, and signs from its creation.
-        assert_eq!(remote_activations(&[v(3, 9000)], lead), vec![9000]);
+        assert_eq!(remote_activations(&[v(3, 9000)], lead, 9999), vec![9000]);
+        // A first version Vault dated ahead of our clock signs at once.
+        assert_eq!(remote_activations(&[v(1, 9000)], lead, 8998), vec![8998]);
     }
 
     #[tokio::test]

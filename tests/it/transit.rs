@@ -18,7 +18,7 @@ use crate::process::{run, text};
 use crate::vault::{eventually, plant_credentials, vault_section};
 
 /// The STS's configuration for Transit at `transit/`, key `agent-sts`, the
-/// credentials in KV, with `auth` lines; a 1 s refresh and a 3 s publish lead.
+/// credentials in KV, with `auth` lines; a 1 s refresh and a 6 s publish lead.
 fn transit_config(dir: &Path, issuers: &Issuers, vault: &OpenBao, auth: &str) -> String {
     config_toml(dir, &issuers.specs(), &vault_section(vault, auth, "2s"))
         .replace(
@@ -26,7 +26,7 @@ fn transit_config(dir: &Path, issuers: &Issuers, vault: &OpenBao, auth: &str) ->
             "store = \"transit\"",
         )
         .replace("store = \"file\"", "store = \"vault\"")
-        .replace("publish_lead = \"10m\"", "publish_lead = \"3s\"")
+        .replace("publish_lead = \"10m\"", "publish_lead = \"6s\"")
         .replace("jwks_max_age = \"5m\"", "jwks_max_age = \"1s\"")
 }
 
@@ -191,7 +191,7 @@ async fn transit_signs_and_follows_rotations_by_the_cli_and_by_bao_and_trimming(
     eprintln!("48 concurrent tokens: {signs} transit sign requests");
 
     // `bao write -f transit/keys/agent-sts/rotate`: version 2 is published at once
-    // (within the 1 s refresh), and version 1 signs until the 3 s lead has passed.
+    // (within the 1 s refresh), and version 1 signs until the 6 s lead has passed.
     vault.bao(&["write", "-f", "transit/keys/agent-sts/rotate"]);
     assert!(
         eventually(5, || async { published(sts).await.len() == 2 }).await,
@@ -222,7 +222,7 @@ async fn transit_signs_and_follows_rotations_by_the_cli_and_by_bao_and_trimming(
         "{}",
         text(&out.stderr)
     );
-    let switched = eventually(8, || async {
+    let switched = eventually(15, || async {
         let r = sts
             .exchange_for(&issuers.k8s_token("triage"), "github.issues.create")
             .await;
