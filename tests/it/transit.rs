@@ -357,3 +357,136 @@ async fn transit_key_that_stops_signing_or_is_deleted_fails_closed_and_keeps_the
         .await
         .assert_error(503, "temporarily_unavailable", &[]);
 }
+
+/// The TRACE leak hunt for Transit with JWT auth: `serve` (the real binary, every
+/// target at TRACE) signs through Transit and logs in with its workload token; the
+/// CLI rotates with an operator's token; then signing is refused. No token (root,
+/// operator, workload JWT, subject), no credential shows in a response, a log line,
+/// the CLI's output or the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_and_jwt_auth_leak_hunt_at_trace() {
+    use crate::process::{ServeProcess, TRACE_ALL};
+    const VAULT_AUDIENCE: &str = "https://vault.example.test";
+    const SUBJECT: &str = "system:serviceaccount:agent-sts:agent-sts";
+    let vault = OpenBao::start().await;
+    vault.enable_transit().await;
+    plant_credentials(&vault).await;
+    let issuers = Issuers::start().await;
+    let platform = TestIssuer::start(
+        "https://oidc.platform.example.test",
+        "ci-rs256.pem",
+        jsonwebtoken::Algorithm::RS256,
+        VAULT_AUDIENCE,
+    )
+    .await;
+    vault.enable_auth("jwt", "jwt").await;
+    vault
+        .root(
+            reqwest::Method::POST,
+            "auth/jwt/config",
+            serde_json::json!({"jwks_url": platform.jwks_uri, "bound_issuer": platform.iss}),
+        )
+        .await;
+    vault
+        .root(
+            reqwest::Method::POST,
+            "auth/jwt/role/agent-sts",
+            serde_json::json!({
+                "role_type": "jwt", "user_claim": "sub", "bound_subject": SUBJECT,
+                "bound_audiences": [VAULT_AUDIENCE], "token_policies": ["agent-sts-transit"],
+                "token_ttl": "1h",
+            }),
+        )
+        .await;
+    let workload = platform.token_for(SUBJECT);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
+    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    std::fs::write(dir.path().join("workload-token"), &workload).unwrap();
+    let jwt = format!(
+        "auth = \"jwt\"\njwt_role = \"agent-sts\"\njwt_token_file = \"{}\"",
+        dir.path().join("workload-token").display()
+    );
+    let (rotate_token, rotate_file) = vault.token(&["agent-sts-transit-rotate"], "1h", true).await;
+    let config = dir.path().join("agent-sts.toml");
+    std::fs::write(&config, transit_config(dir.path(), &issuers, &vault, &jwt)).unwrap();
+    let ops = dir.path().join("rotate.toml");
+    let ops_auth = format!(
+        "auth = \"token\"\ntoken_file = \"{}\"",
+        rotate_file.display()
+    );
+    std::fs::write(
+        &ops,
+        transit_config(dir.path(), &issuers, &vault, &ops_auth),
+    )
+    .unwrap();
+    let ops = ops.to_str().unwrap();
+    let rotate = run(&["keys", "rotate", "--config", ops], dir.path());
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let list = run(&["keys", "list", "--config", ops], dir.path());
+    assert!(list.status.success(), "{}", text(&list.stderr));
+
+    let sts = ServeProcess::start(&config, dir.path(), TRACE_ALL);
+    let subject = issuers.k8s_token("triage");
+    let url = format!("{}/token", sts.url);
+    let mut responses = String::new();
+    for scope in ["github.issues.create", "slack.message.post"] {
+        let r = post_form(&url, exchange_form(&subject, scope)).await;
+        responses.push_str(&format!("{} {:?} {}\n", r.status, r.headers, r.text));
+    }
+    assert!(responses.contains("\"access_token\""), "{responses}");
+    // Signing refused: the error path logs too.
+    vault.bao(&["write", "-f", "transit/keys/agent-sts/rotate"]);
+    vault.bao(&[
+        "write",
+        "transit/keys/agent-sts/config",
+        "min_encryption_version=2",
+    ]);
+    for _ in 0..3 {
+        let r = post_form(&url, exchange_form(&subject, "github.issues.create")).await;
+        responses.push_str(&format!("{} {:?} {}\n", r.status, r.headers, r.text));
+    }
+    assert!(responses.contains("503"), "{responses}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for path in ["/metrics", "/readyz", "/.well-known/jwks.json"] {
+        let r = reqwest::get(format!("{}{path}", sts.url)).await.unwrap();
+        responses.push_str(&reply(r).await.text);
+    }
+    let (stdout, stderr) = sts.stop();
+    assert!(stderr.contains("TRACE"), "no TRACE lines captured");
+    assert!(stderr.contains("vault login succeeded"), "{stderr}");
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let cli = format!(
+        "{}{}{}{}",
+        text(&rotate.stdout),
+        text(&rotate.stderr),
+        text(&list.stdout),
+        text(&list.stderr)
+    );
+    let secrets = [
+        vault.root_token.clone(),
+        rotate_token,
+        workload.clone(),
+        // The workload token's signature alone, in case it were cut up.
+        workload.rsplit('.').next().unwrap().to_string(),
+        CANARY_CREDENTIAL.to_string(),
+        "xoxb-CANARY-slack-0123456789".to_string(),
+        subject,
+    ];
+    for (name, output) in [
+        ("responses", &responses),
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("audit log", &audit),
+        ("keys rotate/list", &cli),
+    ] {
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{name} contains a secret ({} chars starting {:?})",
+                secret.len(),
+                &secret[..6]
+            );
+        }
+    }
+}
