@@ -265,8 +265,13 @@ async fn run(command: Command) -> Result<(), StartError> {
             KeysCommand::Rotate { config, force } => {
                 let config = load_config(&config)?;
                 init_logging(COMMAND_LOG, Some(config.log_format))?;
-                let store = store::open(&config).await?.keys;
                 let now = identity::unix_now();
+                let store = match store::open(&config).await?.keys {
+                    keys::KeySource::Stored(store) => store,
+                    keys::KeySource::Remote(remote) => {
+                        return rotate_remote(remote.as_ref(), &config, now, force).await;
+                    }
+                };
                 let (ring, _) = keys::load_valid(store.as_ref())
                     .await
                     .map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -317,12 +322,19 @@ async fn run(command: Command) -> Result<(), StartError> {
             KeysCommand::List { config, json } => {
                 let config = load_config(&config)?;
                 init_logging(COMMAND_LOG, Some(config.log_format))?;
-                let store = store::open(&config).await?.keys;
-                // The check `serve` runs: a ring it would refuse is refused here too.
-                let (ring, _) = keys::load_valid(store.as_ref())
-                    .await
-                    .map_err(|e| StartError::Runtime(e.to_string()))?;
-                let rows = keys::list(&ring, identity::unix_now(), config.tokens.max_ttl);
+                let now = identity::unix_now();
+                let rows = match store::open(&config).await?.keys {
+                    keys::KeySource::Stored(store) => {
+                        // The check `serve` runs: a ring it would refuse is refused here too.
+                        let (ring, _) = keys::load_valid(store.as_ref())
+                            .await
+                            .map_err(|e| StartError::Runtime(e.to_string()))?;
+                        keys::list(&ring, now, config.tokens.max_ttl)
+                    }
+                    keys::KeySource::Remote(remote) => {
+                        remote_rows(remote.as_ref(), &config, now).await?.1
+                    }
+                };
                 if json {
                     let keys: Vec<serde_json::Value> = rows
                         .iter()
@@ -593,6 +605,93 @@ fn describe(a: &catalogue::Action) -> String {
 
 /// A stored timestamp for `keys list`; the ring was validated, so out of range is
 /// unreachable, but still never a panic.
+/// The versions of a remote (Transit) key as `keys list` rows, and whether it exists.
+async fn remote_rows(
+    remote: &dyn keys::RemoteKeys,
+    config: &Config,
+    now: u64,
+) -> Result<(bool, Vec<keys::KeyListing>), StartError> {
+    let Some(set) = remote
+        .versions()
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))?
+    else {
+        return Ok((false, Vec::new()));
+    };
+    // A listing only: no signature is made, the public keys give the kids.
+    let rows = keys::list_remote(
+        &set,
+        now,
+        config.tokens.max_ttl,
+        config.keys.publish_lead,
+        std::sync::Arc::new(NoSigner),
+    )
+    .map_err(|e| StartError::Runtime(e.to_string()))?;
+    Ok((true, rows))
+}
+
+/// The signer of a listing, which never signs.
+#[derive(Debug)]
+struct NoSigner;
+
+#[async_trait::async_trait]
+impl keys::signing_key::RemoteSign for NoSigner {
+    async fn sign(&self, _: u64, _: &[u8]) -> Result<Vec<u8>, keys::signing_key::KeyMaterialError> {
+        Err(keys::signing_key::KeyMaterialError::NotLocal)
+    }
+}
+
+/// `keys rotate` with `keys.store = "transit"`: creates the Transit key (its first
+/// version signs at once) or adds a version (published now, signs `publish_lead`
+/// after its creation); refuses while a version is pending, unless `force`.
+async fn rotate_remote(
+    remote: &dyn keys::RemoteKeys,
+    config: &Config,
+    now: u64,
+    force: bool,
+) -> Result<(), StartError> {
+    let runtime = |e: String| StartError::Runtime(e);
+    let (_, rows) = remote_rows(remote, config, now).await?;
+    if let (Some(next), false) = (rows.iter().find(|k| k.state == keys::KeyState::Next), force) {
+        return Err(runtime(format!(
+            "key {} is still pending: it starts signing at {}; rotate after that, or pass --force to add another next key now",
+            next.kid,
+            rfc3339(next.activates_at)
+        )));
+    }
+    let outcome = remote
+        .rotate(config.tokens.algorithm)
+        .await
+        .map_err(|e| runtime(e.to_string()))?;
+    // Vault dates the new version; list it at our time after it was made.
+    let now = identity::unix_now().max(now);
+    let (_, rows) = remote_rows(remote, config, now).await?;
+    let newest = rows
+        .iter()
+        .max_by_key(|r| (r.activates_at, r.created_at))
+        .ok_or_else(|| runtime(format!("{}: no version after rotating", remote.location())))?;
+    println!(
+        "created {} ({}, {})",
+        newest.kid,
+        config.tokens.algorithm.as_str(),
+        newest.state.as_str()
+    );
+    if outcome == keys::RemoteRotation::Created {
+        println!(
+            "the transit key was created: this is its first version, active at once; in {}",
+            remote.location()
+        );
+    } else {
+        println!(
+            "published now, signs from {} (in {} s)",
+            rfc3339(newest.activates_at),
+            newest.activates_at.saturating_sub(now)
+        );
+        println!("rotated {}", remote.location());
+    }
+    Ok(())
+}
+
 fn rfc3339(unix: u64) -> String {
     keys::format_timestamp(unix).unwrap_or_else(|| format!("{unix} (out of range)"))
 }

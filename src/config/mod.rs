@@ -164,6 +164,8 @@ struct RawKeys {
     store: Option<String>,
     dir: Option<String>,
     vault_path: Option<String>,
+    transit_mount: Option<String>,
+    transit_key: Option<String>,
     refresh_interval: Option<String>,
     publish_lead: Option<String>,
     jwks_max_age: Option<String>,
@@ -206,6 +208,9 @@ struct RawVault {
     kubernetes_role: Option<String>,
     kubernetes_token_file: Option<String>,
     kubernetes_mount: Option<String>,
+    jwt_role: Option<String>,
+    jwt_token_file: Option<String>,
+    jwt_mount: Option<String>,
     timeout: Option<String>,
     max_stale: Option<String>,
 }
@@ -346,8 +351,17 @@ pub struct TokensConfig {
 
 #[derive(Debug, Clone)]
 pub enum KeyStoreKind {
-    File { dir: PathBuf },
-    Vault { path: String },
+    File {
+        dir: PathBuf,
+    },
+    Vault {
+        path: String,
+    },
+    /// Keys that never leave Vault: the Transit key `<mount>/keys/<key>` signs.
+    Transit {
+        mount: String,
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -398,6 +412,14 @@ pub enum VaultAuth {
         secret_id_file: PathBuf,
     },
     Kubernetes {
+        mount: String,
+        role: String,
+        token_file: PathBuf,
+    },
+    /// Vault's JWT auth method with the STS's own workload token (a projected
+    /// service-account token, a CI OIDC token), re-read from `token_file` at each
+    /// login so a rotated token is picked up.
+    Jwt {
         mount: String,
         role: String,
         token_file: PathBuf,
@@ -728,7 +750,9 @@ impl VaultAuth {
                 resolve(base, role_id_file);
                 resolve(base, secret_id_file);
             }
-            VaultAuth::Kubernetes { token_file, .. } => resolve(base, token_file),
+            VaultAuth::Kubernetes { token_file, .. } | VaultAuth::Jwt { token_file, .. } => {
+                resolve(base, token_file)
+            }
         }
     }
 }
@@ -993,8 +1017,45 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                 .clone()
                 .unwrap_or_else(|| "agent-sts/signing-keys".into()),
         },
-        _ => return Err(c.err("keys.store", "must be \"file\" or \"vault\"")),
+        "transit" => KeyStoreKind::Transit {
+            mount: vault_name(
+                &c,
+                "keys.transit_mount",
+                raw.keys.transit_mount.as_deref().unwrap_or("transit"),
+                true,
+            )?,
+            key: vault_name(
+                &c,
+                "keys.transit_key",
+                raw.keys.transit_key.as_deref().unwrap_or("agent-sts"),
+                false,
+            )?,
+        },
+        _ => {
+            return Err(c.err("keys.store", "must be \"file\", \"vault\" or \"transit\""));
+        }
     };
+    if !matches!(key_store, KeyStoreKind::Transit { .. })
+        && (raw.keys.transit_mount.is_some() || raw.keys.transit_key.is_some())
+    {
+        return Err(c.err(
+            if raw.keys.transit_mount.is_some() {
+                "keys.transit_mount"
+            } else {
+                "keys.transit_key"
+            },
+            "only with keys.store = \"transit\"",
+        ));
+    }
+    // DPoP nonces are keyed by secrets derived from the signing keys' private
+    // material; a Transit key's private part never leaves Vault, and a secret derived
+    // from its public key would let anyone compute the nonces.
+    if matches!(key_store, KeyStoreKind::Transit { .. }) && raw.tokens.dpop_nonces == Some(true) {
+        return Err(c.err(
+            "tokens.dpop_nonces",
+            "is not available with keys.store = \"transit\": nonces are keyed by private key material, which Transit never hands out",
+        ));
+    }
     let refresh_interval = c.duration(
         "keys.refresh_interval",
         raw.keys.refresh_interval.as_deref(),
@@ -1027,6 +1088,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                     }),
                 }
             }
+            // Transit signs; the deny list stays a KV entry beside where a KV keyring
+            // would be.
+            KeyStoreKind::Transit { .. } => KeyStoreKind::Vault {
+                path: raw
+                    .deny
+                    .vault_path
+                    .clone()
+                    .unwrap_or_else(|| "agent-sts/deny-list".into()),
+            },
         },
         refresh_interval: c.duration(
             "deny.refresh_interval",
@@ -1068,8 +1138,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
 
     // [vault]
     let vault = raw.vault.map(|v| validate_vault(&c, v)).transpose()?;
-    let needs_vault =
-        matches!(key_store, KeyStoreKind::Vault { .. }) || matches!(secrets, SecretsConfig::Vault);
+    let needs_vault = matches!(
+        key_store,
+        KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }
+    ) || matches!(secrets, SecretsConfig::Vault);
     if needs_vault && vault.is_none() {
         return Err(c.err(
             "vault",
@@ -1480,6 +1552,29 @@ fn validate_jwks_uri(c: &Check, key: &str, uri: &str) -> Result<reqwest::Url, Co
     parse_jwks_uri(uri).map_err(|problem| c.err(key, problem))
 }
 
+/// A Vault mount path or Transit key name: `[A-Za-z0-9_.-]` (and `/` between the
+/// segments of a mount path), so it can only ever name the one path it is meant to.
+fn vault_name(c: &Check, key: &str, value: &str, slashes: bool) -> Result<String, ConfigError> {
+    let plain = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.');
+    let ok = !value.is_empty()
+        && value
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(plain))
+        && (slashes || !value.contains('/'));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(c.err(
+            key,
+            if slashes {
+                "must be a Vault mount path: [A-Za-z0-9_.-] segments separated by /"
+            } else {
+                "must be a name of [A-Za-z0-9_.-]"
+            },
+        ))
+    }
+}
+
 fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
     let address = v.address;
     // The Vault token, the signing keys and the credentials cross this connection:
@@ -1519,10 +1614,20 @@ fn validate_vault(c: &Check, v: RawVault) -> Result<VaultConfig, ConfigError> {
                     "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
                 })),
             },
+            "jwt" => VaultAuth::Jwt {
+                mount: vault_name(
+                    c,
+                    "vault.jwt_mount",
+                    v.jwt_mount.as_deref().unwrap_or("jwt"),
+                    true,
+                )?,
+                role: need("vault.jwt_role", v.jwt_role)?,
+                token_file: PathBuf::from(need("vault.jwt_token_file", v.jwt_token_file)?),
+            },
             _ => {
                 return Err(c.err(
                     "vault.auth",
-                    "must be \"token\", \"approle\" or \"kubernetes\"",
+                    "must be \"token\", \"approle\", \"kubernetes\" or \"jwt\"",
                 ));
             }
         };
@@ -1561,6 +1666,75 @@ algorithms = ["ES256", "RS256"]
         Config::from_toml(text, "sts.toml", &no_env())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn transit_keys_and_jwt_auth_parse_with_their_defaults_and_refuse_misuse() {
+        let vault = "[vault]\naddress = \"http://127.0.0.1:8200\"\n";
+        let with = |keys: &str, vault_extra: &str| {
+            format!("{MINIMAL}\n[keys]\n{keys}\n{vault}{vault_extra}\n")
+        };
+        let jwt = "auth = \"jwt\"\njwt_role = \"agent-sts\"\njwt_token_file = \"/run/token\"\n";
+        let c =
+            Config::from_toml(&with("store = \"transit\"", jwt), "sts.toml", &no_env()).unwrap();
+        assert!(matches!(
+            &c.keys.store,
+            KeyStoreKind::Transit { mount, key } if mount == "transit" && key == "agent-sts"
+        ));
+        // The deny list stays a KV entry.
+        assert!(
+            matches!(&c.deny.store, KeyStoreKind::Vault { path } if path == "agent-sts/deny-list")
+        );
+        assert!(matches!(
+            &c.vault.as_ref().unwrap().auth,
+            VaultAuth::Jwt { mount, role, token_file }
+                if mount == "jwt" && role == "agent-sts" && token_file == Path::new("/run/token")
+        ));
+        let c = Config::from_toml(
+            &with(
+                "store = \"transit\"\ntransit_mount = \"ops/transit\"\ntransit_key = \"sts-1\"",
+                "auth = \"jwt\"\njwt_role = \"r\"\njwt_token_file = \"t\"\njwt_mount = \"oidc\"",
+            ),
+            "sts.toml",
+            &no_env(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &c.keys.store,
+            KeyStoreKind::Transit { mount, key } if mount == "ops/transit" && key == "sts-1"
+        ));
+
+        assert!(
+            err(&with("store = \"transit\"\ntransit_key = \"../sys\"", ""))
+                .contains("keys.transit_key")
+        );
+        assert!(
+            err(&with("store = \"transit\"\ntransit_mount = \"a//b\"", ""))
+                .contains("keys.transit_mount")
+        );
+        assert!(
+            err(&with("store = \"vault\"\ntransit_key = \"k\"", ""))
+                .contains("only with keys.store = \"transit\"")
+        );
+        assert!(err(&format!("{MINIMAL}\n[keys]\nstore = \"transit\"\n")).contains("[vault]"));
+        assert!(
+            err(&with(
+                "store = \"transit\"",
+                "auth = \"jwt\"\njwt_token_file = \"t\""
+            ))
+            .contains("vault.jwt_role")
+        );
+        assert!(
+            err(&with(
+                "store = \"transit\"",
+                "auth = \"jwt\"\njwt_role = \"r\""
+            ))
+            .contains("vault.jwt_token_file")
+        );
+        let nonces = format!(
+            "{MINIMAL}\n[tokens]\ndpop_nonces = true\n[keys]\nstore = \"transit\"\n{vault}"
+        );
+        assert!(err(&nonces).contains("tokens.dpop_nonces"));
     }
 
     #[test]

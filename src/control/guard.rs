@@ -243,11 +243,13 @@ impl DenyGuard {
     }
 
     /// The signed feed at `now`, or `None` when the list is stale or no key signs.
-    pub fn feed(&self, keyring: &Keyring, now: u64) -> Option<Arc<str>> {
+    /// With a remote signing key (Vault Transit) signing is one request, made at most
+    /// once per second: the document is cached for its `iat`.
+    pub async fn feed(&self, keyring: &Keyring, now: u64) -> Option<Arc<str>> {
         if !self.fresh(now) {
             return None;
         }
-        let held = self.held.load();
+        let held = self.held.load_full();
         let key = keyring.signer(now)?;
         if let Some(feed) = self.feed.read().unwrap_or_else(|e| e.into_inner()).as_ref()
             && feed.version == held.version
@@ -272,10 +274,11 @@ impl DenyGuard {
         });
         let document: Arc<str> = key
             .key
-            .sign_compact(
+            .sign_compact_async(
                 &serde_json::to_vec(&header).ok()?,
                 &serde_json::to_vec(&claims).ok()?,
             )
+            .await
             .map_err(|e| tracing::error!(error = %e, "deny-list feed not signed"))
             .ok()?
             .into();

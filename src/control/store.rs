@@ -257,7 +257,14 @@ pub fn open(
         (KeyStoreKind::Vault { path }, Some(vault)) => {
             Arc::new(VaultDenyStore::new(vault.clone(), path.clone()))
         }
-        (KeyStoreKind::Vault { .. }, None) => {
+        // Configuration never puts the deny list in Transit (it is a KV entry).
+        (KeyStoreKind::Transit { .. }, Some(_)) => {
+            return Err(crate::runtime::StartError::Config(format!(
+                "{}: the deny list cannot live in Transit",
+                config.source
+            )));
+        }
+        (KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }, None) => {
             return Err(crate::runtime::StartError::Config(format!(
                 "{}: the deny list in Vault needs [vault]",
                 config.source

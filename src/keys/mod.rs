@@ -33,6 +33,18 @@
 //! crypto for known keys. The current ring is published through `ArcSwap`: the hot path
 //! takes no lock.
 //!
+//! Keys that never leave Vault (`keys.store = "transit"`) come through
+//! [`RemoteKeys`] instead of a stored ring: the versions of one Transit key, each
+//! with its public key and creation time. The oldest listed version signs from its
+//! creation, every later one `publish_lead` after its creation (so a version made by
+//! `agent-sts keys rotate`, by `bao write -f transit/keys/NAME/rotate` or by Vault's
+//! auto-rotation is published before it signs, and until then the previous version
+//! signs by explicit `key_version`); the states then follow as above. Every new
+//! version passes the self-test through the remote signer, and the signing version
+//! is probed again on every refresh: a key that was deleted or whose version no
+//! longer signs stops signing at once (not ready, nothing minted) while the JWKS keeps
+//! the published keys; an unreachable Vault falls under `max_stale` as for the KV ring.
+//!
 //! May import `secret` and `telemetry`; the Vault key store lives in `store` and
 //! implements [`KeyStore`] from there.
 
@@ -46,7 +58,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::keys::signing_key::{KeyMaterialError, SigningKey};
+use crate::keys::signing_key::{KeyMaterialError, RemoteSign, SigningKey};
 use crate::secret::PrivateKeyPem;
 use crate::telemetry::metrics::Metrics;
 use signing_key::SigningAlgorithm;
@@ -323,6 +335,136 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn save(&self, ring: &StoredRing, expected: &StoreVersion) -> Result<(), KeyStoreError>;
     /// Where the ring lives, for messages (an absolute path, or the Vault mount and path).
     fn location(&self) -> String;
+}
+
+/// One version of a remote key, as its holder lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteVersion {
+    pub version: u64,
+    /// The raw public key: an uncompressed P-256 point, or 32 Ed25519 bytes.
+    pub public_key: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// The versions of a remote key that can still sign or verify.
+#[derive(Debug, Clone)]
+pub struct RemoteKeySet {
+    pub algorithm: SigningAlgorithm,
+    pub versions: Vec<RemoteVersion>,
+}
+
+/// What `keys rotate` did to a remote key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteRotation {
+    /// The key did not exist and was created: its first version signs at once.
+    Created,
+    /// A new version was added.
+    Rotated,
+}
+
+/// Keys whose private parts live elsewhere (Vault Transit); `store::vault`
+/// implements it.
+#[async_trait::async_trait]
+pub trait RemoteKeys: RemoteSign {
+    /// The versions, or `None` when the key does not exist (deleted, never created).
+    async fn versions(&self) -> Result<Option<RemoteKeySet>, KeyStoreError>;
+    /// Adds a version, creating the key for `algorithm` when there is none.
+    async fn rotate(&self, algorithm: SigningAlgorithm) -> Result<RemoteRotation, KeyStoreError>;
+    /// Where the key lives, for messages.
+    fn location(&self) -> String;
+}
+
+/// Where the keyring comes from: a stored ring (file, Vault KV), or a remote key.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Stored(Arc<dyn KeyStore>),
+    Remote(Arc<dyn RemoteKeys>),
+}
+
+impl KeySource {
+    /// The stored ring's store, when the keys are stored.
+    pub fn stored(&self) -> Option<&Arc<dyn KeyStore>> {
+        match self {
+            KeySource::Stored(s) => Some(s),
+            KeySource::Remote(_) => None,
+        }
+    }
+
+    pub fn location(&self) -> String {
+        match self {
+            KeySource::Stored(s) => s.location(),
+            KeySource::Remote(r) => r.location(),
+        }
+    }
+}
+
+/// Activation times of remote versions (in any order) at `now`: the oldest listed
+/// version signs from its creation (a new key, or what an operator trimmed down to;
+/// at once, too, when Vault's clock is ahead of ours: no token can need the lead
+/// before the first key), every later one `publish_lead` after its creation.
+pub fn remote_activations(
+    versions: &[RemoteVersion],
+    publish_lead: Duration,
+    now: u64,
+) -> Vec<u64> {
+    let oldest = versions.iter().map(|v| v.version).min();
+    versions
+        .iter()
+        .map(|v| {
+            if Some(v.version) == oldest {
+                v.created_at.min(now)
+            } else {
+                v.created_at.saturating_add(publish_lead.as_secs())
+            }
+        })
+        .collect()
+}
+
+/// The fingerprint of a remote version: what it is, not a secret.
+fn remote_fingerprint(
+    location: &str,
+    alg: SigningAlgorithm,
+    v: &RemoteVersion,
+    activates_at: u64,
+) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"remote\0");
+    ctx.update(location.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(alg.as_str().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(&v.version.to_be_bytes());
+    ctx.update(&v.public_key);
+    ctx.update(&v.created_at.to_be_bytes());
+    ctx.update(&activates_at.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Rows of `keys list` for a remote key at `now`.
+pub fn list_remote(
+    set: &RemoteKeySet,
+    now: u64,
+    max_ttl: Duration,
+    publish_lead: Duration,
+    backend: Arc<dyn RemoteSign>,
+) -> Result<Vec<KeyListing>, KeyringError> {
+    let activations = remote_activations(&set.versions, publish_lead, now);
+    let mut entries = Vec::with_capacity(set.versions.len());
+    for (index, (v, activates_at)) in set.versions.iter().zip(&activations).enumerate() {
+        let key = SigningKey::remote(set.algorithm, &v.public_key, backend.clone(), v.version)
+            .map_err(|source| KeyringError::BadKey {
+                key: KeyRef {
+                    index,
+                    kid: Some(format!("v{}", v.version)),
+                },
+                source,
+            })?;
+        entries.push((key.kid, set.algorithm, v.created_at, *activates_at));
+    }
+    Ok(list_entries(entries, now, max_ttl))
 }
 
 /// The embedded key store: one JSON file, `<dir>/signing-keys.json`, mode 0600.
@@ -608,6 +750,28 @@ pub enum KeyringError {
         field: &'static str,
         value: u64,
     },
+    #[error("{location}: the key does not exist (deleted?); nothing signs until it is back")]
+    RemoteMissing { location: String },
+}
+
+impl KeyringError {
+    /// Whether this failure stops a remote key from signing at once, rather than
+    /// after `max_stale`: the key is gone, or it answered but refused to sign, or its
+    /// signature did not verify. An unreachable or sealed Vault is not such a
+    /// failure: the last good keys sign on until `max_stale`.
+    pub fn blocks_signing(&self) -> bool {
+        match self {
+            KeyringError::RemoteMissing { .. } => true,
+            KeyringError::BadKey { source, .. } => !matches!(
+                source,
+                KeyMaterialError::Remote {
+                    transient: true,
+                    ..
+                }
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Parses one stored key with its stated algorithm and runs its self-test. A key that
@@ -661,7 +825,13 @@ pub struct RingHealth {
 
 /// The running keyring.
 pub struct Keyring {
-    store: Arc<dyn KeyStore>,
+    source: KeySource,
+    /// With a remote key: how long after its creation a later version signs.
+    publish_lead: Duration,
+    /// Why the remote key cannot sign right now (deleted, a version that refuses to
+    /// sign, a signature that does not verify): nothing signs until a refresh clears
+    /// it, while the JWKS keeps the published keys.
+    blocked: arc_swap::ArcSwapOption<String>,
     current: ArcSwap<Vec<Arc<LoadedKey>>>,
     health: ArcSwap<RingHealth>,
     max_ttl: Duration,
@@ -683,7 +853,7 @@ struct SeenKeys {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
-            .field("store", &self.store)
+            .field("source", &self.source)
             .field("keys", &self.current.load().len())
             .finish()
     }
@@ -697,8 +867,27 @@ impl Keyring {
         max_stale: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::from_source(
+            KeySource::Stored(store),
+            Duration::ZERO,
+            max_ttl,
+            max_stale,
+            metrics,
+        )
+    }
+
+    /// A keyring over `source`; `publish_lead` places a remote key's later versions.
+    pub fn from_source(
+        source: KeySource,
+        publish_lead: Duration,
+        max_ttl: Duration,
+        max_stale: Option<Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Keyring {
-            store,
+            source,
+            publish_lead,
+            blocked: arc_swap::ArcSwapOption::empty(),
             current: ArcSwap::from_pointee(Vec::new()),
             health: ArcSwap::from_pointee(RingHealth {
                 last_success: None,
@@ -729,6 +918,9 @@ impl Keyring {
                 };
                 self.log_changes(seen, &keys);
                 self.current.store(Arc::new(keys));
+                if let Some(reason) = self.blocked.swap(None) {
+                    tracing::info!(previous_error = %reason, "the remote signing key signs again");
+                }
                 let previous = self.health.load();
                 if previous.last_success.is_some()
                     && let Some(error) = &previous.last_error
@@ -744,6 +936,9 @@ impl Keyring {
             Err(e) => {
                 self.metrics.keyring_refresh_failures.inc();
                 let reason = e.to_string();
+                if matches!(self.source, KeySource::Remote(_)) && e.blocks_signing() {
+                    self.blocked.store(Some(Arc::new(reason.clone())));
+                }
                 let previous = self.health.load_full();
                 // Once per distinct reason, not on every tick; the counter counts them all.
                 if previous.last_error.as_deref() == Some(reason.as_str()) {
@@ -800,7 +995,11 @@ impl Keyring {
     }
 
     async fn read_ring(&self, now: u64) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
-        let (ring, _) = self.store.load().await?;
+        let store = match &self.source {
+            KeySource::Stored(store) => store,
+            KeySource::Remote(remote) => return self.read_remote(remote, now).await,
+        };
+        let (ring, _) = store.load().await?;
         let checked = ring.validate(&self.current.load())?;
         let states = ring.states(now, self.max_ttl);
         // Removed keys are checked like the others but not kept: they neither sign
@@ -812,6 +1011,77 @@ impl Keyring {
             .map(|(k, _)| k)
             .collect();
         keys.sort_by_key(|k| k.activates_at);
+        Ok(keys)
+    }
+
+    /// The versions of the remote key: new ones built and self-tested through the
+    /// remote signer, known ones reused; then the version that signs at `now` is
+    /// probed (one remote signature per refresh), so a key deleted or a version
+    /// that no longer signs is found within `refresh_interval`.
+    async fn read_remote(
+        &self,
+        remote: &Arc<dyn RemoteKeys>,
+        now: u64,
+    ) -> Result<Vec<Arc<LoadedKey>>, KeyringError> {
+        let location = remote.location();
+        let Some(set) = remote.versions().await? else {
+            return Err(KeyringError::RemoteMissing { location });
+        };
+        let activations = remote_activations(&set.versions, self.publish_lead, now);
+        let states = key_states(&activations, now, self.max_ttl);
+        let known = self.current.load();
+        let backend: Arc<dyn RemoteSign> = remote.clone();
+        let mut keys = Vec::with_capacity(set.versions.len());
+        for (index, ((v, activates_at), state)) in
+            set.versions.iter().zip(activations).zip(states).enumerate()
+        {
+            if state == KeyState::Removed {
+                continue;
+            }
+            let key_ref = || KeyRef {
+                index,
+                kid: Some(format!("version {}", v.version)),
+            };
+            let print = remote_fingerprint(&location, set.algorithm, v, activates_at);
+            if let Some(k) = known.iter().find(|k| k.fingerprint == print) {
+                keys.push(k.clone());
+                continue;
+            }
+            let key = SigningKey::remote(set.algorithm, &v.public_key, backend.clone(), v.version)
+                .map_err(|source| KeyringError::BadKey {
+                    key: key_ref(),
+                    source,
+                })?;
+            let kid = key.kid.clone();
+            key.self_test_async(&kid)
+                .await
+                .map_err(|source| KeyringError::BadKey {
+                    key: key_ref(),
+                    source,
+                })?;
+            keys.push(Arc::new(LoadedKey {
+                key,
+                created_at: v.created_at,
+                activates_at,
+                fingerprint: print,
+            }));
+        }
+        keys.sort_by_key(|k| k.activates_at);
+        // The signing version signs now, and what it signs verifies.
+        if let Some(signer) = keys.iter().rev().find(|k| k.activates_at <= now) {
+            let kid = signer.key.kid.clone();
+            signer
+                .key
+                .self_test_async(&kid)
+                .await
+                .map_err(|source| KeyringError::BadKey {
+                    key: KeyRef {
+                        index: 0,
+                        kid: signer.key.remote_version().map(|v| format!("version {v}")),
+                    },
+                    source,
+                })?;
+        }
         Ok(keys)
     }
 
@@ -853,6 +1123,9 @@ impl Keyring {
 
     /// The key that signs at `now`: the latest activated one, if the ring is fresh.
     pub fn signer(&self, now: u64) -> Option<Arc<LoadedKey>> {
+        if self.blocked.load().is_some() {
+            return None;
+        }
         if let Some(max_stale) = self.max_stale {
             let fresh = self
                 .health
@@ -904,17 +1177,33 @@ pub struct KeyListing {
 
 /// States of every stored key at `now` (no key material).
 pub fn list(ring: &StoredRing, now: u64, max_ttl: Duration) -> Vec<KeyListing> {
-    let states = ring.states(now, max_ttl);
-    let mut rows: Vec<KeyListing> = ring
-        .keys
-        .iter()
+    list_entries(
+        ring.keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.alg, k.created_at, k.activates_at))
+            .collect(),
+        now,
+        max_ttl,
+    )
+}
+
+/// Rows of `keys list` from `(kid, alg, created_at, activates_at)` entries.
+fn list_entries(
+    entries: Vec<(String, SigningAlgorithm, u64, u64)>,
+    now: u64,
+    max_ttl: Duration,
+) -> Vec<KeyListing> {
+    let activations: Vec<u64> = entries.iter().map(|e| e.3).collect();
+    let states = key_states(&activations, now, max_ttl);
+    let mut rows: Vec<KeyListing> = entries
+        .into_iter()
         .zip(states)
-        .map(|(k, state)| KeyListing {
-            kid: k.kid.clone(),
-            alg: k.alg,
+        .map(|((kid, alg, created_at, activates_at), state)| KeyListing {
+            kid,
+            alg,
             state,
-            created_at: k.created_at,
-            activates_at: k.activates_at,
+            created_at,
+            activates_at,
             retires_at: None,
             removed_at: None,
         })
@@ -1146,6 +1435,127 @@ mod tests {
         assert_eq!(removed.len(), 1, "{log}");
         assert!(removed[0].contains(&first));
         assert!(!log.contains("PRIVATE KEY"), "{log}");
+    }
+
+    /// A remote key whose signer is scripted: its versions' public keys, and the key
+    /// that actually signs (another one, to play a signer that does not match).
+    #[derive(Debug)]
+    struct ScriptedRemote {
+        public: SigningKey,
+        signs_with: SigningKey,
+        gone: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl RemoteSign for ScriptedRemote {
+        async fn sign(&self, _: u64, message: &[u8]) -> Result<Vec<u8>, KeyMaterialError> {
+            use base64::Engine;
+            let sig = self.signs_with.sign(message)?;
+            Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(sig)
+                .unwrap())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl RemoteKeys for ScriptedRemote {
+        async fn versions(&self) -> Result<Option<RemoteKeySet>, KeyStoreError> {
+            if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let x = |m: &str| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(self.public.public_jwk[m].as_str().unwrap())
+                    .unwrap()
+            };
+            let mut raw = vec![4u8];
+            raw.extend(x("x"));
+            raw.extend(x("y"));
+            Ok(Some(RemoteKeySet {
+                algorithm: SigningAlgorithm::ES256,
+                versions: vec![RemoteVersion {
+                    version: 1,
+                    public_key: raw,
+                    created_at: 900,
+                }],
+            }))
+        }
+        async fn rotate(&self, _: SigningAlgorithm) -> Result<RemoteRotation, KeyStoreError> {
+            Ok(RemoteRotation::Rotated)
+        }
+        fn location(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn scripted(matching: bool) -> Arc<ScriptedRemote> {
+        let (public, pem) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+        let signs_with = if matching {
+            SigningKey::from_pem(SigningAlgorithm::ES256, &pem).unwrap()
+        } else {
+            SigningKey::generate(SigningAlgorithm::ES256).unwrap().0
+        };
+        Arc::new(ScriptedRemote {
+            public,
+            signs_with,
+            gone: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The keyring self-test applies to a remote key: a signer whose signatures do
+    /// not verify under the published key is refused (nothing signs, not even with
+    /// max_stale to spare), and a remote key that is gone stops signing at once
+    /// while the JWKS keeps it.
+    #[tokio::test]
+    async fn remote_keys_are_self_tested_and_a_missing_key_stops_signing_at_once() {
+        let lead = Duration::from_secs(600);
+        let stale = Some(Duration::from_secs(3600));
+        let metrics = Arc::new(Metrics::new());
+        let bad = scripted(false);
+        let ring = Keyring::from_source(KeySource::Remote(bad), lead, TTL, stale, metrics.clone());
+        let e = ring.refresh(1000).await.unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        assert!(ring.signer(1000).is_none());
+
+        let good = scripted(true);
+        let ring = Keyring::from_source(KeySource::Remote(good.clone()), lead, TTL, stale, metrics);
+        ring.refresh(1000).await.unwrap();
+        let signer = ring.signer(1000).unwrap();
+        assert_eq!(signer.key.kid, good.public.kid);
+        assert!(
+            signer.key.sign_compact(b"{}", b"{}").is_err(),
+            "remote keys never sign locally"
+        );
+        let jws = signer.key.sign_compact_async(b"{}", b"{}").await.unwrap();
+        assert_eq!(jws.split('.').count(), 3);
+
+        good.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = ring.refresh(1001).await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(ring.signer(1001).is_none(), "a deleted key signs on");
+        assert!(ring.jwks(1001).to_string().contains(&good.public.kid));
+        good.gone.store(false, std::sync::atomic::Ordering::SeqCst);
+        ring.refresh(1002).await.unwrap();
+        assert!(ring.signer(1002).is_some());
+    }
+
+    #[test]
+    fn remote_versions_activate_a_lead_after_creation_except_the_oldest() {
+        let v = |version, created_at| RemoteVersion {
+            version,
+            public_key: vec![],
+            created_at,
+        };
+        let lead = Duration::from_secs(600);
+        assert_eq!(
+            remote_activations(&[v(2, 5000), v(1, 1000), v(3, 9000)], lead, 9999),
+            vec![5600, 1000, 9600]
+        );
+        // Trimmed down to version 3: it is the oldest, and signs from its creation.
+        assert_eq!(remote_activations(&[v(3, 9000)], lead, 9999), vec![9000]);
+        // A first version Vault dated ahead of our clock signs at once.
+        assert_eq!(remote_activations(&[v(1, 9000)], lead, 8998), vec![8998]);
     }
 
     #[tokio::test]

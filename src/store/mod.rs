@@ -21,14 +21,15 @@ pub use secrets::{
 };
 
 use crate::config::{Config, KeyStoreKind, SecretsConfig, VaultAuth, VaultConfig};
-use crate::keys::{FileKeyStore, KeyStore};
+use crate::keys::{FileKeyStore, KeySource};
 use crate::runtime::StartError;
+use vault::transit::TransitKeys;
 use vault::{Vault, VaultKeyStore, VaultSecretStore};
 
 /// The configured stores, and the Vault client behind them when one is configured.
 #[derive(Debug, Clone)]
 pub struct Stores {
-    pub keys: Arc<dyn KeyStore>,
+    pub keys: KeySource,
     pub secrets: Arc<dyn SecretStore>,
     pub vault: Option<Arc<Vault>>,
 }
@@ -42,20 +43,25 @@ pub async fn open(config: &Config) -> Result<Stores, StartError> {
         &config.secrets,
         config.vault.as_ref(),
     )?;
-    let uses_vault = matches!(config.keys.store, KeyStoreKind::Vault { .. })
-        || matches!(config.secrets, SecretsConfig::Vault);
+    let uses_vault = matches!(
+        config.keys.store,
+        KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }
+    ) || matches!(config.secrets, SecretsConfig::Vault);
     let vault = match (&config.vault, uses_vault) {
         (Some(v), true) => Some(connect_vault(v).await?),
         _ => None,
     };
-    let keys: Arc<dyn KeyStore> = match (&config.keys.store, &vault) {
-        (KeyStoreKind::File { dir }, _) => Arc::new(FileKeyStore::new(dir)),
+    let keys = match (&config.keys.store, &vault) {
+        (KeyStoreKind::File { dir }, _) => KeySource::Stored(Arc::new(FileKeyStore::new(dir))),
         (KeyStoreKind::Vault { path }, Some(vault)) => {
-            Arc::new(VaultKeyStore::new(vault.clone(), path.clone()))
+            KeySource::Stored(Arc::new(VaultKeyStore::new(vault.clone(), path.clone())))
         }
-        (KeyStoreKind::Vault { .. }, None) => {
+        (KeyStoreKind::Transit { mount, key }, Some(vault)) => {
+            KeySource::Remote(Arc::new(TransitKeys::new(vault.clone(), mount, key)))
+        }
+        (KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }, None) => {
             return Err(StartError::Config(format!(
-                "{}: keys.store = \"vault\" needs [vault]",
+                "{}: keys.store = \"vault\" or \"transit\" needs [vault]",
                 config.source
             )));
         }

@@ -106,11 +106,12 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
     // Keys and credentials from Vault are served from memory at most `max_stale`
     // after the last successful read; the file stores have no such limit.
     let max_stale = match (&config.keys.store, &config.vault) {
-        (KeyStoreKind::Vault { .. }, Some(v)) => Some(v.max_stale),
+        (KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }, Some(v)) => Some(v.max_stale),
         _ => None,
     };
-    let keyring = Arc::new(Keyring::new(
+    let keyring = Arc::new(Keyring::from_source(
         stores.keys.clone(),
+        config.keys.publish_lead,
         config.tokens.max_ttl,
         max_stale,
         metrics.clone(),

@@ -39,10 +39,11 @@ use crate::control::{DenyCheck, DenyGuard};
 use crate::identity::replay::ReplayError;
 use crate::identity::{JwtError, TrustStore, VerifiedToken};
 use crate::keys::Keyring;
+use crate::keys::signing_key::KeyMaterialError;
 use crate::secret::{DpopProof, MintedJwt};
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoreHealth};
 use crate::store::vault::Vault;
-use crate::sts::mint::{Actor, Grant, MintError, mint};
+use crate::sts::mint::{Actor, Grant, MintError, mint_with};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::sts::token_exchange::{ExchangeRequest, GrantType, SubjectType};
@@ -333,8 +334,8 @@ impl Sts {
     }
 
     /// The signed deny-list feed at `now` (`None`: the list is stale, or no key signs).
-    pub fn deny_feed(&self, now: u64) -> Option<Arc<str>> {
-        self.deny.feed(&self.keyring, now)
+    pub async fn deny_feed(&self, now: u64) -> Option<Arc<str>> {
+        self.deny.feed(&self.keyring, now).await
     }
 
     /// Re-reads the keyring (the periodic refresher); failures keep the last good ring.
@@ -674,11 +675,19 @@ impl Sts {
             not_after,
             jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
-        mint(&key, &grant, now).map_err(|e| match e {
+        mint_with(&key, &grant, now).await.map_err(|e| match e {
             MintError::SubjectExpiring if req.grant == GrantType::JwtBearer => {
                 Rejection::InvalidAssertion
             }
             MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
+            // The remote signer (Vault Transit) refused, failed or answered a
+            // signature that does not verify: ours, and nothing is minted.
+            MintError::Key(
+                ref k @ (KeyMaterialError::Remote { .. } | KeyMaterialError::RemoteMismatch),
+            ) => {
+                tracing::error!(kid = %key.key.kid, error = %k, "remote signing failed; nothing minted");
+                Rejection::SigningKeyUnavailable
+            }
             other => {
                 tracing::error!(error = %other, "minting failed");
                 Rejection::Internal

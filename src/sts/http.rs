@@ -326,7 +326,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
 /// The deny list, signed (see `agent_sts_verifier::deny`): shims and services refuse
 /// live tokens it names. 503 when this replica's list is stale, so they fail closed.
 async fn deny_feed(State(state): State<AppState>) -> Response {
-    match state.sts.deny_feed(unix_now()) {
+    match state.sts.deny_feed(unix_now()).await {
         Some(document) => (
             [
                 (header::CONTENT_TYPE, "application/deny-list+jwt"),

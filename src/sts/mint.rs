@@ -100,8 +100,53 @@ fn new_jti() -> Result<String, MintError> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Signs the token for `grant` with `key` at `now`.
+/// Signs the token for `grant` with `key` at `now`: locally (no await point), or
+/// through the key's remote signer (Vault Transit). What the STS calls.
+pub async fn mint_with(key: &LoadedKey, grant: &Grant<'_>, now: u64) -> Result<Minted, MintError> {
+    if !key.key.is_remote() {
+        return mint(key, grant, now);
+    }
+    let (header, claims, unsigned) = prepare(key, grant, now)?;
+    let access_token = MintedJwt::new(key.key.sign_compact_async(&header, &claims).await?);
+    Ok(unsigned.signed(access_token))
+}
+
+/// Signs the token for `grant` with the local `key` at `now` (a remote key:
+/// [`MintError::Key`] with [`KeyMaterialError::NotLocal`]; use [`mint_with`]).
 pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintError> {
+    let (header, claims, unsigned) = prepare(key, grant, now)?;
+    let access_token = MintedJwt::new(key.key.sign_compact(&header, &claims)?);
+    Ok(unsigned.signed(access_token))
+}
+
+/// A token's facts before its signature.
+struct Unsigned {
+    jti: String,
+    kid: String,
+    expires_at: u64,
+    expires_in: u64,
+    bound: bool,
+}
+
+impl Unsigned {
+    fn signed(self, access_token: MintedJwt) -> Minted {
+        Minted {
+            access_token,
+            jti: self.jti,
+            kid: self.kid,
+            expires_at: self.expires_at,
+            expires_in: self.expires_in,
+            bound: self.bound,
+        }
+    }
+}
+
+/// The header and claims (JSON) of the token for `grant` at `now`, and its facts.
+fn prepare(
+    key: &LoadedKey,
+    grant: &Grant,
+    now: u64,
+) -> Result<(Vec<u8>, Vec<u8>, Unsigned), MintError> {
     let exp = now.saturating_add(grant.ttl_secs).min(grant.not_after);
     if exp <= now {
         return Err(MintError::SubjectExpiring);
@@ -128,15 +173,14 @@ pub fn mint(key: &LoadedKey, grant: &Grant, now: u64) -> Result<Minted, MintErro
     };
     let header = serde_json::to_vec(&header).map_err(|_| MintError::Encode)?;
     let claims = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
-    let access_token = MintedJwt::new(key.key.sign_compact(&header, &claims)?);
-    Ok(Minted {
-        access_token,
+    let unsigned = Unsigned {
         jti,
         kid: key.key.kid.clone(),
         expires_at: exp,
         expires_in: exp - now,
         bound: grant.jkt.is_some(),
-    })
+    };
+    Ok((header, claims, unsigned))
 }
 
 #[cfg(test)]

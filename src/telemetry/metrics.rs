@@ -54,7 +54,7 @@ pub struct OperationLabels {
 }
 
 /// The `operation` label values of `agent_sts_vault_request_duration_seconds`.
-pub const VAULT_OPERATIONS: &[&str] = &["read", "write", "login", "renew", "lookup"];
+pub const VAULT_OPERATIONS: &[&str] = &["read", "write", "login", "renew", "lookup", "sign"];
 
 /// A histogram family whose buckets are fixed by a plain function.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;

@@ -310,7 +310,7 @@ impl TestSts {
         let config = agent_sts::config::Config::load(config_path, &env).unwrap();
         let stores = agent_sts::store::open(&config).await.unwrap();
         agent_sts::keys::rotate(
-            stores.keys.as_ref(),
+            stores.keys.stored().unwrap().as_ref(),
             config.tokens.algorithm,
             now(),
             config.keys.publish_lead,

@@ -21,6 +21,8 @@ mod resource_metadata;
 mod rotation;
 mod router;
 mod shim;
+mod transit;
 mod vault;
+mod vault_auth;
 mod vault_recorded;
 mod verifier;

@@ -46,7 +46,7 @@ pub struct AuditedRequest {
 
 /// The `bao` binary: `$BAO_BIN`, else the first on `PATH`. Panics with the install
 /// command when there is none.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("BAO_BIN") {
         return PathBuf::from(bin);
     }
@@ -451,6 +451,78 @@ impl OpenBao {
             .await;
         let secret_id = body["data"]["secret_id"].as_str().unwrap().to_owned();
         (role_id, secret_id)
+    }
+
+    /// Enables the auth method `kind` at `auth/<path>/` (once).
+    pub async fn enable_auth(&self, path: &str, kind: &str) {
+        let mounts = self
+            .call(
+                reqwest::Method::GET,
+                "sys/auth",
+                Some(&self.root_token),
+                None,
+            )
+            .await;
+        let mounts: Value = mounts.json().await.unwrap_or_default();
+        if mounts["data"].get(format!("{path}/")).is_none() {
+            self.root(
+                reqwest::Method::POST,
+                &format!("sys/auth/{path}"),
+                json!({ "type": kind }),
+            )
+            .await;
+        }
+    }
+
+    /// Mounts the Transit secrets engine at `transit/`.
+    pub async fn enable_transit(&self) {
+        self.root(
+            reqwest::Method::POST,
+            "sys/mounts/transit",
+            json!({"type": "transit"}),
+        )
+        .await;
+    }
+
+    /// A request as root that may fail: its status and JSON body.
+    pub async fn try_root(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .call(method, path, Some(&self.root_token), Some(body))
+            .await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request with `token` (not root): its status and JSON body.
+    pub async fn as_token(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let r = self.call(method, path, Some(token), body).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the `bao` command line against this server as root (`bao write -f
+    /// transit/keys/agent-sts/rotate`, ...); returns its stdout, panicking on failure.
+    pub fn bao(&self, args: &[&str]) -> String {
+        let out = Command::new(binary())
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", &self.root_token)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.root_token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Every request the audit device has logged so far.

@@ -205,7 +205,7 @@ async fn vault_keys_rotate_under_load_with_zero_verification_failures() {
         sts.url.clone(),
         &issuers,
         &sts.config_path,
-        stores.keys.as_ref(),
+        stores.keys.stored().unwrap().as_ref(),
     )
     .await;
 }

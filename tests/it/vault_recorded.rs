@@ -1037,10 +1037,7 @@ async fn concurrent_forbidden_reads_cause_one_login_when_vault_refuses_everythin
             .len(),
         0
     );
-    let failed = results
-        .iter()
-        .filter(|e| **e == VaultError::Login(Box::new(VaultError::Forbidden)))
-        .count();
+    let failed = results.iter().filter(|e| **e == approle_refused()).count();
     let cooled = results
         .iter()
         .filter(|e| **e == VaultError::LoginCooldown)
@@ -1084,7 +1081,7 @@ async fn concurrent_forbidden_reads_cause_one_relogin() {
     );
     for e in &results {
         assert!(
-            *e == VaultError::Login(Box::new(VaultError::Forbidden))
+            *e == approle_refused()
                 || *e == VaultError::LoginCooldown
                 || *e == VaultError::LoginTooSoon,
             "{e:?}"
@@ -1426,7 +1423,16 @@ async fn no_error_nor_the_client_prints_a_secret() {
     );
     let k8s = Vault::new(&k8s, None).unwrap();
     let e = k8s.login(0).await.unwrap_err();
-    assert_eq!(e, VaultError::Login(Box::new(VaultError::Status(400))));
+    // Vault's refusal of the login itself names the method, mount and role.
+    assert_eq!(
+        e,
+        VaultError::Login(Box::new(VaultError::LoginRefused {
+            method: "kubernetes",
+            mount: "k8s".into(),
+            role: Some("agent-sts".into()),
+        }))
+    );
+    assert!(e.to_string().contains("for role agent-sts"), "{e}");
     record(clean(&e));
     let e = k8s.login(0).await.unwrap_err();
     assert_eq!(e, VaultError::LoginCooldown);
@@ -1487,4 +1493,13 @@ async fn no_error_nor_the_client_prints_a_secret() {
     clean_debug(&keys);
     assert!(format!("{vault:?}").contains("[redacted]"));
     assert!(printed.len() >= 15, "{printed:?}");
+}
+
+/// What a login Vault refuses (403) with AppRole at `auth/approle` is.
+fn approle_refused() -> VaultError {
+    VaultError::Login(Box::new(VaultError::LoginRefused {
+        method: "approle",
+        mount: "approle".into(),
+        role: None,
+    }))
 }

@@ -38,6 +38,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use serde_json::{Map, Value, json};
 
+pub mod transit;
+
 use crate::config::{VaultAuth, VaultConfig};
 use crate::keys::{KeyStore, KeyStoreError, StoreVersion, StoredRing};
 use crate::secret::VaultToken;
@@ -106,6 +108,18 @@ pub enum VaultError {
     CredentialFile { what: &'static str, path: PathBuf },
     #[error("login failed: {0}")]
     Login(Box<VaultError>),
+    /// Vault answered the login itself with a refusal (400 or 403): the credential
+    /// is expired, revoked, for another audience, or not bound to the role. Vault's
+    /// own answer is not kept (it may quote a claim); its server log has the reason.
+    #[error(
+        "vault refused the {method} login at auth/{mount}/login{}: the credential is expired, revoked, for another audience or issuer, or not bound to this role (vault's server log says which)",
+        role.as_deref().map(|r| format!(" for role {r}")).unwrap_or_default()
+    )]
+    LoginRefused {
+        method: &'static str,
+        mount: String,
+        role: Option<String>,
+    },
     #[error("login refused: the last login failed less than 5s ago")]
     LoginCooldown,
     #[error("login refused: the last login forced by a refused token was less than 10s ago")]
@@ -330,6 +344,12 @@ impl Vault {
     }
 
     async fn do_login(&self) -> Result<(VaultToken, Lease), VaultError> {
+        let (method, mount, role): (&'static str, &str, Option<&str>) = match &self.config.auth {
+            VaultAuth::Token { .. } => ("token", "token", None),
+            VaultAuth::AppRole { mount, .. } => ("approle", mount, None),
+            VaultAuth::Kubernetes { mount, role, .. } => ("kubernetes", mount, Some(role)),
+            VaultAuth::Jwt { mount, role, .. } => ("jwt", mount, Some(role)),
+        };
         let (path, body) = match &self.config.auth {
             VaultAuth::Token { token_file } => {
                 let token = match token_file {
@@ -363,10 +383,31 @@ impl Vault {
                     json!({"role": role, "jwt": jwt.expose()}),
                 )
             }
+            // Re-read at every login: a projected token the platform rotated is
+            // picked up by the next login (renewal failure, a 403 on a dead token).
+            VaultAuth::Jwt {
+                mount,
+                role,
+                token_file,
+            } => {
+                let jwt = read_credential(token_file, "jwt auth workload token")?;
+                (
+                    format!("auth/{mount}/login"),
+                    json!({"role": role, "jwt": jwt.expose()}),
+                )
+            }
         };
         let response = self
             .send(reqwest::Method::POST, &path, None, Some(&body))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                VaultError::Status(400) | VaultError::Forbidden => VaultError::LoginRefused {
+                    method,
+                    mount: mount.to_string(),
+                    role: role.map(str::to_string),
+                },
+                other => other,
+            })?;
         auth_of(&response)
     }
 
@@ -516,6 +557,18 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
+        self.call_with(method, path, body, true).await
+    }
+
+    /// [`Vault::call`]; without `retry`, a 5xx or 429 is answered at once (a
+    /// signature a request waits for: the client retries, not us).
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        retry: bool,
+    ) -> Result<Value, VaultError> {
         let deadline = Instant::now() + self.config.timeout;
         let denied = || {
             self.metrics.permission_denied.inc();
@@ -547,7 +600,7 @@ impl Vault {
                     relogged = true;
                     within(deadline, self.forced_login(session.generation)).await?;
                 }
-                Err(e) if e.retryable() && attempt < 3 => {
+                Err(e) if retry && e.retryable() && attempt < 3 => {
                     attempt += 1;
                     let backoff = Duration::from_millis(50 << attempt) + jitter(50);
                     if Instant::now() + backoff >= deadline {
@@ -981,6 +1034,8 @@ fn operation(method: &reqwest::Method, path: &str) -> &'static str {
         "renew"
     } else if path == "auth/token/lookup-self" {
         "lookup"
+    } else if *method == reqwest::Method::POST && path.contains("/sign/") {
+        "sign"
     } else if *method == reqwest::Method::GET {
         "read"
     } else {
