@@ -2,9 +2,12 @@
 //! (an `Authorization`-style header value) into requests upstream; an upstream may echo
 //! it back in a response header or body, and the agent must never see it. This module
 //! owns what counts as "the credential" and removes every occurrence of it from response
-//! bytes and header values. It scrubs whole buffers: the shim reads capped bodies whole
-//! rather than streaming them (and refuses partial answers), so a match can never
-//! straddle a chunk boundary and no carry-over state is needed.
+//! bytes and header values. It scrubs whole buffers ([`Scrubber::scrub`], for a body
+//! the shim reads whole) and streams ([`StreamScrubber`], for a body relayed as it
+//! arrives): every match is bounded by [`Scrubber::window`] bytes, so a stream scrubber
+//! that holds back the last `window - 1` bytes of what it has seen decides every match
+//! exactly as the whole-buffer scrub would, wherever the chunk boundaries fall, and
+//! releases no byte that could still be the start of one.
 //!
 //! The **texts** of a credential are the header value, its credential part after the
 //! auth scheme, and for `Basic` the decoded `user:pass` and the password; each as is and
@@ -13,7 +16,10 @@
 //! response independently in any of its spellings, in any mix: raw, percent-encoded
 //! (either hex case), form-encoded (`+` for a space), JSON-escaped (`\uXXXX` in either
 //! case, `\/`, `\"`, `\\`), or as an HTML/XML character reference (decimal or hex,
-//! leading zeros, with or without `;`, and the named references of ASCII punctuation).
+//! up to [`MAX_REFERENCE_ZEROS`] leading zeros, with or without `;`, and the named
+//! references of ASCII punctuation). A numeric reference with more leading zeros is
+//! not scrubbed but makes the answer unscrubbable ([`Scrubber::sees_whole`]): the
+//! bound is what gives every match, and so a stream's held-back tail, a finite length.
 //! One byte regex matches all of it ([`spelling`] builds each character's alternatives).
 //! Not covered, honestly: other encodings (hex, double percent-encoding), compressed
 //! bodies (refused instead), credentials echoed with changed case or only in part, and
@@ -40,6 +46,12 @@ const MIN_DERIVED_LEN: usize = 8;
 /// A Basic password shorter than this is not treated as a secret form of its own.
 const MIN_PASSWORD_LEN: usize = 6;
 
+/// Leading zeros a numeric character reference (`&#0065;`, `&#x0041;`) may carry and
+/// still be scrubbed. More are legal HTML but no serializer writes them; an answer that
+/// holds such a reference is refused instead ([`Scrubber::sees_whole`]), which keeps
+/// every match, and so the tail a [`StreamScrubber`] holds back, bounded.
+pub const MAX_REFERENCE_ZEROS: usize = 16;
+
 /// Removes one credential, in every encoding listed in the module doc, from responses.
 pub struct Scrubber {
     /// The texts as they are: enough for a body without any escape introducer.
@@ -48,6 +60,8 @@ pub struct Scrubber {
     /// that could hold a spelling is not scrubbed but refused ([`Scrubber::sees_whole`]).
     spellings: Option<regex::bytes::Regex>,
     needle_count: usize,
+    /// The longest any match can be, in bytes (at least 1).
+    window: usize,
 }
 
 /// The automaton is the normal case; the fallback exists only so that an absurd
@@ -75,11 +89,25 @@ impl Scrubber {
                 "the credential's spellings cannot be matched: answers that hold an escape will be refused"
             );
         }
+        let window = texts
+            .iter()
+            .map(|t| text_max_len(t))
+            .max()
+            .unwrap_or(0)
+            .max(secret.len())
+            .max(1);
         Scrubber {
             matcher,
             spellings,
             needle_count: texts.len(),
+            window,
         }
+    }
+
+    /// The longest a match can be, in bytes: the longest text, each character in its
+    /// longest spelling. A [`StreamScrubber`] holds back one byte less than this.
+    pub fn window(&self) -> usize {
+        self.window
     }
 
     /// `input` with every occurrence of any needle replaced by [`REDACTED`], and the
@@ -106,11 +134,13 @@ impl Scrubber {
         Some(scrubbed)
     }
 
-    /// Whether [`scrub`](Self::scrub) can find every spelling in `haystack`: false only
-    /// when the spellings regex could not be built and `haystack` holds an escape
-    /// introducer. The shim then refuses the answer rather than pass it half-scrubbed.
+    /// Whether [`scrub`](Self::scrub) can find every spelling in `haystack`: false when
+    /// the spellings regex could not be built and `haystack` holds an escape
+    /// introducer, or when `haystack` holds a numeric character reference with more
+    /// than [`MAX_REFERENCE_ZEROS`] leading zeros. The shim then refuses the answer
+    /// rather than pass it half-scrubbed.
     pub fn sees_whole(&self, haystack: &[u8]) -> bool {
-        self.spellings.is_some() || !has_escape(haystack)
+        (self.spellings.is_some() || !has_escape(haystack)) && !overpadded(haystack)
     }
 
     /// The number of needles (for tests and diagnostics).
@@ -184,6 +214,165 @@ impl std::fmt::Debug for Scrubber {
             .field("needles", &self.needle_count)
             .finish()
     }
+}
+
+/// A stream's body seen by a [`Scrubber`] chunk by chunk: what [`push`](Self::push)
+/// returns may be released at once, and the concatenation of everything released
+/// equals the whole-buffer scrub of the concatenated input (the proptests check it
+/// for every split).
+///
+/// It holds back the last `window - 1` bytes it has seen: a match that starts at
+/// least `window - 1` bytes before the end of what arrived lies wholly inside it, so
+/// it is decided; one that starts later is not, and its bytes wait for the next
+/// chunk (or [`finish`](Self::finish)). Memory: the held tail plus one chunk.
+pub struct StreamScrubber {
+    scrubber: std::sync::Arc<Scrubber>,
+    /// The held-back tail, then the chunk being scanned.
+    pending: bytes::BytesMut,
+    removed: u64,
+}
+
+/// The stream held something the scrubber cannot see whole ([`Scrubber::sees_whole`]):
+/// nothing of it was released, and the stream must end here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the answer holds a form of the credential that cannot be scrubbed")]
+pub struct Unscrubbable;
+
+impl StreamScrubber {
+    pub fn new(scrubber: std::sync::Arc<Scrubber>) -> Self {
+        StreamScrubber {
+            scrubber,
+            pending: bytes::BytesMut::new(),
+            removed: 0,
+        }
+    }
+
+    /// Takes the next chunk; returns the scrubbed bytes that may be released now
+    /// (possibly none).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, Unscrubbable> {
+        self.pending.extend_from_slice(chunk);
+        let hold = self.scrubber.window - 1;
+        let safe = self.pending.len().saturating_sub(hold);
+        self.release(safe)
+    }
+
+    /// The end of the stream: everything still held, scrubbed.
+    pub fn finish(&mut self) -> Result<Bytes, Unscrubbable> {
+        let all = self.pending.len();
+        self.release(all)
+    }
+
+    /// Credential bytes removed so far.
+    pub fn removed(&self) -> u64 {
+        self.removed
+    }
+
+    /// Bytes seen but not yet released (at most `window - 1` between chunks).
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Releases the pending bytes up to `safe`, or past it to the end of a match that
+    /// starts before it; matches starting at `safe` or later stay pending.
+    fn release(&mut self, safe: usize) -> Result<Bytes, Unscrubbable> {
+        if !self.scrubber.sees_whole(&self.pending) {
+            self.pending.clear();
+            return Err(Unscrubbable);
+        }
+        if safe == 0 {
+            return Ok(Bytes::new());
+        }
+        let input = &self.pending[..];
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        let mut cut = safe;
+        let mut removed = 0;
+        self.scrubber.for_each_match(input, |start, end| {
+            if start >= safe {
+                return;
+            }
+            let buf = out.get_or_insert_with(|| Vec::with_capacity(input.len()));
+            buf.extend_from_slice(&input[last..start]);
+            buf.extend_from_slice(REDACTED.as_bytes());
+            removed += end - start;
+            last = end;
+            cut = cut.max(end);
+        });
+        self.removed += removed as u64;
+        let released = match out {
+            None => self.pending.split_to(cut).freeze(),
+            Some(mut buf) => {
+                buf.extend_from_slice(&input[last..cut]);
+                let _ = self.pending.split_to(cut);
+                Bytes::from(buf)
+            }
+        };
+        Ok(released)
+    }
+}
+
+impl std::fmt::Debug for StreamScrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamScrubber")
+            .field("held", &self.pending.len())
+            .field("removed", &self.removed)
+            .finish()
+    }
+}
+
+/// Whether `haystack` holds `&#` or `&#x` (either case) followed by more than
+/// [`MAX_REFERENCE_ZEROS`] zeros: a character reference the spellings regex does not
+/// match. At most `MAX_REFERENCE_ZEROS + 4` bytes long, shorter than any window.
+fn overpadded(haystack: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == b'&') {
+        let start = at + i;
+        at = start + 1;
+        let rest = &haystack[start + 1..];
+        let Some(rest) = rest.strip_prefix(b"#") else {
+            continue;
+        };
+        let rest = match rest.first() {
+            Some(b'x' | b'X') => &rest[1..],
+            _ => rest,
+        };
+        if rest.iter().take_while(|&&b| b == b'0').count() > MAX_REFERENCE_ZEROS {
+            return true;
+        }
+    }
+    false
+}
+
+/// The longest spelling of `text` the spellings regex matches ([`text_pattern`]).
+fn text_max_len(text: &[u8]) -> usize {
+    let mut len = 0;
+    for chunk in text.utf8_chunks() {
+        len += chunk.valid().chars().map(spelling_max_len).sum::<usize>();
+        // Raw or `%XX`.
+        len += 3 * chunk.invalid().len();
+    }
+    len
+}
+
+/// The longest of the spellings [`spelling`] matches for `c`.
+fn spelling_max_len(c: char) -> usize {
+    let code = u32::from(c);
+    let decimal = code.to_string().len();
+    let hex = format!("{code:x}").len();
+    [
+        c.len_utf8(),
+        3 * c.len_utf8(),
+        6 * c.len_utf16(),
+        // `&#` zeros digits `;`, `&#x` zeros digits `;`.
+        2 + MAX_REFERENCE_ZEROS + decimal + 1,
+        3 + MAX_REFERENCE_ZEROS + hex + 1,
+        html_names(c).iter().map(|n| n.len() + 2).max().unwrap_or(0),
+        // `\/`, `\"`, `\\\\`, `+`.
+        2,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
 }
 
 /// Whether `haystack` holds a byte that starts a spelling other than the raw one.
@@ -269,8 +458,11 @@ fn spelling(c: char) -> String {
         .collect();
     alternatives.push(json_u);
     // HTML/XML numeric character references.
-    alternatives.push(format!("&#0*{code};?"));
-    alternatives.push(format!("&#[xX]0*{};?", hex_ci_trimmed(code)));
+    alternatives.push(format!("&#0{{0,{MAX_REFERENCE_ZEROS}}}{code};?"));
+    alternatives.push(format!(
+        "&#[xX]0{{0,{MAX_REFERENCE_ZEROS}}}{};?",
+        hex_ci_trimmed(code)
+    ));
     for named in html_names(c) {
         alternatives.push(format!("&{named};"));
     }
@@ -423,6 +615,7 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     /// The texts and, for each, its whole-string percent (both hex cases, and form)
     /// and JSON encodings: forms that must all be gone after scrubbing.
@@ -659,6 +852,7 @@ mod tests {
             matcher: Matcher::Plain(b"aba".to_vec()),
             spellings: None,
             needle_count: 1,
+            window: 3,
         };
         assert!(!s.sees_whole(b"a%62a"));
         assert!(s.sees_whole(b"aba"));
@@ -706,6 +900,109 @@ mod tests {
         ];
         for body in cases {
             assert_gone(secret, body.as_bytes(), &[body.as_bytes()]);
+        }
+    }
+
+    /// Feeds `body` to a stream scrubber in pieces cut at `cuts` (positions, any
+    /// order, clamped); returns everything released and the bytes removed.
+    fn stream_scrub(s: &Arc<Scrubber>, body: &[u8], cuts: &[usize]) -> (Vec<u8>, u64) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        at.push(0);
+        at.push(body.len());
+        at.sort_unstable();
+        let mut stream = StreamScrubber::new(s.clone());
+        let mut out = Vec::new();
+        for w in at.windows(2) {
+            out.extend_from_slice(&stream.push(&body[w[0]..w[1]]).unwrap());
+            assert!(stream.held() < s.window(), "held more than the window");
+        }
+        out.extend_from_slice(&stream.finish().unwrap());
+        (out, stream.removed())
+    }
+
+    #[test]
+    fn one_byte_chunks_are_scrubbed_like_the_whole() {
+        let s = Arc::new(Scrubber::new(BEARER));
+        let body = format!("data: {{\"k\":\"{BEARER}\"}}\n\ndata: {TOKEN}%20\n\n");
+        let cuts: Vec<usize> = (0..body.len()).collect();
+        let (out, removed) = stream_scrub(&s, body.as_bytes(), &cuts);
+        let (whole, whole_removed) = s.scrub(Bytes::from(body));
+        assert_eq!(out, whole.to_vec());
+        assert_eq!(removed, whole_removed as u64);
+        assert!(!contains(&out, TOKEN.as_bytes()));
+    }
+
+    #[test]
+    fn overpadded_references_are_unscrubbable_however_split() {
+        let s = Arc::new(Scrubber::new(BEARER));
+        let body = format!("x &#x{}67; y", "0".repeat(MAX_REFERENCE_ZEROS + 1));
+        assert!(!s.sees_whole(body.as_bytes()));
+        let fits = format!("x &#x{}67; y", "0".repeat(MAX_REFERENCE_ZEROS));
+        assert!(s.sees_whole(fits.as_bytes()));
+        for cut in 0..body.len() {
+            let mut stream = StreamScrubber::new(s.clone());
+            let mut released = Vec::new();
+            let result = stream
+                .push(&body.as_bytes()[..cut])
+                .and_then(|a| {
+                    released.extend_from_slice(&a);
+                    stream.push(&body.as_bytes()[cut..])
+                })
+                .and_then(|b| {
+                    released.extend_from_slice(&b);
+                    stream.finish()
+                });
+            assert_eq!(result, Err(Unscrubbable), "cut at {cut}");
+            assert!(!contains(&released, b"&#x0"), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn window_covers_the_longest_spelling() {
+        let secret = "Bearer a/b";
+        let s = Scrubber::new(secret);
+        let longest: String = secret
+            .chars()
+            .map(|c| format!("&#x{}{:x};", "0".repeat(MAX_REFERENCE_ZEROS), u32::from(c)))
+            .collect();
+        assert!(longest.len() <= s.window());
+        let (out, removed) = s.scrub(Bytes::from(longest.clone()));
+        assert_eq!(removed, longest.len());
+        assert_eq!(&out[..], REDACTED.as_bytes());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// The chunk-boundary property: a body holding the credential, each character
+        /// in any spelling, cut anywhere into any number of pieces, comes out of the
+        /// stream scrubber exactly as the whole-buffer scrub, and redacted.
+        #[test]
+        fn every_split_is_scrubbed_like_the_whole(
+            token in "[!-Z^-~]{8,40}",
+            picks in proptest::collection::vec(any::<usize>(), 48),
+            scheme in prop::bool::ANY,
+            base64 in prop::bool::ANY,
+            before in "[ -~]{0,40}",
+            after in "[ -~]{0,40}",
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let secret = if scheme { format!("Bearer {token}") } else { token.clone() };
+            let shown = if base64 { STANDARD.encode(&secret) } else { secret.clone() };
+            let spelled: String = shown
+                .chars()
+                .zip(picks.iter().cycle())
+                .map(|(c, pick)| spell(c, *pick))
+                .collect();
+            let body = format!("{before}{spelled}{after}{spelled}");
+            let s = Arc::new(Scrubber::new(&secret));
+            let (out, removed) = stream_scrub(&s, body.as_bytes(), &cuts);
+            let (whole, whole_removed) = s.scrub(Bytes::from(body.clone()));
+            prop_assert_eq!(&out, &whole.to_vec());
+            prop_assert_eq!(removed, whole_removed as u64);
+            prop_assert!(removed > 0);
+            prop_assert!(!contains(&out, spelled.as_bytes()));
+            prop_assert!(!contains(&out, token.as_bytes()));
         }
     }
 
