@@ -19,6 +19,7 @@ mod resource_metadata;
 mod rotation;
 mod router;
 mod shim;
+mod streaming;
 mod vault;
 mod vault_recorded;
 mod verifier;
