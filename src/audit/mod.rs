@@ -1183,6 +1183,31 @@ mod tests {
     }
 
     #[test]
+    fn append_stream_end_writes_the_same_line_as_append_and_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let (la, lb) = (AuditLog::open(&a).unwrap(), AuditLog::open(&b).unwrap());
+        for jti in [Some("j1"), Some("x\"}\n{\"seq\":99"), None] {
+            let end = StreamEnd {
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                shim: "https://shim.example",
+                event: "stream_end",
+                stream: "00112233aabbccdd",
+                action: Some("mcp.tools.call"),
+                jti,
+                ended: "idle_timeout",
+                bytes_relayed: 1234,
+                bytes_scrubbed: 51,
+                duration_ms: 700,
+            };
+            la.append(&end).unwrap();
+            lb.append_stream_end(&end).unwrap();
+        }
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(verify(&b).unwrap().lines, 3);
+    }
+
+    #[test]
     fn append_call_writes_the_same_line_as_append() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));

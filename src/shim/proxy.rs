@@ -526,6 +526,7 @@ impl Shim {
                             let audit = StreamAudit {
                                 audit: self.audit.clone(),
                                 failures: self.metrics.audit_write_failures.clone(),
+                                ended: self.metrics.streams.clone(),
                                 shim: self.audience.clone(),
                                 id: stream_id.unwrap_or_default(),
                                 action: token.map(|t| t.action.clone()),

@@ -28,9 +28,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::audit::{AuditLog, StreamEnd};
 use crate::shim::scrub::{Scrubber, StreamScrubber};
+use crate::telemetry::metrics::StreamLabels;
 
 /// What the proxy answers: a response read whole, or a stream to start once the
 /// decision line is written.
@@ -66,6 +68,8 @@ impl std::fmt::Debug for PendingStream {
 pub(crate) struct StreamAudit {
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) failures: Counter,
+    /// `streams_ended{ended}`.
+    pub(crate) ended: Family<StreamLabels, Counter>,
     pub(crate) shim: String,
     pub(crate) id: String,
     pub(crate) action: Option<String>,
@@ -156,6 +160,12 @@ impl Relay {
             bytes_scrubbed: self.scrubber.removed(),
             duration_ms: u64::try_from(audit.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
+        audit
+            .ended
+            .get_or_create(&StreamLabels {
+                ended: how.as_str(),
+            })
+            .inc();
         if let Err(e) = audit.audit.append_stream_end(&record) {
             audit.failures.inc();
             tracing::error!(error = %e, stream = %audit.id, "audit log unwritable: stream end not recorded");
