@@ -1841,9 +1841,14 @@ scopes_dir = "scopes"
             "AGENT_STS_SHIM_JWKS_MAX_STALE".to_string(),
             "5m".to_string(),
         );
+        env.insert(
+            "AGENT_STS_SHIM_STREAM_IDLE_TIMEOUT".to_string(),
+            "90s".to_string(),
+        );
         let c = ShimConfig::from_toml(SHIM, "shim.toml", &env).unwrap();
         assert_eq!(c.shim.listen.port(), 9999);
         assert_eq!(c.shim.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(c.shim.stream_idle_timeout, Duration::from_secs(90));
         assert_eq!(c.shim.jwks_refresh, Duration::from_secs(15));
         assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(300));
     }

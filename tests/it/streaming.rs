@@ -503,3 +503,52 @@ async fn a_chunked_request_body_is_forwarded_whole_with_a_content_length() {
     assert_eq!(r.status(), 200);
     assert_eq!(echo.last().unwrap()["body"], "{\"title\":\"streamed\"}");
 }
+
+/// A form of the credential the scrubber cannot see whole (a character reference with
+/// more leading zeros than it matches), arriving mid-stream: the stream is aborted
+/// there, nothing of the reference is released, and its end is `upstream_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unscrubbable_form_mid_stream_ends_the_stream_without_releasing_it() {
+    let (sts, issuers) = TestSts::standard().await;
+    let (_, upstream) = start_upstream(|headers| {
+        let credential = received(&headers);
+        let padded: String = credential
+            .chars()
+            .map(|c| format!("&#{}{};", "0".repeat(40), u32::from(c)))
+            .collect();
+        sse(
+            vec![
+                b"data: first\n\n".to_vec(),
+                format!("data: {padded}\n\n").into_bytes(),
+            ],
+            Duration::from_millis(100),
+        )
+    })
+    .await;
+    let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
+    let token = access_token(&sts, &issuers, "github.issues.create").await;
+    let mut response = client()
+        .post(format!("{}{ISSUES}", shim.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    let ended = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(ended.is_err(), "the answer is aborted");
+    assert_eq!(
+        body,
+        b"data: first\n\n",
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (_, end) = stream_lines(&shim, proxied).await;
+    assert_eq!(end["ended"], "upstream_error");
+}
