@@ -135,11 +135,52 @@ async fn bare_proxy(State(p): State<Arc<BareProxy>>, request: Request) -> Respon
     response
 }
 
+/// Scenario D: scenario C with hyper-util's pooled client in place of reqwest (no
+/// redirects, no proxy, keep-alive), to measure what reqwest's layers cost on the
+/// upstream hop.
+struct HyperProxy {
+    base: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<bytes::Bytes>,
+    >,
+    credential: HeaderValue,
+}
+
+async fn hyper_proxy(State(p): State<Arc<HyperProxy>>, request: Request) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, _) = request.into_parts();
+    let url = format!("{}{}", p.base, parts.uri.path());
+    let mut upstream = hyper::Request::get(url).body(Full::default()).unwrap();
+    let headers = upstream.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != header::HOST && name != header::AUTHORIZATION {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(header::AUTHORIZATION, p.credential.clone());
+    let Ok(answer) = p.client.request(upstream).await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let Ok(body) = answer.into_body().collect().await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let mut response = (status, body.to_bytes()).into_response();
+    if let Some(v) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    response
+}
+
 struct Servers {
     upstream: SocketAddr,
     shim: SocketAddr,
     /// The bare proxy (scenario C), when asked for.
     bare: Option<SocketAddr>,
+    /// The bare proxy on hyper's client (scenario D), with C.
+    bare_hyper: Option<SocketAddr>,
     /// Upstream requests that carried the injected credential.
     injected: Arc<AtomicUsize>,
     /// `Bearer <access token>`, one per agent identity.
@@ -212,6 +253,23 @@ path = "{dir}/shim-audit.log"
     } else {
         None
     };
+    let bare_hyper = if bare.is_some() {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let proxy = Arc::new(HyperProxy {
+            base: format!("http://{upstream}"),
+            client,
+            credential: HeaderValue::from_static(CREDENTIAL),
+        });
+        Some(
+            common::spawn_router(axum::Router::new().fallback(hyper_proxy).with_state(proxy)).await,
+        )
+    } else {
+        None
+    };
 
     let now = unix_now();
     let mut authorizations = Vec::with_capacity(tokens);
@@ -224,6 +282,7 @@ path = "{dir}/shim-audit.log"
         upstream,
         shim,
         bare,
+        bare_hyper,
         injected,
         authorizations: Arc::new(authorizations),
         dir: sts.dir,
@@ -233,7 +292,9 @@ path = "{dir}/shim-audit.log"
 /// One request each way: all answer 200 with the upstream's body, and the proxies
 /// injected the credential.
 async fn preflight(servers: &Servers) {
-    let proxies = [Some(servers.shim), servers.bare].into_iter().flatten();
+    let proxies = [Some(servers.shim), servers.bare, servers.bare_hyper]
+        .into_iter()
+        .flatten();
     let targets = std::iter::once((servers.upstream, false)).chain(proxies.map(|p| (p, true)));
     for (addr, via_shim) in targets {
         let before = servers.injected.load(Ordering::Relaxed);
@@ -286,6 +347,7 @@ fn main() {
         Some(("A direct", servers.upstream)),
         Some(("B shim", servers.shim)),
         servers.bare.map(|addr| ("C bare proxy", addr)),
+        servers.bare_hyper.map(|addr| ("D bare hyper proxy", addr)),
     ];
     let targets: Vec<_> = targets.into_iter().flatten().collect();
     let mut latency: Vec<Measured> = targets
@@ -306,7 +368,7 @@ fn main() {
     let verdict = |pass: bool| if pass { "PASS" } else { "MISS" };
     let p50 = |m: &Measured| m.percentile_micros(0.5);
     let p99 = |m: &Measured| m.percentile_micros(0.99);
-    let labels = ["A direct  ", "B via shim", "C bare    "];
+    let labels = ["A direct  ", "B via shim", "C bare    ", "D hyper   "];
     println!();
     println!("== shim summary ==");
     println!("latency, 1 connection, sequential requests:");
@@ -334,6 +396,12 @@ fn main() {
             p50(c) - p50(a)
         );
     }
+    if let Some(d) = latency.get(3) {
+        println!(
+            "  (bare hyper proxy: p50(D) - p50(A) = {:.0} µs)",
+            p50(d) - p50(a)
+        );
+    }
     println!("throughput, {n} keep-alive connections:");
     for (label, m) in labels.iter().zip(&throughput) {
         println!(
@@ -353,6 +421,12 @@ fn main() {
             "  (bare proxy: C/A = {:.2}x, B/C = {:.2}x)",
             c.per_second() / a.per_second(),
             b.per_second() / c.per_second()
+        );
+    }
+    if let Some(d) = throughput.get(3) {
+        println!(
+            "  (bare hyper proxy: D/A = {:.2}x)",
+            d.per_second() / a.per_second()
         );
     }
     let audit = servers.dir.path().join("shim-audit.log");

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod framing;
+
 /// Why the STS or the shim could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -207,7 +209,16 @@ where
             tracing::debug!(%peer, "connection refused: too many from this peer");
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Each request carries its connection's framing mark (see [`framing`]).
+        let (stream, framing) = framing::FramingWatch::new(stream);
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(framing.clone());
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let max_age = limits.max_connection_age;
         tokio::spawn(async move {

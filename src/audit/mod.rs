@@ -225,8 +225,38 @@ pub struct ProxiedCall<'a> {
     pub reason: &'a str,
     /// The upstream's HTTP status, when it answered.
     pub upstream_status: Option<u16>,
-    /// Credential bytes removed from the response headers and body.
+    /// Credential bytes removed from the response headers and body (for a streamed
+    /// answer: from its headers; the body's count is in its [`StreamEnd`] line).
     pub bytes_scrubbed: u64,
+    /// For an answer relayed as a stream: its id, which its [`StreamEnd`] line repeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<&'a str>,
+}
+
+/// The completion record of an answer the shim relayed as a stream: written after its
+/// last byte left (or when it ended otherwise), in the same chain as the
+/// [`ProxiedCall`] line written before its first byte, which carries the same `stream`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StreamEnd<'a> {
+    /// When the stream ended, RFC 3339 UTC.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    /// The shim's audience.
+    pub shim: &'a str,
+    /// Always `stream_end`: what kind of line this is.
+    pub event: &'a str,
+    /// The id the call's decision line carries.
+    pub stream: &'a str,
+    pub action: Option<&'a str>,
+    pub jti: Option<&'a str>,
+    /// How it ended: `complete`, `idle_timeout`, `client_gone` or `upstream_error`.
+    pub ended: &'a str,
+    /// Body bytes handed to the agent (after scrubbing).
+    pub bytes_relayed: u64,
+    /// Credential bytes removed from the body.
+    pub bytes_scrubbed: u64,
+    /// From the decision line to the end.
+    pub duration_ms: u64,
 }
 
 /// Opens (creating, mode 0640) a log file for appending and reading its tail.
@@ -518,6 +548,12 @@ impl AuditLog {
     /// Appends a shim's [`ProxiedCall`] record: like [`AuditLog::append_decision`], the
     /// shape is fixed here, so the serialized record is not re-read.
     pub fn append_call(&self, record: &ProxiedCall<'_>) -> Result<(), AuditError> {
+        let mut encoded = Encoded::new(record, |_| Ok(true))?;
+        self.commit(&mut encoded)
+    }
+
+    /// Appends a shim's [`StreamEnd`] record (fixed shape, as [`AuditLog::append_call`]).
+    pub fn append_stream_end(&self, record: &StreamEnd<'_>) -> Result<(), AuditError> {
         let mut encoded = Encoded::new(record, |_| Ok(true))?;
         self.commit(&mut encoded)
     }
@@ -1149,6 +1185,31 @@ mod tests {
     }
 
     #[test]
+    fn append_stream_end_writes_the_same_line_as_append_and_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let (la, lb) = (AuditLog::open(&a).unwrap(), AuditLog::open(&b).unwrap());
+        for jti in [Some("j1"), Some("x\"}\n{\"seq\":99"), None] {
+            let end = StreamEnd {
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                shim: "https://shim.example",
+                event: "stream_end",
+                stream: "00112233aabbccdd",
+                action: Some("mcp.tools.call"),
+                jti,
+                ended: "idle_timeout",
+                bytes_relayed: 1234,
+                bytes_scrubbed: 51,
+                duration_ms: 700,
+            };
+            la.append(&end).unwrap();
+            lb.append_stream_end(&end).unwrap();
+        }
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(verify(&b).unwrap().lines, 3);
+    }
+
+    #[test]
     fn append_call_writes_the_same_line_as_append() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
@@ -1171,6 +1232,7 @@ mod tests {
                 reason: "proxied",
                 upstream_status: Some(200),
                 bytes_scrubbed: 7,
+                stream: None,
             };
             la.append(&call).unwrap();
             lb.append_call(&call).unwrap();

@@ -285,6 +285,7 @@ struct RawShim {
     jwks_uri: String,
     scopes_dir: Option<String>,
     upstream_timeout: Option<String>,
+    stream_idle_timeout: Option<String>,
     connect_timeout: Option<String>,
     max_request_bytes: Option<i64>,
     max_response_bytes: Option<i64>,
@@ -588,8 +589,12 @@ pub struct ShimSection {
     pub issuer: String,
     pub jwks_uri: reqwest::Url,
     pub scopes_dir: PathBuf,
-    /// Whole upstream exchange, from connect to the last response byte.
+    /// Upstream exchange, from connect to the response head, and for an answer read
+    /// whole, to its last byte.
     pub upstream_timeout: Duration,
+    /// For an answer relayed as a stream: the longest wait for the upstream's next
+    /// bytes; the stream then ends (`idle_timeout` in its audit line).
+    pub stream_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// Cap on a request body; larger answers 413 and nothing is forwarded.
     pub max_request_bytes: usize,
@@ -1359,6 +1364,11 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
             r.upstream_timeout.as_deref(),
             "30s",
         )?,
+        stream_idle_timeout: c.duration(
+            "shim.stream_idle_timeout",
+            r.stream_idle_timeout.as_deref(),
+            "60s",
+        )?,
         connect_timeout: c.duration("shim.connect_timeout", r.connect_timeout.as_deref(), "5s")?,
         max_request_bytes: c.positive(
             "shim.max_request_bytes",
@@ -2000,6 +2010,7 @@ scopes_dir = "scopes"
         assert_eq!(c.shim.listen.port(), 9090);
         assert_eq!(c.shim.upstream.as_str(), "https://api.github.com/");
         assert_eq!(c.shim.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(c.shim.stream_idle_timeout, Duration::from_secs(60));
         assert_eq!(c.shim.max_request_bytes, 1 << 20);
         assert!(matches!(c.secrets, SecretsConfig::File { .. }));
         assert_eq!(
@@ -2068,9 +2079,14 @@ scopes_dir = "scopes"
             "AGENT_STS_SHIM_JWKS_MAX_STALE".to_string(),
             "5m".to_string(),
         );
+        env.insert(
+            "AGENT_STS_SHIM_STREAM_IDLE_TIMEOUT".to_string(),
+            "90s".to_string(),
+        );
         let c = ShimConfig::from_toml(SHIM, "shim.toml", &env).unwrap();
         assert_eq!(c.shim.listen.port(), 9999);
         assert_eq!(c.shim.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(c.shim.stream_idle_timeout, Duration::from_secs(90));
         assert_eq!(c.shim.jwks_refresh, Duration::from_secs(15));
         assert_eq!(c.shim.jwks_max_stale, Duration::from_secs(300));
     }

@@ -7,6 +7,8 @@
 //! - [`method_override`]: `_method` and its kin, in the query and in form, multipart
 //!   and JSON bodies;
 //! - [`scrub`]: removing the credential, in every encoding, from what comes back;
+//! - [`stream`]: answers relayed as they arrive, scrubbed on the way, with their
+//!   completion record;
 //! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response;
 //! - [`resource_metadata`]: the RFC 9728 document, served here and never forwarded,
 //!   and the `resource_metadata` every challenge points at.
@@ -21,5 +23,6 @@ pub mod proxy;
 pub mod request_target;
 pub mod resource_metadata;
 pub mod scrub;
+pub mod stream;
 
 pub use proxy::{Shim, ShimApp, build};

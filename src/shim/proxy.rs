@@ -3,7 +3,8 @@
 //!
 //! Each request goes through the same steps, in this order (verify, strip, inject, forward, scrub):
 //! 1. **Frame**: the header section fits `max_header_bytes`, the body (if any) is framed
-//!    by one Content-Length (no Transfer-Encoding at all), and the request target
+//!    by one Content-Length or by `Transfer-Encoding: chunked` alone (never both, even
+//!    where hyper hid the pair: [`crate::runtime::framing`]), and the request target
 //!    is one canonical origin-form path ([`crate::shim::request_target`]): anything that could
 //!    route differently at the upstream is refused, never repaired.
 //! 2. **Verify** the bearer token through the STS's JWKS (the `agent-sts-verifier` crate): issuer, this
@@ -17,25 +18,29 @@
 //!    method override in the query or body is refused; the credential from the secret
 //!    store (cached at most 30 s) goes in. A missing or disabled credential stops here:
 //!    502, nothing forwarded.
-//! 5. **Forward** to the bound upstream only: no redirect is followed, connect and total
-//!    timeouts apply, and the request body is read whole first (capped), so an oversized
-//!    or truncated body never reaches the upstream.
-//! 6. **Scrub** the response: the body is read whole (capped) and every occurrence of
-//!    the credential, in its plain, base64, percent- and JSON-encoded forms, is replaced
-//!    in the body and in every header ([`crate::shim::scrub`]); `Set-Cookie` is dropped. A
-//!    compressed body, or a partial one (`206`, `Content-Range`, `multipart/byteranges`),
-//!    cannot be scrubbed whole and answers 502; the shim asks the upstream for
-//!    `identity` encoding.
+//! 5. **Forward** to the bound upstream only: no redirect is followed, connect and
+//!    `upstream_timeout` (to the answer's head) apply, and the request body is read whole
+//!    first (capped), so an oversized or truncated body never reaches the upstream, and
+//!    it goes with the shim's own `Content-Length`, however the agent framed it.
+//! 6. **Scrub** the response: every occurrence of the credential, in its plain, base64,
+//!    percent- and JSON-encoded forms, is replaced in the body and in every header
+//!    ([`crate::shim::scrub`]); `Set-Cookie` is dropped. A compressed body, or a partial
+//!    one (`206`, `Content-Range`, `multipart/byteranges`), cannot be scrubbed whole and
+//!    answers 502; the shim asks the upstream for `identity` encoding. A body of known
+//!    length within `max_response_bytes` is read whole (by `upstream_timeout`) and
+//!    scrubbed whole; an event stream, a body of unknown length or a longer one is
+//!    relayed as it arrives ([`crate::shim::stream`]), scrubbed by a tail-holding
+//!    scrubber, with `stream_idle_timeout` between chunks.
 //! 7. **Audit** one hash-chained line per request ([`crate::audit`], [`ProxiedCall`]) before
 //!    the response leaves; a line that cannot be written withholds the response (503),
-//!    and while the log fails no further call is forwarded.
+//!    and while the log fails no further call is forwarded. A streamed answer gets a
+//!    second line, its [`crate::audit::StreamEnd`], after its last byte.
 //!
-//! Bodies are buffered rather than streamed on purpose: scrubbing must see a match
-//! whole wherever chunk boundaries fall, and the audit line (with the scrubbed byte
-//! count) must be written before the agent sees anything. The caps bound the memory:
-//! at most `max_request_bytes + max_response_bytes` per request in flight, and
-//! `[limits] max_concurrency` requests in flight (a request waits for a slot at most
-//! `[limits] request_timeout`, then answers 503). Health, readiness and metrics are on
+//! Memory: a request body is at most `max_request_bytes`, a body read whole at most
+//! `max_response_bytes`, a stream one upstream chunk plus the scrubber's window; at
+//! most `[limits] max_concurrency` requests and streams in flight (a request waits
+//! for a slot at most `[limits] request_timeout`, then answers 503; a stream holds its
+//! slot until it ends). Health, readiness and metrics are on
 //! a separate `admin_listen`: every path of `listen` belongs to the upstream, but for
 //! the RFC 9728 metadata ([`crate::shim::resource_metadata`]), which the shim answers
 //! itself before any of the steps above and never forwards.
@@ -54,12 +59,14 @@ use http_body_util::BodyExt;
 use crate::audit::{AuditLog, Outcome, ProxiedCall, RefusalWindow};
 use crate::catalogue::{self, Catalogue, RequestShape, TrustDirectory};
 use crate::config::ShimConfig;
+use crate::runtime::framing::AmbiguousFraming;
 use crate::runtime::{self, StartError};
 use crate::shim::error::ShimError;
 use crate::shim::method_override;
 use crate::shim::request_target::{self, Target};
 use crate::shim::resource_metadata::{self, Challenge, ResourceMetadata};
 use crate::shim::scrub::Scrubber;
+use crate::shim::stream::{Answer, PendingStream, StreamAudit, new_stream_id};
 use crate::store;
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
 use crate::store::vault::Vault;
@@ -96,6 +103,10 @@ struct Caps {
     token_bytes: usize,
     /// Deadline for reading the agent's request body.
     body_read: Duration,
+    /// Deadline for the upstream's answer head, and for an answer read whole, its body.
+    upstream: Duration,
+    /// Longest wait for the next bytes of an answer relayed as a stream.
+    stream_idle: Duration,
 }
 
 /// One shim: everything a request needs, shared by all of them.
@@ -117,13 +128,13 @@ pub struct Shim {
     /// The scrubber of each credential path, rebuilt when the credential changes.
     scrubbers: moka::sync::Cache<String, (Arc<StoredCredential>, Arc<Scrubber>)>,
     client: reqwest::Client,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     /// Refusals before a token verified, summarised per window.
     anonymous: RefusalWindow,
     caps: Caps,
     /// Requests in flight (`[limits] max_concurrency`); one waits for a slot at most
     /// `[limits] request_timeout`, then answers 503.
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     metrics: ShimMetrics,
     /// The Vault client behind the secret store, when Vault is configured.
     vault: Option<Arc<Vault>>,
@@ -237,7 +248,6 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         .no_proxy()
         .referer(false)
         .connect_timeout(s.connect_timeout)
-        .timeout(s.upstream_timeout)
         .build()
         .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
     let shim = Shim {
@@ -251,7 +261,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         credentials: CredentialCache::new(store, ttl),
         scrubbers: moka::sync::Cache::new(10_000),
         client,
-        audit,
+        audit: Arc::new(audit),
         anonymous: RefusalWindow::default(),
         caps: Caps {
             request_bytes: s.max_request_bytes,
@@ -259,8 +269,10 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
             header_bytes: s.max_header_bytes,
             token_bytes: config.limits.max_token_bytes,
             body_read: config.limits.request_timeout,
+            upstream: s.upstream_timeout,
+            stream_idle: s.stream_idle_timeout,
         },
-        slots: tokio::sync::Semaphore::new(config.limits.max_concurrency),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrency)),
         metrics: ShimMetrics::new().with_vault(vault.as_deref().map(Vault::metrics)),
         vault: vault.clone(),
     };
@@ -453,11 +465,13 @@ impl Shim {
         let started = std::time::Instant::now();
         let method = request.method().clone();
         let mut call = Call::default();
-        let wait = tokio::time::timeout(self.caps.body_read, self.slots.acquire()).await;
+        let wait =
+            tokio::time::timeout(self.caps.body_read, self.slots.clone().acquire_owned()).await;
         let result = match wait {
-            Ok(Ok(_slot)) => self.proxy(request, &mut call).await,
+            Ok(Ok(slot)) => self.proxy(request, &mut call).await.map(|a| (a, slot)),
             _ => Err(ShimError::Overloaded),
         };
+        let stream_id = matches!(result, Ok((Answer::Stream(_), _))).then(new_stream_id);
         let (outcome, reason) = match &result {
             Ok(_) => (Outcome::Allow, "proxied"),
             Err(e) => (Outcome::Deny, e.reason()),
@@ -479,6 +493,7 @@ impl Shim {
             reason,
             upstream_status: call.upstream_status,
             bytes_scrubbed: call.scrubbed,
+            stream: stream_id.as_deref(),
         };
         // Refusals before the token verified are anonymous: the first of each reason per
         // window is written, the rest counted into a summary line.
@@ -508,10 +523,25 @@ impl Shim {
             .duration
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(response) => match audited {
+            Ok((answer, slot)) => match audited {
                 Ok(()) => {
-                    tracing::debug!(method = %method, path = call.path.as_deref().unwrap_or("-"), status = call.upstream_status.unwrap_or_default(), scrubbed = call.scrubbed, "proxied");
-                    response
+                    tracing::debug!(method = %method, path = call.path.as_deref().unwrap_or("-"), status = call.upstream_status.unwrap_or_default(), scrubbed = call.scrubbed, stream = stream_id.as_deref().unwrap_or("-"), "proxied");
+                    match answer {
+                        Answer::Whole(response) => response,
+                        Answer::Stream(pending) => {
+                            let audit = StreamAudit {
+                                audit: self.audit.clone(),
+                                failures: self.metrics.audit_write_failures.clone(),
+                                ended: self.metrics.streams.clone(),
+                                shim: self.audience.clone(),
+                                id: stream_id.unwrap_or_default(),
+                                action: token.map(|t| t.action.clone()),
+                                jti: token.map(|t| t.jti.clone()),
+                                started: std::time::Instant::now(),
+                            };
+                            pending.start(audit, slot, self.caps.stream_idle)
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit log unwritable: upstream response withheld");
@@ -528,10 +558,10 @@ impl Shim {
         }
     }
 
-    async fn proxy(&self, request: Request, call: &mut Call) -> Result<Response, ShimError> {
+    async fn proxy(&self, request: Request, call: &mut Call) -> Result<Answer, ShimError> {
         let (parts, body) = request.into_parts();
         check_header_size(&parts, self.caps.header_bytes)?;
-        check_framing(&parts.headers)?;
+        let framing = check_framing(&parts)?;
         let target = request_target::canonicalize(&parts.uri).map_err(ShimError::Target)?;
         call.target = Some(target.path.clone());
         if target
@@ -572,7 +602,7 @@ impl Shim {
             .as_deref()
             .ok_or(ShimError::CredentialUnavailable)?;
         let (credential, scrubber) = self.credential(path).await?;
-        let body = read_body(body, &parts.headers, self.caps).await?;
+        let body = read_body(body, framing, &parts.headers, self.caps).await?;
         // One readable Content-Type, or none: what the shim checks is what is forwarded.
         let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
         let content_type = match (types.next(), types.next()) {
@@ -591,16 +621,71 @@ impl Shim {
         }
         let upstream = self.upstream_request(&parts, &target, shape, &credential, body)?;
 
-        let response = self
-            .client
-            .execute(upstream)
+        let deadline = tokio::time::Instant::now() + self.caps.upstream;
+        let response = tokio::time::timeout_at(deadline, self.client.execute(upstream))
             .await
+            .map_err(|_| ShimError::UpstreamTimeout)?
             .map_err(upstream_error)?;
         call.upstream_status = Some(response.status().as_u16());
         let head = parts.method == Method::HEAD;
-        let (response, scrubbed) = self.relay(response, &scrubber, head).await?;
+        if self.streams(&response, head) {
+            let pending = self.relay_stream(response, scrubber)?;
+            call.scrubbed = pending.header_scrubbed;
+            return Ok(Answer::Stream(Box::new(pending)));
+        }
+        let (response, scrubbed) = self.relay(response, &scrubber, head, deadline).await?;
         call.scrubbed = scrubbed;
-        Ok(response)
+        Ok(Answer::Whole(response))
+    }
+
+    /// Whether the answer is relayed as a stream: one that has a body and is an event
+    /// stream, or of unknown length, or longer than `max_response_bytes`. Everything
+    /// else (a `HEAD`, `204` or `304` answer, a body of known length within the cap) is
+    /// read whole, as before streaming existed.
+    fn streams(&self, upstream: &reqwest::Response, head: bool) -> bool {
+        let status = upstream.status();
+        if head
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            return false;
+        }
+        let length = upstream
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            None => true,
+            Some(n) => n > self.caps.response_bytes as u64 || is_event_stream(upstream.headers()),
+        }
+    }
+
+    /// The head of an answer relayed as a stream, checked and scrubbed; its body goes
+    /// through a [`StreamScrubber`] once the decision line is written
+    /// ([`PendingStream::start`]). A compressed or partial answer cannot be scrubbed
+    /// and is refused before any byte leaves.
+    fn relay_stream(
+        &self,
+        upstream: reqwest::Response,
+        scrubber: Arc<Scrubber>,
+    ) -> Result<PendingStream, ShimError> {
+        if is_encoded(upstream.headers()) {
+            return Err(ShimError::UpstreamEncoding);
+        }
+        let status = upstream.status();
+        if is_partial(status, upstream.headers()) {
+            return Err(ShimError::UpstreamPartial);
+        }
+        let (headers, header_scrubbed) = relay_headers(upstream.headers(), &scrubber, false)?;
+        Ok(PendingStream {
+            status,
+            headers,
+            header_scrubbed: header_scrubbed as u64,
+            body: Box::pin(upstream.bytes_stream()),
+            scrubber,
+        })
     }
 
     /// The usable credential at `path` and its scrubber, built once per credential value
@@ -677,81 +762,116 @@ impl Shim {
         builder.build().map_err(|_| ShimError::UpstreamUnreachable)
     }
 
-    /// Reads the upstream response whole (capped), scrubs its headers and body.
+    /// Reads the upstream response whole (capped, by `deadline`), scrubs its headers
+    /// and body.
     async fn relay(
         &self,
         mut upstream: reqwest::Response,
         scrubber: &Scrubber,
         head: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response, u64), ShimError> {
         let cap = self.caps.response_bytes;
         if upstream.content_length().is_some_and(|n| n > cap as u64) {
             return Err(ShimError::UpstreamTooLarge);
         }
         let mut buffer = BytesMut::new();
-        while let Some(chunk) = upstream.chunk().await.map_err(upstream_error)? {
+        loop {
+            let chunk = tokio::time::timeout_at(deadline, upstream.chunk())
+                .await
+                .map_err(|_| ShimError::UpstreamTimeout)?
+                .map_err(upstream_error)?;
+            let Some(chunk) = chunk else { break };
             if buffer.len() + chunk.len() > cap {
                 return Err(ShimError::UpstreamTooLarge);
             }
             buffer.extend_from_slice(&chunk);
         }
-        // A content coding, or a transfer coding other than `chunked` (which hyper has
-        // already removed), leaves the body in a form the scrubber cannot read.
-        let headers = upstream.headers();
-        let encoded = headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-            || headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if encoded && !buffer.is_empty() {
+        if is_encoded(upstream.headers()) && !buffer.is_empty() {
             return Err(ShimError::UpstreamEncoding);
         }
         let status = upstream.status();
         if is_partial(status, upstream.headers()) {
             return Err(ShimError::UpstreamPartial);
         }
-        let unscrubbable = !scrubber.sees_whole(&buffer)
-            || upstream
-                .headers()
-                .values()
-                .any(|v| !scrubber.sees_whole(v.as_bytes()));
-        if unscrubbable {
+        if !scrubber.sees_whole(&buffer) {
             return Err(ShimError::UpstreamEncoding);
         }
-        let (body, mut scrubbed) = scrubber.scrub(buffer.freeze());
-
+        let (body, scrubbed) = scrubber.scrub(buffer.freeze());
         // A HEAD or 304 answer describes a body it does not carry: keep its length.
         let keep_length = head || status == StatusCode::NOT_MODIFIED;
-        let listed = connection_listed(upstream.headers());
-        let mut headers = HeaderMap::with_capacity(upstream.headers().len());
-        for (name, value) in upstream.headers() {
-            if HOP_BY_HOP.contains(name)
-                || NOT_RELAYED.contains(name)
-                || *name == header::TRANSFER_ENCODING
-                || (*name == header::CONTENT_LENGTH && !keep_length)
-                || listed.contains(name)
-            {
-                continue;
-            }
-            match scrubber.scrub_header(value) {
-                Some((clean, n)) => {
-                    scrubbed += n;
-                    headers.append(name.clone(), clean);
-                }
-                None => {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-        }
+        let (headers, in_headers) = relay_headers(upstream.headers(), scrubber, keep_length)?;
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        Ok((response, scrubbed as u64))
+        Ok((response, (scrubbed + in_headers) as u64))
     }
+}
+
+/// The upstream's answer headers as relayed: hop-by-hop, framing (the shim frames
+/// what it sends; `Content-Length` stays only when `keep_length`) and
+/// [`NOT_RELAYED`] headers dropped, every value scrubbed. Refused when a value holds
+/// what the scrubber cannot see whole.
+fn relay_headers(
+    upstream: &HeaderMap,
+    scrubber: &Scrubber,
+    keep_length: bool,
+) -> Result<(HeaderMap, usize), ShimError> {
+    if upstream
+        .values()
+        .any(|v| !scrubber.sees_whole(v.as_bytes()))
+    {
+        return Err(ShimError::UpstreamEncoding);
+    }
+    let listed = connection_listed(upstream);
+    let mut headers = HeaderMap::with_capacity(upstream.len());
+    let mut scrubbed = 0;
+    for (name, value) in upstream {
+        if HOP_BY_HOP.contains(name)
+            || NOT_RELAYED.contains(name)
+            || *name == header::TRANSFER_ENCODING
+            || (*name == header::CONTENT_LENGTH && !keep_length)
+            || listed.contains(name)
+        {
+            continue;
+        }
+        match scrubber.scrub_header(value) {
+            Some((clean, n)) => {
+                scrubbed += n;
+                headers.append(name.clone(), clean);
+            }
+            None => {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    Ok((headers, scrubbed))
+}
+
+/// A content coding, or a transfer coding other than `chunked` (which hyper has already
+/// removed), leaves the body in a form the scrubber cannot read.
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        || headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// A `Content-Type` of `text/event-stream` (SSE): relayed as a stream whatever its
+/// length.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+    })
 }
 
 /// An answer that is a piece of a representation (a `206`, a `Content-Range`, a
@@ -784,20 +904,45 @@ fn check_header_size(parts: &request::Parts, cap: usize) -> Result<(), ShimError
     Ok(())
 }
 
-/// Refuses a request body framed by `Transfer-Encoding` (RFC 9112 §6.1). The shim reads
-/// request bodies whole before forwarding, so it needs nothing but `Content-Length`; and
-/// refusing every transfer coding is the only way to refuse a `Content-Length` beside a
-/// `Transfer-Encoding` (the classic smuggling pair): hyper drops the `Content-Length` of
-/// such a request before the shim sees it, leaving the `Transfer-Encoding` as the only
-/// trace. More than one `Content-Length` is refused too (hyper already refuses
-/// differing values).
-fn check_framing(headers: &HeaderMap) -> Result<(), ShimError> {
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get_all(header::CONTENT_LENGTH).iter().count() > 1
-    {
+/// How the agent's request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// One `Content-Length`, or no body.
+    Length,
+    /// `Transfer-Encoding: chunked` alone.
+    Chunked,
+}
+
+/// The request body's framing (RFC 9112 §6): one `Content-Length`, or exactly one
+/// `Transfer-Encoding` field whose one coding is `chunked`; anything else is refused.
+/// The smuggling pair, a `Content-Length` beside a `Transfer-Encoding`, is refused too,
+/// though hyper removes the `Content-Length` of such a request before the shim sees it:
+/// the connection's [`AmbiguousFraming`] mark remembers it (a request without the mark,
+/// i.e. not served by [`crate::runtime::serve`], may not be chunked at all). The body
+/// is read whole and forwarded with a `Content-Length` of the shim's own, so the
+/// upstream never sees the agent's framing.
+fn check_framing(parts: &request::Parts) -> Result<Framing, ShimError> {
+    let headers = &parts.headers;
+    let mark = parts.extensions.get::<AmbiguousFraming>();
+    if mark.is_some_and(AmbiguousFraming::seen) {
         return Err(ShimError::Framing);
     }
-    Ok(())
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) if lengths <= 1 => Ok(Framing::Length),
+        (Some(coding), None)
+            if lengths == 0
+                && mark.is_some()
+                && coding
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked") =>
+        {
+            Ok(Framing::Chunked)
+        }
+        _ => Err(ShimError::Framing),
+    }
 }
 
 /// The token of the `Authorization` header: `Bearer` (RFC 6750 §2.1), or `DPoP` with
@@ -868,10 +1013,11 @@ fn upstream_error(e: reqwest::Error) -> ShimError {
 }
 
 /// Reads the agent's request body whole, at most `caps.request_bytes`, within
-/// `caps.body_read`. `None` when the request declares no body (no `Content-Length`:
-/// [`check_framing`] has refused any `Transfer-Encoding`).
+/// `caps.body_read`. `None` when the request declares no body (neither a
+/// `Content-Length` nor chunked framing).
 async fn read_body(
     body: Body,
+    framing: Framing,
     headers: &HeaderMap,
     caps: Caps,
 ) -> Result<Option<Bytes>, ShimError> {
@@ -884,8 +1030,10 @@ async fn read_body(
                 .ok_or(ShimError::Framing)
         })
         .transpose()?;
-    let Some(declared) = declared else {
-        return Ok(None);
+    let declared = match (declared, framing) {
+        (Some(n), _) => n,
+        (None, Framing::Chunked) => 0,
+        (None, Framing::Length) => return Ok(None),
     };
     if declared > caps.request_bytes as u64 {
         return Err(ShimError::BodyTooLarge);

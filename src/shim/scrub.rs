@@ -2,9 +2,15 @@
 //! (an `Authorization`-style header value) into requests upstream; an upstream may echo
 //! it back in a response header or body, and the agent must never see it. This module
 //! owns what counts as "the credential" and removes every occurrence of it from response
-//! bytes and header values. It scrubs whole buffers: the shim reads capped bodies whole
-//! rather than streaming them (and refuses partial answers), so a match can never
-//! straddle a chunk boundary and no carry-over state is needed.
+//! bytes and header values. It scrubs whole buffers ([`Scrubber::scrub`], for a body
+//! the shim reads whole) and streams ([`StreamScrubber`], for a body relayed as it
+//! arrives). A stream scrubber holds back what could still be the start of a match:
+//! from the earliest position whose rest is a prefix of some spelling of some text
+//! (a second regex, anchored at the end, finds it), never more than
+//! [`Scrubber::window`] bytes, the longest a match can be. So it decides every match
+//! exactly as the whole-buffer scrub would, wherever the chunk boundaries fall, and
+//! releases no byte of a possible match early, while an event that cannot begin one
+//! (an SSE event ends in a blank line) leaves at once.
 //!
 //! The **texts** of a credential are the header value, its credential part after the
 //! auth scheme, and for `Basic` the decoded `user:pass` and the password; each as is and
@@ -13,7 +19,10 @@
 //! response independently in any of its spellings, in any mix: raw, percent-encoded
 //! (either hex case), form-encoded (`+` for a space), JSON-escaped (`\uXXXX` in either
 //! case, `\/`, `\"`, `\\`), or as an HTML/XML character reference (decimal or hex,
-//! leading zeros, with or without `;`, and the named references of ASCII punctuation).
+//! up to [`MAX_REFERENCE_ZEROS`] leading zeros, with or without `;`, and the named
+//! references of ASCII punctuation). A numeric reference with more leading zeros is
+//! not scrubbed but makes the answer unscrubbable ([`Scrubber::sees_whole`]): the
+//! bound is what gives every match, and so a stream's held-back tail, a finite length.
 //! One byte regex matches all of it ([`spelling`] builds each character's alternatives).
 //! Not covered, honestly: other encodings (hex, double percent-encoding), compressed
 //! bodies (refused instead), credentials echoed with changed case or only in part, and
@@ -40,6 +49,12 @@ const MIN_DERIVED_LEN: usize = 8;
 /// A Basic password shorter than this is not treated as a secret form of its own.
 const MIN_PASSWORD_LEN: usize = 6;
 
+/// Leading zeros a numeric character reference (`&#0065;`, `&#x0041;`) may carry and
+/// still be scrubbed. More are legal HTML but no serializer writes them; an answer that
+/// holds such a reference is refused instead ([`Scrubber::sees_whole`]), which keeps
+/// every match, and so the tail a [`StreamScrubber`] holds back, bounded.
+pub const MAX_REFERENCE_ZEROS: usize = 16;
+
 /// Removes one credential, in every encoding listed in the module doc, from responses.
 pub struct Scrubber {
     /// The texts as they are: enough for a body without any escape introducer.
@@ -48,6 +63,15 @@ pub struct Scrubber {
     /// that could hold a spelling is not scrubbed but refused ([`Scrubber::sees_whole`]).
     spellings: Option<regex::bytes::Regex>,
     needle_count: usize,
+    /// The longest any match can be, in bytes (at least 1).
+    window: usize,
+    /// Every prefix of every spelling, anchored at the end of the haystack: where a
+    /// match could begin that more bytes might complete ([`Scrubber::hold_from`]).
+    /// None when it could not be built; a stream then holds back a whole window. Built
+    /// on first use: only streams need it, and it costs more than the rest.
+    prefixes: std::sync::OnceLock<Option<regex::bytes::Regex>>,
+    /// The texts, for building `prefixes`.
+    texts: Vec<Vec<u8>>,
 }
 
 /// The automaton is the normal case; the fallback exists only so that an absurd
@@ -75,11 +99,27 @@ impl Scrubber {
                 "the credential's spellings cannot be matched: answers that hold an escape will be refused"
             );
         }
+        let window = texts
+            .iter()
+            .map(|t| text_max_len(t))
+            .max()
+            .unwrap_or(0)
+            .max(secret.len())
+            .max(1);
         Scrubber {
             matcher,
             spellings,
             needle_count: texts.len(),
+            window,
+            prefixes: std::sync::OnceLock::new(),
+            texts,
         }
+    }
+
+    /// The longest a match can be, in bytes: the longest text, each character in its
+    /// longest spelling. A [`StreamScrubber`] holds back one byte less than this.
+    pub fn window(&self) -> usize {
+        self.window
     }
 
     /// `input` with every occurrence of any needle replaced by [`REDACTED`], and the
@@ -106,11 +146,27 @@ impl Scrubber {
         Some(scrubbed)
     }
 
-    /// Whether [`scrub`](Self::scrub) can find every spelling in `haystack`: false only
-    /// when the spellings regex could not be built and `haystack` holds an escape
-    /// introducer. The shim then refuses the answer rather than pass it half-scrubbed.
+    /// Whether [`scrub`](Self::scrub) can find every spelling in `haystack`: false when
+    /// the spellings regex could not be built and `haystack` holds an escape
+    /// introducer, or when `haystack` holds a numeric character reference with more
+    /// than [`MAX_REFERENCE_ZEROS`] leading zeros. The shim then refuses the answer
+    /// rather than pass it half-scrubbed.
     pub fn sees_whole(&self, haystack: &[u8]) -> bool {
-        self.spellings.is_some() || !has_escape(haystack)
+        (self.spellings.is_some() || !has_escape(haystack)) && !overpadded(haystack)
+    }
+
+    /// Where a stream must start holding back in `pending`: the earliest position from
+    /// which the rest could be the start of a match (or a whole match that more bytes
+    /// could lengthen); `pending.len()` when there is none. Everything before it can be
+    /// scrubbed and released now: each match there is decided.
+    fn hold_from(&self, pending: &[u8]) -> usize {
+        let from = pending.len().saturating_sub(self.window);
+        match self.prefixes.get_or_init(|| prefixes_regex(&self.texts)) {
+            Some(re) => re
+                .find(&pending[from..])
+                .map_or(pending.len(), |m| from + m.start()),
+            None => pending.len().saturating_sub(self.window - 1),
+        }
     }
 
     /// The number of needles (for tests and diagnostics).
@@ -186,6 +242,164 @@ impl std::fmt::Debug for Scrubber {
     }
 }
 
+/// A stream's body seen by a [`Scrubber`] chunk by chunk: what [`push`](Self::push)
+/// returns may be released at once, and the concatenation of everything released
+/// equals the whole-buffer scrub of the concatenated input (the proptests check it
+/// for every split).
+///
+/// It holds back from the first position whose rest could begin (or be) a match that
+/// more bytes could complete or lengthen: any match starting before it is decided, and
+/// the held bytes wait for the next chunk (or [`finish`](Self::finish)). That is at
+/// most [`Scrubber::window`] bytes, so memory is that tail plus one chunk.
+pub struct StreamScrubber {
+    scrubber: std::sync::Arc<Scrubber>,
+    /// The held-back tail, then the chunk being scanned.
+    pending: bytes::BytesMut,
+    removed: u64,
+}
+
+/// The stream held something the scrubber cannot see whole ([`Scrubber::sees_whole`]):
+/// nothing of it was released, and the stream must end here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the answer holds a form of the credential that cannot be scrubbed")]
+pub struct Unscrubbable;
+
+impl StreamScrubber {
+    pub fn new(scrubber: std::sync::Arc<Scrubber>) -> Self {
+        StreamScrubber {
+            scrubber,
+            pending: bytes::BytesMut::new(),
+            removed: 0,
+        }
+    }
+
+    /// Takes the next chunk; returns the scrubbed bytes that may be released now
+    /// (possibly none).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, Unscrubbable> {
+        self.pending.extend_from_slice(chunk);
+        let safe = self.scrubber.hold_from(&self.pending);
+        self.release(safe)
+    }
+
+    /// The end of the stream: everything still held, scrubbed.
+    pub fn finish(&mut self) -> Result<Bytes, Unscrubbable> {
+        let all = self.pending.len();
+        self.release(all)
+    }
+
+    /// Credential bytes removed so far.
+    pub fn removed(&self) -> u64 {
+        self.removed
+    }
+
+    /// Bytes seen but not yet released (at most `window - 1` between chunks).
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Releases the pending bytes up to `safe`, or past it to the end of a match that
+    /// starts before it; matches starting at `safe` or later stay pending.
+    fn release(&mut self, safe: usize) -> Result<Bytes, Unscrubbable> {
+        if !self.scrubber.sees_whole(&self.pending) {
+            self.pending.clear();
+            return Err(Unscrubbable);
+        }
+        if safe == 0 {
+            return Ok(Bytes::new());
+        }
+        let input = &self.pending[..];
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        let mut cut = safe;
+        let mut removed = 0;
+        self.scrubber.for_each_match(input, |start, end| {
+            if start >= safe {
+                return;
+            }
+            let buf = out.get_or_insert_with(|| Vec::with_capacity(input.len()));
+            buf.extend_from_slice(&input[last..start]);
+            buf.extend_from_slice(REDACTED.as_bytes());
+            removed += end - start;
+            last = end;
+            cut = cut.max(end);
+        });
+        self.removed += removed as u64;
+        let released = match out {
+            None => self.pending.split_to(cut).freeze(),
+            Some(mut buf) => {
+                buf.extend_from_slice(&input[last..cut]);
+                let _ = self.pending.split_to(cut);
+                Bytes::from(buf)
+            }
+        };
+        Ok(released)
+    }
+}
+
+impl std::fmt::Debug for StreamScrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamScrubber")
+            .field("held", &self.pending.len())
+            .field("removed", &self.removed)
+            .finish()
+    }
+}
+
+/// Whether `haystack` holds `&#` or `&#x` (either case) followed by more than
+/// [`MAX_REFERENCE_ZEROS`] zeros: a character reference the spellings regex does not
+/// match. At most `MAX_REFERENCE_ZEROS + 4` bytes long, shorter than any window.
+fn overpadded(haystack: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == b'&') {
+        let start = at + i;
+        at = start + 1;
+        let rest = &haystack[start + 1..];
+        let Some(rest) = rest.strip_prefix(b"#") else {
+            continue;
+        };
+        let rest = match rest.first() {
+            Some(b'x' | b'X') => &rest[1..],
+            _ => rest,
+        };
+        if rest.iter().take_while(|&&b| b == b'0').count() > MAX_REFERENCE_ZEROS {
+            return true;
+        }
+    }
+    false
+}
+
+/// The longest spelling of `text` the spellings regex matches ([`text_pattern`]).
+fn text_max_len(text: &[u8]) -> usize {
+    let mut len = 0;
+    for chunk in text.utf8_chunks() {
+        len += chunk.valid().chars().map(spelling_max_len).sum::<usize>();
+        // Raw or `%XX`.
+        len += 3 * chunk.invalid().len();
+    }
+    len
+}
+
+/// The longest of the spellings [`spelling`] matches for `c`.
+fn spelling_max_len(c: char) -> usize {
+    let code = u32::from(c);
+    let decimal = code.to_string().len();
+    let hex = format!("{code:x}").len();
+    [
+        c.len_utf8(),
+        3 * c.len_utf8(),
+        6 * c.len_utf16(),
+        // `&#` zeros digits `;`, `&#x` zeros digits `;`.
+        2 + MAX_REFERENCE_ZEROS + decimal + 1,
+        3 + MAX_REFERENCE_ZEROS + hex + 1,
+        html_names(c).iter().map(|n| n.len() + 2).max().unwrap_or(0),
+        // `\/`, `\"`, `\\\\`, `+`.
+        2,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+}
+
 /// Whether `haystack` holds a byte that starts a spelling other than the raw one.
 fn has_escape(haystack: &[u8]) -> bool {
     haystack
@@ -233,59 +447,145 @@ fn spellings_regex(texts: &[Vec<u8>]) -> Option<regex::bytes::Regex> {
         .ok()
 }
 
+/// One regex matching, at the end of the haystack only, any prefix of any spelling of
+/// any text ([`text_prefix_pattern`]); None if it cannot be built.
+fn prefixes_regex(texts: &[Vec<u8>]) -> Option<regex::bytes::Regex> {
+    if texts.is_empty() {
+        return None;
+    }
+    let alternatives: Vec<String> = texts.iter().map(|t| text_prefix_pattern(t)).collect();
+    regex::bytes::RegexBuilder::new(&format!("(?-u:(?:{}))\\z", alternatives.join("|")))
+        .unicode(false)
+        .nest_limit(4096)
+        .size_limit(64 << 20)
+        .dfa_size_limit(16 << 20)
+        .build()
+        .ok()
+}
+
 /// The regex for `text`: each character in any of its spellings; a byte that is not
 /// part of valid UTF-8 (a decoded Basic pair may hold one) raw or percent-encoded.
 fn text_pattern(text: &[u8]) -> String {
+    unit_spellings(text)
+        .iter()
+        .map(|u| alternation(u))
+        .collect()
+}
+
+/// The regex matching every prefix (empty and whole included) of every spelling of
+/// `text`: `(?:P1|S1(?:P2|S2(?:...)))`, where `Sk` matches the k-th unit's spellings and
+/// `Pk` their prefixes. A stream scrubber holds back from the earliest position whose
+/// rest matches this to the end ([`Scrubber::hold_from`]).
+fn text_prefix_pattern(text: &[u8]) -> String {
+    let units = unit_spellings(text);
     let mut pattern = String::new();
-    for chunk in text.utf8_chunks() {
-        pattern.extend(chunk.valid().chars().map(spelling));
-        for b in chunk.invalid() {
-            pattern.push_str(&format!("(?:\\x{b:02x}|%{})", hex_ci(u32::from(*b), 2)));
-        }
+    for unit in units.iter().rev() {
+        let prefixes = unit
+            .iter()
+            .map(|atoms| prefix_of(atoms))
+            .collect::<Vec<_>>()
+            .join("|");
+        pattern = if pattern.is_empty() {
+            format!("(?:{prefixes})")
+        } else {
+            format!("(?:{prefixes}|{}{pattern})", alternation(unit))
+        };
     }
     pattern
 }
 
-/// The regex (non-Unicode, bytes) for every spelling of the character `c`.
-fn spelling(c: char) -> String {
+/// One unit's spellings as one group.
+fn alternation(spellings: &[Vec<String>]) -> String {
+    let alternatives: Vec<String> = spellings.iter().map(|atoms| atoms.concat()).collect();
+    format!("(?:{})", alternatives.join("|"))
+}
+
+/// The prefixes of the atom sequence `a1 a2 ... an` (each atom's own set of strings
+/// is closed under prefixes): `(?:a1(?:a2(?:...)?)?)?`.
+fn prefix_of(atoms: &[String]) -> String {
+    let mut pattern = String::new();
+    for atom in atoms.iter().rev() {
+        pattern = format!("(?:{atom}{pattern})?");
+    }
+    pattern
+}
+
+/// The spellings of each unit of `text` (a character, or a byte outside UTF-8), each
+/// spelling as a sequence of atoms: regex pieces matching one byte from a set, or a
+/// run (`0{0,N}`) or an optional byte (`;?`), so that each atom's strings are closed
+/// under prefixes.
+fn unit_spellings(text: &[u8]) -> Vec<Vec<Vec<String>>> {
+    let mut units = Vec::new();
+    for chunk in text.utf8_chunks() {
+        units.extend(chunk.valid().chars().map(spelling_atoms));
+        for b in chunk.invalid() {
+            let mut percent = vec!["%".to_string()];
+            percent.extend(hex_atoms(u32::from(*b), 2));
+            units.push(vec![vec![format!("\\x{b:02x}")], percent]);
+        }
+    }
+    units
+}
+
+/// Every spelling of the character `c`, as atom sequences ([`unit_spellings`]).
+fn spelling_atoms(c: char) -> Vec<Vec<String>> {
     let mut utf8 = [0u8; 4];
     let bytes = c.encode_utf8(&mut utf8).as_bytes();
     let code = u32::from(c);
-    let mut alternatives: Vec<String> = Vec::new();
+    let mut alternatives: Vec<Vec<String>> = Vec::new();
     // Raw, and percent-encoded byte by byte.
     alternatives.push(bytes.iter().map(|b| format!("\\x{b:02x}")).collect());
     alternatives.push(
         bytes
             .iter()
-            .map(|b| format!("%{}", hex_ci(u32::from(*b), 2)))
+            .flat_map(|b| {
+                let mut atoms = vec!["%".to_string()];
+                atoms.extend(hex_atoms(u32::from(*b), 2));
+                atoms
+            })
             .collect(),
     );
     // JSON `\uXXXX` (a UTF-16 code unit, or a surrogate pair).
     let mut units = [0u16; 2];
-    let json_u: String = c
-        .encode_utf16(&mut units)
-        .iter()
-        .map(|u| format!("\\\\u{}", hex_ci(u32::from(*u), 4)))
-        .collect();
-    alternatives.push(json_u);
+    alternatives.push(
+        c.encode_utf16(&mut units)
+            .iter()
+            .flat_map(|u| {
+                let mut atoms = vec!["\\\\".to_string(), "u".to_string()];
+                atoms.extend(hex_atoms(u32::from(*u), 4));
+                atoms
+            })
+            .collect(),
+    );
     // HTML/XML numeric character references.
-    alternatives.push(format!("&#0*{code};?"));
-    alternatives.push(format!("&#[xX]0*{};?", hex_ci_trimmed(code)));
+    let zeros = format!("0{{0,{MAX_REFERENCE_ZEROS}}}");
+    let mut decimal = vec!["&".to_string(), "#".to_string(), zeros.clone()];
+    decimal.extend(code.to_string().chars().map(String::from));
+    decimal.push(";?".to_string());
+    alternatives.push(decimal);
+    let mut hex = vec!["&".to_string(), "#".to_string(), "[xX]".to_string(), zeros];
+    hex.extend(hex_atoms(code, format!("{code:x}").len()));
+    hex.push(";?".to_string());
+    alternatives.push(hex);
     for named in html_names(c) {
-        alternatives.push(format!("&{named};"));
+        let mut atoms = vec!["&".to_string()];
+        atoms.extend(named.chars().map(String::from));
+        atoms.push(";".to_string());
+        alternatives.push(atoms);
     }
+    let escaped = |second: &str| vec!["\\\\".to_string(), second.to_string()];
     match c {
-        ' ' => alternatives.push("\\+".into()),
-        '/' => alternatives.push("\\\\/".into()),
-        '"' => alternatives.push("\\\\\"".into()),
-        '\\' => alternatives.push("\\\\\\\\".into()),
+        ' ' => alternatives.push(vec!["\\+".into()]),
+        '/' => alternatives.push(escaped("/")),
+        '"' => alternatives.push(escaped("\"")),
+        '\\' => alternatives.push(escaped("\\\\")),
         _ => {}
     }
-    format!("(?:{})", alternatives.join("|"))
+    alternatives
 }
 
-/// `value` as `width` hex digits, each letter in either case (`[aA]`).
-fn hex_ci(value: u32, width: usize) -> String {
+/// `value` as `width` hex digits, one atom each, each letter in either case (`[aA]`).
+fn hex_atoms(value: u32, width: usize) -> Vec<String> {
     format!("{value:0width$x}")
         .chars()
         .map(|d| {
@@ -296,12 +596,6 @@ fn hex_ci(value: u32, width: usize) -> String {
             }
         })
         .collect()
-}
-
-/// `value` in hex without leading zeros, each letter in either case.
-fn hex_ci_trimmed(value: u32) -> String {
-    let width = format!("{value:x}").len();
-    hex_ci(value, width)
 }
 
 /// The HTML named character references that stand for the ASCII character `c`.
@@ -423,6 +717,7 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     /// The texts and, for each, its whole-string percent (both hex cases, and form)
     /// and JSON encodings: forms that must all be gone after scrubbing.
@@ -659,6 +954,9 @@ mod tests {
             matcher: Matcher::Plain(b"aba".to_vec()),
             spellings: None,
             needle_count: 1,
+            window: 3,
+            prefixes: std::sync::OnceLock::from(None),
+            texts: vec![b"aba".to_vec()],
         };
         assert!(!s.sees_whole(b"a%62a"));
         assert!(s.sees_whole(b"aba"));
@@ -706,6 +1004,136 @@ mod tests {
         ];
         for body in cases {
             assert_gone(secret, body.as_bytes(), &[body.as_bytes()]);
+        }
+    }
+
+    /// Feeds `body` to a stream scrubber in pieces cut at `cuts` (positions, any
+    /// order, clamped); returns everything released and the bytes removed.
+    fn stream_scrub(s: &Arc<Scrubber>, body: &[u8], cuts: &[usize]) -> (Vec<u8>, u64) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        at.push(0);
+        at.push(body.len());
+        at.sort_unstable();
+        let mut stream = StreamScrubber::new(s.clone());
+        let mut out = Vec::new();
+        for w in at.windows(2) {
+            out.extend_from_slice(&stream.push(&body[w[0]..w[1]]).unwrap());
+            assert!(stream.held() <= s.window(), "held more than the window");
+        }
+        out.extend_from_slice(&stream.finish().unwrap());
+        (out, stream.removed())
+    }
+
+    #[test]
+    fn one_byte_chunks_are_scrubbed_like_the_whole() {
+        let s = Arc::new(Scrubber::new(BEARER));
+        let body = format!("data: {{\"k\":\"{BEARER}\"}}\n\ndata: {TOKEN}%20\n\n");
+        let cuts: Vec<usize> = (0..body.len()).collect();
+        let (out, removed) = stream_scrub(&s, body.as_bytes(), &cuts);
+        let (whole, whole_removed) = s.scrub(Bytes::from(body));
+        assert_eq!(out, whole.to_vec());
+        assert_eq!(removed, whole_removed as u64);
+        assert!(!contains(&out, TOKEN.as_bytes()));
+    }
+
+    #[test]
+    fn overpadded_references_are_unscrubbable_however_split() {
+        let s = Arc::new(Scrubber::new(BEARER));
+        let body = format!("x &#x{}67; y", "0".repeat(MAX_REFERENCE_ZEROS + 1));
+        assert!(!s.sees_whole(body.as_bytes()));
+        let fits = format!("x &#x{}67; y", "0".repeat(MAX_REFERENCE_ZEROS));
+        assert!(s.sees_whole(fits.as_bytes()));
+        for cut in 0..body.len() {
+            let mut stream = StreamScrubber::new(s.clone());
+            let mut released = Vec::new();
+            let result = stream
+                .push(&body.as_bytes()[..cut])
+                .and_then(|a| {
+                    released.extend_from_slice(&a);
+                    stream.push(&body.as_bytes()[cut..])
+                })
+                .and_then(|b| {
+                    released.extend_from_slice(&b);
+                    stream.finish()
+                });
+            assert_eq!(result, Err(Unscrubbable), "cut at {cut}");
+            assert!(!contains(&released, b"&#x0"), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn window_covers_the_longest_spelling() {
+        let secret = "Bearer a/b";
+        let s = Scrubber::new(secret);
+        let longest: String = secret
+            .chars()
+            .map(|c| format!("&#x{}{:x};", "0".repeat(MAX_REFERENCE_ZEROS), u32::from(c)))
+            .collect();
+        assert!(longest.len() <= s.window());
+        let (out, removed) = s.scrub(Bytes::from(longest.clone()));
+        assert_eq!(removed, longest.len());
+        assert_eq!(&out[..], REDACTED.as_bytes());
+    }
+
+    #[test]
+    fn a_clean_event_leaves_at_once_and_a_possible_start_is_held() {
+        let s = Arc::new(Scrubber::new(BEARER));
+        let mut stream = StreamScrubber::new(s.clone());
+        let event = b"event: message\ndata: {\"n\":1}\n\n";
+        assert_eq!(&stream.push(event).unwrap()[..], &event[..]);
+        assert_eq!(stream.held(), 0);
+        // `ghp_ab` may begin the token, `%67` its first character percent-encoded,
+        // `&#x0` a character reference: held until the next bytes decide.
+        for tail in [
+            &b"data: ghp_ab"[..],
+            b"data: %6",
+            b"data: &#x0",
+            b"data: Bearer",
+        ] {
+            let mut stream = StreamScrubber::new(s.clone());
+            let out = stream.push(tail).unwrap();
+            assert_eq!(&out[..], b"data: ", "{}", String::from_utf8_lossy(tail));
+            assert_eq!(stream.finish().unwrap().len(), tail.len() - 6);
+        }
+    }
+
+    proptest! {
+        // Each case builds a scrubber (its prefix regex is the slow part in a debug
+        // build) and tries eight splits.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The chunk-boundary property: a body holding the credential, each character
+        /// in any spelling, cut anywhere into any number of pieces, comes out of the
+        /// stream scrubber exactly as the whole-buffer scrub, and redacted.
+        #[test]
+        fn every_split_is_scrubbed_like_the_whole(
+            token in "[!-Z^-~]{8,40}",
+            picks in proptest::collection::vec(any::<usize>(), 48),
+            scheme in prop::bool::ANY,
+            base64 in prop::bool::ANY,
+            before in "[ -~]{0,40}",
+            after in "[ -~]{0,40}",
+            splits in proptest::collection::vec(
+                proptest::collection::vec(any::<usize>(), 0..12), 8),
+        ) {
+            let secret = if scheme { format!("Bearer {token}") } else { token.clone() };
+            let shown = if base64 { STANDARD.encode(&secret) } else { secret.clone() };
+            let spelled: String = shown
+                .chars()
+                .zip(picks.iter().cycle())
+                .map(|(c, pick)| spell(c, *pick))
+                .collect();
+            let body = format!("{before}{spelled}{after}{spelled}");
+            let s = Arc::new(Scrubber::new(&secret));
+            let (whole, whole_removed) = s.scrub(Bytes::from(body.clone()));
+            for cuts in &splits {
+                let (out, removed) = stream_scrub(&s, body.as_bytes(), cuts);
+                prop_assert_eq!(&out, &whole.to_vec());
+                prop_assert_eq!(removed, whole_removed as u64);
+                prop_assert!(removed > 0);
+                prop_assert!(!contains(&out, spelled.as_bytes()));
+                prop_assert!(!contains(&out, token.as_bytes()));
+            }
         }
     }
 

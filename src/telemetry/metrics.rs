@@ -373,6 +373,13 @@ impl Metrics {
     }
 }
 
+/// How a streamed answer ended: `complete`, `idle_timeout`, `client_gone` or
+/// `upstream_error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub ended: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShimLabels {
     /// `allow` or `deny`.
@@ -386,6 +393,8 @@ pub struct ShimLabels {
 pub struct ShimMetrics {
     registry: Registry,
     pub requests: Family<ShimLabels, Counter>,
+    /// Answers relayed as streams, by how they ended.
+    pub streams: Family<StreamLabels, Counter>,
     pub duration: Histogram,
     pub catalogue_reloads_kept: Counter,
     pub catalogue_reload_failures: Counter,
@@ -408,6 +417,12 @@ impl ShimMetrics {
             "Time to answer a request, upstream included",
             duration.clone(),
         );
+        let streams = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "streams_ended",
+            "Answers relayed as streams, by how they ended",
+            streams.clone(),
+        );
         let catalogue_reloads_kept = Counter::default();
         registry.register(
             "catalogue_reloads_kept",
@@ -429,6 +444,7 @@ impl ShimMetrics {
         ShimMetrics {
             registry,
             requests,
+            streams,
             duration,
             catalogue_reloads_kept,
             catalogue_reload_failures,

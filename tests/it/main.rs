@@ -21,6 +21,7 @@ mod resource_metadata;
 mod rotation;
 mod router;
 mod shim;
+mod streaming;
 mod transit;
 mod vault;
 mod vault_auth;
