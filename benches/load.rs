@@ -26,7 +26,7 @@
 //! - C: the STS, 64 subject tokens repeated (the verified-subject cache hits);
 //! - D: as C, each request with a fresh DPoP proof (RFC 9449) from one of 64 agent
 //!   keys, so the token is bound: what sender constraint costs at `/token` when the
-//!   subject token is cached (one ES256 verification more per request);
+//!   subject token is cached (one proof signature check more per request);
 //! - E: as B (distinct subject tokens), each with a fresh DPoP proof.
 //!
 //! It prints requests, req/s, p50 and p99 latency and errors (non-200) for each, and
@@ -41,8 +41,8 @@
 //! 300000), `LOAD_RUNTIME` (`shared`: servers and load generator on one tokio runtime
 //! of `LOAD_SERVER_THREADS` workers; `split`: the load generator on its own runtime of
 //! `LOAD_CLIENT_THREADS` workers), `LOAD_SCENARIOS` (a subset such as `B` or `AC`, for
-//! profiling one scenario), `LOAD_DPOP_ALG` (`ES256`, the default, or `EdDSA`: the
-//! agents' proof keys in D and E).
+//! profiling one scenario), `LOAD_DPOP_ALG` (`EdDSA`, the default, as the Python
+//! client signs, or `ES256`: the agents' proof keys in D and E).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -111,7 +111,7 @@ impl Settings {
             knobs: Knobs::from_env("LOAD"),
             pool: env_or("LOAD_POOL", 300_000),
             scenarios: env_or("LOAD_SCENARIOS", "ABCDE".to_string()).to_ascii_uppercase(),
-            dpop_alg: match env_or("LOAD_DPOP_ALG", "ES256".to_string()).as_str() {
+            dpop_alg: match env_or("LOAD_DPOP_ALG", "EdDSA".to_string()).as_str() {
                 "EdDSA" => "EdDSA".to_string(),
                 "ES256" => "ES256".to_string(),
                 other => panic!("LOAD_DPOP_ALG must be ES256 or EdDSA, not {other}"),

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from agent_sts import AgentSts, AgentStsError, DPoPKey, ExchangeError, access_token_hash
@@ -33,17 +33,24 @@ def b64decode(part: str) -> bytes:
 
 
 def verify_proof(proof: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Header and claims of a proof whose ES256 signature verifies with its own jwk."""
+    """Header and claims of a proof whose signature verifies with its own jwk (EdDSA
+    with an Ed25519 jwk, or ES256 with a P-256 one, raw r||s)."""
     h, c, s = proof.split(".")
     header = json.loads(b64decode(h))
-    assert header["typ"] == "dpop+jwt" and header["alg"] == "ES256"
+    signature = b64decode(s)
+    assert header["typ"] == "dpop+jwt"
+    if header["alg"] == "EdDSA":
+        assert header["jwk"] == {"kty": "OKP", "crv": "Ed25519", "x": header["jwk"]["x"]}
+        public = ed25519.Ed25519PublicKey.from_public_bytes(b64decode(header["jwk"]["x"]))
+        public.verify(signature, f"{h}.{c}".encode())
+        return header, json.loads(b64decode(c))
+    assert header["alg"] == "ES256"
     assert set(header["jwk"]) == {"kty", "crv", "x", "y"}
     numbers = ec.EllipticCurvePublicNumbers(
         int.from_bytes(b64decode(header["jwk"]["x"]), "big"),
         int.from_bytes(b64decode(header["jwk"]["y"]), "big"),
         ec.SECP256R1(),
     )
-    signature = b64decode(s)
     assert len(signature) == 64, "ES256 in a JWS is raw r||s"
     der = encode_dss_signature(
         int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
@@ -400,21 +407,28 @@ def test_constructor_checks() -> None:
 
 def test_key_thumbprint_is_rfc7638() -> None:
     key = DPoPKey()
+    assert key.algorithm == "EdDSA", "Ed25519 is the default"
     jwk = key.public_jwk
-    canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (jwk["x"], jwk["y"])
+    canonical = '{"crv":"Ed25519","kty":"OKP","x":"%s"}' % jwk["x"]
     digest = hashlib.sha256(canonical.encode()).digest()
     assert key.thumbprint == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    p256 = DPoPKey(ec.generate_private_key(ec.SECP256R1()))
+    jwk = p256.public_jwk
+    canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (jwk["x"], jwk["y"])
+    digest = hashlib.sha256(canonical.encode()).digest()
+    assert p256.thumbprint == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def test_key_signs_verifiable_raw_signatures() -> None:
-    key = DPoPKey()
-    for _ in range(20):  # r or s with leading zero bytes must still be 32 bytes each
-        header, claims = verify_proof(key.proof("GET", RESOURCE, access_token="t", nonce="n"))
-        assert claims["ath"] == access_token_hash("t") and claims["nonce"] == "n"
-    h, c, s = key.proof("GET", RESOURCE).split(".")
-    tampered = f"{h}.{c[:-2]}AA.{s}"
-    with pytest.raises(InvalidSignature):
-        verify_proof(tampered)
+    for key in [DPoPKey(), DPoPKey(ec.generate_private_key(ec.SECP256R1()))]:
+        for _ in range(20):  # r or s with leading zero bytes must still be 32 bytes each
+            header, claims = verify_proof(key.proof("GET", RESOURCE, access_token="t", nonce="n"))
+            assert header["alg"] == key.algorithm
+            assert claims["ath"] == access_token_hash("t") and claims["nonce"] == "n"
+        h, c, s = key.proof("GET", RESOURCE).split(".")
+        tampered = f"{h}.{c[:-2]}AA.{s}"
+        with pytest.raises(InvalidSignature):
+            verify_proof(tampered)
 
 
 def test_key_stays_in_memory() -> None:
