@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::deny_list::{DenyFormatError, StoredDenyList};
 use crate::keys::{StoreVersion, write_private_file};
-use crate::store::vault::{KvEntry, Vault, VaultError};
+use crate::store::vault::{CasWrite, KvEntry, Vault};
 
 /// Why the deny list could not be read or written. Names the place and the kind of
 /// failure, never a value.
@@ -211,37 +211,21 @@ impl DenyStore for VaultDenyStore {
         list: &StoredDenyList,
         expected: &StoreVersion,
     ) -> Result<(), DenyStoreError> {
-        let write_err = |reason: String| DenyStoreError::Write {
-            location: self.location(),
-            reason,
-        };
-        let cas = if self.vault.config.kv_version == 2 {
-            Some(
-                expected
-                    .0
-                    .parse::<u64>()
-                    .map_err(|_| write_err("bad version".into()))?,
-            )
-        } else {
-            // KV v1 has no check-and-set: compare right before writing (a narrow race
-            // remains; KV v2 closes it).
-            let (_, current) = self.load().await?;
-            if &current != expected {
-                return Err(DenyStoreError::Conflict {
-                    location: self.location(),
-                });
-            }
-            None
-        };
-        self.vault
-            .kv_write(&self.path, &list.to_map(), cas)
-            .await
-            .map_err(|e| match e {
-                VaultError::Status(400) if cas.is_some() => DenyStoreError::Conflict {
-                    location: self.location(),
-                },
-                other => write_err(other.to_string()),
-            })
+        let current = async || self.load().await.map(|(_, version)| version);
+        match self
+            .vault
+            .kv_write_if(&self.path, &list.to_map(), expected, current)
+            .await?
+        {
+            CasWrite::Written => Ok(()),
+            CasWrite::Conflict => Err(DenyStoreError::Conflict {
+                location: self.location(),
+            }),
+            CasWrite::Failed(reason) => Err(DenyStoreError::Write {
+                location: self.location(),
+                reason,
+            }),
+        }
     }
 }
 

@@ -687,6 +687,35 @@ impl Vault {
             .map(|_| ())
     }
 
+    /// Writes `data` at `path` only if it still holds `expected` (check-and-set): KV v2
+    /// makes the write conditional in Vault itself (`cas`); KV v1 cannot, so `current`
+    /// (the caller's read of the version) is compared right before writing, and a
+    /// narrow race remains. A read error from `current` is the caller's.
+    pub async fn kv_write_if<E>(
+        &self,
+        path: &str,
+        data: &Map<String, Value>,
+        expected: &StoreVersion,
+        current: impl AsyncFnOnce() -> Result<StoreVersion, E>,
+    ) -> Result<CasWrite, E> {
+        let cas = if self.config.kv_version == 2 {
+            match expected.0.parse::<u64>() {
+                Ok(v) => Some(v),
+                Err(_) => return Ok(CasWrite::Failed("bad version".into())),
+            }
+        } else {
+            if &current().await? != expected {
+                return Ok(CasWrite::Conflict);
+            }
+            None
+        };
+        Ok(match self.kv_write(path, data, cas).await {
+            Ok(()) => CasWrite::Written,
+            Err(VaultError::Status(400)) if cas.is_some() => CasWrite::Conflict,
+            Err(other) => CasWrite::Failed(other.to_string()),
+        })
+    }
+
     /// Keeps the token alive and the health fresh: renews at ~70% of the lease, logs
     /// in again when renewal fails or is not possible, and asks `lookup-self` when
     /// Vault has not been heard from for [`HEALTH_INTERVAL`]. Runs forever.
@@ -920,6 +949,16 @@ impl SecretStore for VaultSecretStore {
     }
 }
 
+/// How a check-and-set write ([`Vault::kv_write_if`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasWrite {
+    Written,
+    /// The stored version is not the one expected: read again and retry.
+    Conflict,
+    /// Vault refused or failed (the reason names no value).
+    Failed(String),
+}
+
 /// The signing keyring in Vault, at `<kv_mount>/<vault_path>`, as `{"keys": [...]}`.
 #[derive(Debug)]
 pub struct VaultKeyStore {
@@ -995,33 +1034,18 @@ impl KeyStore for VaultKeyStore {
         else {
             return Err(write_err("keyring is not an object".into()));
         };
-        let cas = if self.vault.config.kv_version == 2 {
-            Some(
-                expected
-                    .0
-                    .parse::<u64>()
-                    .map_err(|_| write_err("bad version".into()))?,
-            )
-        } else {
-            // No check-and-set on KV v1: compare right before writing (a narrow race
-            // remains; KV v2 closes it).
-            let (_, current) = self.load().await?;
-            if &current != expected {
-                return Err(KeyStoreError::Conflict {
-                    location: self.location(),
-                });
-            }
-            None
-        };
-        self.vault
-            .kv_write(&self.path, &data, cas)
-            .await
-            .map_err(|e| match e {
-                VaultError::Status(400) if cas.is_some() => KeyStoreError::Conflict {
-                    location: self.location(),
-                },
-                other => write_err(other.to_string()),
-            })
+        let current = async || self.load().await.map(|(_, version)| version);
+        match self
+            .vault
+            .kv_write_if(&self.path, &data, expected, current)
+            .await?
+        {
+            CasWrite::Written => Ok(()),
+            CasWrite::Conflict => Err(KeyStoreError::Conflict {
+                location: self.location(),
+            }),
+            CasWrite::Failed(reason) => Err(write_err(reason)),
+        }
     }
 }
 
