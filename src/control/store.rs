@@ -9,11 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::deny_list::{DenyFormatError, StoredDenyList};
-use crate::keys::{StoreVersion, write_private_file};
-use crate::store::vault::{CasWrite, KvEntry, Vault};
+use crate::keys::{StoreVersion, version_of, write_private_file};
+use crate::store::vault::{CasWrite, KvEntry, Vault, content_version};
 
 /// Why the deny list could not be read or written. Names the place and the kind of
 /// failure, never a value.
@@ -67,13 +65,6 @@ impl FileDenyStore {
             Err(e) => Err(e),
         }
     }
-}
-
-fn version_of(bytes: &[u8]) -> StoreVersion {
-    StoreVersion(hex::encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        bytes,
-    )))
 }
 
 #[async_trait::async_trait]
@@ -195,9 +186,7 @@ impl DenyStore for VaultDenyStore {
         };
         let version = match version {
             Some(v) => StoreVersion(v.to_string()),
-            None => {
-                version_of(&serde_json::to_vec(&Value::Object(data.clone())).unwrap_or_default())
-            }
+            None => content_version(&data),
         };
         let list = StoredDenyList::from_map(data).map_err(|problem| DenyStoreError::Malformed {
             location: self.location(),

@@ -490,7 +490,8 @@ impl FileKeyStore {
     }
 }
 
-fn version_of(bytes: &[u8]) -> StoreVersion {
+/// The version of a stored document without one of its own: a hash of its bytes.
+pub fn version_of(bytes: &[u8]) -> StoreVersion {
     StoreVersion(hex::encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         bytes,

@@ -976,12 +976,8 @@ impl VaultKeyStore {
 }
 
 /// KV v1 has no versions: the version is a hash of the content.
-fn content_version(data: &Map<String, Value>) -> StoreVersion {
-    let bytes = serde_json::to_vec(data).unwrap_or_default();
-    StoreVersion(hex::encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        &bytes,
-    )))
+pub fn content_version(data: &Map<String, Value>) -> StoreVersion {
+    crate::keys::version_of(&serde_json::to_vec(data).unwrap_or_default())
 }
 
 #[async_trait::async_trait]
