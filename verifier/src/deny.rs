@@ -182,7 +182,8 @@ struct Held {
 }
 
 /// A verifier's copy of the feed: refreshed on use at most every `refresh` (one fetch
-/// at a time, at most one attempt per second after a failure).
+/// at a time, which other requests do not wait for while a held list is usable; at
+/// most one attempt per second after a failure).
 #[derive(Debug)]
 pub(crate) struct FeedCache {
     pub settings: FeedSettings,
@@ -216,7 +217,15 @@ impl FeedCache {
         if let Some(list) = self.fresh(now, self.settings.refresh) {
             return Some(list);
         }
-        let mut last_attempt = self.fetching.lock().await;
+        // One request refreshes; while it does, the others keep the held list (still
+        // within `max_stale`) instead of queueing behind the fetch.
+        let mut last_attempt = match self.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.fresh(now, self.settings.max_stale) {
+                Some(list) => return Some(list),
+                None => self.fetching.lock().await,
+            },
+        };
         if let Some(list) = self.fresh(now, self.settings.refresh) {
             return Some(list);
         }
@@ -371,6 +380,45 @@ mod tests {
             serde_json::from_value::<DenyRule>(serde_json::json!({"id": "x", "kind": "everyone"}))
                 .is_err()
         );
+    }
+
+    fn cache() -> FeedCache {
+        FeedCache::new(FeedSettings {
+            url: reqwest::Url::parse("https://sts.test/deny-list").unwrap(),
+            audience: "https://sts.test/deny-list".into(),
+            refresh: std::time::Duration::from_secs(2),
+            max_stale: std::time::Duration::from_secs(10),
+        })
+    }
+
+    fn list(issued_at: u64) -> DenyList {
+        DenyList {
+            issued_at,
+            rules: vec![rule(DenyTarget::Jti { jti: "j1".into() }, None)],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_feed_is_refreshed_kept_through_failures_then_refused_and_never_rolled_back() {
+        let feed = cache();
+        let fail = || async { Err::<DenyList, _>(FeedError::Fetch) };
+        // Nothing held and nothing fetched: no list (every token refused); no second
+        // attempt within the same second.
+        assert!(feed.current(99, fail).await.is_none());
+        assert!(feed.current(99, || async { Ok(list(99)) }).await.is_none());
+        let got = feed.current(100, || async { Ok(list(100)) }).await.unwrap();
+        assert_eq!(got.issued_at, 100);
+        // Fresh: no fetch at all.
+        let never = || async { panic!("fetched while fresh") };
+        assert_eq!(feed.current(101, never).await.unwrap().issued_at, 100);
+        // Due, but the fetch fails: the held list serves until max_stale.
+        assert_eq!(feed.current(105, fail).await.unwrap().issued_at, 100);
+        assert!(feed.current(111, fail).await.is_none());
+        // An older document than the one held is not taken.
+        let newer = feed.current(112, || async { Ok(list(112)) }).await.unwrap();
+        assert_eq!(newer.issued_at, 112);
+        let older = feed.current(115, || async { Ok(list(50)) }).await.unwrap();
+        assert_eq!(older.issued_at, 112);
     }
 
     #[test]
