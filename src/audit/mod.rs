@@ -168,7 +168,9 @@ pub struct Decision<'a> {
     pub kid: Option<&'a str>,
     /// The issued token's expiry, in Unix seconds.
     pub expires_at: Option<u64>,
-    /// The grant the request came in as (`token-exchange`, `jwt-bearer`), once read.
+    /// The grant the request came in as (`token-exchange`, `jwt-bearer`), once read;
+    /// `revocation` or `introspection` for those endpoints' lines (where `actor` is the
+    /// calling service of an introspection).
     pub grant: Option<&'a str>,
 }
 
