@@ -5,7 +5,8 @@
 //! - no redirect is followed: hyper's client has no redirect logic, a `3xx` comes back
 //!   as any other answer and is relayed (scrubbed) to the agent;
 //! - no proxy: the connector dials the upstream itself and reads no environment;
-//! - `shim.connect_timeout` bounds the TCP connect; the proxy bounds the answer's head
+//! - `shim.connect_timeout` bounds the connect, TCP and TLS handshake together
+//!   ([`TimedConnector`]); the proxy bounds the answer's head
 //!   (`upstream_timeout`) and, for a stream, each wait for the next bytes;
 //! - connections are pooled and reused per origin (idle ones kept 90 s, as before);
 //! - https is verified by `rustls-platform-verifier` (the system roots) with the
@@ -15,21 +16,59 @@
 //! - a request carries `Accept: */*` unless the agent's forwarded headers set one, as
 //!   reqwest added; nothing else is added beyond `Host` (and the body's length).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::http::Uri;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 /// The body of an upstream request: the agent's, read whole, or none.
 pub(crate) type UpstreamBody = Full<Bytes>;
 
 /// The pooled client of the upstream hop.
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub(crate) type UpstreamClient = Client<TimedConnector, UpstreamBody>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The https-or-http connector under one deadline for the whole connect (TCP and TLS
+/// handshake), as reqwest's `connect_timeout` was; running out is an I/O `TimedOut`.
+#[derive(Clone, Debug)]
+pub(crate) struct TimedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+impl tower::Service<Uri> for TimedConnector {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "upstream connect timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
 
 /// How long an idle pooled connection is kept (reqwest's default).
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -64,7 +103,10 @@ pub(crate) fn client(connect: Duration) -> Result<UpstreamClient, String> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
-        .build(https))
+        .build(TimedConnector {
+            inner: https,
+            timeout: connect,
+        }))
 }
 
 /// Whether a failed call timed out connecting (`shim.connect_timeout`): an error
@@ -84,7 +126,7 @@ pub(crate) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -144,6 +186,28 @@ mod tests {
         assert!(e.is_connect(), "{e:?}");
         assert!(!timed_out(&e));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_covers_a_tls_handshake_that_never_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and holds the connection, never answering the ClientHello.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let client = client(Duration::from_millis(200)).unwrap();
+        let started = std::time::Instant::now();
+        let call = client.request(get(&format!("https://{addr}/")));
+        let e = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the connect timeout did not cut the handshake off")
+            .unwrap_err();
+        assert!(timed_out(&e), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
