@@ -32,10 +32,12 @@
 //!   forwards on its pooled keep-alive connections, scrubs the response and appends
 //!   one audit line;
 //! - C (only with `SHIM_BARE_PROXY=1`): a BARE PROXY, for scale: an axum handler that
-//!   forwards with a reqwest client built like the shim's, swapping the
-//!   `Authorization` header for the credential, and relays status, `Content-Type` and
-//!   body; no token check, policy, scrubbing or audit. What the extra loopback hop
-//!   costs on its own (C against A), and what the shim's own work costs (B against C).
+//!   forwards with a reqwest client built like the shim's before it moved to hyper
+//!   (issue 12, item 5), swapping the `Authorization` header for the credential, and
+//!   relays status, `Content-Type` and body; no token check, policy, scrubbing or
+//!   audit. What the extra loopback hop costs on its own (C against A), and what the
+//!   shim's own work costs (B against C); and D, the same bare proxy on hyper-util's
+//!   pooled client, the kind of client the shim now uses.
 //!
 //! Each is measured twice: (i) LATENCY, one connection, requests one after another: p50 and p99
 //! of A and B and the ADDED p50 = p50(B) − p50(A) (target ≤ 100 µs); (ii) THROUGHPUT,
@@ -137,7 +139,8 @@ async fn bare_proxy(State(p): State<Arc<BareProxy>>, request: Request) -> Respon
 
 /// Scenario D: scenario C with hyper-util's pooled client in place of reqwest (no
 /// redirects, no proxy, keep-alive), to measure what reqwest's layers cost on the
-/// upstream hop.
+/// upstream hop. The shim's own upstream client is of this kind since issue 12, item
+/// 5 (with a rustls connector for https upstreams).
 struct HyperProxy {
     base: String,
     client: hyper_util::client::legacy::Client<

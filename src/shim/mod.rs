@@ -9,6 +9,7 @@
 //! - [`scrub`]: removing the credential, in every encoding, from what comes back;
 //! - [`stream`]: answers relayed as they arrive, scrubbed on the way, with their
 //!   completion record;
+//! - [`upstream`]: the upstream hop, hyper's pooled client over rustls;
 //! - [`error`]: every refusal, sorted by who is at fault, as an RFC 6750 response;
 //! - [`resource_metadata`]: the RFC 9728 document, served here and never forwarded,
 //!   and the `resource_metadata` every challenge points at.
@@ -24,5 +25,6 @@ pub mod request_target;
 pub mod resource_metadata;
 pub mod scrub;
 pub mod stream;
+pub(crate) mod upstream;
 
 pub use proxy::{Shim, ShimApp, build};

@@ -54,7 +54,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
 
 use crate::audit::{AuditLog, Outcome, ProxiedCall, RefusalWindow};
 use crate::catalogue::{self, Catalogue, RequestShape, TrustDirectory};
@@ -67,6 +68,7 @@ use crate::shim::request_target::{self, Target};
 use crate::shim::resource_metadata::{self, Challenge, ResourceMetadata};
 use crate::shim::scrub::Scrubber;
 use crate::shim::stream::{Answer, PendingStream, StreamAudit, new_stream_id};
+use crate::shim::upstream::{self, UpstreamBody, UpstreamClient};
 use crate::store;
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
 use crate::store::vault::Vault;
@@ -115,7 +117,7 @@ pub struct Shim {
     audience: String,
     /// `shim.public_url`: what agents address, for DPoP's `htu`.
     public_url: String,
-    upstream: reqwest::Url,
+    upstream: url::Url,
     verifier: Verifier,
     catalogue: ArcSwap<Catalogue>,
     /// The actions this shim serves (this audience, with an `[action.request]`), by
@@ -127,7 +129,7 @@ pub struct Shim {
     credentials: CredentialCache,
     /// The scrubber of each credential path, rebuilt when the credential changes.
     scrubbers: moka::sync::Cache<String, (Arc<StoredCredential>, Arc<Scrubber>)>,
-    client: reqwest::Client,
+    client: UpstreamClient,
     audit: Arc<AuditLog>,
     /// Refusals before a token verified, summarised per window.
     anonymous: RefusalWindow,
@@ -243,13 +245,8 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
     };
     let store = store::secret_store(&config.secrets, vault.as_ref(), &config.source)?;
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .referer(false)
-        .connect_timeout(s.connect_timeout)
-        .build()
-        .map_err(|e| StartError::Runtime(format!("HTTP client: {e}")))?;
+    let client = upstream::client(s.connect_timeout)
+        .map_err(|e| StartError::Runtime(format!("upstream client: {e}")))?;
     let shim = Shim {
         audience: s.audience.clone(),
         public_url: s.public_url.clone(),
@@ -622,7 +619,7 @@ impl Shim {
         let upstream = self.upstream_request(&parts, &target, shape, &credential, body)?;
 
         let deadline = tokio::time::Instant::now() + self.caps.upstream;
-        let response = tokio::time::timeout_at(deadline, self.client.execute(upstream))
+        let response = tokio::time::timeout_at(deadline, self.client.request(upstream))
             .await
             .map_err(|_| ShimError::UpstreamTimeout)?
             .map_err(upstream_error)?;
@@ -642,7 +639,7 @@ impl Shim {
     /// stream, or of unknown length, or longer than `max_response_bytes`. Everything
     /// else (a `HEAD`, `204` or `304` answer, a body of known length within the cap) is
     /// read whole, as before streaming existed.
-    fn streams(&self, upstream: &reqwest::Response, head: bool) -> bool {
+    fn streams(&self, upstream: &hyper::Response<Incoming>, head: bool) -> bool {
         let status = upstream.status();
         if head
             || status == StatusCode::NO_CONTENT
@@ -668,7 +665,7 @@ impl Shim {
     /// and is refused before any byte leaves.
     fn relay_stream(
         &self,
-        upstream: reqwest::Response,
+        upstream: hyper::Response<Incoming>,
         scrubber: Arc<Scrubber>,
     ) -> Result<PendingStream, ShimError> {
         if is_encoded(upstream.headers()) {
@@ -683,7 +680,7 @@ impl Shim {
             status,
             headers,
             header_scrubbed: header_scrubbed as u64,
-            body: Box::pin(upstream.bytes_stream()),
+            body: upstream.into_body(),
             scrubber,
         })
     }
@@ -725,12 +722,16 @@ impl Shim {
         shape: &RequestShape,
         credential: &StoredCredential,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Request, ShimError> {
+    ) -> Result<hyper::Request<UpstreamBody>, ShimError> {
         let mut url = self.upstream.clone();
         let base = url.path().trim_end_matches('/');
         let path = format!("{base}{}", target.path);
         url.set_path(&path);
         url.set_query(target.query.as_deref());
+        let uri: axum::http::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|_| ShimError::UpstreamUnreachable)?;
 
         let injected = HeaderName::from_bytes(credential.header.as_bytes())
             .map_err(|_| ShimError::CredentialUnavailable)?;
@@ -751,47 +752,52 @@ impl Shim {
             HeaderValue::from_static("identity"),
         );
         headers.insert(injected, value);
-
-        let mut builder = self
-            .client
-            .request(parts.method.clone(), url)
-            .headers(headers);
-        if let Some(body) = body {
-            builder = builder.body(body);
+        // What reqwest added to every request, kept so the upstream sees the same.
+        if !headers.contains_key(header::ACCEPT) {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        builder.build().map_err(|_| ShimError::UpstreamUnreachable)
+
+        let mut request = hyper::Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
     }
 
     /// Reads the upstream response whole (capped, by `deadline`), scrubs its headers
     /// and body.
     async fn relay(
         &self,
-        mut upstream: reqwest::Response,
+        upstream: hyper::Response<Incoming>,
         scrubber: &Scrubber,
         head: bool,
         deadline: tokio::time::Instant,
     ) -> Result<(Response, u64), ShimError> {
         let cap = self.caps.response_bytes;
-        if upstream.content_length().is_some_and(|n| n > cap as u64) {
+        let (upstream, mut body) = upstream.into_parts();
+        if body.size_hint().exact().is_some_and(|n| n > cap as u64) {
             return Err(ShimError::UpstreamTooLarge);
         }
         let mut buffer = BytesMut::new();
         loop {
-            let chunk = tokio::time::timeout_at(deadline, upstream.chunk())
+            let frame = tokio::time::timeout_at(deadline, body.frame())
                 .await
-                .map_err(|_| ShimError::UpstreamTimeout)?
-                .map_err(upstream_error)?;
-            let Some(chunk) = chunk else { break };
+                .map_err(|_| ShimError::UpstreamTimeout)?;
+            let Some(frame) = frame else { break };
+            // Trailers are not relayed (the shim frames what it sends).
+            let Ok(chunk) = frame.map_err(body_error)?.into_data() else {
+                continue;
+            };
             if buffer.len() + chunk.len() > cap {
                 return Err(ShimError::UpstreamTooLarge);
             }
             buffer.extend_from_slice(&chunk);
         }
-        if is_encoded(upstream.headers()) && !buffer.is_empty() {
+        if is_encoded(&upstream.headers) && !buffer.is_empty() {
             return Err(ShimError::UpstreamEncoding);
         }
-        let status = upstream.status();
-        if is_partial(status, upstream.headers()) {
+        let status = upstream.status;
+        if is_partial(status, &upstream.headers) {
             return Err(ShimError::UpstreamPartial);
         }
         if !scrubber.sees_whole(&buffer) {
@@ -800,7 +806,7 @@ impl Shim {
         let (body, scrubbed) = scrubber.scrub(buffer.freeze());
         // A HEAD or 304 answer describes a body it does not carry: keep its length.
         let keep_length = head || status == StatusCode::NOT_MODIFIED;
-        let (headers, in_headers) = relay_headers(upstream.headers(), scrubber, keep_length)?;
+        let (headers, in_headers) = relay_headers(&upstream.headers, scrubber, keep_length)?;
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -997,16 +1003,25 @@ fn token_error(e: VerifyError) -> ShimError {
     ShimError::InvalidToken { reason }
 }
 
-fn upstream_error(e: reqwest::Error) -> ShimError {
-    // reqwest's error may carry the URL; the upstream URL holds no secret (config
-    // refuses credentials in it), but log only the kind.
-    if e.is_timeout() {
+/// A failed upstream call: a connect that timed out is a timeout, anything else
+/// unreachable. Only the kind is logged (the request, with its credential, is never).
+fn upstream_error(e: hyper_util::client::legacy::Error) -> ShimError {
+    if upstream::timed_out(&e) {
+        ShimError::UpstreamTimeout
+    } else {
+        tracing::warn!(connect = e.is_connect(), "upstream request failed");
+        ShimError::UpstreamUnreachable
+    }
+}
+
+/// A failed read of an answer read whole.
+fn body_error(e: hyper::Error) -> ShimError {
+    if e.is_timeout() || upstream::timed_out(&e) {
         ShimError::UpstreamTimeout
     } else {
         tracing::warn!(
-            connect = e.is_connect(),
-            body = e.is_body(),
-            "upstream request failed"
+            incomplete = e.is_incomplete_message(),
+            "upstream answer failed"
         );
         ShimError::UpstreamUnreachable
     }

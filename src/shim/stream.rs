@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
+use hyper::body::{Body as _, Incoming};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -42,8 +43,8 @@ pub(crate) enum Answer {
     Stream(Box<PendingStream>),
 }
 
-/// The upstream body of a stream's answer.
-type UpstreamBody = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+/// The upstream body of a stream's answer, read frame by frame.
+type UpstreamBody = Incoming;
 
 /// A streamed answer whose head is checked and scrubbed and whose body has not been
 /// read yet.
@@ -199,9 +200,13 @@ impl Stream for Relay {
             return Poll::Ready(None);
         }
         loop {
-            match this.upstream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
                     this.waiting = false;
+                    // Trailers are not relayed (the shim frames what it sends).
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
                     match this.scrubber.push(&chunk) {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => {
@@ -215,8 +220,7 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(
-                        body = e.is_body(),
-                        decode = e.is_decode(),
+                        incomplete = e.is_incomplete_message(),
                         "upstream stream failed"
                     );
                     return this.fail(Ended::UpstreamError, "upstream answer failed");
