@@ -25,9 +25,8 @@ use agent_sts_verifier::{AccessToken, Proof, ProofTarget};
 
 use crate::catalogue::{Action, SenderConstraint};
 use crate::control::DenyCheck;
-use crate::store::secrets::{CredentialError, SecretStoreError};
 use crate::sts::exchange::{Facts, Sts, principal, qualified, refused_identity};
-use crate::sts::mint::{Actor, Grant, MintError, Minted, mint};
+use crate::sts::mint::{Actor, Grant, Minted};
 use crate::sts::oauth_error::Rejection;
 use crate::sts::token_exchange::ExchangeRequest;
 
@@ -115,23 +114,9 @@ impl Sts {
             return Err(Rejection::InvalidDpopProof);
         }
 
-        // 5. Credential gate.
-        if let Some(path) = &action.credential {
-            self.credentials.usable(path).await.map_err(|e| match e {
-                CredentialError::Store(SecretStoreError::Denied { .. }) => {
-                    Rejection::CredentialUnavailable
-                }
-                CredentialError::Store(_) => Rejection::SecretStoreUnavailable,
-                _ => Rejection::CredentialUnavailable,
-            })?;
-        }
-
-        // 6. Mint: the parent's subject, the chain one actor deeper, never outliving
-        // the parent.
-        let key = self
-            .keyring
-            .signer(now)
-            .ok_or(Rejection::SigningKeyUnavailable)?;
+        // 5. Credential gate, then the mint: the parent's subject, the chain one actor
+        // deeper, never outliving the parent.
+        self.credential_gate(action).await?;
         let act = Actor {
             sub: actor.subject.clone(),
             iss: actor.issuer.to_string(),
@@ -144,21 +129,11 @@ impl Sts {
             audience: &action.audience,
             action: &action.name,
             actor: Some(&act),
-            ttl_secs: action
-                .ttl
-                .unwrap_or(self.default_ttl)
-                .min(self.max_ttl)
-                .as_secs(),
+            ttl_secs: self.ttl_secs(action),
             not_after: parent.expires_at.min(actor.expires_at),
             jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
-        mint(&key, &grant, now).map_err(|e| match e {
-            MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
-            other => {
-                tracing::error!(error = %other, "minting failed");
-                Rejection::Internal
-            }
-        })
+        self.sign(&grant, now, Rejection::InvalidSubjectToken).await
     }
 
     /// A bound parent's proof: by its key, for the token endpoint, carrying the

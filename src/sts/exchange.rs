@@ -628,29 +628,9 @@ impl Sts {
         }
 
         // 6. Credential gate.
-        if let Some(path) = &action.credential {
-            self.credentials.usable(path).await.map_err(|e| match e {
-                // A configuration error, like a missing credential, and no reason to
-                // retry; logged once per interval by the Vault client.
-                CredentialError::Store(SecretStoreError::Denied { .. }) => {
-                    Rejection::CredentialUnavailable
-                }
-                CredentialError::Store(_) => {
-                    tracing::warn!(action = %action.name, error = %e, "secret store unavailable");
-                    Rejection::SecretStoreUnavailable
-                }
-                _ => {
-                    tracing::debug!(action = %action.name, error = %e, "credential gate closed");
-                    Rejection::CredentialUnavailable
-                }
-            })?;
-        }
+        self.credential_gate(action).await?;
 
         // 7. Mint.
-        let key = self.keyring.signer(now).ok_or_else(|| {
-            tracing::error!("no active signing key");
-            Rejection::SigningKeyUnavailable
-        })?;
         let act = actor.as_ref().map(|a| Actor {
             sub: a.subject.clone(),
             iss: a.issuer.to_string(),
@@ -667,19 +647,66 @@ impl Sts {
             audience: &action.audience,
             action: &action.name,
             actor: act.as_ref(),
-            ttl_secs: action
-                .ttl
-                .unwrap_or(self.default_ttl)
-                .min(self.max_ttl)
-                .as_secs(),
+            ttl_secs: self.ttl_secs(action),
             not_after,
             jkt: proof.as_ref().map(|p| p.jkt.as_str()),
         };
-        mint_with(&key, &grant, now).await.map_err(|e| match e {
-            MintError::SubjectExpiring if req.grant == GrantType::JwtBearer => {
-                Rejection::InvalidAssertion
+        let expiring = match req.grant {
+            GrantType::JwtBearer => Rejection::InvalidAssertion,
+            GrantType::TokenExchange => Rejection::InvalidSubjectToken,
+        };
+        self.sign(&grant, now, expiring).await
+    }
+
+    /// The lifetime asked for `action`: its `ttl`, else `tokens.default_ttl`, capped
+    /// by `tokens.max_ttl`.
+    pub(crate) fn ttl_secs(&self, action: &Action) -> u64 {
+        action
+            .ttl
+            .unwrap_or(self.default_ttl)
+            .min(self.max_ttl)
+            .as_secs()
+    }
+
+    /// The credential gate (step 6 of every path that mints): the action's integration
+    /// credential is present and enabled at the source.
+    pub(crate) async fn credential_gate(&self, action: &Action) -> Result<(), Rejection> {
+        let Some(path) = &action.credential else {
+            return Ok(());
+        };
+        self.credentials.usable(path).await.map_err(|e| match e {
+            // A configuration error, like a missing credential, and no reason to
+            // retry; logged once per interval by the Vault client.
+            CredentialError::Store(SecretStoreError::Denied { .. }) => {
+                Rejection::CredentialUnavailable
             }
-            MintError::SubjectExpiring => Rejection::InvalidSubjectToken,
+            CredentialError::Store(_) => {
+                tracing::warn!(action = %action.name, error = %e, "secret store unavailable");
+                Rejection::SecretStoreUnavailable
+            }
+            _ => {
+                tracing::debug!(action = %action.name, error = %e, "credential gate closed");
+                Rejection::CredentialUnavailable
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Signs `grant` with the active key (step 7 of every path that mints), locally or
+    /// through the remote signer (Vault Transit); `expiring` is the refusal when the
+    /// identity token expires too soon to mint anything.
+    pub(crate) async fn sign(
+        &self,
+        grant: &Grant<'_>,
+        now: u64,
+        expiring: Rejection,
+    ) -> Result<crate::sts::mint::Minted, Rejection> {
+        let key = self.keyring.signer(now).ok_or_else(|| {
+            tracing::error!("no active signing key");
+            Rejection::SigningKeyUnavailable
+        })?;
+        mint_with(&key, grant, now).await.map_err(|e| match e {
+            MintError::SubjectExpiring => expiring,
             // The remote signer (Vault Transit) refused, failed or answered a
             // signature that does not verify: ours, and nothing is minted.
             MintError::Key(

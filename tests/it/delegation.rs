@@ -58,7 +58,7 @@ async fn world() -> (TestSts, Issuers, TestShim) {
 
 /// A sub-agent's exchange: `parent` (an access token of ours) and the sub-agent's
 /// workload token, for `scope`, with DPoP `proof` when given.
-async fn sub_exchange(
+pub async fn sub_exchange(
     sts: &TestSts,
     parent: &str,
     actor: &str,

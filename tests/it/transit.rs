@@ -43,7 +43,12 @@ async fn transit_sts(vault: &OpenBao, issuers: &Issuers) -> TransitSts {
     plant_credentials(vault).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("scopes")).unwrap();
-    std::fs::write(dir.path().join("scopes/test.toml"), SCOPES).unwrap();
+    // docs.read may be handed to sub-agents: their tokens are signed through Transit too.
+    let scopes = SCOPES.replace(
+        "name = \"docs.read\"\n",
+        "name = \"docs.read\"\ndelegable_to = [\"docs.read\"]\n",
+    );
+    std::fs::write(dir.path().join("scopes/test.toml"), scopes).unwrap();
     let (serve_token, serve_file) = vault.token(&["agent-sts-transit"], "1h", true).await;
     let (_, rotate_file) = vault.token(&["agent-sts-transit-rotate"], "1h", true).await;
     let auth = |file: &Path| format!("auth = \"token\"\ntoken_file = \"{}\"", file.display());
@@ -158,6 +163,23 @@ async fn transit_signs_and_follows_rotations_by_the_cli_and_by_bao_and_trimming(
     let claims = verify_independently(&sts.url, &token, "https://github-shim.internal").await;
     assert_eq!(claims["scope"], "github.issues.create");
     let v1 = kid_of(&token);
+    // A sub-agent's token, from a parent's, is signed through Transit as well.
+    let parent = sts
+        .exchange_for(&issuers.k8s_token("triage"), "docs.read")
+        .await
+        .token();
+    let child = crate::delegation::sub_exchange(
+        sts,
+        &parent,
+        &issuers.k8s_token("planner"),
+        "docs.read",
+        None,
+    )
+    .await;
+    assert_eq!(child.status, 200, "{child:?}");
+    assert_eq!(kid_of(&child.token()), v1);
+    let claims = verify_independently(&sts.url, &child.token(), "https://docs.internal").await;
+    assert_eq!(claims["act"]["sub"], "system:serviceaccount:agents:planner");
     assert_eq!(published(sts).await, vec![v1.clone()]);
     assert!(vault.count("transit/sign/agent-sts") >= 1);
     // The serve policy signs and reads; it cannot rotate, export or read the KV ring.
