@@ -188,10 +188,12 @@ impl DenyGuard {
     }
 
     /// The verdict for a request by `subject` (and `actor`, when delegating) for
-    /// `action` at `now`.
+    /// `action` at `now`: `--agent` entries match either, `--subject` entries the
+    /// subject. A sub-agent acting on a parent's token has no verified subject here
+    /// (the parent token is checked whole with [`DenyGuard::refusal`]).
     pub fn check(
         &self,
-        subject: &Principal<'_>,
+        subject: Option<&Principal<'_>>,
         actor: Option<&Principal<'_>>,
         action: &str,
         now: u64,
@@ -203,28 +205,11 @@ impl DenyGuard {
         let hit = held.list.in_force(now).find(|e| match &e.rule.target {
             DenyTarget::Action { action: a } => a == action,
             DenyTarget::Jti { .. } => false,
-            DenyTarget::Subject(rule) => identity_matches(rule, subject),
-            DenyTarget::Agent(rule) => {
-                identity_matches(rule, subject) || actor.is_some_and(|a| identity_matches(rule, a))
-            }
-        });
-        match hit {
-            Some(entry) => DenyCheck::Denied(entry.rule.id.clone()),
-            None => DenyCheck::Allowed,
-        }
-    }
-
-    /// The verdict for an agent acting (not the subject of the request) for `action`:
-    /// `--agent` and `--action` entries.
-    pub fn check_agent(&self, agent: &Principal<'_>, action: &str, now: u64) -> DenyCheck {
-        if !self.fresh(now) {
-            return DenyCheck::Unavailable;
-        }
-        let held = self.held.load();
-        let hit = held.list.in_force(now).find(|e| match &e.rule.target {
-            DenyTarget::Action { action: a } => a == action,
-            DenyTarget::Agent(rule) => identity_matches(rule, agent),
-            DenyTarget::Subject(_) | DenyTarget::Jti { .. } => false,
+            DenyTarget::Subject(rule) => subject.is_some_and(|s| identity_matches(rule, s)),
+            DenyTarget::Agent(rule) => [subject, actor]
+                .into_iter()
+                .flatten()
+                .any(|p| identity_matches(rule, p)),
         });
         match hit {
             Some(entry) => DenyCheck::Denied(entry.rule.id.clone()),

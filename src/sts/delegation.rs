@@ -181,7 +181,7 @@ impl Sts {
             tracing::warn!(entry = %entry, "a sub-agent's parent token is on the deny list");
             return Err(Rejection::Denied);
         }
-        match self.deny.check_agent(&principal(actor), action, now) {
+        match self.deny.check(None, Some(&principal(actor)), action, now) {
             DenyCheck::Allowed => Ok(()),
             DenyCheck::Denied(entry) => {
                 tracing::warn!(entry = %entry, "a sub-agent is on the deny list");

@@ -587,7 +587,7 @@ impl Sts {
         facts.action = Some(action.name.as_str().into());
         facts.audience = Some(action.audience.clone());
         match self.deny.check(
-            &principal(&subject),
+            Some(&principal(&subject)),
             actor.as_ref().map(principal).as_ref(),
             &action.name,
             now,
