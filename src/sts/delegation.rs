@@ -41,8 +41,8 @@ impl Sts {
     ) -> Result<Minted, Rejection> {
         // 1. The parent token (ours, any audience) and the sub-agent.
         let parent_raw = req.subject_token.expose();
-        let parent = self
-            .own_token(parent_raw, now)
+        let (parent, parent_audience) = self
+            .own_token_and_audience(parent_raw, now)
             .await
             .ok_or(Rejection::InvalidSubjectToken)?;
         facts.parent_subject = Some(parent.subject.clone());
@@ -95,8 +95,7 @@ impl Sts {
         }
         facts.action = Some(action.name.as_str().into());
         facts.audience = Some(action.audience.clone());
-        let parent_audience = super::revocation::claimed_audience(parent_raw);
-        if parent_audience.as_deref() != Some(action.audience.as_str())
+        if parent_audience != action.audience
             || req
                 .audiences
                 .iter()

@@ -54,7 +54,7 @@ pub fn own_token_verifier(
 
 /// The `aud` a JWT names (unverified): which audience to check it against when any of
 /// ours will do. `None` when it has no single string audience.
-pub fn claimed_audience(token: &str) -> Option<String> {
+fn claimed_audience(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
     let bytes =
         base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).ok()?;
@@ -92,13 +92,24 @@ pub fn token_parameter(body: &[u8], max_token_bytes: usize) -> Result<String, Re
 impl Sts {
     /// An access token of ours, for whatever audience it names (`None`: it is not one).
     pub(crate) async fn own_token(&self, token: &str, now: u64) -> Option<AccessToken> {
+        self.own_token_and_audience(token, now)
+            .await
+            .map(|(token, _)| token)
+    }
+
+    /// [`own_token`](Self::own_token), and the audience it was verified for.
+    pub(crate) async fn own_token_and_audience(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Option<(AccessToken, String)> {
         let audience = claimed_audience(token)?;
         let verified = self
             .own_tokens
             .verify_for(token, now, &[&audience])
             .await
             .ok()?;
-        AccessToken::from_verified(&verified).ok()
+        Some((AccessToken::from_verified(&verified).ok()?, audience))
     }
 
     /// The caller of `/revoke` (or another endpoint an agent calls with its token):
