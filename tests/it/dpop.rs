@@ -232,14 +232,6 @@ async fn call_shim(shim: &TestShim, scheme: &str, token: &str, proofs: &[&str]) 
     reply(request.send().await.unwrap()).await
 }
 
-fn challenge(r: &Reply) -> Vec<String> {
-    r.headers
-        .get_all("www-authenticate")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
     let (sts, issuers) = TestSts::standard().await;
@@ -344,7 +336,7 @@ async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
     for (what, r) in &refused {
         assert_eq!(r.status, 401, "{what}: {r:?}");
         assert_eq!(r.json()["error"], "invalid_dpop_proof", "{what}: {r:?}");
-        let c = challenge(r);
+        let c = r.challenges();
         assert!(
             c.iter().any(|c| c.starts_with("DPoP algs=\"ES256 EdDSA\"")
                 && c.contains("error=\"invalid_dpop_proof\"")),
@@ -358,7 +350,10 @@ async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
         (r.status, r.json()["error"].as_str()),
         (401, Some("invalid_token"))
     );
-    assert!(challenge(&r).iter().any(|c| c.starts_with("DPoP")), "{r:?}");
+    assert!(
+        r.challenges().iter().any(|c| c.starts_with("DPoP")),
+        "{r:?}"
+    );
     // A bearer token dressed as DPoP.
     let r = call_shim(
         &shim,
@@ -377,7 +372,7 @@ async fn at_the_shim_a_bound_token_works_only_with_its_key_and_a_fresh_proof() {
             .unwrap(),
     )
     .await;
-    let c = challenge(&r);
+    let c = r.challenges();
     assert!(
         c.iter().any(|c| c.starts_with("Bearer")) && c.iter().any(|c| c.starts_with("DPoP")),
         "{c:?}"
@@ -508,7 +503,7 @@ async fn the_verifier_layer_requires_the_bound_key() {
     ] {
         assert_eq!(r.status, 401, "{what}: {r:?}");
         assert!(
-            challenge(&r).iter().any(|c| c.starts_with("DPoP")),
+            r.challenges().iter().any(|c| c.starts_with("DPoP")),
             "{what}: {r:?}"
         );
     }
@@ -548,7 +543,7 @@ async fn shim_nonces_are_required_and_shared_by_replicas() {
         "{r:?}"
     );
     assert!(
-        challenge(&r)
+        r.challenges()
             .iter()
             .any(|c| c.contains("error=\"use_dpop_nonce\""))
     );

@@ -182,6 +182,15 @@ impl Reply {
         serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
 
+    /// Every `WWW-Authenticate` value.
+    pub fn challenges(&self) -> Vec<String> {
+        self.headers
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or("").to_string()
     }

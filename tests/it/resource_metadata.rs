@@ -12,15 +12,6 @@ use crate::shim::{CANARY_PART, GITHUB, ISSUES, TestShim, access_token, call, cli
 
 const METADATA: &str = "/.well-known/oauth-protected-resource";
 
-/// Every `WWW-Authenticate` value of `r`.
-fn challenges(r: &Reply) -> Vec<String> {
-    r.headers
-        .get_all("www-authenticate")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_serves_its_metadata_itself_and_never_forwards_it() {
     let (sts, issuers) = TestSts::standard().await;
@@ -87,7 +78,7 @@ async fn every_challenge_points_at_the_metadata_and_names_the_routes_scope() {
     // No token, on the action's route: both schemes, each with the metadata and scope.
     let r = call(&shim.url, "POST", ISSUES, None, "{}").await;
     assert_eq!(r.status, 401, "{r:?}");
-    let c = challenges(&r);
+    let c = r.challenges();
     assert_eq!(c.len(), 2, "{c:?}");
     assert!(c[0].starts_with("Bearer "), "{c:?}");
     assert!(c[1].starts_with("DPoP algs="), "{c:?}");
@@ -98,14 +89,14 @@ async fn every_challenge_points_at_the_metadata_and_names_the_routes_scope() {
     // A bad token: invalid_token, the metadata, the scope.
     let r = call(&shim.url, "POST", ISSUES, Some(&flip_last(&github)), "{}").await;
     assert_eq!(r.status, 401);
-    let c = challenges(&r);
+    let c = r.challenges();
     assert!(c[0].contains("error=\"invalid_token\""), "{c:?}");
     assert!(c[0].contains(&metadata) && c[0].contains(scope), "{c:?}");
     assert!(!c[0].contains(&github[github.len() - 20..]));
     // A route no action has: the metadata, no scope.
     let r = call(&shim.url, "GET", "/nothing/here", None, "").await;
     assert_eq!(r.status, 401);
-    for challenge in challenges(&r) {
+    for challenge in r.challenges() {
         assert!(challenge.contains(&metadata), "{challenge}");
         assert!(!challenge.contains("scope="), "{challenge}");
     }
@@ -120,19 +111,19 @@ async fn every_challenge_points_at_the_metadata_and_names_the_routes_scope() {
         .unwrap();
     let r = reply(r).await;
     assert_eq!(r.status, 401, "{r:?}");
-    let c = challenges(&r);
+    let c = r.challenges();
     assert!(c[0].starts_with("DPoP "), "{c:?}");
     assert!(c[0].contains(&metadata), "{c:?}");
     // A token for another shim is no token here: 401, the metadata and the scope.
     let r = call(&shim.url, "POST", ISSUES, Some(&slack), "{}").await;
     assert_eq!(r.status, 401, "{r:?}");
-    assert!(challenges(&r)[0].contains(&metadata) && challenges(&r)[0].contains(scope));
+    assert!(r.challenges()[0].contains(&metadata) && r.challenges()[0].contains(scope));
     // 403 insufficient_scope stays (a method the action does not allow), pointing at
     // the metadata; no action fits the route, so no scope.
     let r = call(&shim.url, "GET", ISSUES, Some(&github), "").await;
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.error(), "insufficient_scope");
-    let c = challenges(&r);
+    let c = r.challenges();
     assert!(c[0].contains("error=\"insufficient_scope\""), "{c:?}");
     assert!(
         c[0].contains(&metadata) && !c[0].contains("scope=\""),
@@ -149,7 +140,7 @@ async fn a_client_starting_from_the_metadata_gets_a_token_the_shim_takes() {
 
     // 1. The 401 names the metadata; 2. the metadata names the STS and the scope.
     let r = call(&shim.url, "POST", ISSUES, None, "{}").await;
-    assert!(challenges(&r)[0].contains("resource_metadata="));
+    assert!(r.challenges()[0].contains("resource_metadata="));
     let doc: Value = call(&shim.url, "GET", METADATA, None, "").await.json();
     assert_eq!(doc["authorization_servers"][0], STS_ISSUER);
     let resource = doc["resource"].as_str().unwrap();
@@ -199,7 +190,7 @@ async fn the_metadata_names_the_public_url_when_it_differs() {
     assert_eq!(doc["resource"], public);
     let r = call(&shim.url, "POST", ISSUES, None, "{}").await;
     assert!(
-        challenges(&r)[0].contains(&format!("resource_metadata=\"{public}{METADATA}\"")),
+        r.challenges()[0].contains(&format!("resource_metadata=\"{public}{METADATA}\"")),
         "{r:?}"
     );
 }
