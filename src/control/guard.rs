@@ -28,6 +28,9 @@ use crate::telemetry::metrics::DenyMetrics;
 #[derive(Debug, Default)]
 struct Held {
     list: Arc<StoredDenyList>,
+    /// The same entries as verifiers see them (identity rules with their trust's
+    /// issuer), made once per read: what the feed publishes and `refusal` matches.
+    published: Vec<DenyRule>,
     version: Option<StoreVersion>,
     /// Unix seconds of the last successful read.
     read_at: Option<u64>,
@@ -111,8 +114,14 @@ impl DenyGuard {
                 self.metrics.read("ok");
                 self.metrics.entries.set(list.in_force(now).count() as i64);
                 self.metrics.last_read.set(now as i64);
+                let published = list
+                    .entries
+                    .iter()
+                    .map(|e| self.published(&e.rule))
+                    .collect();
                 self.held.store(Arc::new(Held {
                     list: Arc::new(list),
+                    published,
                     version: Some(version),
                     read_at: Some(now),
                 }));
@@ -221,10 +230,10 @@ impl DenyGuard {
     /// matched as verifiers match it.
     pub fn refusal(&self, token: &agent_sts_verifier::AccessToken, now: u64) -> Option<String> {
         let held = self.held.load();
-        held.list
-            .in_force(now)
-            .find(|e| self.published(&e.rule).refuses(token))
-            .map(|e| e.rule.id.clone())
+        held.published
+            .iter()
+            .find(|r| r.in_force(now) && r.refuses(token))
+            .map(|r| r.id.clone())
     }
 
     /// The signed feed at `now`, or `None` when the list is stale or no key signs.
@@ -243,11 +252,7 @@ impl DenyGuard {
         {
             return Some(feed.document.clone());
         }
-        let rules: Vec<DenyRule> = held
-            .list
-            .in_force(now)
-            .map(|e| self.published(&e.rule))
-            .collect();
+        let rules: Vec<&DenyRule> = held.published.iter().filter(|r| r.in_force(now)).collect();
         let header = serde_json::json!({"alg": key.key.algorithm.as_str(), "kid": key.key.kid, "typ": FEED_TYPE});
         let claims = serde_json::json!({
             "iss": self.issuer,
