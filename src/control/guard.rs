@@ -297,6 +297,5 @@ impl DenyGuard {
 
 /// `TRUST:PATTERN` against a verified identity.
 fn identity_matches(rule: &agent_sts_verifier::deny::IdentityRule, p: &Principal<'_>) -> bool {
-    p.trust == rule.trust
-        && agent_sts_verifier::glob::glob_match(rule.pattern.as_bytes(), p.subject.as_bytes())
+    rule.matches_identity(p.trust, p.subject)
 }

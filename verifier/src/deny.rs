@@ -84,11 +84,16 @@ impl IdentityRule {
         glob_match(self.pattern.as_bytes(), subject.as_bytes())
     }
 
+    /// Whether the rule names `subject` as verified by the trust `trust`.
+    pub fn matches_identity(&self, trust: &str, subject: &str) -> bool {
+        trust == self.trust && self.matches(subject)
+    }
+
     /// `client_id` is `TRUST:SUB`.
     fn matches_client(&self, client_id: &str) -> bool {
         client_id
             .split_once(':')
-            .is_some_and(|(trust, sub)| trust == self.trust && self.matches(sub))
+            .is_some_and(|(trust, sub)| self.matches_identity(trust, sub))
     }
 
     /// `sub`: the agent itself when the token is not delegated (so its trust is the
