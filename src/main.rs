@@ -68,8 +68,8 @@ enum Command {
 enum DenyCommand {
     /// Add an entry; prints its id (and, on stderr, where it was written).
     Add {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         #[command(flatten)]
         target: DenyTargetArgs,
         /// Why (kept in the store, shown by `deny list`; one line).
@@ -81,16 +81,16 @@ enum DenyCommand {
     },
     /// List the entries: id, state, when, until, who, what and why.
     List {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// One JSON document instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Remove the entry ID.
     Remove {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         id: String,
     },
 }
@@ -129,16 +129,16 @@ enum KeysCommand {
     /// Create the next signing key (published before it signs; active at once on an
     /// empty keyring).
     Rotate {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// Rotate even though a `next` key is still pending (it would be overtaken).
         #[arg(long)]
         force: bool,
     },
     /// List kid, algorithm, state and dates; never key material.
     List {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// One JSON document instead of the table.
         #[arg(long)]
         json: bool,
@@ -159,6 +159,9 @@ enum ScopesCommand {
         /// One JSON document instead of the lines (errors too, on stdout, exit 2).
         #[arg(long)]
         json: bool,
+        /// Check this `[[tenant]]`'s catalogue (its `scopes_dir` and trusts).
+        #[arg(long, value_name = "NAME", requires = "config")]
+        tenant: Option<String>,
     },
 }
 
@@ -211,6 +214,26 @@ fn load_config(path: &std::path::Path) -> Result<Config, StartError> {
     Config::load(path, &ProcessEnv).map_err(|e| StartError::Config(e.to_string()))
 }
 
+/// `--config FILE [--tenant NAME]`: the configuration a command works on, the
+/// top-level one or a `[[tenant]]`'s (its keyring, deny list, catalogue).
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Configuration file (agent-sts.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Work on this `[[tenant]]` of the configuration instead of the top level.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, StartError> {
+        load_config(&self.config)?
+            .for_tenant(self.tenant.as_deref())
+            .map_err(|e| StartError::Config(e.to_string()))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -235,9 +258,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), StartError> {
     match command {
         Command::Serve { config } => {
-            let config = load_config(&config)?;
+            let config_path = config;
+            let config = load_config(&config_path)?;
             init_logging(SERVER_LOG, Some(config.log_format))?;
-            let app = sts::build(&config).await?;
+            let app = sts::app::build_from(&config, Some(config_path)).await?;
             let listener = runtime::bind(config.server.listen).await?;
             let addr = listener
                 .local_addr()
@@ -263,7 +287,7 @@ async fn run(command: Command) -> Result<(), StartError> {
         }
         Command::Keys { command } => match command {
             KeysCommand::Rotate { config, force } => {
-                let config = load_config(&config)?;
+                let config = config.load()?;
                 init_logging(COMMAND_LOG, Some(config.log_format))?;
                 let now = identity::unix_now();
                 let store = match store::open(&config).await?.keys {
@@ -320,7 +344,7 @@ async fn run(command: Command) -> Result<(), StartError> {
                 Ok(())
             }
             KeysCommand::List { config, json } => {
-                let config = load_config(&config)?;
+                let config = config.load()?;
                 init_logging(COMMAND_LOG, Some(config.log_format))?;
                 let now = identity::unix_now();
                 let rows = match store::open(&config).await?.keys {
@@ -374,11 +398,19 @@ async fn run(command: Command) -> Result<(), StartError> {
             }
         },
         Command::Scopes {
-            command: ScopesCommand::Check { dir, config, json },
+            command:
+                ScopesCommand::Check {
+                    dir,
+                    config,
+                    json,
+                    tenant,
+                },
         } => {
             let (directory, dir) = match config {
                 Some(path) => {
-                    let config = load_config(&path)?;
+                    let config = load_config(&path)?
+                        .for_tenant(tenant.as_deref())
+                        .map_err(|e| StartError::Config(e.to_string()))?;
                     init_logging(COMMAND_LOG, Some(config.log_format))?;
                     let dir = dir.unwrap_or_else(|| config.server.scopes_dir.clone());
                     (sts::trust_directory(&config), dir)
@@ -488,7 +520,7 @@ async fn run_deny(command: DenyCommand) -> Result<(), StartError> {
             reason,
             duration,
         } => {
-            let config = load_config(&config)?;
+            let config = config.load()?;
             init_logging(COMMAND_LOG, Some(config.log_format))?;
             let duration = duration
                 .map(|d| {
@@ -524,7 +556,7 @@ async fn run_deny(command: DenyCommand) -> Result<(), StartError> {
             Ok(())
         }
         DenyCommand::List { config, json } => {
-            let config = load_config(&config)?;
+            let config = config.load()?;
             init_logging(COMMAND_LOG, Some(config.log_format))?;
             let store = control::commands::open(&config).await?;
             let list = control::commands::list(store.as_ref()).await?;
@@ -536,7 +568,7 @@ async fn run_deny(command: DenyCommand) -> Result<(), StartError> {
             Ok(())
         }
         DenyCommand::Remove { config, id } => {
-            let config = load_config(&config)?;
+            let config = config.load()?;
             init_logging(COMMAND_LOG, Some(config.log_format))?;
             let store = control::commands::open(&config).await?;
             let entry = control::commands::remove(store.as_ref(), &id, now).await?;

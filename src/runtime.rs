@@ -66,14 +66,15 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Runs `task` every `interval` (first run one interval from now), forever; a slow
-/// run delays the next instead of piling up.
-pub fn every<F, Fut>(interval: std::time::Duration, task: F)
+/// Runs `task` every `interval` (first run one interval from now) until the returned
+/// handle is aborted (a tenant's refreshers stop with it); a slow run delays the next
+/// instead of piling up.
+pub fn every<F, Fut>(interval: std::time::Duration, task: F) -> tokio::task::AbortHandle
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -82,6 +83,7 @@ where
             task().await;
         }
     });
+    handle.abort_handle()
 }
 
 pub async fn shutdown_signal() {

@@ -211,6 +211,18 @@ impl<'t> Loader<'t> {
             "credential",
             validate_credential,
         );
+        if let (Some(Some(path)), Some(value)) = (&credential, &raw.credential)
+            && let Some(tenant) = self.trusts.credential_owner(path)
+        {
+            errs.push(site.invalid(
+                value.span(),
+                "credential",
+                Problem::TenantCredential {
+                    value: path.clone(),
+                    tenant: tenant.to_string(),
+                },
+            ));
+        }
         let request = match &raw.request {
             None => Some(None),
             Some(r) => keep(&mut errs, self.request(site, r).map(Some)),

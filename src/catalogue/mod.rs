@@ -194,6 +194,10 @@ pub enum Problem {
     SubjectsWithoutDelegation,
     #[error("invalid credential path {value:?}: {reason}")]
     InvalidCredential { value: String, reason: &'static str },
+    #[error(
+        "credential path {value:?} lies under tenant {tenant:?}'s secrets_prefix: another tenant's secrets are not this catalogue's"
+    )]
+    TenantCredential { value: String, tenant: String },
     #[error("unsupported method {value:?}: expected one of GET, HEAD, POST, PUT, PATCH, DELETE")]
     InvalidMethod { value: String },
     #[error("invalid path template {value:?}: {reason}")]
@@ -552,7 +556,8 @@ pub fn spawn_reloader<F>(
     interval: Duration,
     counters: ReloadCounters,
     install: F,
-) where
+) -> tokio::task::AbortHandle
+where
     F: Fn(Arc<Catalogue>) -> Arc<Catalogue> + Send + Sync + 'static,
 {
     let install = Arc::new(install);
@@ -630,7 +635,7 @@ pub fn spawn_reloader<F>(
                 return;
             }
         }
-    });
+    })
 }
 
 /// Logs what a reload changed: at `info` the actions added, removed and changed when

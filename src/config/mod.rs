@@ -25,7 +25,10 @@ use serde::Deserialize;
 use crate::catalogue::SenderConstraint;
 use crate::keys::signing_key::SigningAlgorithm;
 use crate::secret::VaultToken;
+
+pub mod tenant;
 use crate::telemetry::logs::LogFormat;
+pub use tenant::TenantConfig;
 
 /// Where environment variables come from.
 /// The one way the process environment is read (`AGENT_STS_*` overrides and
@@ -128,6 +131,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    tenant: Vec<tenant::RawTenant>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +327,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
     pub log_format: LogFormat,
+    /// The `[[tenant]]` entries: issuers served beside this one.
+    pub tenants: Vec<TenantConfig>,
+    /// Which tenant this is a view of ([`Config::tenant`]); `None` for the top level.
+    pub tenant: Option<String>,
+    /// Where the catalogue's credential paths resolve in the secret store: under this
+    /// prefix for a tenant, as written for the top level.
+    pub secrets_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -646,6 +658,15 @@ impl Config {
         }
         if let KeyStoreKind::File { dir } = &mut config.deny.store {
             at(dir);
+        }
+        for tenant in &mut config.tenants {
+            at(&mut tenant.scopes_dir);
+            at(&mut tenant.audit_path);
+            for store in [&mut tenant.keys, &mut tenant.deny] {
+                if let KeyStoreKind::File { dir } = store {
+                    at(dir);
+                }
+            }
         }
         for trust in &mut config.trusts {
             if let KeySource::File(path) = &mut trust.jwks {
@@ -1262,6 +1283,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
 
     let audit = validate_audit(&c, &raw.audit)?;
+    let trust_names: Vec<String> = trusts.iter().map(|t| t.name.clone()).collect();
+    let tenants = tenant::validate_tenants(
+        &c,
+        raw.tenant,
+        &key_store,
+        &deny.store,
+        &trust_names,
+        &audit.path,
+    )?;
     let limits = validate_limits(&c, raw.limits)?;
     let log_format = validate_log(&c, &raw.log)?;
     let admin_listen = raw
@@ -1314,6 +1344,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         audit,
         limits,
         log_format,
+        tenants,
+        tenant: None,
+        secrets_prefix: None,
     })
 }
 

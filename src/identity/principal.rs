@@ -12,6 +12,9 @@ pub struct TrustDirectory {
     trusts: BTreeMap<String, BTreeSet<String>>,
     /// Accepts every trust name and SPIFFE domain: see [`TrustDirectory::any`].
     any: bool,
+    /// Secret prefixes that belong to tenants, with the tenant's name: the top-level
+    /// catalogue may not name a credential under them.
+    reserved_credentials: Vec<(String, String)>,
 }
 
 impl TrustDirectory {
@@ -25,7 +28,27 @@ impl TrustDirectory {
         Self {
             trusts: map,
             any: false,
+            reserved_credentials: Vec::new(),
         }
+    }
+
+    /// This directory, refusing credential paths under the given `(prefix, tenant)`
+    /// secret prefixes (README, "Running many tenants").
+    pub fn with_reserved_credentials(mut self, reserved: Vec<(String, String)>) -> Self {
+        self.reserved_credentials = reserved;
+        self
+    }
+
+    /// The tenant whose secret prefix `credential` lies under, if any.
+    pub fn credential_owner(&self, credential: &str) -> Option<&str> {
+        self.reserved_credentials
+            .iter()
+            .find(|(prefix, _)| {
+                credential
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map(|(_, tenant)| tenant.as_str())
     }
 
     /// The directory of a process that does not decide entitlement: the shim reads the
@@ -36,6 +59,7 @@ impl TrustDirectory {
         Self {
             trusts: BTreeMap::new(),
             any: true,
+            reserved_credentials: Vec::new(),
         }
     }
 

@@ -38,19 +38,28 @@ pub struct Stores {
 /// login is logged, not fatal: every Vault call logs in again when it can, and until
 /// then the STS refuses tokens (fail closed) and reports not ready.
 pub async fn open(config: &Config) -> Result<Stores, StartError> {
-    check_secret_files(
-        Some(&config.keys.store),
-        &config.secrets,
-        config.vault.as_ref(),
-    )?;
     let uses_vault = matches!(
         config.keys.store,
         KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }
     ) || matches!(config.secrets, SecretsConfig::Vault);
     let vault = match (&config.vault, uses_vault) {
-        (Some(v), true) => Some(connect_vault(v).await?),
+        (Some(v), true) => {
+            check_secret_files(None, &config.secrets, Some(v))?;
+            Some(connect_vault(v).await?)
+        }
         _ => None,
     };
+    open_with(config, vault)
+}
+
+/// The stores of `config` over an open Vault session (tenants share one session:
+/// README, "Running many tenants").
+pub fn open_with(config: &Config, vault: Option<Arc<Vault>>) -> Result<Stores, StartError> {
+    check_secret_files(
+        Some(&config.keys.store),
+        &config.secrets,
+        config.vault.as_ref(),
+    )?;
     let keys = match (&config.keys.store, &vault) {
         (KeyStoreKind::File { dir }, _) => KeySource::Stored(Arc::new(FileKeyStore::new(dir))),
         (KeyStoreKind::Vault { path }, Some(vault)) => {
@@ -67,6 +76,7 @@ pub async fn open(config: &Config) -> Result<Stores, StartError> {
         }
     };
     let secrets = secret_store(&config.secrets, vault.as_ref(), &config.source)?;
+    let secrets = prefixed(secrets, config.secrets_prefix.as_deref());
     Ok(Stores {
         keys,
         secrets,
@@ -130,6 +140,14 @@ pub fn secret_store(
         (SecretsConfig::Vault, None) => Err(StartError::Config(format!(
             "{source}: secrets.store = \"vault\" needs [vault]"
         ))),
+    }
+}
+
+/// `store` as a tenant sees it: under `prefix`, when there is one.
+pub fn prefixed(store: Arc<dyn SecretStore>, prefix: Option<&str>) -> Arc<dyn SecretStore> {
+    match prefix {
+        Some(prefix) => Arc::new(secrets::PrefixedSecretStore::new(store, prefix)),
+        None => store,
     }
 }
 

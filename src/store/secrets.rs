@@ -81,6 +81,36 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
     async fn health(&self) -> StoreHealth;
 }
 
+/// A tenant's view of a store: every path resolves under its `secrets_prefix`
+/// (README, "Running many tenants"). Catalogue credential paths are relative (no
+/// leading `/`, no `.` or `..` segment), so a tenant's catalogue can name nothing
+/// outside its prefix.
+#[derive(Debug)]
+pub struct PrefixedSecretStore {
+    inner: Arc<dyn SecretStore>,
+    prefix: String,
+}
+
+impl PrefixedSecretStore {
+    pub fn new(inner: Arc<dyn SecretStore>, prefix: &str) -> Self {
+        PrefixedSecretStore {
+            inner,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretStore for PrefixedSecretStore {
+    async fn read(&self, path: &str) -> Result<Option<StoredCredential>, SecretStoreError> {
+        self.inner.read(&format!("{}/{path}", self.prefix)).await
+    }
+
+    async fn health(&self) -> StoreHealth {
+        self.inner.health().await
+    }
+}
+
 /// The embedded store: a TOML file of `[secret."<path>"]` tables with `header`,
 /// `value` and optional `disabled`.
 #[derive(Debug, Clone)]

@@ -16,17 +16,19 @@ use crate::config::{Config, KeyStoreKind};
 use crate::control::{self, DenyGuard};
 use crate::identity::{TrustStore, unix_now};
 use crate::keys::Keyring;
-use crate::runtime::{self, ConnectionLimits, StartError, every, shutdown_signal};
+use crate::runtime::{self, ConnectionLimits, StartError, shutdown_signal};
 use crate::store::{self, CredentialCache, vault::Vault};
 use crate::sts::exchange::{DpopSettings, Sts, StsParts};
 use crate::sts::http::{AppState, Layers};
+use crate::sts::issuers::{Issuer, Issuers, Refreshers};
 use crate::sts::rate_limit::IdentityRateLimiter;
 use crate::telemetry::metrics::{DenyMetrics, Metrics};
 
 /// The largest header section a token request needs (the token travels in the body).
 const STS_MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// The trust names and SPIFFE domains of a configuration, for the catalogue.
+/// The trust names and SPIFFE domains of a configuration, for the catalogue, and the
+/// tenants' secret prefixes its credential paths must stay out of.
 pub fn trust_directory(config: &Config) -> TrustDirectory {
     TrustDirectory::new(
         config
@@ -34,28 +36,31 @@ pub fn trust_directory(config: &Config) -> TrustDirectory {
             .iter()
             .map(|t| (t.name.clone(), t.spiffe_trust_domains.clone())),
     )
+    .with_reserved_credentials(config.reserved_secret_prefixes())
 }
 
-/// A built STS, ready to serve.
+/// What every issuer of the process shares: the Vault session and the transport
+/// limits. Metrics are the process's (the top level) or a tenant's own registry.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub vault: Option<Arc<Vault>>,
+    pub layers: Layers,
+}
+
+/// A built STS, ready to serve: the top-level issuer, the `[[tenant]]` issuers beside
+/// it, and what the process serves once (health, readiness, metrics).
 #[derive(Debug)]
 pub struct App {
-    pub state: AppState,
+    pub issuers: Arc<Issuers>,
     pub layers: Layers,
-    pub scopes_dir: PathBuf,
-    pub directory: Arc<TrustDirectory>,
-    pub refresh_interval: std::time::Duration,
-    /// How often the deny list is re-read.
-    pub deny_refresh_interval: std::time::Duration,
-    /// Counts catalogue reloads that kept the last good catalogue, and failures.
-    pub reload_counters: catalogue::ReloadCounters,
     pub vault: Option<Arc<Vault>>,
     /// Header-read timeout and connection caps of the listener.
     pub connections: ConnectionLimits,
     /// Where `/healthz`, `/readyz` and `/metrics` are served apart (then `/metrics`
     /// leaves the public router).
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// How often anonymous refusals are summarised in the audit log.
-    pub summary_interval: std::time::Duration,
+    /// The configuration file, re-read for `[[tenant]]` changes (none for `dev`).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Checks the paths the configuration names (the catalogue directory, the secrets
@@ -63,7 +68,16 @@ pub struct App {
 /// naming the key, the path and the OS's reason (exit 2).
 fn preflight(config: &Config) -> Result<AuditLog, StartError> {
     let source = &config.source;
-    runtime::require_path(source, "server.scopes_dir", &config.server.scopes_dir, true)?;
+    let key = |k: &str| match &config.tenant {
+        Some(t) => format!("tenant {t:?}: {k}"),
+        None => k.to_string(),
+    };
+    runtime::require_path(
+        source,
+        &key("server.scopes_dir"),
+        &config.server.scopes_dir,
+        true,
+    )?;
     if let crate::config::SecretsConfig::File { path } = &config.secrets {
         runtime::require_path(source, "secrets.file", path, false)?;
     }
@@ -75,21 +89,68 @@ fn preflight(config: &Config) -> Result<AuditLog, StartError> {
     }
     AuditLog::open_rotating(&config.audit.path, config.audit.max_file_bytes).map_err(|e| {
         let reason = runtime::with_causes(&e);
-        StartError::Config(format!("{source}: audit.path: {reason}"))
+        StartError::Config(format!("{source}: {}: {reason}", key("audit.path")))
     })
 }
 
-/// Wires every part from `config`.
+/// Wires every part from `config`: the top-level issuer and each `[[tenant]]`.
 pub async fn build(config: &Config) -> Result<App, StartError> {
+    build_from(config, None).await
+}
+
+/// [`build`], remembering `path` so `[[tenant]]` changes there are picked up.
+pub async fn build_from(config: &Config, path: Option<PathBuf>) -> Result<App, StartError> {
     // The paths first, before anything starts or logs: a typo exits 2 naming the key.
     let audit = preflight(config)?;
     let stores = store::open(config).await?;
+    let metrics = Metrics::new().with_vault(stores.vault.as_deref().map(Vault::metrics));
+    let shared = Shared {
+        vault: stores.vault.clone(),
+        layers: Layers {
+            max_body_bytes: config.limits.max_body_bytes,
+            request_timeout: config.limits.request_timeout,
+            max_concurrency: config.limits.max_concurrency,
+        },
+    };
+    let top = build_issuer(config, stores, audit, metrics).await?;
+    let mut tenants = Vec::with_capacity(config.tenants.len());
+    for tenant in &config.tenants {
+        tenants.push((tenant.clone(), build_tenant(config, tenant, &shared).await?));
+    }
+    Ok(App {
+        issuers: Arc::new(Issuers::new(top, tenants, shared.clone())),
+        layers: shared.layers,
+        vault: shared.vault,
+        connections: config.limits.connections(STS_MAX_HEADER_BYTES),
+        admin_listen: config.server.admin_listen,
+        config_path: path,
+    })
+}
+
+/// Builds the issuer of `[[tenant]]` `tenant` of `config`, over the shared Vault
+/// session, with metrics of its own (labelled with its name when rendered).
+pub async fn build_tenant(
+    config: &Config,
+    tenant: &crate::config::TenantConfig,
+    shared: &Shared,
+) -> Result<Issuer, StartError> {
+    let view = config
+        .tenant(&tenant.name)
+        .ok_or_else(|| StartError::Config(format!("no tenant {:?}", tenant.name)))?;
+    let audit = preflight(&view)?;
+    let stores = store::open_with(&view, shared.vault.clone())?;
+    build_issuer(&view, stores, audit, Metrics::for_tenant()).await
+}
+
+/// One issuer from its configuration (the top level, or a tenant's view).
+async fn build_issuer(
+    config: &Config,
+    stores: store::Stores,
+    audit: AuditLog,
+    metrics: Metrics,
+) -> Result<Issuer, StartError> {
     let deny_metrics = DenyMetrics::default();
-    let metrics = Arc::new(
-        Metrics::new()
-            .with_vault(stores.vault.as_deref().map(Vault::metrics))
-            .with_deny(&deny_metrics),
-    );
+    let metrics = Arc::new(metrics.with_deny(&deny_metrics));
     let trusts = TrustStore::new(
         &config.trusts,
         &config.server.issuer,
@@ -117,9 +178,20 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         metrics.clone(),
     ));
     match keyring.refresh(unix_now()).await {
-        Ok(0) => tracing::warn!("the keyring is empty: not ready; run `agent-sts keys rotate`"),
-        Ok(n) => tracing::info!(keys = n, "keyring loaded"),
-        Err(e) => tracing::error!(error = %e, "keyring unreadable: not ready"),
+        Ok(0) => {
+            tracing::warn!(
+                tenant = config.tenant.as_deref(),
+                "the keyring is empty: not ready; run `agent-sts keys rotate`"
+            )
+        }
+        Ok(n) => tracing::info!(
+            tenant = config.tenant.as_deref(),
+            keys = n,
+            "keyring loaded"
+        ),
+        Err(e) => {
+            tracing::error!(tenant = config.tenant.as_deref(), error = %e, "keyring unreadable: not ready")
+        }
     }
     let deny = DenyGuard::new(
         control::store::open(config, stores.vault.as_ref())?,
@@ -176,70 +248,47 @@ pub async fn build(config: &Config) -> Result<App, StartError> {
         introspection,
         max_delegation_depth: config.tokens.max_delegation_depth,
     });
-    Ok(App {
+    Ok(Issuer {
+        name: config.tenant.clone(),
         state: AppState {
             sts: Arc::new(sts),
             max_body_bytes: config.limits.max_body_bytes,
             max_token_bytes: config.limits.max_token_bytes,
             jwks_max_age: config.keys.jwks_max_age,
         },
-        layers: Layers {
-            max_body_bytes: config.limits.max_body_bytes,
-            request_timeout: config.limits.request_timeout,
-            max_concurrency: config.limits.max_concurrency,
+        refreshers: Refreshers {
+            scopes_dir: config.server.scopes_dir.clone(),
+            directory,
+            keys: config.keys.refresh_interval,
+            deny: config.deny.refresh_interval,
+            summary: config.audit.summary_interval,
+            reload_counters,
         },
-        connections: config.limits.connections(STS_MAX_HEADER_BYTES),
-        admin_listen: config.server.admin_listen,
-        summary_interval: config.audit.summary_interval,
-        scopes_dir: config.server.scopes_dir.clone(),
-        directory,
-        refresh_interval: config.keys.refresh_interval,
-        deny_refresh_interval: config.deny.refresh_interval,
-        reload_counters,
-        vault: stores.vault,
+        tasks: std::sync::Mutex::default(),
     })
 }
 
 impl App {
-    /// Starts the keyring and catalogue refreshers: both re-read their source every
-    /// `keys.refresh_interval` and keep the last good state on failure.
+    /// Starts the background work: Vault token renewal, every issuer's refreshers,
+    /// and (with a configuration file) the watch for `[[tenant]]` changes.
     pub fn spawn_refreshers(&self) {
         if let Some(vault) = &self.vault {
             vault.spawn_renewal();
         }
-        let sts = self.state.sts.clone();
-        every(self.refresh_interval, move || {
-            let sts = sts.clone();
-            async move { sts.refresh_keys(unix_now()).await }
-        });
-        let sts = self.state.sts.clone();
-        every(self.deny_refresh_interval, move || {
-            let sts = sts.clone();
-            async move { sts.refresh_deny_list(unix_now()).await }
-        });
-        let sts = self.state.sts.clone();
-        every(self.summary_interval, move || {
-            let sts = sts.clone();
-            async move { sts.flush_anonymous_refusals() }
-        });
-        let sts = self.state.sts.clone();
-        catalogue::spawn_reloader(
-            self.scopes_dir.clone(),
-            self.directory.clone(),
-            self.refresh_interval,
-            self.reload_counters.clone(),
-            move |c| sts.replace_catalogue(c),
-        );
+        self.issuers.start();
+        if let Some(path) = &self.config_path {
+            self.issuers.clone().watch(path.clone());
+        }
     }
 
     /// The router with its layers, plus `extra` routes (the dev issuer).
     pub fn router(&self, extra: Option<axum::Router>) -> axum::Router {
         let public_metrics = self.admin_listen.is_none();
-        let mut router = crate::sts::http::router(self.state.clone(), public_metrics);
+        let mut router = self.issuers.router(public_metrics);
         if let Some(extra) = extra {
             router = router.merge(extra);
         }
-        crate::sts::http::with_layers(router, self.layers, self.state.sts.clone())
+        crate::sts::http::with_process_layers(router, self.layers)
     }
 
     /// Serves on `listener` until SIGINT/SIGTERM.
@@ -250,7 +299,7 @@ impl App {
     ) -> Result<(), StartError> {
         self.spawn_refreshers();
         if let Some(addr) = self.admin_listen {
-            let admin = crate::sts::http::admin_router(self.state.clone());
+            let admin = crate::sts::issuers::admin_router(self.issuers.clone());
             runtime::serve_admin("agent-sts", addr, admin, self.connections).await?;
         }
         let router = self.router(extra);

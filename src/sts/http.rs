@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::identity::unix_now;
 use crate::secret::{DpopProof, SubjectToken};
-use crate::sts::exchange::Sts;
+use crate::sts::exchange::{Readiness, Sts};
 use crate::sts::oauth_error::{RETRY_AFTER_SECONDS, Rejection};
 use crate::sts::revocation;
 use crate::sts::token_exchange::{self, GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE};
@@ -52,11 +52,17 @@ pub struct Layers {
     pub max_concurrency: usize,
 }
 
-/// The STS router: the public endpoints, `/healthz` and `/readyz`, and `/metrics`
-/// unless it is served on an admin listener instead (`public_metrics` false).
-pub fn router(state: AppState, public_metrics: bool) -> Router {
+/// One issuer's endpoints (the top level's at `/`, a tenant's under `/t/{name}/`):
+/// token, JWKS, deny-list feed, revocation, introspection, RFC 8414 metadata, and, for
+/// a tenant (`own_readiness`), its own `/readyz` (the top level's is the process's).
+pub fn issuer_router(state: AppState, own_readiness: bool) -> Router {
     let timed = axum::middleware::from_fn_with_state(state.sts.clone(), token_latency);
-    let router = Router::new()
+    let router = if own_readiness {
+        Router::new().route("/readyz", get(readyz))
+    } else {
+        Router::new()
+    };
+    router
         .route(
             "/token",
             post(token).fallback(token_wrong_method).layer(timed),
@@ -66,38 +72,30 @@ pub fn router(state: AppState, public_metrics: bool) -> Router {
         .route("/revoke", post(revoke).fallback(wrong_method))
         .route("/introspect", post(introspect).fallback(wrong_method))
         .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
-    let router = if public_metrics {
-        router.route("/metrics", get(metrics))
-    } else {
-        router
-    };
-    router.with_state(state)
-}
-
-/// The admin listener's routes (`server.admin_listen`): `/healthz`, `/readyz` and
-/// `/metrics`, the same handlers as on the public port.
-pub fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-/// Wraps a router in the transport limits. The OAuth-shaping middleware sits outside
-/// the body-limit and timeout layers so the bare responses they produce themselves
-/// (413 on a declared Content-Length over the cap, 503 at the deadline) are reshaped
-/// and, on `/token`, audited.
-pub fn with_layers(router: Router, layers: Layers, sts: Arc<Sts>) -> Router {
+/// Wraps one issuer's router in the per-request limits. The OAuth-shaping middleware
+/// sits outside the body-limit and timeout layers so the bare responses they produce
+/// themselves (413 on a declared Content-Length over the cap, 503 at the deadline) are
+/// reshaped and, on `/token`, audited by that issuer.
+pub fn with_issuer_layers(router: Router, layers: Layers, sts: Arc<Sts>) -> Router {
     router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             layers.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(layers.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(sts, json_transport_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            sts,
+            json_transport_errors,
+        ))
+}
+
+/// Wraps the whole router in what is the process's: the global concurrency cap and a
+/// trace span per request.
+pub fn with_process_layers(router: Router, layers: Layers) -> Router {
+    router
         .layer(tower::limit::ConcurrencyLimitLayer::new(layers.max_concurrency))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -370,14 +368,21 @@ async fn metadata(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// Ready = catalogue loaded, a signing key active, the secret store reachable.
+/// One issuer's readiness: 200 when it can mint, else 503.
 async fn readyz(State(state): State<AppState>) -> Response {
     let r = state.sts.readiness(unix_now()).await;
-    let body = json!({
+    let status = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(readiness_body(&r))).into_response()
+}
+
+/// The `/readyz` document of one issuer: ready = catalogue loaded, a signing key
+/// active, the deny list fresh, the secret store (and Vault) reachable.
+pub fn readiness_body(r: &Readiness) -> serde_json::Value {
+    let mut body = json!({
         "ready": r.ready(),
         "checks": {
             "catalogue": if r.catalogue { "ok" } else { "no actions loaded" },
@@ -387,25 +392,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "deny_list": if r.deny_list { "ok" } else { "not read within deny.max_stale" },
         }
     });
-    let mut body = body;
     if let Some(vault) = &r.vault {
         body["checks"]["vault"] = json!(vault.detail);
     }
-    let status = if r.ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    body
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// The OpenMetrics exposition `text` as a response.
+pub fn metrics_response(text: String) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.sts.render_metrics(),
+        text,
     )
         .into_response()
 }

@@ -11,7 +11,9 @@
 //! - [`oauth_error`]: the RFC 6749 §5.2 error table (no HTTP);
 //! - [`http`]: the axum router, thin handlers and protective layers (the only place
 //!   that turns a refusal into a response);
-//! - [`app`]: assembly from a validated configuration, and the background refreshers.
+//! - [`app`]: assembly from a validated configuration;
+//! - [`issuers`]: the top-level issuer and the `[[tenant]]` issuers beside it, their
+//!   routing, background refreshers and reload.
 //!
 //! May import every component folder (`identity`, `catalogue`, `keys`, `store`,
 //! `audit`, `telemetry`) and `runtime`; nothing imports `sts` but `dev` and `main`.
@@ -21,6 +23,7 @@ pub mod delegation;
 pub mod exchange;
 pub mod http;
 pub mod introspection;
+pub mod issuers;
 pub mod mint;
 pub mod oauth_error;
 pub mod rate_limit;

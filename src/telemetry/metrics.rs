@@ -243,7 +243,17 @@ const AUDIT_WRITE_FAILURES_HELP: &str =
 pub const OTHER_ACTION: &str = "other";
 
 impl Metrics {
+    /// The process's metrics: the top-level issuer's, `build_info` and the process
+    /// figures.
     pub fn new() -> Self {
+        let mut metrics = Self::for_tenant();
+        register_common(&mut metrics.registry);
+        metrics
+    }
+
+    /// A tenant's metrics: the issuer's own series, without what belongs to the
+    /// process (rendered with a `tenant` label by [`merge_labelled`]).
+    pub fn for_tenant() -> Self {
         let mut registry = Registry::with_prefix("agent_sts");
         let tokens_issued = Family::<ActionLabels, Counter>::default();
         let tokens_denied = Family::<DenialLabels, Counter>::default();
@@ -257,7 +267,6 @@ impl Metrics {
         let jwks_last_success = Family::<TrustLabels, Gauge>::default();
         let signing_key_age = Gauge::default();
         let next_key_activation = Gauge::default();
-        register_common(&mut registry);
         registry.register(
             "tokens_issued",
             "Tokens minted, by action",
@@ -469,6 +478,80 @@ impl ShimMetrics {
 impl Default for ShimMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `top`'s exposition with the series of each `(tenant, exposition)` merged in,
+/// labelled `tenant="NAME"`: one family block per metric name (its `# HELP`/`# TYPE`
+/// once, as the format requires), the top level's series first. Tenant names are
+/// `[a-z0-9-]` (checked by the configuration), so they need no escaping. With no
+/// tenants, `top` unchanged.
+pub fn merge_labelled(top: String, tenants: &[(&str, String)]) -> String {
+    if tenants.is_empty() {
+        return top;
+    }
+    // Family blocks in first-seen order; a family's `#` lines come from the
+    // exposition that showed it first.
+    struct Block {
+        name: String,
+        from: usize,
+        meta: Vec<String>,
+        samples: Vec<String>,
+    }
+    let mut families: Vec<Block> = Vec::new();
+    let sources = std::iter::once((None, top.as_str()))
+        .chain(tenants.iter().map(|(t, text)| (Some(*t), text.as_str())));
+    for (pass, (tenant, text)) in sources.enumerate() {
+        let mut current: Option<usize> = None;
+        for line in text.lines().filter(|l| !l.is_empty() && *l != "# EOF") {
+            if let Some(meta) = line.strip_prefix("# ") {
+                let name = meta.split(' ').nth(1).unwrap_or_default();
+                let index = families
+                    .iter()
+                    .position(|b| b.name == name)
+                    .unwrap_or_else(|| {
+                        families.push(Block {
+                            name: name.to_string(),
+                            from: pass,
+                            meta: Vec::new(),
+                            samples: Vec::new(),
+                        });
+                        families.len() - 1
+                    });
+                if families[index].from == pass {
+                    families[index].meta.push(line.to_string());
+                }
+                current = Some(index);
+            } else if let Some(index) = current {
+                families[index].samples.push(match tenant {
+                    None => line.to_string(),
+                    Some(t) => with_tenant_label(line, t),
+                });
+            }
+        }
+    }
+    let mut out = String::with_capacity(top.len() * (tenants.len() + 1));
+    for block in families {
+        for line in block.meta.iter().chain(&block.samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// `sample` (`name{labels} value` or `name value`) with `tenant="NAME"` first among
+/// its labels.
+fn with_tenant_label(sample: &str, tenant: &str) -> String {
+    match sample.find(['{', ' ']) {
+        Some(i) if sample.as_bytes()[i] == b'{' => {
+            let rest = &sample[i + 1..];
+            let sep = if rest.starts_with('}') { "" } else { "," };
+            format!("{}{{tenant=\"{tenant}\"{sep}{rest}", &sample[..i])
+        }
+        Some(i) => format!("{}{{tenant=\"{tenant}\"}}{}", &sample[..i], &sample[i..]),
+        None => sample.to_string(),
     }
 }
 
