@@ -304,6 +304,7 @@ struct RawShim {
     deny_refresh: Option<String>,
     deny_max_stale: Option<String>,
     deny_feed_uri: Option<String>,
+    secrets_prefix: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -635,6 +636,9 @@ pub struct ShimSection {
     pub deny_max_stale: Duration,
     /// Where the deny-list feed is read; default beside `jwks_uri`.
     pub deny_feed_uri: Option<String>,
+    /// A tenant's shim: the tenant's `secrets_prefix`, under which the catalogue's
+    /// credential paths resolve (README, "Running many tenants").
+    pub secrets_prefix: Option<String>,
 }
 
 /// Upper bound on minted token lifetime: tokens live minutes, not hours.
@@ -1438,6 +1442,11 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         deny_refresh: c.duration("shim.deny_refresh", r.deny_refresh.as_deref(), "2s")?,
         deny_max_stale: c.duration("shim.deny_max_stale", r.deny_max_stale.as_deref(), "1m")?,
         deny_feed_uri: r.deny_feed_uri,
+        secrets_prefix: r
+            .secrets_prefix
+            .as_deref()
+            .map(|p| vault_name(&c, "shim.secrets_prefix", p, true))
+            .transpose()?,
     };
     Ok(ShimConfig {
         source: file.to_string(),

@@ -243,7 +243,10 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         (crate::config::SecretsConfig::Vault, Some(v)) => Some(store::connect_vault(v).await?),
         _ => None,
     };
-    let store = store::secret_store(&config.secrets, vault.as_ref(), &config.source)?;
+    let store = store::prefixed(
+        store::secret_store(&config.secrets, vault.as_ref(), &config.source)?,
+        s.secrets_prefix.as_deref(),
+    );
     let ttl = store::credential_ttl(&config.secrets, config.vault.as_ref());
     let client = upstream::client(s.connect_timeout)
         .map_err(|e| StartError::Runtime(format!("upstream client: {e}")))?;

@@ -22,6 +22,7 @@ mod rotation;
 mod router;
 mod shim;
 mod streaming;
+mod tenants;
 mod transit;
 mod vault;
 mod vault_auth;

@@ -13,7 +13,10 @@
 //!   JSON object with a `keys` array, RFC 7517 §5) is the issuer's current set even
 //!   when it holds no usable key (`{"keys": []}`): a key the issuer stopped publishing
 //!   stops verifying at the next successful fetch.
-//! - **Outages**: only a failed fetch (transport, timeout, a non-2xx status, a body
+//! - **Withdrawn**: `404 Not Found` or `410 Gone` at the JWKS URL is an answer too (an
+//!   issuer that was removed, such as a tenant): an empty set, so its tokens stop
+//!   verifying at that fetch rather than `max_stale` later.
+//! - **Outages**: only a failed fetch (transport, timeout, another non-2xx status, a body
 //!   that is too large or not a JWK set) is an outage. It keeps the last good set until
 //!   that is `max_stale` old, so an outage is survived for a bounded time and not
 //!   longer; then verification fails closed.
@@ -289,7 +292,13 @@ impl JwksCache {
                 .map_err(|_| JwksError::File),
             KeySource::Local(jwks) => Ok(((jwks.0)(), None)),
         }
-        .and_then(|(bytes, max_age)| Ok((parse_jwks(&bytes, &self.allowed)?, max_age)));
+        .and_then(|(bytes, max_age)| Ok((parse_jwks(&bytes, &self.allowed)?, max_age)))
+        .or_else(|e| match e {
+            // The issuer says there is no key set here any more (a removed tenant):
+            // an answer, not an outage, so its keys stop verifying now.
+            JwksError::Status(404 | 410) => Ok((Vec::new(), None)),
+            e => Err(e),
+        });
         if let Some(observe) = &self.observer {
             observe(&self.name, result.as_ref().map(|_| ()));
         }

@@ -1,0 +1,678 @@
+//! Tenants (README, "Running many tenants"): three `[[tenant]]` issuers beside the
+//! top-level one in one real `agent-sts serve` process, sharing one secret store.
+//! Every cross-tenant attempt is refused, each tenant's decisions land in its own
+//! audit chain, and no tenant's canary credential reaches anything.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    CANARY_CREDENTIAL, ConfigTweaks, GRANT, Issuers, JWT_TYPE, Reply, SCOPES, STS_ISSUER,
+    claims_of, config_toml_with, form, now, post_form, reply, write_secret_file,
+};
+use crate::process::{ServeProcess, TRACE_ALL, run, text};
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
+/// Each tenant's canary credential: must never appear in any output.
+fn canary(tenant: &str) -> String {
+    format!("Bearer {tenant}-CANARY-crm-7f3a9c0e5b1d")
+}
+
+fn issuer_of(tenant: &str) -> String {
+    format!("{STS_ISSUER}/t/{tenant}")
+}
+
+/// The trusts each tenant accepts.
+fn trusts_of(tenant: &str) -> &'static [&'static str] {
+    match tenant {
+        "acme" => &["k8s-prod"],
+        "globex" => &["k8s-prod", "spire"],
+        _ => &["spire"],
+    }
+}
+
+/// A tenant's catalogue: `crm.read` for the agents its trusts can name.
+fn scopes_of(tenant: &str) -> String {
+    let mut agents = Vec::new();
+    if trusts_of(tenant).contains(&"k8s-prod") {
+        agents.push("\"k8s-prod:system:serviceaccount:agents:triage\"");
+    }
+    if trusts_of(tenant).contains(&"spire") {
+        agents.push("\"spiffe://example.org/agent/triage\"");
+    }
+    format!(
+        r#"
+[[action]]
+name = "crm.read"
+audience = "https://crm-shim.{tenant}.internal"
+ttl = "5m"
+agents = [{}]
+credential = "integrations/crm"
+"#,
+        agents.join(", ")
+    )
+}
+
+fn tenant_toml(dir: &Path, tenant: &str) -> String {
+    let trusts: Vec<String> = trusts_of(tenant).iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        r#"
+[[tenant]]
+name = "{tenant}"
+scopes_dir = "{d}/tenants/{tenant}/scopes"
+trusts = [{}]
+secrets_prefix = "tenants/{tenant}"
+keys_dir = "{d}/tenants/{tenant}/keys"
+audit_path = "{d}/tenants/{tenant}/audit.log"
+"#,
+        trusts.join(", "),
+        d = dir.display()
+    )
+}
+
+/// The configuration with the top level and `tenants`.
+fn config_text(dir: &Path, issuers: &Issuers, tenants: &[&str]) -> String {
+    let blocks: String = tenants.iter().map(|t| tenant_toml(dir, t)).collect();
+    let extra = format!("\n[deny]\nrefresh_interval = \"1s\"\n{blocks}");
+    config_toml_with(dir, &issuers.specs(), &extra, ConfigTweaks::default())
+}
+
+/// A directory with the top-level catalogue, one per tenant, one secrets file holding
+/// every tenant's credential under its prefix, and the configuration.
+fn tenant_files(issuers: &Issuers) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("scopes")).unwrap();
+    std::fs::write(d.join("scopes/test.toml"), SCOPES).unwrap();
+    let mut secrets = crate::harness::secrets_toml();
+    for t in TENANTS.iter().chain(["hooli"].iter()) {
+        std::fs::create_dir_all(d.join(format!("tenants/{t}/scopes"))).unwrap();
+        std::fs::write(d.join(format!("tenants/{t}/scopes/crm.toml")), scopes_of(t)).unwrap();
+        secrets.push_str(&format!(
+            "\n[secret.\"tenants/{t}/integrations/crm\"]\nheader = \"Authorization\"\nvalue = \"{}\"\n",
+            canary(t)
+        ));
+    }
+    write_secret_file(&d.join("secrets.toml"), secrets);
+    let config = d.join("agent-sts.toml");
+    std::fs::write(&config, config_text(d, issuers, &TENANTS)).unwrap();
+    (dir, config)
+}
+
+/// `agent-sts keys rotate` for the top level and each tenant, through the CLI.
+fn rotate_all(config: &Path, dir: &Path, tenants: &[&str]) {
+    let c = config.to_str().unwrap();
+    let out = run(&["keys", "rotate", "--config", c], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for t in tenants {
+        let out = run(&["keys", "rotate", "--config", c, "--tenant", t], dir);
+        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
+    }
+}
+
+/// A Kubernetes service-account token for `audience` (a tenant's issuer).
+fn k8s_token(issuers: &Issuers, audience: &str) -> String {
+    let n = now();
+    issuers.k8s.token(&json!({
+        "iss": issuers.k8s.iss,
+        "sub": "system:serviceaccount:agents:triage",
+        "aud": [audience],
+        "iat": n, "nbf": n, "exp": n + 600,
+    }))
+}
+
+/// A SPIFFE JWT-SVID for `audience`.
+fn svid(issuers: &Issuers, audience: &str) -> String {
+    let n = now();
+    issuers.spire.token(&json!({
+        "iss": issuers.spire.iss,
+        "sub": "spiffe://example.org/agent/triage",
+        "aud": [audience],
+        "iat": n, "exp": n + 300,
+    }))
+}
+
+/// The agent token a tenant's trusts accept, for `audience`.
+fn agent_token(issuers: &Issuers, tenant: &str, audience: &str) -> String {
+    if trusts_of(tenant).contains(&"k8s-prod") {
+        k8s_token(issuers, audience)
+    } else {
+        svid(issuers, audience)
+    }
+}
+
+async fn exchange_at(url: &str, path: &str, subject: &str, scope: &str) -> Reply {
+    post_form(
+        &format!("{url}{path}"),
+        form(&[
+            ("grant_type", GRANT),
+            ("subject_token", subject),
+            ("subject_token_type", JWT_TYPE),
+            ("scope", scope),
+        ]),
+    )
+    .await
+}
+
+async fn get(url: &str) -> Reply {
+    reply(reqwest::get(url).await.unwrap()).await
+}
+
+/// Verifies `token` with only the JWKS at `jwks_url`, for issuer `iss`.
+async fn verify_with(
+    jwks_url: &str,
+    iss: &str,
+    token: &str,
+    audience: &str,
+) -> Result<Value, String> {
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(jwks_url).await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap_or_default())
+        .ok_or("kid not in this JWKS")?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_issuer(&[iss]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?,
+        &v,
+    )
+    .map(|d| d.claims)
+    .map_err(|e| e.to_string())
+}
+
+/// Polls `check` (every 100 ms, 20 s at most) until it holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tenants_share_a_process_and_nothing_crosses() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = tenant_files(&issuers);
+    let d = dir.path();
+    rotate_all(&config, d, &TENANTS);
+    let c = config.to_str().unwrap();
+
+    // `scopes check` and `keys list` per tenant.
+    for t in TENANTS {
+        let out = run(
+            &["scopes", "check", "--config", c, "--tenant", t, "--json"],
+            d,
+        );
+        assert!(out.status.success(), "{t}: {}", text(&out.stdout));
+        assert!(text(&out.stdout).contains("crm.read"));
+        let out = run(&["keys", "list", "--config", c, "--tenant", t, "--json"], d);
+        assert!(out.status.success());
+    }
+    let out = run(&["keys", "list", "--config", c, "--tenant", "nope"], d);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown tenant is a usage error"
+    );
+    let kids: Vec<String> = TENANTS
+        .iter()
+        .map(|t| {
+            let out = run(&["keys", "list", "--config", c, "--tenant", t, "--json"], d);
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            doc["keys"][0]["kid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(
+        kids[0] != kids[1] && kids[1] != kids[2],
+        "each tenant signs with its own key"
+    );
+
+    let sts = ServeProcess::start(&config, d, TRACE_ALL);
+    let url = sts.url.clone();
+    let mut seen: Vec<String> = Vec::new();
+
+    // Metadata at the path-inserted location (RFC 8414 §3.1), endpoints under the
+    // tenant's issuer; the top level is unchanged.
+    let top = get(&format!("{url}/.well-known/oauth-authorization-server")).await;
+    assert_eq!(top.json()["issuer"], STS_ISSUER);
+    for t in TENANTS {
+        let m = get(&format!(
+            "{url}/.well-known/oauth-authorization-server/t/{t}"
+        ))
+        .await;
+        assert_eq!(m.status, 200, "{t}");
+        let m = m.json();
+        assert_eq!(m["issuer"], issuer_of(t));
+        assert_eq!(m["token_endpoint"], format!("{}/token", issuer_of(t)));
+        assert_eq!(
+            m["jwks_uri"],
+            format!("{}/.well-known/jwks.json", issuer_of(t))
+        );
+    }
+
+    // Each tenant mints for its own agent; the token is its issuer's and verifies
+    // with its JWKS only.
+    let mut tokens = Vec::new();
+    for t in TENANTS {
+        let r = exchange_at(
+            &url,
+            &format!("/t/{t}/token"),
+            &agent_token(&issuers, t, &issuer_of(t)),
+            "crm.read",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{t}: {}", r.text);
+        let token = r.token();
+        let claims = claims_of(&token);
+        assert_eq!(claims["iss"], issuer_of(t));
+        let aud = format!("https://crm-shim.{t}.internal");
+        let jwks = format!("{url}/t/{t}/.well-known/jwks.json");
+        verify_with(&jwks, &issuer_of(t), &token, &aud)
+            .await
+            .unwrap();
+        for other in TENANTS.iter().filter(|o| **o != t) {
+            let jwks = format!("{url}/t/{other}/.well-known/jwks.json");
+            assert!(
+                verify_with(&jwks, &issuer_of(other), &token, &aud)
+                    .await
+                    .is_err(),
+                "{t}'s token must not verify with {other}'s JWKS"
+            );
+        }
+        assert!(
+            verify_with(
+                &format!("{url}/.well-known/jwks.json"),
+                STS_ISSUER,
+                &token,
+                &aud
+            )
+            .await
+            .is_err()
+        );
+        seen.push(r.text);
+        tokens.push(token);
+    }
+
+    // An agent of acme at globex's and initech's token endpoints: its workload token
+    // names acme's issuer; initech does not even trust its issuer.
+    let acme_agent = k8s_token(&issuers, &issuer_of("acme"));
+    for other in ["globex", "initech"] {
+        let r = exchange_at(&url, &format!("/t/{other}/token"), &acme_agent, "crm.read").await;
+        assert_eq!(r.status, 400, "{other}: {}", r.text);
+        assert!(r.json().get("access_token").is_none());
+        seen.push(r.text);
+    }
+    // A trust initech does not list, even with initech's audience.
+    let r = exchange_at(
+        &url,
+        "/t/initech/token",
+        &k8s_token(&issuers, &issuer_of("initech")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // A trust acme does not list.
+    let r = exchange_at(
+        &url,
+        "/t/acme/token",
+        &svid(&issuers, &issuer_of("acme")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // The top level does not know a tenant's action, nor accept a tenant's audience.
+    let r = exchange_at(&url, "/token", &k8s_token(&issuers, STS_ISSUER), "crm.read").await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = exchange_at(&url, "/token", &acme_agent, "crm.read").await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // An acme token used as the subject of a globex sub-agent exchange.
+    let r = post_form(
+        &format!("{url}/t/globex/token"),
+        form(&[
+            ("grant_type", GRANT),
+            ("subject_token", &tokens[0]),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("scope", "crm.read"),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // An unknown tenant is indistinguishable from any path that does not exist.
+    let missing = get(&format!("{url}/no-such-path")).await;
+    for path in [
+        "/t/nope/token",
+        "/t/nope/.well-known/jwks.json",
+        "/t/ACME/.well-known/jwks.json",
+        "/t/acme%2F../.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server/t/nope",
+    ] {
+        let r = get(&format!("{url}{path}")).await;
+        assert_eq!(
+            (r.status, r.text.as_str()),
+            (missing.status, missing.text.as_str()),
+            "{path}"
+        );
+    }
+    let r = exchange_at(&url, "/t/nope/token", &acme_agent, "crm.read").await;
+    assert_eq!((r.status, r.text.as_str()), (404, ""));
+
+    // The kill switch is per tenant: stopping the agent at acme leaves globex alone.
+    let out = run(
+        &[
+            "deny",
+            "add",
+            "--config",
+            c,
+            "--tenant",
+            "acme",
+            "--agent",
+            "k8s-prod:system:serviceaccount:agents:triage",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually("acme refuses the denied agent", || async {
+        exchange_at(
+            &url,
+            "/t/acme/token",
+            &k8s_token(&issuers, &issuer_of("acme")),
+            "crm.read",
+        )
+        .await
+        .status
+            == 400
+    })
+    .await;
+    let r = exchange_at(
+        &url,
+        "/t/globex/token",
+        &k8s_token(&issuers, &issuer_of("globex")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 200, "globex is not acme's deny list: {}", r.text);
+    let out = run(
+        &[
+            "deny", "list", "--config", c, "--tenant", "globex", "--json",
+        ],
+        d,
+    );
+    assert!(
+        !text(&out.stdout).contains("serviceaccount"),
+        "globex's list is its own"
+    );
+
+    // Readiness per tenant and for the process; metrics labelled by tenant.
+    for t in TENANTS {
+        assert_eq!(get(&format!("{url}/t/{t}/readyz")).await.status, 200, "{t}");
+    }
+    let ready = get(&format!("{url}/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json()["tenants"]["acme"], "ok");
+    let metrics = get(&format!("{url}/metrics")).await.text;
+    assert!(
+        metrics.contains("agent_sts_tokens_issued_total{tenant=\"acme\",action=\"crm.read\"}"),
+        "{metrics}"
+    );
+    let types: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .collect();
+    let mut unique = types.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(types.len(), unique.len(), "each family once:\n{metrics}");
+    assert!(metrics.ends_with("# EOF\n"));
+    seen.push(metrics);
+
+    let (stdout, stderr) = sts.stop();
+
+    // Each tenant's audit chain is its own and verifies; none names another tenant.
+    for t in TENANTS {
+        let log = d.join(format!("tenants/{t}/audit.log"));
+        let out = run(&["audit", "verify", log.to_str().unwrap()], d);
+        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
+        let audit = std::fs::read_to_string(&log).unwrap();
+        assert!(audit.contains("crm.read"), "{t}'s decisions are in its log");
+        for other in TENANTS.iter().filter(|o| **o != t) {
+            assert!(
+                !audit.contains(&format!("crm-shim.{other}")),
+                "{t}'s log names {other}"
+            );
+        }
+    }
+
+    // No tenant's credential anywhere: responses, logs, any audit log.
+    let mut outputs = seen;
+    outputs.extend([stdout, stderr]);
+    outputs.push(std::fs::read_to_string(d.join("audit.log")).unwrap_or_default());
+    for t in TENANTS {
+        outputs.push(std::fs::read_to_string(d.join(format!("tenants/{t}/audit.log"))).unwrap());
+    }
+    for out in &outputs {
+        for t in TENANTS {
+            assert!(!out.contains(&canary(t)[7..]), "{t}'s canary leaked");
+        }
+        assert!(
+            !out.contains(&CANARY_CREDENTIAL[7..]),
+            "the top level's canary leaked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_added_and_removed_without_a_restart() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = tenant_files(&issuers);
+    let d = dir.path();
+    rotate_all(&config, d, &TENANTS);
+    let sts = ServeProcess::start(&config, d, "info");
+    let url = sts.url.clone();
+    let globex = exchange_at(
+        &url,
+        "/t/globex/token",
+        &agent_token(&issuers, "globex", &issuer_of("globex")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(globex.status, 200, "{}", globex.text);
+
+    let globex_verifier = agent_sts_verifier::Verifier::builder(
+        &issuer_of("globex"),
+        "https://crm-shim.globex.internal",
+        &format!("{url}/t/globex/.well-known/jwks.json"),
+    )
+    .jwks_refresh(Duration::from_millis(100))
+    .without_deny_feed()
+    .build()
+    .unwrap();
+    globex_verifier
+        .verify(&globex.token(), now())
+        .await
+        .unwrap();
+
+    // globex goes, hooli comes (its key made first, as an operator would).
+    let next = ["acme", "initech", "hooli"];
+    std::fs::write(&config, config_text(d, &issuers, &next)).unwrap();
+    let out = run(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "hooli",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually("globex removed", || async {
+        get(&format!("{url}/t/globex/.well-known/jwks.json"))
+            .await
+            .status
+            == 404
+    })
+    .await;
+    let r = exchange_at(
+        &url,
+        "/t/globex/token",
+        &agent_token(&issuers, "globex", &issuer_of("globex")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    eventually("hooli serving", || async {
+        exchange_at(
+            &url,
+            "/t/hooli/token",
+            &agent_token(&issuers, "hooli", &issuer_of("hooli")),
+            "crm.read",
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    // The others never stopped.
+    let r = exchange_at(
+        &url,
+        "/t/acme/token",
+        &agent_token(&issuers, "acme", &issuer_of("acme")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // A removed tenant's token stops verifying where its JWKS is read: 404 there is
+    // an answer, not an outage (see the verifier set up before the removal, below).
+    let token = globex.token();
+    assert!(
+        globex_verifier.verify(&token, now()).await.is_err(),
+        "globex's token after its removal"
+    );
+
+    // A configuration that no longer loads leaves the tenants as they are.
+    std::fs::write(&config, "not = [valid").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = exchange_at(
+        &url,
+        "/t/hooli/token",
+        &agent_token(&issuers, "hooli", &issuer_of("hooli")),
+        "crm.read",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, stderr) = sts.stop();
+    assert!(stderr.contains("tenant removed"), "{stderr}");
+    assert!(stderr.contains("configuration reload failed"), "{stderr}");
+}
+
+/// What the configuration refuses, each naming the key (exit 2 at `serve`).
+#[test]
+fn tenant_configuration_errors_name_the_key() {
+    let env = std::collections::BTreeMap::new();
+    let base = r#"
+[server]
+issuer = "https://sts.example.com"
+[[trust]]
+name = "k8s"
+issuer = "https://k8s.example.com"
+jwks_uri = "https://k8s.example.com/jwks"
+algorithms = ["RS256"]
+"#;
+    let tenant = |name: &str, prefix: &str, keys: &str, audit: &str| {
+        format!(
+            "[[tenant]]\nname = \"{name}\"\nscopes_dir = \"s\"\ntrusts = [\"k8s\"]\nsecrets_prefix = \"{prefix}\"\nkeys_dir = \"{keys}\"\naudit_path = \"{audit}\"\n"
+        )
+    };
+    let ok = tenant("acme", "tenants/acme", "k/acme", "a/acme.log");
+    let cases = [
+        (tenant("Acme", "p", "k", "a"), "tenant[0].name"),
+        (tenant("a_b", "p", "k", "a"), "tenant[0].name"),
+        (tenant("../x", "p", "k", "a"), "tenant[0].name"),
+        (format!("{ok}{}", tenant("acme", "q", "k2", "a2")), "tenant[1].name"),
+        (format!("{ok}{}", tenant("beta", "tenants/acme/b", "k2", "a2")), "tenant[1].secrets_prefix"),
+        (format!("{ok}{}", tenant("beta", "tenants", "k2", "a2")), "tenant[1].secrets_prefix"),
+        (format!("{ok}{}", tenant("beta", "q", "k/acme", "a2")), "tenant[1].keys_dir"),
+        (format!("{ok}{}", tenant("beta", "q", "k2", "a/acme.log")), "tenant[1].audit_path"),
+        (tenant("acme", "../up", "k", "a"), "tenant[0].secrets_prefix"),
+        (tenant("acme", "/abs", "k", "a"), "tenant[0].secrets_prefix"),
+        (tenant("acme", "p", "keys", "a"), "tenant[0].keys_dir"),
+        (tenant("acme", "p", "k", "audit.log"), "tenant[0].audit_path"),
+        (
+            "[[tenant]]\nname = \"acme\"\nscopes_dir = \"s\"\ntrusts = [\"nope\"]\nsecrets_prefix = \"p\"\nkeys_dir = \"k\"\naudit_path = \"a\"\n".to_string(),
+            "tenant[0].trusts[0]",
+        ),
+        (
+            "[[tenant]]\nname = \"acme\"\nscopes_dir = \"s\"\ntrusts = [\"k8s\"]\nsecrets_prefix = \"p\"\nkeys_vault_path = \"x/y\"\naudit_path = \"a\"\n".to_string(),
+            "tenant[0].keys_vault_path",
+        ),
+    ];
+    for (tenants, key) in cases {
+        let text = format!("{base}{tenants}");
+        let err = agent_sts::config::Config::from_toml(&text, "t.toml", &env)
+            .expect_err(&tenants)
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let config =
+        agent_sts::config::Config::from_toml(&format!("{base}{ok}"), "t.toml", &env).unwrap();
+    let view = config.tenant("acme").unwrap();
+    assert_eq!(view.server.issuer, "https://sts.example.com/t/acme");
+    assert!(config.tenant("beta").is_none());
+}
+
+/// The top-level catalogue cannot name a credential under a tenant's prefix.
+#[tokio::test]
+async fn the_top_level_catalogue_stays_out_of_tenant_secrets() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = tenant_files(&issuers);
+    let d = dir.path();
+    std::fs::write(
+        d.join("scopes/steal.toml"),
+        "[[action]]\nname = \"steal\"\naudience = \"https://x.internal\"\nagents = [\"k8s-prod:*\"]\ncredential = \"tenants/acme/integrations/crm\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["scopes", "check", "--config", config.to_str().unwrap()],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("tenant \"acme\""),
+        "{}",
+        text(&out.stderr)
+    );
+    // A tenant's catalogue naming `../` is refused as any bad credential path is.
+    std::fs::write(
+        d.join("tenants/acme/scopes/up.toml"),
+        "[[action]]\nname = \"up\"\naudience = \"https://x.internal\"\nagents = [\"k8s-prod:*\"]\ncredential = \"../globex/integrations/crm\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "scopes",
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
