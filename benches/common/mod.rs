@@ -85,10 +85,15 @@ pub fn spire_key() -> SigningKey {
 /// A SPIFFE JWT-SVID (the real shape) for the STS, for agent `n % AGENTS`, made
 /// distinct by its `jti` `{tag}-{n}`.
 pub fn svid(key: &SigningKey, tag: &str, n: usize, now: u64) -> String {
+    svid_for(key, tag, n, now, STS_ISSUER)
+}
+
+/// [`svid`] for the issuer `audience` (a tenant's, `{STS_ISSUER}/t/{name}`).
+pub fn svid_for(key: &SigningKey, tag: &str, n: usize, now: u64, audience: &str) -> String {
     let header = json!({"alg": "ES256", "kid": key.kid, "typ": "JWT"});
     let claims = json!({
         "sub": format!("spiffe://example.org/agent/worker-{}", n % AGENTS),
-        "aud": [STS_ISSUER],
+        "aud": [audience],
         "exp": now + 3600,
         "iat": now,
         "iss": SPIRE_ISSUER,
@@ -155,11 +160,34 @@ pub struct Sts {
 /// The catalogue is `scopes` and the file secret store `secrets`; the rate limit is too
 /// high to interfere.
 pub async fn start_sts(jwks_uri: &str, scopes: &str, secrets: &str) -> Sts {
+    start_sts_with_tenants(jwks_uri, scopes, secrets, &[]).await
+}
+
+/// [`start_sts`] with `[[tenant]]` issuers `tenants` beside the top level, each with
+/// the same catalogue, its own keyring (bootstrapped) and audit log, the spire trust,
+/// and `secrets` copied under its `secrets_prefix`.
+pub async fn start_sts_with_tenants(
+    jwks_uri: &str,
+    scopes: &str,
+    secrets: &str,
+    tenants: &[&str],
+) -> Sts {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("scopes")).unwrap();
     std::fs::write(d.join("scopes/bench.toml"), scopes).unwrap();
-    agent_sts_testkit::write_secret_file(&d.join("secrets.toml"), secrets);
+    let mut all_secrets = secrets.to_string();
+    let mut tenant_blocks = String::new();
+    for t in tenants {
+        std::fs::create_dir_all(d.join(format!("tenants/{t}/scopes"))).unwrap();
+        std::fs::write(d.join(format!("tenants/{t}/scopes/bench.toml")), scopes).unwrap();
+        all_secrets.push_str(&secrets.replace("[secret.\"", &format!("[secret.\"tenants/{t}/")));
+        tenant_blocks.push_str(&format!(
+            "\n[[tenant]]\nname = \"{t}\"\nscopes_dir = \"{d}/tenants/{t}/scopes\"\ntrusts = [\"spire\"]\nsecrets_prefix = \"tenants/{t}\"\nkeys_dir = \"{d}/tenants/{t}/keys\"\naudit_path = \"{d}/tenants/{t}/audit.log\"\n",
+            d = d.display()
+        ));
+    }
+    agent_sts_testkit::write_secret_file(&d.join("secrets.toml"), &all_secrets);
     let trust = format!(
         r#"
 [limits]
@@ -172,7 +200,7 @@ issuer = "{SPIRE_ISSUER}"
 jwks_uri = "{jwks_uri}"
 algorithms = ["ES256"]
 spiffe_trust_domains = ["example.org"]
-"#
+{tenant_blocks}"#
     );
     let audit = d.join("audit.log").display().to_string();
     let config_text = agent_sts_testkit::sts_config_toml(STS_ISSUER, d, "30s", &audit, &trust);
@@ -190,6 +218,21 @@ spiffe_trust_domains = ["example.org"]
     )
     .await
     .unwrap();
+    for t in tenants {
+        let view = config.tenant(t).unwrap();
+        let agent_sts::config::KeyStoreKind::File { dir } = &view.keys.store else {
+            unreachable!("the bench's tenants keep file keyrings")
+        };
+        agent_sts::keys::rotate(
+            &FileKeyStore::new(dir),
+            view.tokens.algorithm,
+            unix_now(),
+            view.keys.publish_lead,
+            view.tokens.max_ttl,
+        )
+        .await
+        .unwrap();
+    }
     let app = agent_sts::sts::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -338,6 +381,8 @@ enum Items {
     Authorizations(Arc<Vec<HeaderValue>>),
     /// `POST` with these form bodies, each with a `DPoP` header.
     FormsWithProofs(Arc<Vec<(Bytes, HeaderValue)>>),
+    /// `POST` these form bodies, each to its own path (tenants' token endpoints).
+    FormsAt(Arc<Vec<(String, Bytes)>>),
 }
 
 /// Where requests come from: each request takes the next item of a pool; past the end
@@ -382,8 +427,19 @@ impl Source {
         }
     }
 
+    /// `POST` each form body to its own path, the next pair each time.
+    pub fn post_forms_at(requests: Arc<Vec<(String, Bytes)>>) -> Source {
+        assert!(!requests.is_empty());
+        Source {
+            path: "/",
+            items: Items::FormsAt(requests),
+            next: AtomicUsize::new(0),
+        }
+    }
+
     fn len(&self) -> usize {
         match &self.items {
+            Items::FormsAt(v) => v.len(),
             Items::Forms(v) => v.len(),
             Items::Authorizations(v) => v.len(),
             Items::FormsWithProofs(v) => v.len(),
@@ -400,6 +456,14 @@ impl Source {
                 .uri(self.path)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(Full::new(bodies[i % bodies.len()].clone())),
+            Items::FormsAt(requests) => {
+                let (path, body) = &requests[i % requests.len()];
+                builder
+                    .method("POST")
+                    .uri(path.as_str())
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Full::new(body.clone()))
+            }
             Items::FormsWithProofs(requests) => {
                 let (body, proof) = &requests[i % requests.len()];
                 builder

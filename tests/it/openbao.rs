@@ -306,14 +306,19 @@ impl OpenBao {
                 continue;
             }
             let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
-            let policy = std::fs::read_to_string(&path).unwrap();
-            self.root(
-                reqwest::Method::PUT,
-                &format!("sys/policies/acl/{name}"),
-                json!({ "policy": policy }),
-            )
-            .await;
+            self.load_policy(&name, &std::fs::read_to_string(&path).unwrap())
+                .await;
         }
+    }
+
+    /// Loads `policy` (HCL) as the ACL policy `name`.
+    pub async fn load_policy(&self, name: &str, policy: &str) {
+        self.root(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            json!({ "policy": policy }),
+        )
+        .await;
     }
 
     /// Writes `data` (a JSON object) to KV v2 at `secret/<path>` as root.

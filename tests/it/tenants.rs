@@ -51,6 +51,10 @@ audience = "https://crm-shim.{tenant}.internal"
 ttl = "5m"
 agents = [{}]
 credential = "integrations/crm"
+
+[action.request]
+method = "GET"
+path = "/crm/records"
 "#,
         agents.join(", ")
     )
@@ -675,4 +679,260 @@ async fn the_top_level_catalogue_stays_out_of_tenant_secrets() {
         d,
     );
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `keys/vault/tenant/FILE` rendered for `tenant`: its keyring at
+/// `agent-sts/tenants/{tenant}/signing-keys`, the deny list beside it, its credentials
+/// under `tenants/{tenant}`.
+fn tenant_policy(file: &str, tenant: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("keys/vault/tenant")
+        .join(file);
+    std::fs::read_to_string(path)
+        .unwrap()
+        .replace(
+            "TENANT_KEYS_PATH",
+            &format!("agent-sts/tenants/{tenant}/signing-keys"),
+        )
+        .replace(
+            "TENANT_DENY_PATH",
+            &format!("agent-sts/tenants/{tenant}/deny-list"),
+        )
+        .replace("TENANT_SECRETS_PREFIX", &format!("tenants/{tenant}"))
+}
+
+/// Two tenants on one OpenBao with the shipped tenant policy templates enforced: each
+/// rotate token reaches its own keyring only, each shim token its own credentials
+/// only, and a shim bound to acme injects acme's credential and refuses globex's
+/// tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
+    use crate::openbao::OpenBao;
+    let vault = OpenBao::start().await;
+    let two = ["acme", "globex"];
+    for t in two {
+        for (file, name) in [
+            ("agent-sts.hcl.tmpl", format!("agent-sts-tenant-{t}")),
+            ("shim.hcl.tmpl", format!("agent-sts-tenant-shim-{t}")),
+            ("rotate.hcl.tmpl", format!("agent-sts-tenant-rotate-{t}")),
+        ] {
+            vault.load_policy(&name, &tenant_policy(file, t)).await;
+        }
+        vault
+            .write(
+                &format!("tenants/{t}/integrations/crm"),
+                json!({"header": "Authorization", "value": canary(t)}),
+            )
+            .await;
+    }
+    crate::vault::plant_credentials(&vault).await;
+
+    // The shim token of acme reads acme's credentials and nothing of globex's.
+    let (shim_token, _) = vault
+        .token(&["agent-sts-tenant-shim-acme"], "1h", true)
+        .await;
+    let get = reqwest::Method::GET;
+    let read = |t: &str| format!("secret/data/tenants/{t}/integrations/crm");
+    assert_eq!(
+        vault
+            .as_token(&shim_token, get.clone(), &read("acme"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        vault
+            .as_token(&shim_token, get.clone(), &read("globex"), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        vault
+            .as_token(
+                &shim_token,
+                get.clone(),
+                "secret/data/agent-sts/tenants/acme/signing-keys",
+                None
+            )
+            .await
+            .0,
+        403,
+        "a shim never reads a keyring"
+    );
+    let write = json!({"data": {"header": "Authorization", "value": "Bearer planted"}});
+    assert_eq!(
+        vault
+            .as_token(
+                &shim_token,
+                reqwest::Method::POST,
+                &read("acme"),
+                Some(write)
+            )
+            .await
+            .0,
+        403,
+        "a shim writes nothing"
+    );
+
+    // The STS: keys and credentials in Vault, two tenants with keyrings of their own.
+    let issuers = Issuers::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("scopes")).unwrap();
+    std::fs::write(d.join("scopes/test.toml"), SCOPES).unwrap();
+    let mut blocks = String::new();
+    for t in two {
+        std::fs::create_dir_all(d.join(format!("tenants/{t}/scopes"))).unwrap();
+        std::fs::write(d.join(format!("tenants/{t}/scopes/crm.toml")), scopes_of(t)).unwrap();
+        let trusts: Vec<String> = trusts_of(t).iter().map(|n| format!("{n:?}")).collect();
+        blocks.push_str(&format!(
+            "\n[[tenant]]\nname = \"{t}\"\nscopes_dir = \"{d}/tenants/{t}/scopes\"\ntrusts = [{}]\nsecrets_prefix = \"tenants/{t}\"\nkeys_vault_path = \"agent-sts/tenants/{t}/signing-keys\"\naudit_path = \"{d}/tenants/{t}/audit.log\"\n",
+            trusts.join(", "),
+            d = d.display()
+        ));
+    }
+    let write_config = |name: &str, auth: &str| {
+        let vault_section = crate::vault::vault_section(&vault, auth, "2s");
+        let text = config_toml_with(
+            d,
+            &issuers.specs(),
+            &format!("{vault_section}{blocks}"),
+            ConfigTweaks::default(),
+        )
+        .replace("store = \"file\"", "store = \"vault\"");
+        let path = d.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let rotate_top = write_config(
+        "rotate.toml",
+        &vault.token_auth(&["agent-sts-rotate"]).await,
+    );
+    let out = run(
+        &["keys", "rotate", "--config", rotate_top.to_str().unwrap()],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotate_acme = write_config(
+        "rotate-acme.toml",
+        &vault.token_auth(&["agent-sts-tenant-rotate-acme"]).await,
+    );
+    let acme_rotate = rotate_acme.to_str().unwrap();
+    let out = run(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            acme_rotate,
+            "--tenant",
+            "acme",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            acme_rotate,
+            "--tenant",
+            "globex",
+        ],
+        d,
+    );
+    assert!(
+        !out.status.success(),
+        "acme's rotate token cannot write globex's keyring"
+    );
+    let out = run(&["keys", "rotate", "--config", acme_rotate], d);
+    assert!(!out.status.success(), "nor the top level's");
+    let rotate_globex = write_config(
+        "rotate-globex.toml",
+        &vault.token_auth(&["agent-sts-tenant-rotate-globex"]).await,
+    );
+    let out = run(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            rotate_globex.to_str().unwrap(),
+            "--tenant",
+            "globex",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let serve = write_config(
+        "agent-sts.toml",
+        &vault
+            .token_auth(&[
+                "agent-sts",
+                "agent-sts-tenant-acme",
+                "agent-sts-tenant-globex",
+            ])
+            .await,
+    );
+    let sts = ServeProcess::start(&serve, d, "info");
+    let url = sts.url.clone();
+    let mut tokens = Vec::new();
+    for t in two {
+        let r = exchange_at(
+            &url,
+            &format!("/t/{t}/token"),
+            &agent_token(&issuers, t, &issuer_of(t)),
+            "crm.read",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{t}: {}", r.text);
+        tokens.push(r.token());
+    }
+
+    // A shim bound to acme (its issuer, its prefix, its token) in front of an echo.
+    let (echo, upstream) = crate::shim::start_echo().await;
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim_config = shim_dir.path().join("shim.toml");
+    std::fs::write(
+        &shim_config,
+        format!(
+            "[shim]\nlisten = \"127.0.0.1:0\"\naudience = \"https://crm-shim.acme.internal\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\njwks_uri = \"{url}/t/acme/.well-known/jwks.json\"\nscopes_dir = \"{}\"\nsecrets_prefix = \"tenants/acme\"\n\n[secrets]\nstore = \"vault\"\n\n{}\n[audit]\npath = \"{}\"\n",
+            issuer_of("acme"),
+            d.join("tenants/acme/scopes").display(),
+            crate::vault::vault_section(&vault, &format!("auth = \"token\"\ntoken_file = \"{}\"", {
+                let file = shim_dir.path().join("token");
+                crate::harness::write_secret_file(&file, &shim_token);
+                file.display().to_string()
+            }), "2s"),
+            shim_dir.path().join("audit.log").display(),
+        ),
+    )
+    .unwrap();
+    let shim = ServeProcess::start_shim(&shim_config, shim_dir.path(), "info");
+    let call = |token: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/crm/records", shim.url))
+            .bearer_auth(token)
+            .send()
+    };
+    let ok = call(&tokens[0]).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let seen = echo.last().unwrap();
+    assert_eq!(
+        seen["headers"]["authorization"][0],
+        canary("acme"),
+        "acme's credential, injected"
+    );
+    let body = ok.text().await.unwrap();
+    assert!(
+        !body.contains(&canary("acme")[7..]),
+        "and scrubbed from the answer"
+    );
+    let hits = echo.hits();
+    let refused = call(&tokens[1]).await.unwrap();
+    assert_eq!(refused.status(), 401, "globex's token at acme's shim");
+    assert_eq!(echo.hits(), hits, "nothing reached the upstream");
+    drop(shim);
+    drop(sts);
 }
