@@ -972,6 +972,7 @@ fn token_error(e: VerifyError) -> ShimError {
             return ShimError::KeysUnavailable;
         }
         VerifyError::DenyListUnavailable => return ShimError::DenyListUnavailable,
+        VerifyError::IssuerWithdrawn => "issuer_withdrawn",
         VerifyError::Denied { entry } => {
             tracing::info!(entry = %entry, "token refused by the deny list");
             "denied"

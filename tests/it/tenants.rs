@@ -500,8 +500,7 @@ async fn tenants_are_added_and_removed_without_a_restart() {
         "https://crm-shim.globex.internal",
         &format!("{url}/t/globex/.well-known/jwks.json"),
     )
-    .jwks_refresh(Duration::from_millis(100))
-    .without_deny_feed()
+    .deny_refresh(Duration::from_secs(1))
     .build()
     .unwrap();
     globex_verifier
@@ -561,12 +560,34 @@ async fn tenants_are_added_and_removed_without_a_restart() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
-    // A removed tenant's token stops verifying where its JWKS is read: 404 there is
-    // an answer, not an outage (see the verifier set up before the removal, below).
+    // A removed tenant's tokens stop verifying wherever they are checked: its feed
+    // and JWKS answer 404, an answer, not an outage (the verifier's deny feed says
+    // so within `deny_refresh`, long before its cached JWKS is due).
     let token = globex.token();
+    let refusal = std::sync::Mutex::new(None);
+    eventually("globex's token refused after its removal", || async {
+        match globex_verifier.verify(&token, now()).await {
+            Ok(_) => false,
+            Err(e) => {
+                *refusal.lock().unwrap() = Some(e.to_string());
+                true
+            }
+        }
+    })
+    .await;
+    let refusal = refusal.into_inner().unwrap();
+    assert_eq!(refusal.as_deref(), Some("the token's issuer was removed"));
+    let jwks_only = agent_sts_verifier::Verifier::builder(
+        &issuer_of("globex"),
+        "https://crm-shim.globex.internal",
+        &format!("{url}/t/globex/.well-known/jwks.json"),
+    )
+    .without_deny_feed()
+    .build()
+    .unwrap();
     assert!(
-        globex_verifier.verify(&token, now()).await.is_err(),
-        "globex's token after its removal"
+        jwks_only.verify(&token, now()).await.is_err(),
+        "no keys behind a 404 JWKS"
     );
 
     // A configuration that no longer loads leaves the tenants as they are.

@@ -147,6 +147,10 @@ pub enum VerifyError {
     /// No deny list fresh enough to check tokens against: every token is refused.
     #[error("the STS's deny list could not be read for longer than allowed")]
     DenyListUnavailable,
+    /// The STS no longer serves the token's issuer (its deny-list feed answers 404: a
+    /// removed tenant): every token of it is refused.
+    #[error("the token's issuer was removed")]
+    IssuerWithdrawn,
 }
 
 /// Why a verifier could not be built.
@@ -442,7 +446,10 @@ impl Verifier {
             let list = feed
                 .current(now, || self.fetch_deny_list(feed, now))
                 .await
-                .ok_or(VerifyError::DenyListUnavailable)?;
+                .ok_or_else(|| match feed.withdrawn() {
+                    true => VerifyError::IssuerWithdrawn,
+                    false => VerifyError::DenyListUnavailable,
+                })?;
             if let Some(rule) = list.refusal(&token, now) {
                 return Err(VerifyError::Denied {
                     entry: rule.id.clone(),
@@ -467,7 +474,10 @@ impl Verifier {
             MAX_FEED_BYTES,
         )
         .await
-        .map_err(|_| FeedError::Fetch)?;
+        .map_err(|e| match e {
+            crate::error::JwksError::Status(404 | 410) => FeedError::Withdrawn,
+            _ => FeedError::Fetch,
+        })?;
         let text = std::str::from_utf8(&body).map_err(|_| FeedError::Invalid)?;
         let verified = self
             .issuers

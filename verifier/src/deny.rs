@@ -177,6 +177,10 @@ pub enum FeedError {
     Invalid,
     #[error("the deny-list feed is older than the one already held")]
     Older,
+    /// `404`/`410` at the feed's URL: the STS no longer serves this issuer (a removed
+    /// tenant). An answer, not an outage: every token of the issuer is refused.
+    #[error("the issuer's deny-list feed is gone: the issuer was removed")]
+    Withdrawn,
 }
 
 /// The last good feed and when it was fetched.
@@ -194,6 +198,8 @@ pub(crate) struct FeedCache {
     pub settings: FeedSettings,
     held: RwLock<Option<Held>>,
     fetching: tokio::sync::Mutex<u64>,
+    /// The last fetch was answered [`FeedError::Withdrawn`] (cleared by a good one).
+    withdrawn: std::sync::atomic::AtomicBool,
 }
 
 impl FeedCache {
@@ -202,7 +208,13 @@ impl FeedCache {
             settings,
             held: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(0),
+            withdrawn: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the STS said the issuer is gone (see [`FeedError::Withdrawn`]).
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawn.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fresh(&self, now: u64, within: Duration) -> Option<Arc<DenyList>> {
@@ -236,7 +248,17 @@ impl FeedCache {
         }
         if *last_attempt != now {
             *last_attempt = now;
-            match fetch().await {
+            let fetched = fetch().await;
+            self.withdrawn.store(
+                matches!(fetched, Err(FeedError::Withdrawn)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            match fetched {
+                Err(FeedError::Withdrawn) => {
+                    tracing::warn!(error = %FeedError::Withdrawn, "deny-list feed withdrawn");
+                    *self.held.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    return None;
+                }
                 Ok(list) => {
                     let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
                     let older = held
@@ -401,6 +423,23 @@ mod tests {
             issued_at,
             rules: vec![rule(DenyTarget::Jti { jti: "j1".into() }, None)],
         }
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_feed_refuses_at_once_and_a_good_one_restores() {
+        let feed = cache();
+        assert!(
+            feed.current(100, || async { Ok(list(100)) })
+                .await
+                .is_some()
+        );
+        // Due for a refresh, answered 404: nothing held any more, not max_stale later.
+        let gone = feed
+            .current(103, || async { Err(FeedError::Withdrawn) })
+            .await;
+        assert!(gone.is_none() && feed.withdrawn());
+        let back = feed.current(105, || async { Ok(list(105)) }).await;
+        assert!(back.is_some() && !feed.withdrawn());
     }
 
     #[tokio::test]
