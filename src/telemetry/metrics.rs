@@ -569,3 +569,57 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_series_join_their_family_once_labelled() {
+        let top = Metrics::new();
+        top.tokens_issued
+            .get_or_create(&ActionLabels { action: "a".into() })
+            .inc();
+        let tenant = Metrics::for_tenant();
+        tenant
+            .tokens_issued
+            .get_or_create(&ActionLabels { action: "b".into() })
+            .inc();
+        tenant.signing_keys.set(2);
+        let text = merge_labelled(top.render(), &[("acme", tenant.render())]);
+        assert!(text.contains("agent_sts_tokens_issued_total{action=\"a\"} 1\n"));
+        assert!(text.contains("agent_sts_tokens_issued_total{tenant=\"acme\",action=\"b\"} 1\n"));
+        assert!(text.contains("agent_sts_signing_keys_published{tenant=\"acme\"} 2\n"));
+        // One HELP and TYPE per family, its samples together, one EOF at the end.
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut unique = types.clone();
+        unique.dedup();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "{text}");
+        let issued: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("agent_sts_tokens_issued_total"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(issued.len(), 2);
+        assert_eq!(issued[1], issued[0] + 1, "{text}");
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        // Process figures stay the process's: never under a tenant.
+        assert!(!text.contains("build_info{tenant"));
+        // No tenants: the exposition unchanged.
+        let alone = tenant.render();
+        assert_eq!(merge_labelled(alone.clone(), &[]), alone);
+    }
+
+    #[test]
+    fn the_tenant_label_goes_first() {
+        assert_eq!(with_tenant_label("m 1", "t"), "m{tenant=\"t\"} 1");
+        assert_eq!(with_tenant_label("m{} 1", "t"), "m{tenant=\"t\"} 1");
+        assert_eq!(
+            with_tenant_label("m_bucket{le=\"0.1\"} 3", "t"),
+            "m_bucket{tenant=\"t\",le=\"0.1\"} 3"
+        );
+    }
+}
