@@ -452,6 +452,12 @@ async fn three_tenants_share_a_process_and_nothing_crosses() {
         assert!(out.status.success(), "{t}: {}", text(&out.stderr));
         let audit = std::fs::read_to_string(&log).unwrap();
         assert!(audit.contains("crm.read"), "{t}'s decisions are in its log");
+        if t != "acme" {
+            assert!(
+                audit.contains("invalid_subject_token"),
+                "acme's agent refused at {t}, in {t}'s log: {audit}"
+            );
+        }
         for other in TENANTS.iter().filter(|o| **o != t) {
             assert!(
                 !audit.contains(&format!("crm-shim.{other}")),
