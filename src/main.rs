@@ -36,7 +36,7 @@ enum Command {
     },
     /// Run the credential-injecting reverse proxy in front of one upstream.
     Shim {
-        /// Shim configuration file ([shim], [secrets], [vault], [audit], [limits]).
+        /// Shim configuration file ([shim], [secrets], [vault], [audit], [limits], [telemetry]).
         #[arg(long)]
         config: PathBuf,
     },

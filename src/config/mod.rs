@@ -287,7 +287,7 @@ struct RawLimits {
     max_connections_per_peer: Option<i64>,
 }
 
-/// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`.
+/// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`, `[telemetry]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawShimConfig {
