@@ -180,10 +180,11 @@ pub(crate) struct Facts {
     pub(crate) parent_subject: Option<String>,
 }
 
-/// Records a decision on the current (request) span: `decision`, `reason` (the audit
-/// reason code), the catalogue `action`, the `trust` name and the signing `kid`; the
-/// same for `/revoke` and `/introspect` at their audit points. A
-/// field the span does not declare is ignored, so this is free outside a request span.
+/// Records a decision on the current (request) span when it is exported (README,
+/// "Traces"): `decision`, `reason` (the audit reason code), the catalogue `action`,
+/// the `trust` name and the signing `kid`; the same for `/revoke` and `/introspect`
+/// at their audit points. With telemetry off this does nothing: the span's log
+/// fields stay as they were.
 pub(crate) fn record_decision(
     decision: &'static str,
     reason: &str,
@@ -191,21 +192,16 @@ pub(crate) fn record_decision(
     trust: Option<&str>,
     kid: Option<&str>,
 ) {
-    let span = tracing::Span::current();
-    if span.is_disabled() {
-        return;
-    }
-    span.record("decision", decision);
-    span.record("reason", reason);
-    if let Some(action) = action {
-        span.record("action", action);
-    }
-    if let Some(trust) = trust {
-        span.record("trust", trust);
-    }
-    if let Some(kid) = kid {
-        span.record("kid", kid);
-    }
+    crate::telemetry::traces::set_attributes(
+        &tracing::Span::current(),
+        &[
+            ("decision", Some(decision)),
+            ("reason", Some(reason)),
+            ("action", action),
+            ("trust", trust),
+            ("kid", kid),
+        ],
+    );
 }
 
 pub(crate) fn principal(v: &VerifiedToken) -> Principal<'_> {

@@ -12,9 +12,9 @@
 //!
 //! Layers (tower-http and tower): a request body cap (413), a request deadline (503),
 //! a global concurrency cap, and a trace span that records the method and path only:
-//! never the query string, which is where a misguided client would put a token. The
-//! span is a child of the caller's W3C `traceparent` when it sends one, and carries
-//! the decision (README, "Traces").
+//! never the query string, which is where a misguided client would put a token. With
+//! `[telemetry]` on, the span is exported as a child of the caller's W3C
+//! `traceparent`, with the decision as attributes (README, "Traces").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,24 +101,24 @@ pub fn with_process_layers(router: Router, layers: Layers) -> Router {
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             layers.max_concurrency,
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            // The decision fields are filled in where the decision is made
-            // (`Sts::exchange`, `Sts::refuse`); exported as an OpenTelemetry span
-            // when `[telemetry]` is on (README, "Traces").
-            let span = tracing::info_span!(
-                "http",
-                otel.kind = "server",
-                method = %req.method(),
-                path = %req.uri().path(),
-                decision = tracing::field::Empty,
-                reason = tracing::field::Empty,
-                action = tracing::field::Empty,
-                trust = tracing::field::Empty,
-                kid = tracing::field::Empty,
-            );
-            crate::telemetry::traces::adopt_parent(&span, req.headers());
-            span
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: method and path. With `[telemetry]` on it is exported as
+/// a child of the caller's W3C `traceparent`, with the decision as attributes
+/// ([`crate::sts::exchange`] records them; README, "Traces").
+fn request_span(req: &Request) -> tracing::Span {
+    if !crate::telemetry::traces::installed() {
+        return tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    }
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    crate::telemetry::traces::adopt_parent(&span, req.headers());
+    span
 }
 
 /// The body-limit and timeout layers answer with bare statuses; clients get the OAuth

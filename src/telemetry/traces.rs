@@ -150,6 +150,7 @@ where
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_filter(ours)
+        .and_then(Exporting)
 }
 
 /// Flushes what is queued (waiting at most `timeout`) and stops the export thread.
@@ -175,6 +176,32 @@ pub fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
     use opentelemetry::trace::TraceContextExt as _;
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
+    }
+}
+
+/// Marks a subscriber whose spans are exported: [`installed`] finds it the way
+/// tracing-opentelemetry finds its own layer (a downcast through the layers).
+struct Exporting;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Exporting {}
+
+/// Whether this thread's subscriber exports spans (`[telemetry]` is on). A lookup
+/// and a few type comparisons: no allocation.
+pub fn installed() -> bool {
+    tracing::dispatcher::get_default(|d| d.downcast_ref::<Exporting>().is_some())
+}
+
+/// Sets the present `attributes` on `span` when spans are exported (they are
+/// OpenTelemetry attributes, not `tracing` fields: log lines never show them); else
+/// does nothing, allocating nothing.
+pub fn set_attributes(span: &tracing::Span, attributes: &[(&'static str, Option<&str>)]) {
+    if span.is_disabled() || !installed() {
+        return;
+    }
+    for (key, value) in attributes {
+        if let Some(value) = value {
+            span.set_attribute(*key, value.to_string());
+        }
     }
 }
 
@@ -348,6 +375,17 @@ mod tests {
         assert_eq!(Headers(&headers).get(TRACEPARENT), Some("a"));
         headers.append(TRACEPARENT, HeaderValue::from_static("b"));
         assert_eq!(Headers(&headers).get(TRACEPARENT), None);
+    }
+
+    #[test]
+    fn the_marker_is_found_only_where_the_layer_is_installed() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        assert!(!installed());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry().with(layer(&provider));
+        tracing::subscriber::with_default(subscriber, || assert!(installed()));
+        let plain = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer());
+        tracing::subscriber::with_default(plain, || assert!(!installed()));
     }
 
     #[test]
