@@ -216,6 +216,12 @@ async fn a_token_request_span_carries_its_decision_and_parent_and_no_secret() {
         .await
         .unwrap();
     assert_eq!(query.status(), 400);
+    let in_path = reqwest::Client::new()
+        .post(format!("{}/token/{subject}", sts.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(in_path.status(), 404);
 
     let spans = received
         .wait_for(|spans| {
@@ -225,7 +231,10 @@ async fn a_token_request_span_carries_its_decision_and_parent_and_no_secret() {
                     .filter(|(_, s)| attr(s, "decision").as_deref() == Some(d))
                     .count()
             };
-            decided("allow") >= 2 && decided("deny") >= 4
+            let other = spans
+                .iter()
+                .any(|(_, s)| attr(s, "path").as_deref() == Some("other"));
+            decided("allow") >= 2 && decided("deny") >= 4 && other
         })
         .await;
     let (_, stderr) = sts.stop();
@@ -285,6 +294,14 @@ async fn a_token_request_span_carries_its_decision_and_parent_and_no_secret() {
             .iter()
             .any(|s| attr(s, "reason").as_deref() == Some("parameters_in_url")),
         "{token_spans:#?}"
+    );
+
+    // A path that names no endpoint is exported as `other`.
+    assert!(
+        spans
+            .iter()
+            .any(|(_, s)| attr(s, "path").as_deref() == Some("other")),
+        "{spans:#?}"
     );
 
     // Nothing secret, and never the subject, in anything exported.
