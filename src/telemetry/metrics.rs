@@ -82,6 +82,11 @@ fn register_common(registry: &mut Registry) {
         super::traces::SPANS_DROPPED_HELP,
         super::traces::SPANS_DROPPED.clone(),
     );
+    registry.register(
+        "trace_export_failures",
+        super::traces::EXPORT_FAILURES_HELP,
+        super::traces::EXPORT_FAILURES.clone(),
+    );
 }
 
 /// The STS's metrics and the registry that renders them.

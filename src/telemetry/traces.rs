@@ -13,7 +13,8 @@
 //!   span that finds the queue full is dropped and counted in
 //!   `agent_sts_trace_spans_dropped_total` ([`SPANS_DROPPED`]). The SDK counts its
 //!   drops privately, so [`Bounded`] keeps the count itself and never lets the
-//!   processor's channel fill.
+//!   processor's channel fill. Failed exports are counted too
+//!   (`agent_sts_trace_export_failures_total`): a collector that is down is seen.
 //! - The export's HTTP request runs on the program's tokio runtime through the one
 //!   reqwest already in the tree ([`Collector`]); the batch thread only waits for it.
 //!   Every request is cut off at `export_timeout`, and the collector's answer is read
@@ -23,7 +24,7 @@
 //!   ([`adopt_parent`]); one that does not parse is ignored (a new root). The shim
 //!   writes its own upstream hop's `traceparent` ([`inject`]).
 //!
-//! The drop counter is process-wide, as the pipeline is: `tracing` has one global
+//! The counters are process-wide, as the pipeline is: `tracing` has one global
 //! subscriber per process, so there is one export queue to count.
 
 use std::sync::Arc;
@@ -86,6 +87,15 @@ pub static SPANS_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Help of the `trace_spans_dropped` counter.
 pub const SPANS_DROPPED_HELP: &str =
     "Trace spans dropped because the export queue ([telemetry] max_queue) was full";
+
+/// Export requests that failed (the collector refused them, was unreachable or did
+/// not answer within `export_timeout`, retries included); their spans are lost.
+/// Registered by both programs as `trace_export_failures`.
+pub static EXPORT_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Help of the `trace_export_failures` counter.
+pub const EXPORT_FAILURES_HELP: &str =
+    "Trace export requests that failed (refused, unreachable or timed out); their spans are lost";
 
 /// The export pipeline, built from `settings` on the current tokio runtime (the
 /// export requests run there). Keep the provider until exit and [`shutdown`] it then.
@@ -290,7 +300,8 @@ impl SpanProcessor for Bounded {
 }
 
 /// The OTLP exporter, telling [`Bounded`] when spans leave the queue (a batch handed
-/// to the exporter is no longer waiting, whatever becomes of its export).
+/// to the exporter is no longer waiting, whatever becomes of its export) and counting
+/// the exports that fail ([`EXPORT_FAILURES`]).
 #[derive(Debug)]
 struct Counted<E> {
     inner: E,
@@ -303,7 +314,14 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         self.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
-        self.inner.export(batch)
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            if result.is_err() {
+                EXPORT_FAILURES.inc();
+            }
+            result
+        }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

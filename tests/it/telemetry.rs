@@ -463,8 +463,26 @@ async fn without_telemetry_the_shim_passes_the_agents_traceparent_unchanged() {
     );
 }
 
+/// The value of the counter `name` at `url`'s `/metrics`.
+async fn counter(url: &str, name: &str) -> u64 {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A collector that never answers, with a queue of one span: every request is served,
-/// and the spans that found the queue full are counted. One that is down: the same.
+/// and the spans that found the queue full are counted. One that is down: every request
+/// is served, and its failed exports are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_down_collector_delays_nothing_and_drops_are_counted() {
     let issuers = Issuers::start().await;
@@ -478,23 +496,25 @@ async fn a_silent_or_down_collector_delays_nothing_and_drops_are_counted() {
             let r = post_token(&sts.url, exchange_form(&subject, "docs.read"), &[]).await;
             assert_eq!(r.status, 200, "{endpoint}: {r:?}");
         }
-        let metrics = reqwest::get(format!("{}/metrics", sts.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let dropped: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("agent_sts_trace_spans_dropped_total "))
-            .unwrap_or_else(|| panic!("no drop counter: {metrics}"))
-            .trim()
-            .parse()
-            .unwrap();
         if queue == 1 {
             // Eleven spans or more (ten requests, a JWKS fetch); at most two admitted:
             // one in the export that never ends, one waiting. The rest were dropped.
+            let dropped = counter(&sts.url, "agent_sts_trace_spans_dropped_total").await;
             assert!(dropped >= 8, "{dropped} dropped");
+        } else {
+            // The collector that is down: its exports fail, and are counted.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while counter(&sts.url, "agent_sts_trace_export_failures_total").await == 0
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let failed = counter(&sts.url, "agent_sts_trace_export_failures_total").await;
+            assert!(failed > 0, "no failed export counted");
+            assert_eq!(
+                counter(&sts.url, "agent_sts_trace_spans_dropped_total").await,
+                0
+            );
         }
         sts.stop();
     }
