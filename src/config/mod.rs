@@ -717,8 +717,11 @@ impl Config {
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
     pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let mut config = validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)
-            .map_err(|e| blame_override(e, env))?;
+        let mut raw: RawConfig = parse_raw(text, file, env, ENV_SECTIONS)?;
+        let otel = otel_endpoint(&mut raw.telemetry, env);
+        let mut config = validate(raw, file)
+            .map_err(|e| blame_override(e, env))
+            .map_err(|e| blame_otel(e, otel))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -753,8 +756,11 @@ impl ShimConfig {
         file: &str,
         env: &dyn Environment,
     ) -> Result<ShimConfig, ConfigError> {
-        let mut config = validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)
-            .map_err(|e| blame_override(e, env))?;
+        let mut raw: RawShimConfig = parse_raw(text, file, env, SHIM_ENV_SECTIONS)?;
+        let otel = otel_endpoint(&mut raw.telemetry, env);
+        let mut config = validate_shim(raw, file)
+            .map_err(|e| blame_override(e, env))
+            .map_err(|e| blame_otel(e, otel))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -907,6 +913,36 @@ fn apply_env<R: serde::de::DeserializeOwned>(
         file: format!("{file} with environment overrides {}", names.join(", ")),
         message: e.message().to_string(),
     })
+}
+
+/// The OpenTelemetry SDKs' variable for the collector's base URL: the endpoint when
+/// neither the file nor `AGENT_STS_TELEMETRY_OTLP_ENDPOINT` sets one.
+pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// Fills `telemetry.otlp_endpoint` from [`OTEL_ENDPOINT`] when it is unset (an empty
+/// variable counts as unset); true when it did.
+fn otel_endpoint(raw: &mut RawTelemetry, env: &dyn Environment) -> bool {
+    if raw.otlp_endpoint.is_some() {
+        return false;
+    }
+    raw.otlp_endpoint = env.var(OTEL_ENDPOINT).filter(|v| !v.trim().is_empty());
+    raw.otlp_endpoint.is_some()
+}
+
+/// An error about `telemetry.otlp_endpoint` taken from [`OTEL_ENDPOINT`] names it.
+fn blame_otel(error: ConfigError, from_otel: bool) -> ConfigError {
+    match error {
+        ConfigError::Invalid { file, key, message }
+            if from_otel && key == "telemetry.otlp_endpoint" =>
+        {
+            ConfigError::Invalid {
+                file: format!("environment variable {OTEL_ENDPOINT} (for {file})"),
+                key,
+                message,
+            }
+        }
+        other => other,
+    }
 }
 
 /// An error about a key an environment variable set names that variable, not the file
@@ -1889,6 +1925,41 @@ algorithms = ["ES256", "RS256"]
         .to_string();
         assert!(
             e.starts_with("environment variable AGENT_STS_TELEMETRY_SAMPLE_RATIO"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_otel_endpoint_variable_turns_traces_on_unless_the_file_says_where() {
+        let otel = |v: &str| BTreeMap::from([(OTEL_ENDPOINT.to_string(), v.to_string())]);
+        let t = Config::from_toml(MINIMAL, "sts.toml", &otel("http://collector:4318"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://collector:4318/");
+        let shim = ShimConfig::from_toml(SHIM, "shim.toml", &otel("http://collector:4318"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(shim.service_name, "agent-sts-shim");
+        // Empty: unset.
+        let c = Config::from_toml(MINIMAL, "sts.toml", &otel(" ")).unwrap();
+        assert_eq!(c.telemetry, None);
+        // The file (or AGENT_STS_TELEMETRY_OTLP_ENDPOINT) wins.
+        let file = format!("{MINIMAL}\n[telemetry]\notlp_endpoint = \"http://mine:4318\"\n");
+        let t = Config::from_toml(&file, "sts.toml", &otel("not a url"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://mine:4318/");
+        // A bad value names the variable.
+        let e = Config::from_toml(MINIMAL, "sts.toml", &otel("collector:4318"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "environment variable OTEL_EXPORTER_OTLP_ENDPOINT (for sts.toml): telemetry.otlp_endpoint:"
+            ),
             "{e}"
         );
     }
