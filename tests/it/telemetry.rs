@@ -519,3 +519,25 @@ async fn a_silent_or_down_collector_delays_nothing_and_drops_are_counted() {
         sts.stop();
     }
 }
+
+/// A bad `[telemetry]` value stops `serve` at start: exit 2, naming the key.
+#[tokio::test]
+async fn a_bad_telemetry_value_exits_2_naming_the_key() {
+    let issuers = Issuers::start().await;
+    let (dir, config) = sts_dir(&issuers);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 2\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text_of(&out.stderr));
+    assert!(
+        text_of(&out.stderr).contains("telemetry.sample_ratio"),
+        "{}",
+        text_of(&out.stderr)
+    );
+}
