@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use agent_sts::config::{Config, ProcessEnv, ShimConfig};
 use agent_sts::runtime::{self, StartError};
 use agent_sts::telemetry::logs::{self, LogFormat};
+use agent_sts::telemetry::traces;
 use agent_sts::{audit, catalogue, control, dev, identity, keys, shim, store, sts};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 #[derive(Parser)]
 #[command(
@@ -34,7 +36,7 @@ enum Command {
     },
     /// Run the credential-injecting reverse proxy in front of one upstream.
     Shim {
-        /// Shim configuration file ([shim], [secrets], [vault], [audit], [limits]).
+        /// Shim configuration file ([shim], [secrets], [vault], [audit], [limits], [telemetry]).
         #[arg(long)]
         config: PathBuf,
     },
@@ -194,6 +196,16 @@ enum AuditCommand {
 /// Called once the configuration is read, so its `[log] format` applies from the first
 /// line; errors before that are printed by `main`.
 fn init_logging(default: &str, configured: Option<LogFormat>) -> Result<(), StartError> {
+    init_telemetry(default, configured, None).map(|_| ())
+}
+
+/// [`init_logging`], and for a server with `[telemetry]` the span export pipeline
+/// (README, "Traces"), returned to be shut down (flushed) at exit.
+fn init_telemetry(
+    default: &str,
+    configured: Option<LogFormat>,
+    settings: Option<&traces::Settings>,
+) -> Result<Option<SdkTracerProvider>, StartError> {
     let filter_var = ["AGENT_STS_LOG", "RUST_LOG"]
         .into_iter()
         .find_map(|name| std::env::var(name).ok().map(|v| (name, v)));
@@ -201,8 +213,19 @@ fn init_logging(default: &str, configured: Option<LogFormat>) -> Result<(), Star
         .map_err(StartError::Config)?;
     let format = logs::format(std::env::var(logs::FORMAT_VAR).ok().as_deref(), configured)
         .map_err(StartError::Config)?;
-    logs::install(filter, format);
-    Ok(())
+    let provider = settings
+        .map(traces::provider)
+        .transpose()
+        .map_err(StartError::Runtime)?;
+    logs::install(filter, format, provider.as_ref());
+    Ok(provider)
+}
+
+/// Flushes the spans still queued at exit, waiting at most one export.
+fn finish_telemetry(provider: Option<SdkTracerProvider>, settings: Option<&traces::Settings>) {
+    if let (Some(provider), Some(settings)) = (provider, settings) {
+        traces::shutdown(&provider, settings.export_timeout);
+    }
 }
 
 /// The default log filter of `serve`, `shim` and `dev`.
@@ -260,26 +283,32 @@ async fn run(command: Command) -> Result<(), StartError> {
         Command::Serve { config } => {
             let config_path = config;
             let config = load_config(&config_path)?;
-            init_logging(SERVER_LOG, Some(config.log_format))?;
+            let telemetry = config.telemetry.as_ref();
+            let provider = init_telemetry(SERVER_LOG, Some(config.log_format), telemetry)?;
             let app = sts::app::build_from(&config, Some(config_path)).await?;
             let listener = runtime::bind(config.server.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             tracing::info!(listen = %addr, issuer = %config.server.issuer, audit = %config.audit.path.display(), "agent-sts serving");
-            app.serve(listener, None).await
+            let served = app.serve(listener, None).await;
+            finish_telemetry(provider, telemetry);
+            served
         }
         Command::Shim { config } => {
             let config = ShimConfig::load(&config, &ProcessEnv)
                 .map_err(|e| StartError::Config(e.to_string()))?;
-            init_logging(SERVER_LOG, Some(config.log_format))?;
+            let telemetry = config.telemetry.as_ref();
+            let provider = init_telemetry(SERVER_LOG, Some(config.log_format), telemetry)?;
             let shim = shim::build(&config).await?;
             let listener = runtime::bind(config.shim.listen).await?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError::Runtime(e.to_string()))?;
             tracing::info!(listen = %addr, audience = %config.shim.audience, upstream = %config.shim.upstream, audit = %config.audit.path.display(), "agent-sts shim serving");
-            shim.serve(listener).await
+            let served = shim.serve(listener).await;
+            finish_telemetry(provider, telemetry);
+            served
         }
         Command::Dev(args) => {
             init_logging(SERVER_LOG, None)?;

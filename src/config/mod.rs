@@ -28,6 +28,7 @@ use crate::secret::VaultToken;
 
 pub mod tenant;
 use crate::telemetry::logs::LogFormat;
+use crate::telemetry::traces::{self, Settings as TraceSettings};
 pub use tenant::TenantConfig;
 
 /// Where environment variables come from.
@@ -78,11 +79,19 @@ pub const ENV_PREFIX: &str = "AGENT_STS_";
 /// Sections an environment variable may override in the STS configuration
 /// (`[[trust]]` is a list and cannot be).
 const ENV_SECTIONS: &[&str] = &[
-    "server", "tokens", "keys", "deny", "secrets", "vault", "audit", "limits",
+    "server",
+    "tokens",
+    "keys",
+    "deny",
+    "secrets",
+    "vault",
+    "audit",
+    "limits",
+    "telemetry",
 ];
 
 /// Sections an environment variable may override in the shim configuration.
-const SHIM_ENV_SECTIONS: &[&str] = &["shim", "secrets", "vault", "audit", "limits"];
+const SHIM_ENV_SECTIONS: &[&str] = &["shim", "secrets", "vault", "audit", "limits", "telemetry"];
 
 /// `AGENT_STS_*` variables that are not configuration overrides (lowercase, prefix off).
 const NOT_OVERRIDES: &[&str] = &["log", "log_format"];
@@ -133,6 +142,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     tenant: Vec<tenant::RawTenant>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +160,18 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     format: Option<String>,
+}
+
+/// `[telemetry]`: OpenTelemetry traces, off unless `otlp_endpoint` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sample_ratio: Option<f64>,
+    max_queue: Option<i64>,
+    export_timeout: Option<String>,
+    export_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,7 +287,7 @@ struct RawLimits {
     max_connections_per_peer: Option<i64>,
 }
 
-/// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`.
+/// The shim's file: `[shim]` plus the STS's `[secrets]`, `[vault]`, `[audit]`, `[limits]`, `[telemetry]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawShimConfig {
@@ -278,6 +301,8 @@ struct RawShimConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +360,8 @@ pub struct Config {
     /// Where the catalogue's credential paths resolve in the secret store: under this
     /// prefix for a tenant, as written for the top level.
     pub secrets_prefix: Option<String>,
+    /// `[telemetry]`: where spans are exported; `None` (no `otlp_endpoint`): off.
+    pub telemetry: Option<TraceSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -584,6 +611,8 @@ pub struct ShimConfig {
     pub limits: LimitsConfig,
     /// `[log] format`; `AGENT_STS_LOG_FORMAT` wins over it.
     pub log_format: LogFormat,
+    /// `[telemetry]`: where spans are exported; `None` (no `otlp_endpoint`): off.
+    pub telemetry: Option<TraceSettings>,
 }
 
 /// `[shim]`: the README's keys ("The shim"), plus the timeouts and size caps the README documents.
@@ -688,8 +717,11 @@ impl Config {
 
     /// Parses `text` (named `file` in messages), applies the environment, validates.
     pub fn from_toml(text: &str, file: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let mut config = validate(parse_raw(text, file, env, ENV_SECTIONS)?, file)
-            .map_err(|e| blame_override(e, env))?;
+        let mut raw: RawConfig = parse_raw(text, file, env, ENV_SECTIONS)?;
+        let otel = otel_endpoint(&mut raw.telemetry, env);
+        let mut config = validate(raw, file)
+            .map_err(|e| blame_override(e, env))
+            .map_err(|e| blame_otel(e, otel))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -724,8 +756,11 @@ impl ShimConfig {
         file: &str,
         env: &dyn Environment,
     ) -> Result<ShimConfig, ConfigError> {
-        let mut config = validate_shim(parse_raw(text, file, env, SHIM_ENV_SECTIONS)?, file)
-            .map_err(|e| blame_override(e, env))?;
+        let mut raw: RawShimConfig = parse_raw(text, file, env, SHIM_ENV_SECTIONS)?;
+        let otel = otel_endpoint(&mut raw.telemetry, env);
+        let mut config = validate_shim(raw, file)
+            .map_err(|e| blame_override(e, env))
+            .map_err(|e| blame_otel(e, otel))?;
         if let Some(v) = &mut config.vault {
             v.env_token = env.var(VAULT_TOKEN).map(VaultToken::new);
         }
@@ -878,6 +913,36 @@ fn apply_env<R: serde::de::DeserializeOwned>(
         file: format!("{file} with environment overrides {}", names.join(", ")),
         message: e.message().to_string(),
     })
+}
+
+/// The OpenTelemetry SDKs' variable for the collector's base URL: the endpoint when
+/// neither the file nor `AGENT_STS_TELEMETRY_OTLP_ENDPOINT` sets one.
+pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// Fills `telemetry.otlp_endpoint` from [`OTEL_ENDPOINT`] when it is unset (an empty
+/// variable counts as unset); true when it did.
+fn otel_endpoint(raw: &mut RawTelemetry, env: &dyn Environment) -> bool {
+    if raw.otlp_endpoint.is_some() {
+        return false;
+    }
+    raw.otlp_endpoint = env.var(OTEL_ENDPOINT).filter(|v| !v.trim().is_empty());
+    raw.otlp_endpoint.is_some()
+}
+
+/// An error about `telemetry.otlp_endpoint` taken from [`OTEL_ENDPOINT`] names it.
+fn blame_otel(error: ConfigError, from_otel: bool) -> ConfigError {
+    match error {
+        ConfigError::Invalid { file, key, message }
+            if from_otel && key == "telemetry.otlp_endpoint" =>
+        {
+            ConfigError::Invalid {
+                file: format!("environment variable {OTEL_ENDPOINT} (for {file})"),
+                key,
+                message,
+            }
+        }
+        other => other,
+    }
 }
 
 /// An error about a key an environment variable set names that variable, not the file
@@ -1298,6 +1363,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     )?;
     let limits = validate_limits(&c, raw.limits)?;
     let log_format = validate_log(&c, &raw.log)?;
+    let telemetry = validate_telemetry(&c, raw.telemetry, traces::STS_SERVICE)?;
     let admin_listen = raw
         .server
         .admin_listen
@@ -1351,6 +1417,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         tenants,
         tenant: None,
         secrets_prefix: None,
+        telemetry,
     })
 }
 
@@ -1456,6 +1523,7 @@ fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigErr
         audit: validate_audit(&c, &raw.audit)?,
         limits: validate_limits(&c, raw.limits)?,
         log_format: validate_log(&c, &raw.log)?,
+        telemetry: validate_telemetry(&c, raw.telemetry, traces::SHIM_SERVICE)?,
     })
 }
 
@@ -1474,6 +1542,68 @@ pub fn parse_upstream(uri: &str) -> Result<reqwest::Url, &'static str> {
 }
 
 /// `[secrets]`, shared by the STS and the shim.
+/// `[telemetry]`, shared by the STS and the shim (`service` is the program's default
+/// `service.name`). Every key is checked even without `otlp_endpoint`, so a typo in a
+/// section about to be switched on is caught now.
+fn validate_telemetry(
+    c: &Check,
+    raw: RawTelemetry,
+    service: &str,
+) -> Result<Option<TraceSettings>, ConfigError> {
+    let service_name = raw.service_name.unwrap_or_else(|| service.to_string());
+    if service_name.is_empty()
+        || service_name.len() > 128
+        || service_name.chars().any(|ch| ch.is_control())
+    {
+        return Err(c.err(
+            "telemetry.service_name",
+            "must be 1 to 128 characters, none of them control characters",
+        ));
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(c.err("telemetry.sample_ratio", "must be a number from 0.0 to 1.0"));
+    }
+    let max_queue = c.positive(
+        "telemetry.max_queue",
+        raw.max_queue,
+        traces::DEFAULT_MAX_QUEUE as i64,
+        1 << 20,
+    )? as usize;
+    let export_timeout = c.duration_or(
+        "telemetry.export_timeout",
+        raw.export_timeout.as_deref(),
+        traces::DEFAULT_EXPORT_TIMEOUT,
+    )?;
+    let export_interval = c.duration_or(
+        "telemetry.export_interval",
+        raw.export_interval.as_deref(),
+        traces::DEFAULT_EXPORT_INTERVAL,
+    )?;
+    let Some(endpoint) = raw.otlp_endpoint else {
+        return Ok(None);
+    };
+    let endpoint = url::Url::parse(&endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+        .filter(|u| u.query().is_none() && u.fragment().is_none())
+        .ok_or_else(|| {
+            c.err(
+                "telemetry.otlp_endpoint",
+                "must be the collector's http(s) base URL (e.g. \"http://127.0.0.1:4318\"), without credentials, query or fragment",
+            )
+        })?;
+    Ok(Some(TraceSettings {
+        endpoint,
+        service_name,
+        sample_ratio,
+        max_queue,
+        export_timeout,
+        export_interval,
+    }))
+}
+
 fn validate_log(c: &Check, raw: &RawLog) -> Result<LogFormat, ConfigError> {
     match raw.format.as_deref() {
         None => Ok(LogFormat::Text),
@@ -1718,6 +1848,138 @@ algorithms = ["ES256", "RS256"]
         Config::from_toml(text, "sts.toml", &no_env())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn telemetry_is_off_without_an_endpoint_and_every_key_is_checked() {
+        let c = Config::from_toml(MINIMAL, "sts.toml", &no_env()).unwrap();
+        assert_eq!(c.telemetry, None);
+        // Keys without an endpoint: checked, still off.
+        let c = Config::from_toml(
+            &format!("{MINIMAL}\n[telemetry]\nsample_ratio = 0.5\n"),
+            "sts.toml",
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.telemetry, None);
+
+        let on = format!("{MINIMAL}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let t = Config::from_toml(&on, "sts.toml", &no_env())
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://127.0.0.1:4318/");
+        assert_eq!(t.service_name, "agent-sts");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert_eq!(t.max_queue, 2048);
+        assert_eq!(t.export_timeout, Duration::from_secs(10));
+        assert_eq!(t.export_interval, Duration::from_secs(5));
+
+        // From the environment, an integer ratio included.
+        let env = BTreeMap::from([
+            (
+                "AGENT_STS_TELEMETRY_OTLP_ENDPOINT".to_string(),
+                "https://otel.example:4318/prefix".to_string(),
+            ),
+            (
+                "AGENT_STS_TELEMETRY_SAMPLE_RATIO".to_string(),
+                "0".to_string(),
+            ),
+            (
+                "AGENT_STS_TELEMETRY_MAX_QUEUE".to_string(),
+                "16".to_string(),
+            ),
+        ]);
+        let t = Config::from_toml(MINIMAL, "sts.toml", &env)
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "https://otel.example:4318/prefix");
+        assert_eq!((t.sample_ratio, t.max_queue), (0.0, 16));
+
+        for (key, value) in [
+            ("otlp_endpoint", "\"collector:4318\""),
+            ("otlp_endpoint", "\"ftp://collector:4318\""),
+            ("otlp_endpoint", "\"http://user:pw@collector:4318\""),
+            ("otlp_endpoint", "\"http://collector:4318/?x=1\""),
+            ("sample_ratio", "1.5"),
+            ("sample_ratio", "-0.1"),
+            ("max_queue", "0"),
+            ("export_timeout", "\"soon\""),
+            ("export_interval", "\"0s\""),
+            ("service_name", "\"\""),
+        ] {
+            let e = err(&format!("{MINIMAL}\n[telemetry]\n{key} = {value}\n"));
+            assert!(e.starts_with(&format!("sts.toml: telemetry.{key}:")), "{e}");
+        }
+        assert!(err(&format!("{MINIMAL}\n[telemetry]\nendpoint = \"x\"\n")).contains("endpoint"));
+        let e = Config::from_toml(
+            MINIMAL,
+            "sts.toml",
+            &BTreeMap::from([(
+                "AGENT_STS_TELEMETRY_SAMPLE_RATIO".to_string(),
+                "2".to_string(),
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("environment variable AGENT_STS_TELEMETRY_SAMPLE_RATIO"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_otel_endpoint_variable_turns_traces_on_unless_the_file_says_where() {
+        let otel = |v: &str| BTreeMap::from([(OTEL_ENDPOINT.to_string(), v.to_string())]);
+        let t = Config::from_toml(MINIMAL, "sts.toml", &otel("http://collector:4318"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://collector:4318/");
+        let shim = ShimConfig::from_toml(SHIM, "shim.toml", &otel("http://collector:4318"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(shim.service_name, "agent-sts-shim");
+        // Empty: unset.
+        let c = Config::from_toml(MINIMAL, "sts.toml", &otel(" ")).unwrap();
+        assert_eq!(c.telemetry, None);
+        // The file (or AGENT_STS_TELEMETRY_OTLP_ENDPOINT) wins.
+        let file = format!("{MINIMAL}\n[telemetry]\notlp_endpoint = \"http://mine:4318\"\n");
+        let t = Config::from_toml(&file, "sts.toml", &otel("not a url"))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://mine:4318/");
+        // A bad value names the variable.
+        let e = Config::from_toml(MINIMAL, "sts.toml", &otel("collector:4318"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "environment variable OTEL_EXPORTER_OTLP_ENDPOINT (for sts.toml): telemetry.otlp_endpoint:"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_shim_takes_telemetry_under_its_own_service_name() {
+        let text = format!("{SHIM}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
+        let t = ShimConfig::from_toml(&text, "shim.toml", &no_env())
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.service_name, "agent-sts-shim");
+        let e = ShimConfig::from_toml(
+            &format!("{SHIM}\n[telemetry]\nmax_queue = -1\n"),
+            "shim.toml",
+            &no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("shim.toml: telemetry.max_queue:"), "{e}");
     }
 
     #[test]

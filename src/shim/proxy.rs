@@ -73,10 +73,12 @@ use crate::store;
 use crate::store::secrets::{CredentialCache, CredentialError, SecretStoreError, StoredCredential};
 use crate::store::vault::Vault;
 use crate::telemetry::metrics::{ShimLabels, ShimMetrics};
+use crate::telemetry::traces;
 use agent_sts_verifier::layer::{BearerError, presented_token};
 use agent_sts_verifier::{AccessToken, Verifier, VerifierError, VerifyError};
 use agent_sts_verifier::{JwtError, unix_now};
 use agent_sts_verifier::{Presented, RequestTarget};
+use tracing::Instrument as _;
 
 /// Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1),
 /// besides any header the `Connection` header names.
@@ -140,6 +142,11 @@ pub struct Shim {
     metrics: ShimMetrics,
     /// The Vault client behind the secret store, when Vault is configured.
     vault: Option<Arc<Vault>>,
+    /// `[telemetry]` is on: each request gets a span, a child of the agent's W3C
+    /// `traceparent`, and the upstream hop carries the hop span's own `traceparent`
+    /// in place of the agent's. Off: no span, and the agent's Trace Context headers
+    /// pass as any allowed header does.
+    traced: bool,
 }
 
 /// What the audit line of one request says, filled in as the request goes.
@@ -275,6 +282,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrency)),
         metrics: ShimMetrics::new().with_vault(vault.as_deref().map(Vault::metrics)),
         vault: vault.clone(),
+        traced: config.telemetry.is_some(),
     };
     tracing::info!(audience = %s.audience, actions = shim.served.load().len(), "shim ready");
     Ok(ShimApp {
@@ -366,7 +374,24 @@ async fn handle(State(shim): State<Arc<Shim>>, request: Request) -> Response {
     if resource_metadata::names_metadata(request.uri()) {
         return shim.metadata_response(request.method());
     }
-    let mut response = shim.handle(request).await;
+    let span = if shim.traced {
+        let span = tracing::info_span!(
+            "shim",
+            otel.kind = "server",
+            method = %request.method(),
+            route = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            action = tracing::field::Empty,
+            trust = tracing::field::Empty,
+            upstream_status = tracing::field::Empty,
+        );
+        traces::adopt_parent(&span, request.headers());
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let mut response = shim.handle(request).instrument(span).await;
     // RFC 9449 §9: with nonces on, every answer carries the one to use next.
     if let Some(nonce) = shim.verifier.dpop_nonce(unix_now())
         && let Ok(value) = axum::http::HeaderValue::from_str(&nonce)
@@ -519,6 +544,9 @@ impl Shim {
                 reason: decision.1,
             })
             .inc();
+        if self.traced {
+            record_call(decision, token, &call);
+        }
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
@@ -619,13 +647,28 @@ impl Shim {
         if !self.audit.accepting() {
             return Err(ShimError::AuditUnavailable);
         }
-        let upstream = self.upstream_request(&parts, &target, shape, &credential, body)?;
+        let mut upstream = self.upstream_request(&parts, &target, shape, &credential, body)?;
+        // The upstream hop's span, and its Trace Context in place of the agent's.
+        let hop = if self.traced {
+            let hop = tracing::info_span!("upstream", otel.kind = "client");
+            traces::inject(&hop, upstream.headers_mut());
+            hop
+        } else {
+            tracing::Span::none()
+        };
 
         let deadline = tokio::time::Instant::now() + self.caps.upstream;
-        let response = tokio::time::timeout_at(deadline, self.client.request(upstream))
-            .await
-            .map_err(|_| ShimError::UpstreamTimeout)?
-            .map_err(upstream_error)?;
+        let sent = self.client.request(upstream);
+        let response = if self.traced {
+            tokio::time::timeout_at(deadline, sent.instrument(hop))
+                .await
+                .map_err(|_| ShimError::UpstreamTimeout)?
+        } else {
+            tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| ShimError::UpstreamTimeout)?
+        }
+        .map_err(upstream_error)?;
         call.upstream_status = Some(response.status().as_u16());
         let head = parts.method == Method::HEAD;
         if self.streams(&response, head) {
@@ -814,6 +857,28 @@ impl Shim {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok((response, (scrubbed + in_headers) as u64))
+    }
+}
+
+/// Records one call's decision on the request span (README, "Traces"): the decision
+/// and reason code, the route template, the action and the trust of the verified
+/// token (`client_id` is `TRUST:SUB`: only the trust is kept), the upstream's status.
+/// Never the subject, the token or the credential.
+fn record_call(decision: (&'static str, &'static str), token: Option<&AccessToken>, call: &Call) {
+    let span = tracing::Span::current();
+    span.record("decision", decision.0);
+    span.record("reason", decision.1);
+    if let Some(route) = &call.path {
+        span.record("route", route.as_str());
+    }
+    if let Some(token) = token {
+        span.record("action", token.action.as_str());
+        if let Some((trust, _)) = token.client_id.split_once(':') {
+            span.record("trust", trust);
+        }
+    }
+    if let Some(status) = call.upstream_status {
+        span.record("upstream_status", status);
     }
 }
 

@@ -180,6 +180,30 @@ pub(crate) struct Facts {
     pub(crate) parent_subject: Option<String>,
 }
 
+/// Records a decision on the current (request) span when it is exported (README,
+/// "Traces"): `decision`, `reason` (the audit reason code), the catalogue `action`,
+/// the `trust` name and the signing `kid`; the same for `/revoke` and `/introspect`
+/// at their audit points. With telemetry off this does nothing: the span's log
+/// fields stay as they were.
+pub(crate) fn record_decision(
+    decision: &'static str,
+    reason: &str,
+    action: Option<&str>,
+    trust: Option<&str>,
+    kid: Option<&str>,
+) {
+    crate::telemetry::traces::set_attributes(
+        &tracing::Span::current(),
+        &[
+            ("decision", Some(decision)),
+            ("reason", Some(reason)),
+            ("action", action),
+            ("trust", trust),
+            ("kid", kid),
+        ],
+    );
+}
+
 pub(crate) fn principal(v: &VerifiedToken) -> Principal<'_> {
     Principal {
         trust: &v.trust,
@@ -419,8 +443,24 @@ impl Sts {
             self.metrics.audit_write_failures.inc();
             tracing::error!(error = %e, "audit log write failed; refusing the request");
             self.count_denial(facts.action.as_deref(), Rejection::AuditUnavailable);
+            record_decision(
+                "deny",
+                Rejection::AuditUnavailable.reason(),
+                facts.action.as_deref(),
+                facts.subject.as_ref().map(|s| &*s.trust),
+                None,
+            );
             return Err(Rejection::AuditUnavailable);
         }
+        // The request span's decision (README, "Traces"): closed sets and the
+        // configured trust name only; never the subject or a token.
+        record_decision(
+            if minted.is_some() { "allow" } else { "deny" },
+            reason,
+            facts.action.as_deref(),
+            facts.subject.as_ref().map(|s| &*s.trust),
+            minted.map(|m| m.kid.as_str()),
+        );
         if !summarised {
             // One decision event per request, at the level operators keep on: who, what,
             // why, how long; never a token. Anonymous refusals are sampled like the audit
@@ -482,6 +522,7 @@ impl Sts {
                 Rejection::AuditUnavailable
             }
         };
+        record_decision("deny", rejection.reason(), None, None, None);
         if admitted {
             tracing::info!(
                 target: "agent_sts::decision",

@@ -12,7 +12,9 @@
 //!
 //! Layers (tower-http and tower): a request body cap (413), a request deadline (503),
 //! a global concurrency cap, and a trace span that records the method and path only:
-//! never the query string, which is where a misguided client would put a token.
+//! never the query string, which is where a misguided client would put a token. With
+//! `[telemetry]` on, the span is exported as a child of the caller's W3C
+//! `traceparent`, with the decision as attributes (README, "Traces").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,12 +98,63 @@ pub fn with_issuer_layers(router: Router, layers: Layers, sts: Arc<Sts>) -> Rout
 /// trace span per request.
 pub fn with_process_layers(router: Router, layers: Layers) -> Router {
     router
-        .layer(tower::limit::ConcurrencyLimitLayer::new(layers.max_concurrency))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
-        )
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            layers.max_concurrency,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: method and path. With `[telemetry]` on it is exported as
+/// a child of the caller's W3C `traceparent`, with the decision as attributes
+/// ([`crate::sts::exchange`] records them; README, "Traces").
+fn request_span(req: &Request) -> tracing::Span {
+    if !crate::telemetry::traces::installed() {
+        return tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    }
+    // Exported: the path only when it names an endpoint, so nothing a client puts in a
+    // path (a token, by mistake) leaves in a span.
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        method = %req.method(),
+        path = endpoint(req.uri().path()),
+    );
+    crate::telemetry::traces::adopt_parent(&span, req.headers());
+    span
+}
+
+/// The endpoints an exported span names by their path (under `/t/{tenant}` too).
+const ENDPOINTS: &[&str] = &[
+    "/token",
+    "/revoke",
+    "/introspect",
+    "/.well-known/jwks.json",
+    "/.well-known/oauth-authorization-server",
+    agent_sts_verifier::deny::FEED_PATH,
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// `path` when it is one of [`ENDPOINTS`], alone or under `/t/{tenant}` (a tenant
+/// name's syntax; RFC 8414's `/.well-known/oauth-authorization-server/t/{tenant}`
+/// too); else `other`.
+fn endpoint(path: &str) -> &str {
+    let tenant = |name: &str| {
+        (1..=crate::config::tenant::MAX_TENANT_NAME).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let known = |rest: &str| ENDPOINTS.contains(&rest);
+    let named = match path.strip_prefix("/t/").and_then(|p| p.split_once('/')) {
+        Some((name, rest)) => tenant(name) && known(&path[path.len() - rest.len() - 1..]),
+        None => match path.strip_prefix("/.well-known/oauth-authorization-server/t/") {
+            Some(name) => tenant(name),
+            None => known(path),
+        },
+    };
+    if named { path } else { "other" }
 }
 
 /// The body-limit and timeout layers answer with bare statuses; clients get the OAuth
@@ -445,5 +498,35 @@ impl IntoResponse for Rejection {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn an_exported_span_names_only_endpoints() {
+        for path in [
+            "/token",
+            "/t/acme/token",
+            "/t/acme-2/.well-known/jwks.json",
+            "/deny-list",
+            "/.well-known/oauth-authorization-server/t/acme",
+        ] {
+            assert_eq!(endpoint(path), path);
+        }
+        for path in [
+            "/token/eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "/t/Acme/token",
+            "/t//token",
+            "/t/acme/token/x",
+            "/t/acme",
+            "/.well-known/oauth-authorization-server/t/a/b",
+            "/",
+            "",
+        ] {
+            assert_eq!(endpoint(path), "other", "{path}");
+        }
     }
 }

@@ -109,6 +109,17 @@ impl Sts {
                 grant: Some("introspection"),
                 ..Decision::now(outcome, reason)
             };
+            crate::sts::exchange::record_decision(
+                if outcome == Outcome::Allow {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                reason,
+                token.map(|t| t.action.as_str()),
+                Some(&verified.trust),
+                None,
+            );
             self.audit.append_decision(&record).map_err(|e| {
                 tracing::error!(error = %e, "audit line of an introspection not written");
                 Rejection::AuditUnavailable

@@ -182,10 +182,19 @@ impl Sts {
             grant: Some("revocation"),
             ..Decision::now(outcome, reason)
         };
+        let decision = if outcome == Outcome::Allow {
+            "allow"
+        } else {
+            "deny"
+        };
         if let Err(e) = self.audit.append_decision(&record) {
             tracing::error!(error = %e, "audit line of a revocation not written");
+            let reason = Rejection::AuditUnavailable.reason();
+            crate::sts::exchange::record_decision("deny", reason, None, None, None);
             return Err(Rejection::AuditUnavailable);
         }
+        let action = revoked.map(|t| t.action.as_str());
+        crate::sts::exchange::record_decision(decision, reason, action, None, None);
         result.map(|_| ())
     }
 

@@ -98,20 +98,50 @@ pub fn format(variable: Option<&str>, configured: Option<LogFormat>) -> Result<L
 }
 
 /// Installs the process's subscriber: `filter`, `format`, to stderr (colours only on
-/// a terminal, and never in JSON).
-pub fn install(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
+/// a terminal, and never in JSON); and, when `traces` is given, the layer that exports
+/// this program's spans to it ([`super::traces`]), which the log filter does not
+/// narrow. Without `traces` the subscriber is exactly the logging one.
+pub fn install(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+    traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
+    let Some(provider) = traces else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_span_list(false)
+                .init(),
+        }
+        return;
+    };
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines: Boxed = match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_span_list(false)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(super::traces::layer(provider))
+        .init();
 }
 
 #[cfg(test)]

@@ -77,6 +77,16 @@ fn register_common(registry: &mut Registry) {
         build_info,
     );
     registry.register_collector(Box::new(super::process::ProcessCollector));
+    registry.register(
+        "trace_spans_dropped",
+        super::traces::SPANS_DROPPED_HELP,
+        super::traces::SPANS_DROPPED.clone(),
+    );
+    registry.register(
+        "trace_export_failures",
+        super::traces::EXPORT_FAILURES_HELP,
+        super::traces::EXPORT_FAILURES.clone(),
+    );
 }
 
 /// The STS's metrics and the registry that renders them.

@@ -22,6 +22,7 @@ mod rotation;
 mod router;
 mod shim;
 mod streaming;
+mod telemetry;
 mod tenants;
 mod transit;
 mod vault;

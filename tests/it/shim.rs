@@ -41,7 +41,7 @@ pub const CANARY_PART: &str = "ghp_CANARY0secret0value0d41d8cd98f00b204e980";
 /// A shim serving in-process on 127.0.0.1:0.
 pub struct TestShim {
     pub url: String,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub audit_path: PathBuf,
     pub config_path: PathBuf,
 }
@@ -237,7 +237,7 @@ pub async fn call(url: &str, method: &str, path: &str, token: Option<&str>, body
 
 /// What the echo upstream saw of a proxied `POST ISSUES` with a JSON body, the bearer
 /// `token` and the extra `headers` (the call must succeed).
-async fn echoed(url: &str, token: &str, headers: &[(&str, &str)], echo: &Echo) -> Value {
+pub async fn echoed(url: &str, token: &str, headers: &[(&str, &str)], echo: &Echo) -> Value {
     let mut request = client()
         .post(format!("{url}{ISSUES}"))
         .bearer_auth(token)

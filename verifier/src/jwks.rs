@@ -284,8 +284,22 @@ impl JwksCache {
     /// Fetches and installs the set; the caller holds the fetch lock. A well-formed
     /// set replaces the current one whatever it holds; a failure leaves it in place.
     async fn fetch_locked(&self, http: &reqwest::Client) -> Result<Arc<KeySet>, JwtError> {
+        // A child of the request that waits for it (exported as an OpenTelemetry span
+        // by a program that installs one): the trust's name and the outcome, nothing
+        // of the keys.
+        let span = tracing::debug_span!(
+            "jwks_fetch",
+            otel.kind = "client",
+            trust = %self.name,
+            outcome = tracing::field::Empty,
+        );
         let result = match &self.source {
-            KeySource::Uri(url) => fetch_uri(http, url, "application/json", self.max_bytes).await,
+            KeySource::Uri(url) => {
+                use tracing::Instrument as _;
+                fetch_uri(http, url, "application/json", self.max_bytes)
+                    .instrument(span.clone())
+                    .await
+            }
             KeySource::File(path) => tokio::fs::read(path)
                 .await
                 .map(|bytes| (bytes, None))
@@ -299,6 +313,7 @@ impl JwksCache {
             JwksError::Status(404 | 410) => Ok((Vec::new(), None)),
             e => Err(e),
         });
+        span.record("outcome", if result.is_ok() { "ok" } else { "failed" });
         if let Some(observe) = &self.observer {
             observe(&self.name, result.as_ref().map(|_| ()));
         }

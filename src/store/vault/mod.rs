@@ -455,7 +455,21 @@ impl Vault {
     ) -> Result<Value, VaultError> {
         let operation = operation(&method, path);
         let started = Instant::now();
-        let result = self.exchange(method, path, token, body).await;
+        // A child of the request (or refresher) that waits for Vault, exported when
+        // `[telemetry]` is on: the operation and its outcome, never the path or token.
+        let span = tracing::debug_span!(
+            "vault",
+            otel.kind = "client",
+            operation,
+            outcome = tracing::field::Empty,
+        );
+        let result = {
+            use tracing::Instrument as _;
+            self.exchange(method, path, token, body)
+                .instrument(span.clone())
+                .await
+        };
+        span.record("outcome", outcome_label(&result));
         self.metrics.observe(operation, started.elapsed());
         let reach = match &result {
             Err(VaultError::Unavailable) => Reach::Unreachable,
