@@ -16,7 +16,7 @@
 //!
 //! Environment: `TENANTS_SECONDS` (default 8), `TENANTS_ROUNDS` (2), `TENANTS_WARMUP`
 //! (1), `TENANTS_CONNECTIONS` (64), `TENANTS_POOL` (distinct subject tokens per
-//! scenario, default 150000), `TENANTS_RUNTIME` (`shared` or `split`, as in the load
+//! scenario, default 250000), `TENANTS_RUNTIME` (`shared` or `split`, as in the load
 //! bench).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -71,7 +71,7 @@ fn requests(
 
 fn main() {
     let knobs = Knobs::from_env("TENANTS");
-    let pool: usize = env_or("TENANTS_POOL", 150_000);
+    let pool: usize = env_or("TENANTS_POOL", 250_000);
     let runtimes = Runtimes::from_env("TENANTS");
     let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
     println!(
