@@ -90,12 +90,6 @@ method = "POST"
 path = "/repos/{owner}/{repo}/issues"
 "#;
 
-const SECRETS: &str = r#"
-[secret."integrations/github"]
-header = "Authorization"
-value = "Bearer ghp_bench0000000000000000000000000000000000"
-"#;
-
 /// Run settings, from the environment (the shared ones in [`Knobs`] and [`Runtimes`]).
 struct Settings {
     knobs: Knobs,
@@ -203,7 +197,7 @@ struct Servers {
 /// Starts the issuer, the STS and the ceiling on the current runtime.
 async fn start_servers(issuer_key: &SigningKey) -> Servers {
     let issuer = common::spawn_issuer(issuer_key).await;
-    let sts = common::start_sts(&issuer, SCOPES, SECRETS).await;
+    let sts = common::start_sts(&issuer, SCOPES, common::SECRETS).await;
 
     // The ceiling signs with the STS's own key and verifies with the issuer's JWK.
     let (ring, _) = sts.keys.load().await.unwrap();

@@ -41,12 +41,6 @@ agents = ["spiffe://example.org/agent/*"]
 credential = "integrations/github"
 "#;
 
-const SECRETS: &str = r#"
-[secret."integrations/github"]
-header = "Authorization"
-value = "Bearer ghp_bench0000000000000000000000000000000000"
-"#;
-
 /// `n` requests: to `/token` with no tenants, else spread over the tenants' token
 /// endpoints, each subject token for its issuer (`distinct` tokens, or 64 per issuer).
 fn requests(
@@ -85,8 +79,9 @@ fn main() {
     let key = common::spire_key();
     let (one, three) = runtimes.server().block_on(async {
         let issuer = common::spawn_issuer(&key).await;
-        let one = common::start_sts_with_tenants(&issuer, SCOPES, SECRETS, &[]).await;
-        let three = common::start_sts_with_tenants(&issuer, SCOPES, SECRETS, &TENANTS).await;
+        let one = common::start_sts_with_tenants(&issuer, SCOPES, common::SECRETS, &[]).await;
+        let three =
+            common::start_sts_with_tenants(&issuer, SCOPES, common::SECRETS, &TENANTS).await;
         (one, three)
     });
 

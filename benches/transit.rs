@@ -46,12 +46,6 @@ delegation = "forbidden"
 credential = "integrations/github"
 "#;
 
-const SECRETS: &str = r#"
-[secret."integrations/github"]
-header = "Authorization"
-value = "Bearer ghp_bench0000000000000000000000000000000000"
-"#;
-
 /// The `bao` binary: `$BAO_BIN`, else `bao` on `PATH`.
 fn bao_binary() -> PathBuf {
     std::env::var_os("BAO_BIN").map_or_else(|| PathBuf::from("bao"), PathBuf::from)
@@ -117,7 +111,7 @@ async fn start_sts(dir: &Path, name: &str, jwks_uri: &str, bao: &Bao, keys: &str
     let d = dir.join(name);
     std::fs::create_dir_all(d.join("scopes")).unwrap();
     std::fs::write(d.join("scopes/bench.toml"), SCOPES).unwrap();
-    agent_sts_testkit::write_secret_file(&d.join("secrets.toml"), SECRETS);
+    agent_sts_testkit::write_secret_file(&d.join("secrets.toml"), common::SECRETS);
     agent_sts_testkit::write_secret_file(&d.join("vault-token"), ROOT_TOKEN);
     let extra = format!(
         r#"

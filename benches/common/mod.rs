@@ -27,6 +27,13 @@ pub use agent_sts_testkit::b64;
 
 pub const STS_ISSUER: &str = "https://sts.bench.example";
 pub const SPIRE_ISSUER: &str = "https://spire.example.org";
+/// The file secret store of the benches: the one credential their catalogues name.
+pub const SECRETS: &str = r#"
+[secret."integrations/github"]
+header = "Authorization"
+value = "Bearer ghp_bench0000000000000000000000000000000000"
+"#;
+
 /// Distinct agent identities the subject tokens are for (each token is distinct by
 /// its `jti`; identities repeat, as workloads do).
 pub const AGENTS: usize = 64;

@@ -390,7 +390,7 @@ pub struct TokensConfig {
     pub dpop_max_age: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyStoreKind {
     File {
         dir: PathBuf,

@@ -50,22 +50,6 @@ pub struct TenantConfig {
     pub audit_path: PathBuf,
 }
 
-impl PartialEq for KeyStoreKind {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (KeyStoreKind::File { dir: a }, KeyStoreKind::File { dir: b }) => a == b,
-            (KeyStoreKind::Vault { path: a }, KeyStoreKind::Vault { path: b }) => a == b,
-            (
-                KeyStoreKind::Transit { mount: m, key: k },
-                KeyStoreKind::Transit { mount: n, key: l },
-            ) => m == n && k == l,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for KeyStoreKind {}
-
 /// Whether `name` may name a tenant.
 pub fn valid_tenant_name(name: &str) -> bool {
     !name.is_empty()

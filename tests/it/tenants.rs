@@ -60,8 +60,15 @@ path = "/crm/records"
     )
 }
 
-fn tenant_toml(dir: &Path, tenant: &str) -> String {
+/// A `[[tenant]]` table for `tenant` under `dir`, its keyring at
+/// `dir/tenants/NAME/keys` or, with `vault`, at `agent-sts/tenants/NAME/signing-keys`.
+fn tenant_toml(dir: &Path, tenant: &str, vault: bool) -> String {
     let trusts: Vec<String> = trusts_of(tenant).iter().map(|t| format!("{t:?}")).collect();
+    let d = dir.display();
+    let keyring = match vault {
+        true => format!("keys_vault_path = \"agent-sts/tenants/{tenant}/signing-keys\""),
+        false => format!("keys_dir = \"{d}/tenants/{tenant}/keys\""),
+    };
     format!(
         r#"
 [[tenant]]
@@ -69,17 +76,16 @@ name = "{tenant}"
 scopes_dir = "{d}/tenants/{tenant}/scopes"
 trusts = [{}]
 secrets_prefix = "tenants/{tenant}"
-keys_dir = "{d}/tenants/{tenant}/keys"
+{keyring}
 audit_path = "{d}/tenants/{tenant}/audit.log"
 "#,
         trusts.join(", "),
-        d = dir.display()
     )
 }
 
 /// The configuration with the top level and `tenants`.
 fn config_text(dir: &Path, issuers: &Issuers, tenants: &[&str]) -> String {
-    let blocks: String = tenants.iter().map(|t| tenant_toml(dir, t)).collect();
+    let blocks: String = tenants.iter().map(|t| tenant_toml(dir, t, false)).collect();
     let extra = format!("\n[deny]\nrefresh_interval = \"1s\"\n{blocks}");
     config_toml_with(dir, &issuers.specs(), &extra, ConfigTweaks::default())
 }
@@ -159,6 +165,12 @@ async fn exchange_at(url: &str, path: &str, subject: &str, scope: &str) -> Reply
         ]),
     )
     .await
+}
+
+/// Tenant `t`'s own agent asking `t`'s token endpoint for `crm.read`.
+async fn mint_at(url: &str, issuers: &Issuers, t: &str) -> Reply {
+    let subject = agent_token(issuers, t, &issuer_of(t));
+    exchange_at(url, &format!("/t/{t}/token"), &subject, "crm.read").await
 }
 
 async fn get(url: &str) -> Reply {
@@ -268,13 +280,7 @@ async fn three_tenants_share_a_process_and_nothing_crosses() {
     // with its JWKS only.
     let mut tokens = Vec::new();
     for t in TENANTS {
-        let r = exchange_at(
-            &url,
-            &format!("/t/{t}/token"),
-            &agent_token(&issuers, t, &issuer_of(t)),
-            "crm.read",
-        )
-        .await;
+        let r = mint_at(&url, &issuers, t).await;
         assert_eq!(r.status, 200, "{t}: {}", r.text);
         let token = r.token();
         let claims = claims_of(&token);
@@ -492,13 +498,7 @@ async fn tenants_are_added_and_removed_without_a_restart() {
     rotate_all(&config, d, &TENANTS);
     let sts = ServeProcess::start(&config, d, "info");
     let url = sts.url.clone();
-    let globex = exchange_at(
-        &url,
-        "/t/globex/token",
-        &agent_token(&issuers, "globex", &issuer_of("globex")),
-        "crm.read",
-    )
-    .await;
+    let globex = mint_at(&url, &issuers, "globex").await;
     assert_eq!(globex.status, 200, "{}", globex.text);
 
     let globex_verifier = agent_sts_verifier::Verifier::builder(
@@ -536,34 +536,14 @@ async fn tenants_are_added_and_removed_without_a_restart() {
             == 404
     })
     .await;
-    let r = exchange_at(
-        &url,
-        "/t/globex/token",
-        &agent_token(&issuers, "globex", &issuer_of("globex")),
-        "crm.read",
-    )
-    .await;
+    let r = mint_at(&url, &issuers, "globex").await;
     assert_eq!(r.status, 404);
     eventually("hooli serving", || async {
-        exchange_at(
-            &url,
-            "/t/hooli/token",
-            &agent_token(&issuers, "hooli", &issuer_of("hooli")),
-            "crm.read",
-        )
-        .await
-        .status
-            == 200
+        mint_at(&url, &issuers, "hooli").await.status == 200
     })
     .await;
     // The others never stopped.
-    let r = exchange_at(
-        &url,
-        "/t/acme/token",
-        &agent_token(&issuers, "acme", &issuer_of("acme")),
-        "crm.read",
-    )
-    .await;
+    let r = mint_at(&url, &issuers, "acme").await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     // A removed tenant's tokens stop verifying wherever they are checked: its feed
@@ -599,13 +579,7 @@ async fn tenants_are_added_and_removed_without_a_restart() {
     // A configuration that no longer loads leaves the tenants as they are.
     std::fs::write(&config, "not = [valid").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = exchange_at(
-        &url,
-        "/t/hooli/token",
-        &agent_token(&issuers, "hooli", &issuer_of("hooli")),
-        "crm.read",
-    )
-    .await;
+    let r = mint_at(&url, &issuers, "hooli").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let (_, stderr) = sts.stop();
     assert!(stderr.contains("tenant removed"), "{stderr}");
@@ -812,12 +786,7 @@ async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
     for t in two {
         std::fs::create_dir_all(d.join(format!("tenants/{t}/scopes"))).unwrap();
         std::fs::write(d.join(format!("tenants/{t}/scopes/crm.toml")), scopes_of(t)).unwrap();
-        let trusts: Vec<String> = trusts_of(t).iter().map(|n| format!("{n:?}")).collect();
-        blocks.push_str(&format!(
-            "\n[[tenant]]\nname = \"{t}\"\nscopes_dir = \"{d}/tenants/{t}/scopes\"\ntrusts = [{}]\nsecrets_prefix = \"tenants/{t}\"\nkeys_vault_path = \"agent-sts/tenants/{t}/signing-keys\"\naudit_path = \"{d}/tenants/{t}/audit.log\"\n",
-            trusts.join(", "),
-            d = d.display()
-        ));
+        blocks.push_str(&tenant_toml(d, t, true));
     }
     let write_config = |name: &str, auth: &str| {
         let vault_section = crate::vault::vault_section(&vault, auth, "2s");
@@ -906,13 +875,7 @@ async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
     let url = sts.url.clone();
     let mut tokens = Vec::new();
     for t in two {
-        let r = exchange_at(
-            &url,
-            &format!("/t/{t}/token"),
-            &agent_token(&issuers, t, &issuer_of(t)),
-            "crm.read",
-        )
-        .await;
+        let r = mint_at(&url, &issuers, t).await;
         assert_eq!(r.status, 200, "{t}: {}", r.text);
         tokens.push(r.token());
     }
