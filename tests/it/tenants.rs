@@ -60,14 +60,27 @@ path = "/crm/records"
     )
 }
 
-/// A `[[tenant]]` table for `tenant` under `dir`, its keyring at
-/// `dir/tenants/NAME/keys` or, with `vault`, at `agent-sts/tenants/NAME/signing-keys`.
-fn tenant_toml(dir: &Path, tenant: &str, vault: bool) -> String {
+/// Where a test tenant's keyring lives.
+#[derive(Clone, Copy)]
+enum Keyring {
+    /// `dir/tenants/NAME/keys`.
+    Dir,
+    /// KV `agent-sts/tenants/NAME/signing-keys`.
+    Vault,
+    /// The Transit key `agent-sts-NAME`.
+    Transit,
+}
+
+/// A `[[tenant]]` table for `tenant` under `dir`, its keyring at `keyring`.
+fn tenant_toml(dir: &Path, tenant: &str, keyring: Keyring) -> String {
     let trusts: Vec<String> = trusts_of(tenant).iter().map(|t| format!("{t:?}")).collect();
     let d = dir.display();
-    let keyring = match vault {
-        true => format!("keys_vault_path = \"agent-sts/tenants/{tenant}/signing-keys\""),
-        false => format!("keys_dir = \"{d}/tenants/{tenant}/keys\""),
+    let keyring = match keyring {
+        Keyring::Dir => format!("keys_dir = \"{d}/tenants/{tenant}/keys\""),
+        Keyring::Vault => {
+            format!("keys_vault_path = \"agent-sts/tenants/{tenant}/signing-keys\"")
+        }
+        Keyring::Transit => format!("keys_vault_path = \"agent-sts-{tenant}\""),
     };
     format!(
         r#"
@@ -85,7 +98,10 @@ audit_path = "{d}/tenants/{tenant}/audit.log"
 
 /// The configuration with the top level and `tenants`.
 fn config_text(dir: &Path, issuers: &Issuers, tenants: &[&str]) -> String {
-    let blocks: String = tenants.iter().map(|t| tenant_toml(dir, t, false)).collect();
+    let blocks: String = tenants
+        .iter()
+        .map(|t| tenant_toml(dir, t, Keyring::Dir))
+        .collect();
     let extra = format!("\n[deny]\nrefresh_interval = \"1s\"\n{blocks}");
     config_toml_with(dir, &issuers.specs(), &extra, ConfigTweaks::default())
 }
@@ -683,14 +699,15 @@ async fn the_top_level_catalogue_stays_out_of_tenant_secrets() {
 }
 
 /// `keys/vault/tenant/FILE` rendered for `tenant`: its keyring at
-/// `agent-sts/tenants/{tenant}/signing-keys`, the deny list beside it, its credentials
-/// under `tenants/{tenant}`.
+/// `agent-sts/tenants/{tenant}/signing-keys` (or the Transit key `agent-sts-{tenant}`),
+/// the deny list beside it, its credentials under `tenants/{tenant}`.
 fn tenant_policy(file: &str, tenant: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("keys/vault/tenant")
         .join(file);
     std::fs::read_to_string(path)
         .unwrap()
+        .replace("TENANT_TRANSIT_KEY", &format!("agent-sts-{tenant}"))
         .replace(
             "TENANT_KEYS_PATH",
             &format!("agent-sts/tenants/{tenant}/signing-keys"),
@@ -786,7 +803,7 @@ async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
     for t in two {
         std::fs::create_dir_all(d.join(format!("tenants/{t}/scopes"))).unwrap();
         std::fs::write(d.join(format!("tenants/{t}/scopes/crm.toml")), scopes_of(t)).unwrap();
-        blocks.push_str(&tenant_toml(d, t, true));
+        blocks.push_str(&tenant_toml(d, t, Keyring::Vault));
     }
     let write_config = |name: &str, auth: &str| {
         let vault_section = crate::vault::vault_section(&vault, auth, "2s");
@@ -924,5 +941,110 @@ async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
     assert_eq!(refused.status(), 401, "globex's token at acme's shim");
     assert_eq!(echo.hits(), hits, "nothing reached the upstream");
     drop(shim);
+    drop(sts);
+}
+
+/// A tenant whose keys never leave Vault: with `keys.store = "transit"` its
+/// `keys_vault_path` names its own Transit key, made by `keys rotate --tenant` with the
+/// rendered transit-rotate policy, and its tokens are signed by it and published in
+/// its JWKS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transit_tenant_signs_with_its_own_transit_key() {
+    use crate::openbao::OpenBao;
+    let vault = OpenBao::start().await;
+    vault.enable_transit().await;
+    for (file, name) in [
+        ("transit.hcl.tmpl", "agent-sts-tenant-transit-acme"),
+        (
+            "transit-rotate.hcl.tmpl",
+            "agent-sts-tenant-transit-rotate-acme",
+        ),
+    ] {
+        vault.load_policy(name, &tenant_policy(file, "acme")).await;
+    }
+    vault
+        .write(
+            "tenants/acme/integrations/crm",
+            json!({"header": "Authorization", "value": canary("acme")}),
+        )
+        .await;
+    crate::vault::plant_credentials(&vault).await;
+
+    let issuers = Issuers::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("scopes")).unwrap();
+    std::fs::write(d.join("scopes/test.toml"), SCOPES).unwrap();
+    std::fs::create_dir_all(d.join("tenants/acme/scopes")).unwrap();
+    std::fs::write(d.join("tenants/acme/scopes/crm.toml"), scopes_of("acme")).unwrap();
+    let acme = tenant_toml(d, "acme", Keyring::Transit);
+    let write_config = |name: &str, auth: &str| {
+        let text = format!(
+            "{}{acme}",
+            crate::transit::transit_config(d, &issuers, &vault, auth)
+        );
+        let path = d.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let top_rotate = write_config(
+        "rotate.toml",
+        &vault.token_auth(&["agent-sts-transit-rotate"]).await,
+    );
+    let out = run(
+        &["keys", "rotate", "--config", top_rotate.to_str().unwrap()],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let acme_rotate = write_config(
+        "rotate-acme.toml",
+        &vault
+            .token_auth(&["agent-sts-tenant-transit-rotate-acme"])
+            .await,
+    );
+    let acme_rotate = acme_rotate.to_str().unwrap();
+    let out = run(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            acme_rotate,
+            "--tenant",
+            "acme",
+        ],
+        d,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("transit/keys/agent-sts-acme"), "{stdout}");
+    let out = run(&["keys", "rotate", "--config", acme_rotate], d);
+    assert!(
+        !out.status.success(),
+        "acme's token cannot rotate the top level's key"
+    );
+
+    let serve = write_config(
+        "agent-sts.toml",
+        &vault
+            .token_auth(&["agent-sts-transit", "agent-sts-tenant-transit-acme"])
+            .await,
+    );
+    let sts = ServeProcess::start(&serve, d, "info");
+    let url = sts.url.clone();
+    let r = mint_at(&url, &issuers, "acme").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.token();
+    let aud = "https://crm-shim.acme.internal";
+    let jwks = format!("{url}/t/acme/.well-known/jwks.json");
+    verify_with(&jwks, &issuer_of("acme"), &token, aud)
+        .await
+        .unwrap();
+    let top_jwks = format!("{url}/.well-known/jwks.json");
+    assert!(
+        verify_with(&top_jwks, STS_ISSUER, &token, aud)
+            .await
+            .is_err(),
+        "the top level's Transit key is not acme's"
+    );
     drop(sts);
 }

@@ -19,7 +19,7 @@ use crate::vault::{eventually, plant_credentials, vault_section};
 
 /// The STS's configuration for Transit at `transit/`, key `agent-sts`, the
 /// credentials in KV, with `auth` lines; a 1 s refresh and a 6 s publish lead.
-fn transit_config(dir: &Path, issuers: &Issuers, vault: &OpenBao, auth: &str) -> String {
+pub fn transit_config(dir: &Path, issuers: &Issuers, vault: &OpenBao, auth: &str) -> String {
     config_toml(dir, &issuers.specs(), &vault_section(vault, auth, "2s"))
         .replace(
             &format!("store = \"file\"\ndir = \"{}/keys\"", dir.display()),
