@@ -41,7 +41,9 @@
 //! 300000), `LOAD_RUNTIME` (`shared`: servers and load generator on one tokio runtime
 //! of `LOAD_SERVER_THREADS` workers; `split`: the load generator on its own runtime of
 //! `LOAD_CLIENT_THREADS` workers), `LOAD_SCENARIOS` (a subset such as `B` or `AC`, for
-//! profiling one scenario), `LOAD_DPOP_ALG` (`EdDSA`, the default, as the Python
+//! profiling one scenario), `LOAD_TRACES` (`1`: every span exported over OTLP/HTTP to
+//! a discarding collector in this process, as `[telemetry] otlp_endpoint` does; what
+//! traces cost), `LOAD_DPOP_ALG` (`EdDSA`, the default, as the Python
 //! client signs, or `ES256`: the agents' proof keys in D and E).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -279,6 +281,33 @@ fn main() {
 
     let issuer_key = common::spire_key();
     let servers = runtimes.server().block_on(start_servers(&issuer_key));
+    // With LOAD_TRACES=1 every span is exported, as with `[telemetry] otlp_endpoint`,
+    // to a collector in this process that accepts and discards them.
+    let traces = (env_or("LOAD_TRACES", 0u8) == 1).then(|| {
+        runtimes.server().block_on(async {
+            let collector = common::spawn_router(axum::Router::new().route(
+                "/v1/traces",
+                post(|| async { ([(header::CONTENT_TYPE, "application/x-protobuf")], "") }),
+            ))
+            .await;
+            let settings = agent_sts::telemetry::traces::Settings {
+                endpoint: format!("http://{collector}").parse().unwrap(),
+                service_name: "agent-sts".into(),
+                sample_ratio: 1.0,
+                max_queue: agent_sts::telemetry::traces::DEFAULT_MAX_QUEUE,
+                export_timeout: agent_sts::telemetry::traces::DEFAULT_EXPORT_TIMEOUT,
+                export_interval: agent_sts::telemetry::traces::DEFAULT_EXPORT_INTERVAL,
+            };
+            let provider = agent_sts::telemetry::traces::provider(&settings).unwrap();
+            agent_sts::telemetry::logs::install(
+                tracing_subscriber::EnvFilter::new("off"),
+                agent_sts::telemetry::logs::LogFormat::Text,
+                Some(&provider),
+            );
+            println!("traces: every span exported to a discarding collector at {collector}");
+            provider
+        })
+    });
 
     let started = Instant::now();
     let pool = Arc::new(bodies(&issuer_key, settings.pool, "pool"));
@@ -400,6 +429,14 @@ fn main() {
             "E/B (DPoP / bearer, cache misses)",
             e.per_second() / b.per_second(),
             0.7,
+        );
+    }
+    if traces.is_some() {
+        use agent_sts::telemetry::traces::{EXPORT_FAILURES, SPANS_DROPPED};
+        println!(
+            "traces: {} spans dropped (queue full), {} exports failed",
+            SPANS_DROPPED.get(),
+            EXPORT_FAILURES.get()
         );
     }
     runtimes.shutdown();
