@@ -172,19 +172,6 @@ impl Issuers {
         }
     }
 
-    /// The top-level issuer.
-    pub fn top(&self) -> &Issuer {
-        &self.top.issuer
-    }
-
-    /// The token service of tenant `name`, while it is configured.
-    pub fn tenant(&self, name: &str) -> Option<Arc<Sts>> {
-        self.tenants
-            .load()
-            .get(name)
-            .map(|t| t.serving.issuer.sts().clone())
-    }
-
     /// The configured tenant names, sorted.
     pub fn tenant_names(&self) -> Vec<String> {
         self.tenants.load().keys().cloned().collect()
@@ -238,8 +225,8 @@ impl Issuers {
     }
 
     /// Serves the `[[tenant]]` entries of `config`: builds the added and changed ones,
-    /// drops the removed ones (their requests are 404 from now on; their background
-    /// work stops with their last request). Returns the names now served.
+    /// drops the removed ones (their requests are 404 from now on and their background
+    /// work stops; requests already in flight finish). Returns the names now served.
     pub async fn reload(&self, config: &Config) -> Vec<String> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.tenants.load_full();
