@@ -9,9 +9,12 @@
 //! (or the environment variable) and the key. The environment is read through the
 //! [`Environment`] trait so tests never call `set_var`.
 //!
+//! `[[tenant]]` lives in [`tenant`]: a tenant's view of the whole configuration.
+//!
 //! May import the domain types it validates into (`keys::signing_key`, `secret`,
-//! `catalogue::SenderConstraint`);
-//! components take the parts they need, never the whole configuration.
+//! `catalogue::SenderConstraint`, `telemetry::traces::Settings`); components take the
+//! parts they need, never the whole configuration (a tenant's view is a whole
+//! configuration, for the assembly and the commands that work per tenant).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
