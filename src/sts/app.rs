@@ -1,11 +1,13 @@
 //! Assembly: from a validated [`Config`] to a running STS.
 //!
-//! `build` wires the parts (trusts, catalogue, keyring, secret store, audit log) and
-//! reports a startup failure as a [`StartError`] (README, "Command line": exit code 2
-//! for invalid configuration, 1 for a runtime failure). `serve` binds, starts the
-//! background refreshers (keyring and catalogue, every `keys.refresh_interval`; the deny
-//! list, every `deny.refresh_interval`), the admin listener when `server.admin_listen`
-//! is set, and runs until SIGINT or SIGTERM.
+//! `build` wires the parts (trusts, catalogue, keyring, secret store, audit log) of the
+//! top-level issuer and of each `[[tenant]]` (one [`Issuer`] each, served together by
+//! [`Issuers`]) and reports a startup failure as a [`StartError`] (README, "Commands":
+//! exit code 2 for invalid configuration, 1 for a runtime failure). `serve` binds,
+//! starts the background refreshers (keyring and catalogue, every
+//! `keys.refresh_interval`; the deny list, every `deny.refresh_interval`; the
+//! `[[tenant]]` entries of the configuration file), the admin listener when
+//! `server.admin_listen` is set, and runs until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
