@@ -128,14 +128,18 @@ fn tenant_files(issuers: &Issuers) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
+/// `agent-sts keys rotate --config CONFIG [--tenant TENANT]`, run in `dir`.
+fn keys_rotate(config: &Path, dir: &Path, tenant: Option<&str>) -> std::process::Output {
+    let mut args = vec!["keys", "rotate", "--config", config.to_str().unwrap()];
+    args.extend(tenant.iter().flat_map(|t| ["--tenant", *t]));
+    run(&args, dir)
+}
+
 /// `agent-sts keys rotate` for the top level and each tenant, through the CLI.
 fn rotate_all(config: &Path, dir: &Path, tenants: &[&str]) {
-    let c = config.to_str().unwrap();
-    let out = run(&["keys", "rotate", "--config", c], dir);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    for t in tenants {
-        let out = run(&["keys", "rotate", "--config", c, "--tenant", t], dir);
-        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
+    for tenant in std::iter::once(None).chain(tenants.iter().map(|t| Some(*t))) {
+        let out = keys_rotate(config, dir, tenant);
+        assert!(out.status.success(), "{tenant:?}: {}", text(&out.stderr));
     }
 }
 
@@ -533,17 +537,7 @@ async fn tenants_are_added_and_removed_without_a_restart() {
     // globex goes, hooli comes (its key made first, as an operator would).
     let next = ["acme", "initech", "hooli"];
     std::fs::write(&config, config_text(d, &issuers, &next)).unwrap();
-    let out = run(
-        &[
-            "keys",
-            "rotate",
-            "--config",
-            config.to_str().unwrap(),
-            "--tenant",
-            "hooli",
-        ],
-        d,
-    );
+    let out = keys_rotate(&config, d, Some("hooli"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     eventually("globex removed", || async {
         get(&format!("{url}/t/globex/.well-known/jwks.json"))
@@ -822,60 +816,26 @@ async fn vault_policies_keep_each_tenant_and_its_shim_to_its_own_paths() {
         "rotate.toml",
         &vault.token_auth(&["agent-sts-rotate"]).await,
     );
-    let out = run(
-        &["keys", "rotate", "--config", rotate_top.to_str().unwrap()],
-        d,
-    );
+    let out = keys_rotate(&rotate_top, d, None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rotate_acme = write_config(
         "rotate-acme.toml",
         &vault.token_auth(&["agent-sts-tenant-rotate-acme"]).await,
     );
-    let acme_rotate = rotate_acme.to_str().unwrap();
-    let out = run(
-        &[
-            "keys",
-            "rotate",
-            "--config",
-            acme_rotate,
-            "--tenant",
-            "acme",
-        ],
-        d,
-    );
+    let out = keys_rotate(&rotate_acme, d, Some("acme"));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(
-        &[
-            "keys",
-            "rotate",
-            "--config",
-            acme_rotate,
-            "--tenant",
-            "globex",
-        ],
-        d,
-    );
+    let out = keys_rotate(&rotate_acme, d, Some("globex"));
     assert!(
         !out.status.success(),
         "acme's rotate token cannot write globex's keyring"
     );
-    let out = run(&["keys", "rotate", "--config", acme_rotate], d);
+    let out = keys_rotate(&rotate_acme, d, None);
     assert!(!out.status.success(), "nor the top level's");
     let rotate_globex = write_config(
         "rotate-globex.toml",
         &vault.token_auth(&["agent-sts-tenant-rotate-globex"]).await,
     );
-    let out = run(
-        &[
-            "keys",
-            "rotate",
-            "--config",
-            rotate_globex.to_str().unwrap(),
-            "--tenant",
-            "globex",
-        ],
-        d,
-    );
+    let out = keys_rotate(&rotate_globex, d, Some("globex"));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let serve = write_config(
@@ -991,33 +951,19 @@ async fn a_transit_tenant_signs_with_its_own_transit_key() {
         "rotate.toml",
         &vault.token_auth(&["agent-sts-transit-rotate"]).await,
     );
-    let out = run(
-        &["keys", "rotate", "--config", top_rotate.to_str().unwrap()],
-        d,
-    );
+    let out = keys_rotate(&top_rotate, d, None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let acme_rotate = write_config(
+    let rotate_acme = write_config(
         "rotate-acme.toml",
         &vault
             .token_auth(&["agent-sts-tenant-transit-rotate-acme"])
             .await,
     );
-    let acme_rotate = acme_rotate.to_str().unwrap();
-    let out = run(
-        &[
-            "keys",
-            "rotate",
-            "--config",
-            acme_rotate,
-            "--tenant",
-            "acme",
-        ],
-        d,
-    );
+    let out = keys_rotate(&rotate_acme, d, Some("acme"));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("transit/keys/agent-sts-acme"), "{stdout}");
-    let out = run(&["keys", "rotate", "--config", acme_rotate], d);
+    let out = keys_rotate(&rotate_acme, d, None);
     assert!(
         !out.status.success(),
         "acme's token cannot rotate the top level's key"
