@@ -245,7 +245,7 @@ pub async fn build(config: &ShimConfig) -> Result<ShimApp, StartError> {
         .collect();
     let metadata = ResourceMetadata::new(&s.public_url, &s.issuer, dpop_algorithms);
     // The shim keeps no keyring: its secrets and Vault files are checked.
-    store::check_secret_files(None, &config.secrets, config.vault.as_ref())?;
+    store::check_secret_files(None, Some(&config.secrets), config.vault.as_ref())?;
     let vault = match (&config.secrets, &config.vault) {
         (crate::config::SecretsConfig::Vault, Some(v)) => Some(store::connect_vault(v).await?),
         _ => None,

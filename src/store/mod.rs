@@ -38,28 +38,32 @@ pub struct Stores {
 /// login is logged, not fatal: every Vault call logs in again when it can, and until
 /// then the STS refuses tokens (fail closed) and reports not ready.
 pub async fn open(config: &Config) -> Result<Stores, StartError> {
+    check_secret_files(
+        Some(&config.keys.store),
+        Some(&config.secrets),
+        config.vault.as_ref(),
+    )?;
     let uses_vault = matches!(
         config.keys.store,
         KeyStoreKind::Vault { .. } | KeyStoreKind::Transit { .. }
     ) || matches!(config.secrets, SecretsConfig::Vault);
     let vault = match (&config.vault, uses_vault) {
-        (Some(v), true) => {
-            check_secret_files(None, &config.secrets, Some(v))?;
-            Some(connect_vault(v).await?)
-        }
+        (Some(v), true) => Some(connect_vault(v).await?),
         _ => None,
     };
-    open_with(config, vault)
+    stores(config, vault)
 }
 
-/// The stores of `config` over an open Vault session (tenants share one session:
-/// README, "Running many tenants").
+/// The stores of a tenant's view of the configuration over the process's open Vault
+/// session (README, "Running many tenants"). Only the tenant's keyring is its own to
+/// check: the secrets file and Vault's files are the top level's, checked by [`open`].
 pub fn open_with(config: &Config, vault: Option<Arc<Vault>>) -> Result<Stores, StartError> {
-    check_secret_files(
-        Some(&config.keys.store),
-        &config.secrets,
-        config.vault.as_ref(),
-    )?;
+    check_secret_files(Some(&config.keys.store), None, None)?;
+    stores(config, vault)
+}
+
+/// The key and secret stores of `config` over `vault`, its files already checked.
+fn stores(config: &Config, vault: Option<Arc<Vault>>) -> Result<Stores, StartError> {
     let keys = match (&config.keys.store, &vault) {
         (KeyStoreKind::File { dir }, _) => KeySource::Stored(Arc::new(FileKeyStore::new(dir))),
         (KeyStoreKind::Vault { path }, Some(vault)) => {
@@ -89,14 +93,14 @@ pub fn open_with(config: &Config, vault: Option<Arc<Vault>>) -> Result<Stores, S
 /// Kubernetes service-account token is the platform's to mount and is not checked.
 pub fn check_secret_files(
     keys: Option<&KeyStoreKind>,
-    secrets: &SecretsConfig,
+    secrets: Option<&SecretsConfig>,
     vault: Option<&VaultConfig>,
 ) -> Result<(), StartError> {
     let mut files: Vec<std::path::PathBuf> = Vec::new();
     if let Some(KeyStoreKind::File { dir }) = keys {
         files.push(FileKeyStore::new(dir).path().to_path_buf());
     }
-    if let SecretsConfig::File { path } = secrets {
+    if let Some(SecretsConfig::File { path }) = secrets {
         files.push(path.clone());
     }
     match vault.map(|v| &v.auth) {
