@@ -474,9 +474,9 @@ impl Verifier {
             MAX_FEED_BYTES,
         )
         .await
-        .map_err(|e| match e {
-            crate::error::JwksError::Status(404 | 410) => FeedError::Withdrawn,
-            _ => FeedError::Fetch,
+        .map_err(|e| match e.withdrawn() {
+            true => FeedError::Withdrawn,
+            false => FeedError::Fetch,
         })?;
         let text = std::str::from_utf8(&body).map_err(|_| FeedError::Invalid)?;
         let verified = self

@@ -49,3 +49,11 @@ pub enum JwksError {
     #[error("not fetched: the last attempt failed within the refetch cooldown")]
     Cooldown,
 }
+
+impl JwksError {
+    /// `404 Not Found` or `410 Gone`: the issuer says there is nothing at that URL any
+    /// more (a removed tenant's JWKS or deny-list feed). An answer, not an outage.
+    pub fn withdrawn(&self) -> bool {
+        matches!(self, JwksError::Status(404 | 410))
+    }
+}

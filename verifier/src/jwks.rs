@@ -307,11 +307,11 @@ impl JwksCache {
             KeySource::Local(jwks) => Ok(((jwks.0)(), None)),
         }
         .and_then(|(bytes, max_age)| Ok((parse_jwks(&bytes, &self.allowed)?, max_age)))
-        .or_else(|e| match e {
+        .or_else(|e| match e.withdrawn() {
             // The issuer says there is no key set here any more (a removed tenant):
             // an answer, not an outage, so its keys stop verifying now.
-            JwksError::Status(404 | 410) => Ok((Vec::new(), None)),
-            e => Err(e),
+            true => Ok((Vec::new(), None)),
+            false => Err(e),
         });
         span.record("outcome", if result.is_ok() { "ok" } else { "failed" });
         if let Some(observe) = &self.observer {
