@@ -1176,16 +1176,13 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let deny = DenyConfig {
         store: match &key_store {
             KeyStoreKind::File { dir } => KeyStoreKind::File { dir: dir.clone() },
-            KeyStoreKind::Vault { path } => {
-                KeyStoreKind::Vault {
-                    path: raw.deny.vault_path.clone().unwrap_or_else(|| {
-                        match path.rsplit_once('/') {
-                            Some((parent, _)) => format!("{parent}/deny-list"),
-                            None => "deny-list".into(),
-                        }
-                    }),
-                }
-            }
+            KeyStoreKind::Vault { path } => KeyStoreKind::Vault {
+                path: raw
+                    .deny
+                    .vault_path
+                    .clone()
+                    .unwrap_or_else(|| deny_list_beside(path)),
+            },
             // Transit signs; the deny list stays a KV entry beside where a KV keyring
             // would be.
             KeyStoreKind::Transit { .. } => KeyStoreKind::Vault {
@@ -1422,6 +1419,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         secrets_prefix: None,
         telemetry,
     })
+}
+
+/// The KV path of the deny list beside a KV keyring at `keys_path`: its sibling
+/// `deny-list` (`agent-sts/signing-keys` → `agent-sts/deny-list`).
+fn deny_list_beside(keys_path: &str) -> String {
+    match keys_path.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/deny-list"),
+        None => "deny-list".into(),
+    }
 }
 
 fn validate_shim(raw: RawShimConfig, file: &str) -> Result<ShimConfig, ConfigError> {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Check, Config, ConfigError, KeyStoreKind, vault_name};
+use super::{Check, Config, ConfigError, KeyStoreKind, deny_list_beside, vault_name};
 
 /// Longest tenant name (a DNS label's length: names end up in URLs and metric labels).
 pub const MAX_TENANT_NAME: usize = 63;
@@ -214,10 +214,7 @@ fn tenant_keyring(
         }
         KeyStoreKind::Vault { .. } => {
             let path = vault_name(c, &key("keys_vault_path"), location, true)?;
-            let deny = match path.rsplit_once('/') {
-                Some((parent, _)) => format!("{parent}/deny-list"),
-                None => "deny-list".into(),
-            };
+            let deny = deny_list_beside(&path);
             (
                 KeyStoreKind::Vault { path },
                 KeyStoreKind::Vault { path: deny },
