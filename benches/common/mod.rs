@@ -215,20 +215,12 @@ spiffe_trust_domains = ["example.org"]
     std::fs::write(&config_path, config_text).unwrap();
     let config = Config::load(&config_path, &BTreeMap::new()).unwrap();
 
-    let keys = FileKeyStore::new(d.join("keys"));
-    agent_sts::keys::rotate(
-        &keys,
-        config.tokens.algorithm,
-        unix_now(),
-        config.keys.publish_lead,
-        config.tokens.max_ttl,
-    )
-    .await
-    .unwrap();
-    for t in tenants {
-        let view = config.tenant(t).unwrap();
+    // A first key for the top level and for each tenant, each in its own keyring.
+    let views =
+        std::iter::once(config.clone()).chain(tenants.iter().map(|t| config.tenant(t).unwrap()));
+    for view in views {
         let agent_sts::config::KeyStoreKind::File { dir } = &view.keys.store else {
-            unreachable!("the bench's tenants keep file keyrings")
+            unreachable!("the benches keep file keyrings")
         };
         agent_sts::keys::rotate(
             &FileKeyStore::new(dir),
@@ -240,6 +232,7 @@ spiffe_trust_domains = ["example.org"]
         .await
         .unwrap();
     }
+    let keys = FileKeyStore::new(d.join("keys"));
     let app = agent_sts::sts::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
