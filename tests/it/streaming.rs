@@ -90,6 +90,19 @@ fn proxied(line: &Value) -> bool {
     line["reason"] == "proxied"
 }
 
+/// `POST` to the shim's issues route with `token`, the answer's head read (200): the
+/// body is left to the test, chunk by chunk.
+async fn open_stream(shim: &TestShim, token: &str) -> reqwest::Response {
+    let response = client()
+        .post(format!("{}{ISSUES}", shim.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_relayed_as_they_arrive_scrubbed_and_audited_before_and_after() {
     let (sts, issuers) = TestSts::standard().await;
@@ -291,13 +304,7 @@ async fn a_stream_that_never_ends_is_cut_at_the_idle_timeout_and_audited() {
     let shim = TestShim::start(&sts, GITHUB, &upstream, "stream_idle_timeout = \"700ms\"").await;
     let token = access_token(&sts, &issuers, "github.issues.create").await;
     let started = Instant::now();
-    let mut response = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&shim, &token).await;
     let first = response.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"data: hello\n\n");
     // The agent is told: the answer ends without its last chunk, an error to the client.
@@ -352,13 +359,7 @@ async fn a_stream_larger_than_any_buffer_is_relayed_to_a_slow_reader_with_backpr
     .await;
     let shim = TestShim::start(&sts, GITHUB, &upstream, "max_response_bytes = 1024").await;
     let token = access_token(&sts, &issuers, "github.issues.create").await;
-    let mut response = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&shim, &token).await;
     let mut received_bytes = 0usize;
     let mut redactions = 0;
     let mut tail: Vec<u8> = Vec::new();
@@ -440,13 +441,7 @@ async fn an_agent_that_goes_away_ends_the_upstream_call() {
     .await;
     let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
     let token = access_token(&sts, &issuers, "github.issues.create").await;
-    let mut response = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&shim, &token).await;
     response.chunk().await.unwrap().unwrap();
     drop(response);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -527,13 +522,7 @@ async fn an_unscrubbable_form_mid_stream_ends_the_stream_without_releasing_it() 
     .await;
     let shim = TestShim::start(&sts, GITHUB, &upstream, "").await;
     let token = access_token(&sts, &issuers, "github.issues.create").await;
-    let mut response = client()
-        .post(format!("{}{ISSUES}", shim.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&shim, &token).await;
     let mut body = Vec::new();
     let ended = loop {
         match response.chunk().await {
